@@ -1,0 +1,115 @@
+"""Proofline control plane: every trigger in one screen, each a few lines of delegation."""
+import json
+import uuid
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from chalice import Chalice, Rate, Response
+
+from chalicelib import attempts, config, intake, jobs, ports
+from chalicelib.api import job_document, upload_slot
+from chalicelib.errors import InvalidManifest, ProoflineError
+from chalicelib.models import AttemptResult, Job, State
+
+app = Chalice(app_name="proofline")
+logger = Logger(service="proofline")
+
+
+@app.middleware("http")
+def typed_errors(event, get_response):
+    """Domain errors become 4xx bodies with a reason code; nothing else knows about HTTP."""
+    logger.set_correlation_id(event.headers.get("x-correlation-id") or str(uuid.uuid4()))
+    try:
+        return get_response(event)
+    except ProoflineError as error:
+        if error.status >= 500:
+            logger.exception("request failed")
+        return Response(error.to_dict(), status_code=error.status)
+
+
+@app.route("/health")
+def health():
+    return {"status": "ok", "stage": config.settings().stage}
+
+
+@app.route("/jobs", methods=["POST"],
+           content_types=["application/json", "application/x-yaml", "text/yaml"])
+def submit_job():
+    request = app.current_request
+    intake.bind_lambda_context(app.lambda_context)
+    manifest = intake.parse_manifest(request.raw_body or b"",
+                                     max_bytes=config.settings().max_manifest_bytes)
+    job, created = intake.submit(ports.default(), manifest,
+                                 idempotency_key=request.headers.get("idempotency-key"),
+                                 correlation_id=logger.get_correlation_id())
+    return Response(job, status_code=201 if created else 200,
+                    headers={"Location": f"/jobs/{job['job_id']}"})
+
+
+@app.route("/jobs", methods=["GET"])
+def list_jobs():
+    params = app.current_request.query_params or {}
+    try:
+        state = State(params["state"]) if "state" in params else None
+        limit = min(int(params.get("limit", 50)), 500)
+    except ValueError as exc:
+        raise InvalidManifest(str(exc), reason="invalid_query") from exc
+    return {"jobs": [j.model_dump(mode="json") for j in jobs.jobs_of(ports.default(), state, limit)]}
+
+
+@app.route("/jobs/{job_id}")
+def get_job(job_id):
+    view = jobs.view(ports.default(), job_id)
+    return job_document(ports.default(), view)
+
+
+@app.route("/jobs/{job_id}/events")
+def job_events(job_id):
+    view = jobs.view(ports.default(), job_id)
+    return {"job_id": job_id, "state": view.job.state,
+            "events": [e.model_dump(mode="json") for e in view.events]}
+
+
+@app.route("/jobs/{job_id}/cancel", methods=["POST"])
+def cancel_job(job_id):
+    return jobs.cancel(ports.default(), job_id).model_dump(mode="json")
+
+
+@app.route("/uploads", methods=["POST"])
+def create_upload():
+    return upload_slot(ports.default(), app.current_request.json_body or {})
+
+
+@app.on_sqs_message(queue=config.settings().intake_queue, batch_size=10)
+def on_intake(event):
+    """S3 → SQS notifications of the intake bucket."""
+    intake.bind_lambda_context(event.context)
+
+    def accept(record):
+        for drop in intake.drops(json.loads(record.body)):
+            logger.set_correlation_id(record.message_id)
+            intake.accept_drop(ports.default(), drop, correlation_id=record.message_id)
+    return _batch(event, accept)
+
+
+@app.on_sqs_message(queue=config.settings().verify_queue, batch_size=10)
+def on_verify(event):
+    def verify(record):
+        body = json.loads(record.body)
+        job = Job.model_validate(body["job"])
+        logger.set_correlation_id(job.correlation_id)
+        attempts.verify(ports.default(), job, AttemptResult.model_validate(body["result"]))
+    return _batch(event, verify)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def sweep(event):
+    for job_id, action in jobs.sweep(ports.default()):
+        logger.info("swept", extra={"job_id": job_id, "action": action})
+
+
+def _batch(event, record_handler):
+    """Powertools partial batch response: only the records that raised are retried."""
+    return process_partial_response(event=event.to_dict(), context=event.context,
+                                    record_handler=record_handler,
+                                    processor=BatchProcessor(event_type=EventType.SQS))

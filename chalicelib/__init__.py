@@ -1,0 +1,1 @@
+"""Proofline control plane: domain core and the adapters it talks through."""

@@ -1,0 +1,100 @@
+"""Job classes and policies, loaded from the YAML files beside this module and validated."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ProoflineError, UnknownJobClass, UnknownProfile
+from .models import State
+
+CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
+
+
+class CatalogError(ProoflineError):
+    reason = "catalog_invalid"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Strict):
+    max_attempts: Annotated[int, Field(ge=1, le=10)]
+    payment_policy: str
+
+
+class Verification(_Strict):
+    policy: str
+
+
+class JobClass(_Strict):
+    name: str
+    description: str
+    runtime: str
+    pool: str
+    output: str
+    max_input_bytes: Annotated[int, Field(gt=0)]
+    defaults: Defaults
+    verification: Verification
+    timeouts_s: dict[State, Annotated[int, Field(gt=0)]]
+    profiles: dict[str, dict] = Field(default_factory=dict)
+
+
+class PaymentPolicy(_Strict):
+    name: str
+    description: str
+    escrow: bool
+    dispute_window_s: Annotated[int, Field(ge=0)] = 0
+
+
+class Catalog(_Strict):
+    job_classes: dict[str, JobClass]
+    payment_policies: dict[str, PaymentPolicy]
+
+    def job_class(self, name: str) -> JobClass:
+        try:
+            return self.job_classes[name]
+        except KeyError:
+            raise UnknownJobClass(f"unknown job class {name!r}",
+                                  details={"known": sorted(self.job_classes)}) from None
+
+    def payment_policy(self, name: str) -> PaymentPolicy:
+        try:
+            return self.payment_policies[name]
+        except KeyError:
+            raise ProoflineError(f"unknown payment policy {name!r}", reason="unknown_payment_policy",
+                                 details={"known": sorted(self.payment_policies)}) from None
+
+    def resolve(self, name: str) -> tuple[JobClass, str | None]:
+        """A name from a key prefix: a job class, or a profile of exactly one class."""
+        if name in self.job_classes:
+            return self.job_classes[name], None
+        owners = [c for c in self.job_classes.values() if name in c.profiles]
+        if len(owners) == 1:
+            return owners[0], name
+        raise UnknownProfile(f"{name!r} names no job class or profile")
+
+
+def load(directory: Path = CATALOG_DIR) -> Catalog:
+    raw: dict = {}
+    for path in sorted(directory.glob("*.yaml")):
+        raw.update(yaml.safe_load(path.read_text()) or {})
+    try:
+        catalog = Catalog(
+            job_classes={k: {"name": k, **v} for k, v in raw.get("job_classes", {}).items()},
+            payment_policies={k: {"name": k, **v}
+                              for k, v in raw.get("payment_policies", {}).items()})
+    except ValidationError as exc:
+        raise CatalogError(f"catalog in {directory} is invalid: {exc}") from exc
+    for job_class in catalog.job_classes.values():
+        catalog.payment_policy(job_class.defaults.payment_policy)
+    return catalog
+
+
+@lru_cache(maxsize=1)
+def default() -> Catalog:
+    return load()

@@ -1,0 +1,64 @@
+"""The one place that reads the environment.
+
+Stage values come from `.chalice/config.json` (Chalice sets them on deploy; the local stack
+exports the `local` stage's values before it imports the app).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+CHALICE_CONFIG = Path(__file__).resolve().parent.parent / ".chalice" / "config.json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    stage: str
+    jobs_table: str
+    idempotency_table: str
+    intake_bucket: str
+    artifacts_bucket: str
+    intake_queue: str
+    media_queue: str
+    verify_queue: str
+    aws_endpoint_url: str | None
+    region: str
+    max_manifest_bytes: int
+    lease_seconds: int
+    presign_seconds: int
+
+    @property
+    def queues(self) -> dict[str, str]:
+        return {"intake": self.intake_queue, "media": self.media_queue,
+                "verify": self.verify_queue}
+
+
+def stage_environment(stage: str = "local", path: Path = CHALICE_CONFIG) -> dict[str, str]:
+    """The environment variables Chalice would set for `stage` (global values, then stage)."""
+    config = json.loads(path.read_text())
+    env = dict(config.get("environment_variables", {}))
+    env.update(config["stages"][stage].get("environment_variables", {}))
+    return env
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    env = {**stage_environment("local"), **os.environ}
+    return Settings(
+        stage=env["PROOFLINE_STAGE"],
+        jobs_table=env["JOBS_TABLE"],
+        idempotency_table=env["IDEMPOTENCY_TABLE"],
+        intake_bucket=env["INTAKE_BUCKET"],
+        artifacts_bucket=env["ARTIFACTS_BUCKET"],
+        intake_queue=env["INTAKE_QUEUE"],
+        media_queue=env["MEDIA_QUEUE"],
+        verify_queue=env["VERIFY_QUEUE"],
+        aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        max_manifest_bytes=int(env.get("PROOFLINE_MAX_MANIFEST_BYTES", 64 * 1024)),
+        lease_seconds=int(env.get("PROOFLINE_LEASE_SECONDS", 300)),
+        presign_seconds=int(env.get("PROOFLINE_PRESIGN_SECONDS", 900)),
+    )

@@ -1,0 +1,85 @@
+"""One base exception; every subclass carries a machine-readable reason code.
+
+Handlers map these to HTTP statuses (`status`) or to a failed job's `reason`; nothing below
+the handlers knows about HTTP.
+"""
+from __future__ import annotations
+
+
+class ProoflineError(Exception):
+    status = 500
+    reason = "internal_error"
+
+    def __init__(self, message: str, *, reason: str | None = None, details: object = None):
+        super().__init__(message)
+        self.message = message
+        if reason:
+            self.reason = reason
+        self.details = details
+
+    def to_dict(self) -> dict:
+        body = {"reason": self.reason, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class InvalidManifest(ProoflineError):
+    status = 400
+    reason = "invalid_manifest"
+
+
+class UnknownJobClass(InvalidManifest):
+    reason = "unknown_job_class"
+
+
+class UnknownProfile(InvalidManifest):
+    reason = "unknown_profile"
+
+
+class ManifestTooLarge(InvalidManifest):
+    status = 413
+    reason = "manifest_too_large"
+
+
+class JobNotFound(ProoflineError):
+    status = 404
+    reason = "job_not_found"
+
+
+class Conflict(ProoflineError):
+    status = 409
+    reason = "conflict"
+
+
+class IllegalTransition(Conflict):
+    reason = "illegal_transition"
+
+
+class StaleVersion(Conflict):
+    """Someone else moved the job first: the conditional write lost the race."""
+    reason = "stale_version"
+
+
+class JobExists(Conflict):
+    reason = "job_exists"
+
+
+class IdempotencyConflict(Conflict):
+    reason = "idempotency_key_reused"
+
+
+class InputError(ProoflineError):
+    """The job's input cannot be served: permanent, so the job fails without retrying."""
+    status = 422
+    reason = "input_invalid"
+
+
+class MediaError(InputError):
+    reason = "media_unreadable"
+
+
+class OutputRejected(ProoflineError):
+    """Verification said no; the attempt is retried while attempts remain."""
+    status = 422
+    reason = "validation_failed"

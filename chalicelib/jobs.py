@@ -1,0 +1,212 @@
+"""Job services: accept, cancel, query, and the sweeper. Each reads, decides with the pure
+core, commits one transaction, and only then causes side effects (which are idempotent)."""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Callable, Iterable
+
+from aws_lambda_powertools import Logger
+
+from . import states
+from .catalog import Catalog, JobClass
+from .errors import InvalidManifest, JobExists, ProoflineError, StaleVersion
+from .models import Attempt, Event, Job, Manifest, State
+from .ports import Ports
+from .routing import route
+from .store import JobView
+
+logger = Logger(child=True)
+
+
+def derive_job_id(idempotency_key: str) -> str:
+    """The same request always names the same job, so a lost idempotency record can't fork it."""
+    return "job-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
+
+
+def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
+            correlation_id: str, now: datetime) -> tuple[Job, JobClass]:
+    """Validate a manifest against its class and policies; the job as `requested`."""
+    job_class = catalog.job_class(manifest.kind)
+    if manifest.profile and job_class.profiles and manifest.profile not in job_class.profiles:
+        raise InvalidManifest(f"job class {job_class.name} has no profile {manifest.profile!r}",
+                              reason="unknown_profile",
+                              details={"known": sorted(job_class.profiles)})
+    policy = catalog.payment_policy(manifest.payment_policy or job_class.defaults.payment_policy)
+    if policy.escrow:
+        raise InvalidManifest(f"payment policy {policy.name!r} needs settlement, which this "
+                              "stage does not have configured", reason="payment_policy_unavailable")
+    if manifest.deadline and manifest.deadline <= now:
+        raise InvalidManifest("deadline is in the past", reason="deadline_passed")
+    job = Job(job_id=manifest.job_id or job_id, kind=job_class.name, state=State.REQUESTED,
+              version=1, manifest=manifest, profile=manifest.profile,
+              payment_policy=policy.name,
+              max_attempts=manifest.max_attempts or job_class.defaults.max_attempts,
+              timeouts_s=job_class.timeouts_s,
+              correlation_id=correlation_id, source=source, created_at=now, updated_at=now)
+    return job, job_class
+
+
+def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,
+           correlation_id: str) -> tuple[Job, bool]:
+    """Create and route a job in one transaction, then dispatch it. Returns (job, created).
+
+    A job id that exists already returns the stored job if it was made from the same
+    manifest (a retry), and raises JobExists otherwise.
+    """
+    now = ports.clock()
+    job, job_class = new_job(manifest, catalog=ports.catalog, job_id=job_id, source=source,
+                             correlation_id=correlation_id, now=now)
+    created = Event(job_id=job.job_id, seq=1, type="job.created", at=now, state=job.state,
+                    correlation_id=correlation_id,
+                    data={"source": source, "kind": job.kind, "input_uri": manifest.input_uri,
+                          "input_hash": manifest.input_hash})
+    assigned, attempt, event = _assign(job, job_class, now)
+    try:
+        ports.store.create(assigned, [created, event], [attempt])
+    except JobExists as exc:
+        stored = exc.current
+        if stored is None or stored.manifest != manifest:
+            raise JobExists(f"job {job.job_id} exists with a different manifest") from exc
+        return stored, False
+    dispatch(ports, assigned)
+    return assigned, True
+
+
+def reject(ports: Ports, *, key: str, uri: str, error: ProoflineError, correlation_id: str,
+           source: str = "s3") -> Job:
+    """Record a drop we could not accept, so the reason is visible and nothing vanishes."""
+    now = ports.clock()
+    manifest = Manifest.model_construct(kind="unknown", input_uri=uri)
+    job = Job(job_id=derive_job_id(key), kind="unknown", state=State.REQUESTED, version=1,
+              manifest=manifest, payment_policy="none", max_attempts=0,
+              correlation_id=correlation_id, source=source, created_at=now, updated_at=now)
+    created = Event(job_id=job.job_id, seq=1, type="job.created", at=now, state=job.state,
+                    correlation_id=correlation_id, data={"source": source, "input_uri": uri})
+    rejected, event = states.transition(job, State.REJECTED, at=now, reason=error.reason,
+                                        data=error.to_dict())
+    try:
+        ports.store.create(rejected, [created, event])
+    except JobExists as exc:
+        return exc.current or ports.store.get(job.job_id)
+    return rejected
+
+
+def cancel(ports: Ports, job_id: str, *, by: str = "client") -> Job:
+    def plan(job: Job):
+        moved, event = states.transition(job, State.CANCELLED, at=ports.clock(),
+                                         data={"by": by, "from": job.state.value},
+                                         reason="cancelled")
+        return moved, [event], []
+    return apply(ports, ports.store.get(job_id), plan)
+
+
+def view(ports: Ports, job_id: str) -> JobView:
+    return ports.store.view(job_id)
+
+
+def dispatch(ports: Ports, job: Job) -> None:
+    """Hand an assigned attempt to its pool. Safe to repeat: a stale copy loses its race."""
+    job_class = ports.catalog.job_class(job.kind)
+    ports.queues.send(job_class.pool, {"job": job.model_dump(mode="json"),
+                                       "attempt": job.attempt})
+
+
+def request_verification(ports: Ports, job: Job, result: dict) -> None:
+    ports.queues.send("verify", {"job": job.model_dump(mode="json"), "result": result})
+
+
+Plan = Callable[[Job], "tuple[Job, list[Event], list[Attempt]] | None"]
+
+
+def apply(ports: Ports, job: Job, plan: Plan, *, tries: int = 3) -> Job | None:
+    """Commit `plan(job)`; when the job moved underneath, plan again from what is stored.
+
+    A plan returns None when there is nothing (left) to do, e.g. a duplicate delivery.
+    """
+    for _ in range(tries):
+        planned = plan(job)
+        if planned is None:
+            return None
+        moved, events, attempts = planned
+        try:
+            ports.store.commit(job, moved, events, attempts)
+            return moved
+        except StaleVersion as exc:
+            job = exc.current or ports.store.get(job.job_id)
+    raise StaleVersion(f"job {job.job_id} kept changing; gave up after {tries} tries")
+
+
+def retry_or_fail(job: Job, job_class: JobClass, *, at: datetime, reason: str, event: str,
+                  data: dict, failed_attempt: Attempt) -> tuple[Job, list[Event], list[Attempt]]:
+    """After a lost or rejected attempt: a fresh attempt while attempts remain, else failed.
+    `event` names what happened to the attempt (execution.failed, validation.failed, …)."""
+    if job.attempt >= job.max_attempts:
+        noted, e1 = states.note(job, event, at=at, data={**data, "reason": reason})
+        failed, e2 = states.transition(noted, State.FAILED, at=at, reason="attempts_exhausted",
+                                       data={"reason": "attempts_exhausted", "last": reason,
+                                             "attempts": job.attempt})
+        return failed, [e1, e2], [failed_attempt]
+    retrying, e1 = states.transition(job, State.RETRYING, at=at, event=event,
+                                     data={**data, "reason": reason})
+    assigned, attempt, e2 = _assign(retrying, job_class, at)
+    return assigned, [e1, e2], [failed_attempt, attempt]
+
+
+def sweep(ports: Ports) -> list[tuple[str, str]]:
+    """Move every job whose deadline passed; returns (job id, action) pairs."""
+    now = ports.clock()
+    actions = []
+    for job in ports.store.due(now):
+        action = _sweep_one(ports, job, now)
+        if action:
+            actions.append((job.job_id, action))
+    return actions
+
+
+def _sweep_one(ports: Ports, job: Job, now: datetime) -> str | None:
+    job_class = ports.catalog.job_class(job.kind)
+    if job.manifest.deadline and job.manifest.deadline <= now:
+        def expire(j: Job):
+            if j.state.terminal:
+                return None
+            failed, event = states.transition(j, State.FAILED, at=now, reason="deadline_passed",
+                                              data={"reason": "deadline_passed"})
+            return failed, [event], []
+        return "failed" if apply(ports, job, expire) else None
+    if job.state in (State.ASSIGNED, State.RUNNING):
+        def plan(j: Job):
+            if j.state not in (State.ASSIGNED, State.RUNNING) or not _overdue(j, now):
+                return None
+            lost = Attempt(job_id=j.job_id, number=j.attempt, worker=j.worker or "unknown",
+                           state="lost", finished_at=now, reason="lease_expired")
+            return retry_or_fail(j, job_class, at=now, reason="lease_expired",
+                                 event="lease.expired",
+                                 data={"attempt": j.attempt, "state": j.state.value},
+                                 failed_attempt=lost)
+        moved = apply(ports, job, plan)
+        if moved and moved.state == State.ASSIGNED:
+            dispatch(ports, moved)
+        return moved.state.value if moved else None
+    logger.warning("job overdue with no automatic remedy",
+                   extra={"job_id": job.job_id, "state": job.state.value})
+    return None
+
+
+def _overdue(job: Job, now: datetime) -> bool:
+    return job.next_deadline is not None and job.next_deadline <= now
+
+
+def _assign(job: Job, job_class: JobClass, at: datetime) -> tuple[Job, Attempt, Event]:
+    """Route the job and open its next attempt."""
+    assignment = route(job_class)
+    number = job.attempt + 1
+    moved, event = states.transition(job, State.ASSIGNED, at=at,
+                                     data={"attempt": number, **assignment.as_event()},
+                                     attempt=number, worker=assignment.worker)
+    return moved, Attempt(job_id=job.job_id, number=number, worker=assignment.worker,
+                          state="assigned"), event
+
+
+def jobs_of(ports: Ports, state: State | None, limit: int) -> Iterable[Job]:
+    return ports.store.list(state, limit)

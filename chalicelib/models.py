@@ -1,0 +1,134 @@
+"""Pydantic models of the job domain: manifests in, jobs, attempts and events out."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{2,63}$")]
+ContentHash = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+Did = Annotated[str, Field(pattern=r"^did:pkh:eip155:[0-9]{1,12}:0x[0-9a-fA-F]{40}$")]
+Price = Annotated[Decimal, Field(ge=0, max_digits=36, decimal_places=18)]
+
+
+class State(StrEnum):
+    REQUESTED = "requested"
+    FUNDED = "funded"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUBMITTED = "submitted"
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    DISPUTED = "disputed"
+    SETTLED = "settled"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({State.SETTLED, State.FAILED, State.CANCELLED, State.REJECTED})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Manifest(BaseModel):
+    """What a client asks for. Unknown fields are refused so typos never pass silently."""
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    job_id: JobId | None = None
+    kind: Annotated[str, Field(min_length=1, max_length=64)]
+    input_uri: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+$",
+                                    max_length=1024)]
+    input_hash: ContentHash | None = None
+    profile: Annotated[str, Field(max_length=64)] | None = None
+    model: Annotated[str, Field(max_length=128)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=10)] | None = None
+    payment_policy: str | None = None
+    validation: dict[str, Any] | None = None
+    deadline: datetime | None = None
+    max_price: Price | None = None
+    client_did: Did | None = None
+
+    @field_validator("deadline")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("deadline needs a timezone (e.g. 2026-01-01T00:00:00Z)")
+        return value
+
+
+class Output(BaseModel):
+    name: str
+    uri: str
+    sha256: ContentHash
+    size_bytes: int
+
+
+class Job(BaseModel):
+    """The job record: the manifest as accepted, plus everything the state machine owns."""
+    job_id: JobId
+    kind: str
+    state: State
+    version: int
+    manifest: Manifest
+    profile: str | None = None
+    payment_policy: str
+    max_attempts: int
+    attempt: int = 0
+    correlation_id: str
+    source: Literal["http", "s3", "cli"]
+    created_at: datetime
+    updated_at: datetime
+    timeouts_s: dict[State, int] = Field(default_factory=dict)
+    next_deadline: datetime | None = None
+    worker: str | None = None
+    reason: str | None = None
+    outputs: list[Output] = Field(default_factory=list)
+
+    @property
+    def input_uri(self) -> str:
+        return self.manifest.input_uri
+
+
+class AttemptResult(BaseModel):
+    """What a worker reports for one attempt; the verifier checks it, never trusts it."""
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: JobId
+    attempt: int
+    worker: str
+    output: Output
+    duration_ms: int
+    execution: dict[str, Any] = Field(default_factory=dict)
+
+
+class Event(BaseModel):
+    job_id: str
+    seq: int
+    type: str
+    at: datetime
+    state: State
+    correlation_id: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Attempt(BaseModel):
+    """One try at a job, kept under its parent; a retry is a new attempt with a new path."""
+    job_id: str
+    number: int
+    worker: str
+    state: Literal["assigned", "running", "submitted", "passed", "failed", "lost"]
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    output: Output | None = None
+    reason: str | None = None

@@ -1,0 +1,150 @@
+"""DynamoDB adapter for job records: one table, one partition per job.
+
+`pk = JOB#<id>` holds the job (`sk = JOB`), its attempts (`ATT#<n>`) and its timeline
+(`EVT#<seq>`), so one Query returns a job with everything that happened to it. Every write
+of a job is one TransactWriteItems: the job put conditional on the version the caller read,
+plus its events (never overwritten) and attempts. The model travels as a JSON document;
+only what indexes and conditions need is lifted into top-level attributes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable, Iterator
+
+from botocore.exceptions import ClientError
+
+from .errors import JobExists, JobNotFound, StaleVersion
+from .models import Attempt, Event, Job, State
+from .states import NON_TERMINAL
+
+JOB_SK = "JOB"
+
+
+def stamp(at: datetime) -> str:
+    """Fixed-width UTC timestamps, so string order is time order in sort keys."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class JobView:
+    job: Job
+    attempts: list[Attempt] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+class JobStore:
+    def __init__(self, client, table: str):
+        self._db = client
+        self._table = table
+
+    # -- writes ---------------------------------------------------------------------------
+    def create(self, job: Job, events: Iterable[Event] = (),
+               attempts: Iterable[Attempt] = ()) -> None:
+        """Write a new job; JobExists (carrying the stored job) if its id is taken."""
+        put = self._job_put(job, "attribute_not_exists(pk)", {})
+        self._transact(job.job_id, put, events, attempts, on_conflict=JobExists)
+
+    def commit(self, expected: Job, job: Job, events: Iterable[Event] = (),
+               attempts: Iterable[Attempt] = ()) -> None:
+        """Replace `expected` by `job`; StaleVersion (carrying the stored job) if it moved."""
+        put = self._job_put(job, "version = :expected",
+                            {":expected": {"N": str(expected.version)}})
+        self._transact(job.job_id, put, events, attempts, on_conflict=StaleVersion)
+
+    # -- reads ----------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job:
+        item = self._db.get_item(TableName=self._table, ConsistentRead=True,
+                                 Key={"pk": {"S": _pk(job_id)}, "sk": {"S": JOB_SK}}).get("Item")
+        if not item:
+            raise JobNotFound(f"no job {job_id!r}")
+        return Job.model_validate_json(item["doc"]["S"])
+
+    def view(self, job_id: str) -> JobView:
+        """The job, its attempts and its timeline in order, from one Query (paginated)."""
+        view: JobView | None = None
+        attempts, events = [], []
+        for item in self._query(KeyConditionExpression="pk = :pk", ConsistentRead=True,
+                                ExpressionAttributeValues={":pk": {"S": _pk(job_id)}}):
+            sk, doc = item["sk"]["S"], item["doc"]["S"]
+            if sk == JOB_SK:
+                view = JobView(Job.model_validate_json(doc))
+            elif sk.startswith("ATT#"):
+                attempts.append(Attempt.model_validate_json(doc))
+            elif sk.startswith("EVT#"):
+                events.append(Event.model_validate_json(doc))
+        if view is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        view.attempts, view.events = attempts, events
+        return view
+
+    def list(self, state: State | None = None, limit: int = 50) -> list[Job]:
+        """Newest first; one index Query per state asked for."""
+        jobs: list[Job] = []
+        for s in [state] if state else list(State):
+            page = self._db.query(TableName=self._table, IndexName="by_state", Limit=limit,
+                                  ScanIndexForward=False,
+                                  KeyConditionExpression="#s = :s",
+                                  ExpressionAttributeNames={"#s": "state"},
+                                  ExpressionAttributeValues={":s": {"S": s.value}})
+            jobs += [Job.model_validate_json(i["doc"]["S"]) for i in page["Items"]]
+        jobs.sort(key=lambda j: j.created_at, reverse=True)
+        return jobs[:limit]
+
+    def due(self, now: datetime, limit: int = 100) -> Iterator[Job]:
+        """Non-terminal jobs whose next deadline has passed (sparse index, no scans)."""
+        for s in NON_TERMINAL:
+            for item in self._query(IndexName="by_deadline", Limit=limit,
+                                    KeyConditionExpression="due_state = :s AND next_deadline <= :now",
+                                    ExpressionAttributeValues={":s": {"S": s.value},
+                                                               ":now": {"S": stamp(now)}}):
+                yield Job.model_validate_json(item["doc"]["S"])
+
+    # -- internals ------------------------------------------------------------------------
+    def _job_put(self, job: Job, condition: str, values: dict) -> dict:
+        item = {"pk": {"S": _pk(job.job_id)}, "sk": {"S": JOB_SK},
+                "state": {"S": job.state.value}, "version": {"N": str(job.version)},
+                "created_at": {"S": stamp(job.created_at)},
+                "doc": {"S": job.model_dump_json()}}
+        if job.next_deadline and not job.state.terminal:
+            item["due_state"] = {"S": job.state.value}
+            item["next_deadline"] = {"S": stamp(job.next_deadline)}
+        put = {"TableName": self._table, "Item": item, "ConditionExpression": condition,
+               "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+        if values:
+            put["ExpressionAttributeValues"] = values
+        return {"Put": put}
+
+    def _transact(self, job_id: str, job_put: dict, events: Iterable[Event],
+                  attempts: Iterable[Attempt], on_conflict: type) -> None:
+        pk = {"S": _pk(job_id)}
+        items = [job_put]
+        items += [{"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(sk)",
+                           "Item": {"pk": pk, "sk": {"S": f"EVT#{e.seq:08d}"},
+                                    "doc": {"S": e.model_dump_json()}}}} for e in events]
+        items += [{"Put": {"TableName": self._table,
+                           "Item": {"pk": pk, "sk": {"S": f"ATT#{a.number:03d}"},
+                                    "doc": {"S": a.model_dump_json()}}}} for a in attempts]
+        try:
+            self._db.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            reasons = exc.response.get("CancellationReasons") or []
+            first = reasons[0] if reasons else {}
+            if first.get("Code") == "ConditionalCheckFailed":
+                stored = first.get("Item", {}).get("doc", {}).get("S")
+                current = Job.model_validate_json(stored) if stored else None
+                conflict = on_conflict(f"job {job_id} was changed by someone else")
+                conflict.current = current
+                raise conflict from exc
+            raise
+
+    def _query(self, **kwargs) -> Iterator[dict]:
+        paginator = self._db.get_paginator("query")
+        for page in paginator.paginate(TableName=self._table, **kwargs):
+            yield from page["Items"]
+
+
+def _pk(job_id: str) -> str:
+    return f"JOB#{job_id}"

@@ -1,0 +1,1 @@
+"""FFmpeg media worker: the container Lambda of the execution plane."""

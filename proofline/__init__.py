@@ -1,0 +1,1 @@
+"""Proofline CLI and local stack."""

@@ -1,0 +1,165 @@
+"""The embedded local stack: moto server (S3, SQS, DynamoDB over HTTP), the Chalice HTTP API
+and the event pump, all on 127.0.0.1, provisioned from the one resource definition.
+
+`proofline dev up` runs `python -m proofline.devstack` as a detached process and waits for
+it to report healthy in `.proofline/stack.json`; tests start the same `DevStack` in-process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import boto3
+
+from chalicelib import aws, config, ports
+from chalicelib.config import stage_environment
+from chalicelib.resources import RESOURCES
+
+from .provision import provision
+from .pump import EventPump
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+STATE_FILE = "stack.json"
+
+
+@dataclass
+class StackInfo:
+    pid: int
+    api_url: str
+    aws_endpoint: str
+    region: str
+    stage: str
+    started_at: float
+    state_dir: str
+
+    def environment(self) -> dict[str, str]:
+        """What a process needs to talk to this stack with boto3."""
+        return {**stage_environment("local"), "AWS_ENDPOINT_URL": self.aws_endpoint,
+                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
+                "PROOFLINE_API_URL": self.api_url}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class DevStack:
+    def __init__(self, state_dir: Path, *, aws_port: int = 0, api_port: int = 0,
+                 visibility_cap: int = 30, schedule_every_s: float = 10.0,
+                 pool_workers: int = 2, region: str = "us-east-1"):
+        self.state_dir = Path(state_dir)
+        self.aws_port = aws_port or free_port()
+        self.api_port = api_port or free_port()
+        self.visibility_cap = visibility_cap
+        self.schedule_every_s = schedule_every_s
+        self.pool_workers = pool_workers
+        self.region = region
+        self.info: StackInfo | None = None
+        self.pump: EventPump | None = None
+        self._moto = self._api = None
+
+    def start(self) -> StackInfo:
+        from moto.server import ThreadedMotoServer
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one line per AWS request
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._moto = ThreadedMotoServer(ip_address=HOST, port=self.aws_port, verbose=False)
+        self._moto.start()
+        self.info = StackInfo(pid=os.getpid(), api_url=f"http://{HOST}:{self.api_port}",
+                              aws_endpoint=f"http://{HOST}:{self.aws_port}", region=self.region,
+                              stage="local", started_at=time.time(), state_dir=str(self.state_dir))
+        os.environ.update(self.info.environment())
+        for cached in (config.settings, ports.default):
+            cached.cache_clear()
+        aws.reset_clients()
+        provision(boto3.session.Session(), config.settings(), visibility_cap=self.visibility_cap)
+        app = _load_app()
+        self._serve_api(app)
+        self.pump = EventPump(config.settings(), pool_workers=self.pool_workers,
+                              schedule_every_s=self.schedule_every_s,
+                              schedules=_schedules(app)).start()
+        return self.info
+
+    def stop(self) -> None:
+        if self.pump:
+            self.pump.stop()
+        if self._api:
+            self._api.shutdown()
+        if self._moto:
+            self._moto.stop()
+
+    def _serve_api(self, app) -> None:
+        from chalice.config import Config
+        from chalice.local import create_local_server
+        server = create_local_server(app.app, Config.create(chalice_stage="local",
+                                                            app_name="proofline"),
+                                     HOST, self.api_port)
+        self._api = server.server
+        threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+
+
+def _load_app():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import app
+    return app
+
+
+def _schedules(app) -> dict[str, str]:
+    from chalice.app import ScheduledEventConfig
+    return {s.name: f"app:{s.name}" for s in app.app.event_sources
+            if isinstance(s, ScheduledEventConfig)}
+
+
+# -- the detached process behind `proofline dev up` -------------------------------------------
+def read_state(state_dir: Path) -> StackInfo | None:
+    path = Path(state_dir) / STATE_FILE
+    try:
+        return StackInfo(**json.loads(path.read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def serve(state_dir: Path, **options) -> None:
+    stack = DevStack(state_dir, **options)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    info = stack.start()
+    state = Path(state_dir) / STATE_FILE
+    state.write_text(json.dumps(asdict(info), indent=2))
+    try:
+        stopping.wait()
+    finally:
+        state.unlink(missing_ok=True)
+        stack.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--state-dir", type=Path, default=Path(".proofline"))
+    parser.add_argument("--aws-port", type=int, default=0)
+    parser.add_argument("--api-port", type=int, default=0)
+    parser.add_argument("--visibility-cap", type=int, default=30)
+    parser.add_argument("--schedule-every", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    serve(args.state_dir, aws_port=args.aws_port, api_port=args.api_port,
+          visibility_cap=args.visibility_cap, schedule_every_s=args.schedule_every,
+          pool_workers=args.workers)
+
+
+if __name__ == "__main__":
+    main()
