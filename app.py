@@ -1,4 +1,5 @@
 """Proofline control plane: every trigger in one screen, each a few lines of delegation."""
+import functools
 import json
 import uuid
 
@@ -15,24 +16,30 @@ app = Chalice(app_name="proofline")
 logger = Logger(service="proofline")
 
 
-@app.middleware("http")
-def typed_errors(event, get_response):
-    """Domain errors become 4xx bodies with a reason code; nothing else knows about HTTP."""
-    logger.set_correlation_id(event.headers.get("x-correlation-id") or str(uuid.uuid4()))
-    try:
-        return get_response(event)
-    except ProoflineError as error:
-        if error.status >= 500:
-            logger.exception("request failed")
-        return Response(error.to_dict(), status_code=error.status)
+def route(path, **options):
+    """`app.route` whose domain errors become a status and a body with a reason code;
+    nothing below the handlers knows about HTTP."""
+    def decorate(view):
+        @functools.wraps(view)
+        def handle(*args, **kwargs):
+            headers = app.current_request.headers
+            logger.set_correlation_id(headers.get("x-correlation-id") or str(uuid.uuid4()))
+            try:
+                return view(*args, **kwargs)
+            except ProoflineError as error:
+                if error.status >= 500:
+                    logger.exception("request failed")
+                return Response(error.to_dict(), status_code=error.status)
+        return app.route(path, **options)(handle)
+    return decorate
 
 
-@app.route("/health")
+@route("/health")
 def health():
     return {"status": "ok", "stage": config.settings().stage}
 
 
-@app.route("/jobs", methods=["POST"],
+@route("/jobs", methods=["POST"],
            content_types=["application/json", "application/x-yaml", "text/yaml"])
 def submit_job():
     request = app.current_request
@@ -46,7 +53,7 @@ def submit_job():
                     headers={"Location": f"/jobs/{job['job_id']}"})
 
 
-@app.route("/jobs", methods=["GET"])
+@route("/jobs", methods=["GET"])
 def list_jobs():
     params = app.current_request.query_params or {}
     try:
@@ -57,25 +64,25 @@ def list_jobs():
     return {"jobs": [j.model_dump(mode="json") for j in jobs.jobs_of(ports.default(), state, limit)]}
 
 
-@app.route("/jobs/{job_id}")
+@route("/jobs/{job_id}")
 def get_job(job_id):
     view = jobs.view(ports.default(), job_id)
     return job_document(ports.default(), view)
 
 
-@app.route("/jobs/{job_id}/events")
+@route("/jobs/{job_id}/events")
 def job_events(job_id):
     view = jobs.view(ports.default(), job_id)
     return {"job_id": job_id, "state": view.job.state,
             "events": [e.model_dump(mode="json") for e in view.events]}
 
 
-@app.route("/jobs/{job_id}/cancel", methods=["POST"])
+@route("/jobs/{job_id}/cancel", methods=["POST"])
 def cancel_job(job_id):
     return jobs.cancel(ports.default(), job_id).model_dump(mode="json")
 
 
-@app.route("/uploads", methods=["POST"])
+@route("/uploads", methods=["POST"])
 def create_upload():
     return upload_slot(ports.default(), app.current_request.json_body or {})
 

@@ -86,7 +86,7 @@ class Job(BaseModel):
     max_attempts: int
     attempt: int = 0
     correlation_id: str
-    source: Literal["http", "s3", "cli"]
+    source: Literal["http", "s3"]
     created_at: datetime
     updated_at: datetime
     timeouts_s: dict[State, int] = Field(default_factory=dict)

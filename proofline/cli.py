@@ -1,0 +1,330 @@
+"""`proofline`: submit and follow jobs, and run the local stack."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from . import client as api_client
+from .devstack import read_state
+
+console = Console()
+err = Console(stderr=True)
+STATE_DIR = Path(".proofline")
+MANIFEST_FLAGS = ("kind", "input_uri", "profile", "model", "max_attempts", "payment_policy",
+                  "deadline", "max_price", "client_did", "job_id")
+
+
+def _api(ctx: click.Context) -> api_client.Api:
+    try:
+        return api_client.Api(api_client.resolve_api_url(ctx.obj["api"], STATE_DIR))
+    except api_client.NoStack as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _emit(data, as_json: bool, render) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render(data)
+
+
+class Cli(click.Group):
+    """Turn API errors into one readable line and a non-zero exit."""
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except api_client.ApiError as exc:
+            err.print(f"[red]error[/red] {exc.status} [bold]{exc.reason}[/bold]: {exc.message}")
+            for detail in exc.details if isinstance(exc.details, list) else []:
+                err.print(f"  - {detail.get('field', '')}: {detail.get('message', detail)}")
+            sys.exit(2)
+
+
+@click.group(cls=Cli)
+@click.option("--api", envvar="PROOFLINE_API_URL", help="API base URL (default: the local stack).")
+@click.pass_context
+def main(ctx, api):
+    """Proofline: verifiable compute jobs, paid only after verification."""
+    ctx.obj = {"api": api}
+
+
+# -- jobs ----------------------------------------------------------------------------------
+@main.command()
+@click.argument("manifest", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind")
+@click.option("--input", "input_uri", help="s3:// URI, or a local file to upload first.")
+@click.option("--profile")
+@click.option("--model")
+@click.option("--max-attempts", type=int)
+@click.option("--payment-policy")
+@click.option("--deadline", help="ISO 8601 with a timezone.")
+@click.option("--max-price")
+@click.option("--client-did")
+@click.option("--job-id")
+@click.option("--idempotency-key", help="Reuse to make retries of this submission safe.")
+@click.option("--wait/--no-wait", default=False, help="Follow the job to a terminal state.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def submit(ctx, manifest, idempotency_key, wait, as_json, **flags):
+    """Submit a job from a manifest file (YAML or JSON) and/or flags."""
+    fields = yaml.safe_load(manifest.read_text()) if manifest else {}
+    if not isinstance(fields, dict):
+        raise click.ClickException(f"{manifest} does not hold a mapping of manifest fields")
+    fields.update({k: v for k, v in flags.items() if v is not None})
+    api = _api(ctx)
+    source = fields.get("input_uri")
+    if source and not str(source).startswith("s3://"):
+        path = (manifest.parent if manifest else Path()) / source
+        if not path.is_file():
+            raise click.ClickException(f"input {source!r} is neither s3:// nor a local file")
+        slot = api.upload(path)
+        fields.update(input_uri=slot["input_uri"], input_hash=slot["input_hash"])
+        if not as_json:
+            err.print(f"uploaded {path} → {slot['input_uri']}" if slot["upload_url"]
+                      else f"input already stored at {slot['input_uri']}")
+    job, created = api.submit(fields, idempotency_key=idempotency_key)
+    if not as_json:
+        console.print(f"{'created' if created else 'existing'} job [bold]{job['job_id']}[/bold] "
+                      f"({job['kind']}, {job['state']})")
+    if wait:
+        final = _watch(api, job["job_id"], as_json)
+        sys.exit(0 if final["state"] == "settled" else 1)
+    if as_json:
+        click.echo(json.dumps({**job, "created": created}, indent=2))
+
+
+@main.group()
+def jobs():
+    """List, inspect, follow and cancel jobs."""
+
+
+@jobs.command("list")
+@click.option("--state")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs_list(ctx, state, limit, as_json):
+    def render(rows):
+        table = Table("job", "kind", "state", "attempt", "source", "created", "reason")
+        for j in rows:
+            table.add_row(j["job_id"], j["kind"], _state(j["state"]), str(j["attempt"]),
+                          j["source"], j["created_at"][:19], j.get("reason") or "")
+        console.print(table)
+    _emit(_api(ctx).jobs(state, limit), as_json, render)
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs_show(ctx, job_id, as_json):
+    def render(job):
+        table = Table(show_header=False, box=None)
+        for key in ("job_id", "kind", "state", "reason", "attempt", "max_attempts", "worker",
+                    "payment_policy", "correlation_id", "created_at", "updated_at"):
+            table.add_row(f"[dim]{key}[/dim]", _state(str(job.get(key))) if key == "state"
+                          else str(job.get(key) if job.get(key) is not None else "—"))
+        table.add_row("[dim]input[/dim]", f"{job['manifest']['input_uri']}\n{job['manifest'].get('input_hash') or ''}")
+        for out in job["outputs"]:
+            table.add_row(f"[dim]output[/dim]", f"{out['uri']}\n{out['sha256']} ({out['size_bytes']} B)")
+        for a in job.get("attempts", []):
+            table.add_row(f"[dim]attempt {a['number']}[/dim]",
+                          f"{a['state']} on {a['worker']}" + (f" ({a['reason']})" if a.get("reason") else ""))
+        console.print(table)
+    _emit(_api(ctx).job(job_id), as_json, render)
+
+
+@jobs.command("events")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs_events(ctx, job_id, as_json):
+    timeline = _api(ctx).events(job_id)
+    if as_json:
+        click.echo(json.dumps(timeline, indent=2))
+        return
+    for event in timeline["events"]:
+        _print_event(event)
+
+
+@jobs.command("watch")
+@click.argument("job_id")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.pass_context
+def jobs_watch(ctx, job_id, timeout, as_json):
+    """Follow a job's timeline live until it ends; exit 0 only if it settled."""
+    final = _watch(_api(ctx), job_id, as_json, timeout)
+    sys.exit(0 if final["state"] == "settled" else 1)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs_cancel(ctx, job_id, as_json):
+    _emit(_api(ctx).cancel(job_id), as_json,
+          lambda job: console.print(f"job {job['job_id']} is {_state(job['state'])}"))
+
+
+def _watch(api: api_client.Api, job_id: str, as_json: bool, timeout: float = 600) -> dict:
+    for event in api.follow(job_id, timeout_s=timeout):
+        if as_json:
+            click.echo(json.dumps(event))
+        else:
+            _print_event(event)
+    job = api.job(job_id)
+    if not as_json:
+        for out in job["outputs"]:
+            console.print(f"[green]output[/green] {out['name']}: {out['uri']}")
+        if job.get("reason"):
+            console.print(f"[red]reason[/red] {job['reason']}")
+    return job
+
+
+def _print_event(event: dict) -> None:
+    at = datetime.fromisoformat(event["at"].replace("Z", "+00:00")).strftime("%H:%M:%S")
+    console.print(f"{at} [bold]{event['type']:<22}[/bold] {_state(event['state']):<10} "
+                  f"[dim]{_summary(event['data'])}[/dim]", highlight=False)
+
+
+def _summary(data: dict) -> str:
+    keys = ("attempt", "worker", "reason", "message", "passed", "source", "name", "duration_ms")
+    parts = [f"{k}={data[k]}" for k in keys if data.get(k) not in (None, "")]
+    return " ".join(parts)[:160]
+
+
+def _state(state: str) -> str:
+    color = {"settled": "green", "failed": "red", "rejected": "red", "cancelled": "yellow"}
+    return f"[{color[state]}]{state}[/{color[state]}]" if state in color else state
+
+
+# -- local stack ---------------------------------------------------------------------------
+@main.group()
+def dev():
+    """Run the embedded local stack (moto, API, event pump) on 127.0.0.1."""
+
+
+@dev.command("up")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--workers", default=2, show_default=True, help="Media worker processes.")
+@click.option("--timeout", default=90.0, show_default=True)
+def dev_up(as_json, workers, timeout):
+    """Start the stack in the background and return once it is healthy."""
+    info = _running()
+    if info is None:
+        STATE_DIR.mkdir(exist_ok=True)
+        log = open(STATE_DIR / "stack.log", "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proofline.devstack", "--state-dir", str(STATE_DIR),
+             "--workers", str(workers)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        info = _await_healthy(process, timeout)
+        started = True
+    else:
+        started = False
+    _emit({**info.__dict__, "started": started}, as_json, lambda d: console.print(
+        f"{'started' if started else 'already running'}: API {d['api_url']}  "
+        f"AWS {d['aws_endpoint']}  (pid {d['pid']}, logs {STATE_DIR / 'stack.log'})"))
+
+
+@dev.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def dev_status(as_json):
+    info = _running()
+    data = {"running": info is not None, **(info.__dict__ if info else {})}
+    _emit(data, as_json, lambda d: console.print(
+        f"running: API {d['api_url']}  AWS {d['aws_endpoint']}  pid {d['pid']}" if d["running"]
+        else "not running"))
+    sys.exit(0 if info else 3)
+
+
+@dev.command("down")
+def dev_down():
+    info = read_state(STATE_DIR)
+    if info is None or not _alive(info.pid):
+        (STATE_DIR / "stack.json").unlink(missing_ok=True)
+        console.print("not running")
+        return
+    os.kill(info.pid, signal.SIGTERM)
+    for _ in range(100):
+        if not _alive(info.pid):
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(info.pid, signal.SIGKILL)
+    (STATE_DIR / "stack.json").unlink(missing_ok=True)
+    console.print(f"stopped (pid {info.pid})")
+
+
+def _running():
+    info = read_state(STATE_DIR)
+    if info is None or not _alive(info.pid):
+        return None
+    try:
+        api_client.Api(info.api_url, timeout=5).health()
+    except Exception:
+        return None
+    return info
+
+
+def _await_healthy(process: subprocess.Popen, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = (STATE_DIR / "stack.log").read_text(errors="replace")[-3000:]
+            raise click.ClickException(f"the stack exited with {process.returncode}:\n{tail}")
+        info = _running()
+        if info is not None:
+            return info
+        time.sleep(0.3)
+    process.terminate()
+    raise click.ClickException(f"the stack was not healthy after {timeout}s; see {STATE_DIR / 'stack.log'}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:   # a zombie child of ours is not alive
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return True
+
+
+# -- operations ----------------------------------------------------------------------------
+@main.group()
+def ops():
+    """Deployment chores."""
+
+
+@ops.command("enable-batch-failures")
+@click.argument("functions", nargs=-1, required=True)
+@click.option("--region")
+def ops_enable_batch_failures(functions, region):
+    """Turn on ReportBatchItemFailures for the SQS triggers Chalice deployed (it can't)."""
+    import boto3
+    from chalicelib.deploy import enable_partial_batch_responses
+    rows = enable_partial_batch_responses(boto3.client("lambda", region_name=region), functions)
+    for row in rows:
+        console.print(f"{row['function']} ← {row['queue_arn']}: "
+                      f"{'enabled' if row['changed'] else 'already on'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""A small client for the Proofline HTTP API (what the CLI, the demo and tests use)."""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import requests
+
+from chalicelib.media import sha256_file
+
+from .devstack import read_state
+
+TERMINAL = {"settled", "failed", "cancelled", "rejected"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str, details: Any = None):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status, self.reason, self.message, self.details = status, reason, message, details
+
+
+class NoStack(Exception):
+    pass
+
+
+def resolve_api_url(explicit: str | None = None, state_dir: Path = Path(".proofline")) -> str:
+    if explicit or os.environ.get("PROOFLINE_API_URL"):
+        return (explicit or os.environ["PROOFLINE_API_URL"]).rstrip("/")
+    info = read_state(state_dir)
+    if info is None:
+        raise NoStack("no local stack is running here: run `proofline dev up`, "
+                      "or set PROOFLINE_API_URL / --api")
+    return info.api_url
+
+
+class Api:
+    def __init__(self, base_url: str, timeout: float = 30):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._http = requests.Session()
+
+    def submit(self, manifest: dict, *, idempotency_key: str | None = None) -> tuple[dict, bool]:
+        """POST /jobs; returns (job, created). One key per logical submission, reused on
+        retries, so a retried request can never make a second job."""
+        key = idempotency_key or str(uuid.uuid4())
+        response = self._request("POST", "/jobs", json=manifest,
+                                 headers={"Idempotency-Key": key})
+        return response.json(), response.status_code == 201
+
+    def job(self, job_id: str) -> dict:
+        return self._request("GET", f"/jobs/{job_id}").json()
+
+    def events(self, job_id: str) -> dict:
+        return self._request("GET", f"/jobs/{job_id}/events").json()
+
+    def jobs(self, state: str | None = None, limit: int = 50) -> list[dict]:
+        params = {"limit": limit, **({"state": state} if state else {})}
+        return self._request("GET", "/jobs", params=params).json()["jobs"]
+
+    def cancel(self, job_id: str) -> dict:
+        return self._request("POST", f"/jobs/{job_id}/cancel").json()
+
+    def health(self) -> dict:
+        return self._request("GET", "/health").json()
+
+    def upload(self, path: Path) -> dict:
+        """Content-addressed upload of a local input; skipped when the bytes are there."""
+        slot = self._request("POST", "/uploads", json={"sha256": sha256_file(path)}).json()
+        if slot["upload_url"]:
+            with open(path, "rb") as body:
+                put = self._http.put(slot["upload_url"], data=body, timeout=self.timeout * 10)
+            put.raise_for_status()
+        return slot
+
+    def follow(self, job_id: str, *, poll_s: float = 0.5, timeout_s: float = 600) -> Iterator[dict]:
+        """Yield the job's events as they happen, until it reaches a terminal state."""
+        seen, deadline = 0, time.monotonic() + timeout_s
+        while True:
+            timeline = self.events(job_id)
+            for event in timeline["events"][seen:]:
+                yield event
+            seen = len(timeline["events"])
+            if timeline["state"] in TERMINAL:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {timeline['state']} after {timeout_s}s")
+            time.sleep(poll_s)
+
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        for attempt in range(3):
+            try:
+                response = self._http.request(method, self.base_url + path,
+                                              timeout=self.timeout, **kwargs)
+                break
+            except requests.ConnectionError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"reason": "http_error", "message": response.text[:500]}
+            raise ApiError(response.status_code, body.get("reason", "http_error"),
+                           body.get("message", body.get("Message", "")), body.get("details"))
+        return response
