@@ -8,7 +8,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ProoflineError, UnknownJobClass, UnknownProfile
+from .errors import InvalidManifest, ProoflineError, UnknownJobClass, UnknownProfile
 from .models import State
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
@@ -66,8 +66,9 @@ class Catalog(_Strict):
         try:
             return self.payment_policies[name]
         except KeyError:
-            raise ProoflineError(f"unknown payment policy {name!r}", reason="unknown_payment_policy",
-                                 details={"known": sorted(self.payment_policies)}) from None
+            raise InvalidManifest(f"unknown payment policy {name!r}",
+                                  reason="unknown_payment_policy",
+                                  details={"known": sorted(self.payment_policies)}) from None
 
     def resolve(self, name: str) -> tuple[JobClass, str | None]:
         """A name from a key prefix: a job class, or a profile of exactly one class."""
@@ -91,7 +92,9 @@ def load(directory: Path = CATALOG_DIR) -> Catalog:
     except ValidationError as exc:
         raise CatalogError(f"catalog in {directory} is invalid: {exc}") from exc
     for job_class in catalog.job_classes.values():
-        catalog.payment_policy(job_class.defaults.payment_policy)
+        if job_class.defaults.payment_policy not in catalog.payment_policies:
+            raise CatalogError(f"job class {job_class.name} defaults to an unknown payment "
+                               f"policy {job_class.defaults.payment_policy!r}")
     return catalog
 
 

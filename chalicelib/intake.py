@@ -34,6 +34,10 @@ _TYPE_ERRORS = ("_type", "_parsing")
 
 def parse_manifest(body: bytes | str, *, max_bytes: int) -> Manifest:
     """JSON (or YAML) bytes → Manifest, or InvalidManifest with a reason and field errors."""
+    return manifest_from_dict(parse_fields(body, max_bytes=max_bytes))
+
+
+def parse_fields(body: bytes | str, *, max_bytes: int) -> dict[str, Any]:
     raw = body.encode() if isinstance(body, str) else body
     if len(raw) > max_bytes:
         raise ManifestTooLarge(f"manifest is {len(raw)} bytes; the limit is {max_bytes}")
@@ -43,7 +47,7 @@ def parse_manifest(body: bytes | str, *, max_bytes: int) -> Manifest:
         raise InvalidManifest(f"manifest is not JSON or YAML: {exc}", reason="malformed_json") from exc
     if not isinstance(data, dict):
         raise InvalidManifest("manifest must be an object", reason="malformed_json")
-    return manifest_from_dict(data)
+    return data
 
 
 def manifest_from_dict(data: dict[str, Any]) -> Manifest:
@@ -147,9 +151,12 @@ def _drop_manifest(ports: Ports, media: Drop) -> Manifest | None:
     sidecar_uri = S3Uri(media.bucket, media.key + SIDECAR_SUFFIX)
     fields: dict[str, Any]
     if ports.blobs.head(sidecar_uri) is not None:
-        fields = parse_manifest(ports.blobs.read(sidecar_uri, ports.settings.max_manifest_bytes),
-                                max_bytes=ports.settings.max_manifest_bytes).model_dump(
-                                    exclude_none=True, exclude={"input_uri", "input_hash"})
+        limit = ports.settings.max_manifest_bytes
+        fields = parse_fields(ports.blobs.read(sidecar_uri, limit), max_bytes=limit)
+        fields.pop("input_uri", None)        # the input is the dropped object, nothing else
+        fields.pop("input_hash", None)
+        if "kind" not in fields:
+            raise InvalidManifest("the sidecar manifest names no kind", reason="missing_field")
     else:
         name = _prefix_name(media.key)
         if name is None:

@@ -1,0 +1,73 @@
+"""Fixtures: the real local stack (moto server, Chalice API, event pump) for stack tests,
+started once per session in-process, and small generated media."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from proofline import clips
+from proofline.client import TERMINAL, Api, ApiError
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    from proofline.devstack import DevStack
+    dev = DevStack(tmp_path_factory.mktemp("stack"), visibility_cap=2, schedule_every_s=1,
+                   pool_workers=2)
+    dev.start()
+    yield dev
+    dev.stop()
+
+
+@pytest.fixture(scope="session")
+def api(stack) -> Api:
+    return Api(stack.info.api_url)
+
+
+@pytest.fixture(scope="session")
+def aws(stack):
+    """boto3 clients of a test's own, outside the control plane's request counting."""
+    session = boto3.session.Session()
+    make = lambda name: session.client(name, endpoint_url=stack.info.aws_endpoint,  # noqa: E731
+                                       region_name=stack.info.region)
+    return type("Aws", (), {"s3": make("s3"), "sqs": make("sqs"), "dynamodb": make("dynamodb")})
+
+
+@pytest.fixture(scope="session")
+def ports(stack):
+    from chalicelib import ports
+    return ports.default()
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def clip(media_dir) -> Path:
+    return clips.make_clip(media_dir / "clip.mp4", seconds=1.0, width=160, height=120)
+
+
+def wait_for(api: Api, job_id: str, states=TERMINAL, timeout: float = 60) -> dict:
+    """Poll until the job exists and is in one of `states` (asynchronous doors create it late)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            job = api.job(job_id)
+        except ApiError as error:
+            if error.status != 404 or time.monotonic() > deadline:
+                raise
+            job = None
+        if job and job["state"] in states:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} stuck in {job['state']}: {api.events(job_id)}")
+        time.sleep(0.2)
+
+
+def event_types(api: Api, job_id: str) -> list[str]:
+    return [e["type"] for e in api.events(job_id)["events"]]

@@ -1,0 +1,143 @@
+"""The HTTP door: idempotent submission, typed errors, queries, cancel — through the real API."""
+import json
+import uuid
+
+import pytest
+import requests
+
+from conftest import event_types, wait_for
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def uploaded(api, clip):
+    return api.upload(clip)
+
+
+def manifest(uploaded, **extra):
+    return {"kind": "media_probe", "input_uri": uploaded["input_uri"],
+            "input_hash": uploaded["input_hash"], **extra}
+
+
+def post(api, body, key=None, content_type="application/json"):
+    headers = {"Content-Type": content_type, **({"Idempotency-Key": key} if key else {})}
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(f"{api.base_url}/jobs", data=data, headers=headers, timeout=30)
+
+
+def test_submitted_job_runs_to_settled_with_a_verified_output(api, uploaded, aws):
+    response = post(api, manifest(uploaded, max_attempts=2), key=str(uuid.uuid4()))
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/jobs/{response.json()['job_id']}"
+    job = wait_for(api, response.json()["job_id"])
+    assert job["state"] == "settled", api.events(job["job_id"])
+    assert event_types(api, job["job_id"]) == [
+        "job.created", "job.assigned", "execution.started", "execution.completed",
+        "output.uploaded", "verification.started", "validation.passed", "output.promoted",
+        "settlement.skipped"]
+    [output] = job["outputs"]
+    report = requests.get(output["download_url"], timeout=10)
+    assert report.status_code == 200
+    probe = report.json()
+    assert probe["video"]["width"] == 160 and probe["has_audio"] is True
+    assert abs(probe["duration_s"] - 1.0) < 0.15
+
+
+def test_replay_with_the_same_key_returns_the_same_job(api, uploaded):
+    key = str(uuid.uuid4())
+    first = post(api, manifest(uploaded, max_attempts=1), key=key)
+    again = post(api, manifest(uploaded, max_attempts=1), key=key)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["job_id"] == again.json()["job_id"]
+
+
+def test_same_key_with_another_body_is_a_conflict(api, uploaded):
+    key = str(uuid.uuid4())
+    assert post(api, manifest(uploaded, max_attempts=1), key=key).status_code == 201
+    clash = post(api, manifest(uploaded, max_attempts=2), key=key)
+    assert clash.status_code == 409
+    assert clash.json()["reason"] == "idempotency_key_reused"
+
+
+def test_without_a_key_the_same_body_is_one_job(api, uploaded):
+    body = manifest(uploaded, max_attempts=3, job_id=None)
+    body.pop("job_id")
+    body["validation"] = {"nonce": str(uuid.uuid4())}
+    first, again = post(api, body), post(api, body)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["job_id"] == again.json()["job_id"]
+
+
+def test_a_client_chosen_job_id_cannot_be_reused_for_other_work(api, uploaded):
+    job_id = f"mine-{uuid.uuid4().hex[:8]}"
+    assert post(api, manifest(uploaded, job_id=job_id), key="a-" + job_id).status_code == 201
+    clash = post(api, manifest(uploaded, job_id=job_id, max_attempts=1), key="b-" + job_id)
+    assert clash.status_code == 409 and clash.json()["reason"] == "job_exists"
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"input_uri": "s3://bucket-a/x"}, "missing_field"),
+    ({"kind": "media_probe"}, "missing_field"),
+    ({"kind": "media_probe", "input_uri": "s3://bucket-a/x", "colour": "red"}, "unknown_field"),
+    ({"kind": "media_probe", "input_uri": "s3://bucket-a/x", "max_attempts": "many"}, "wrong_type"),
+    ({"kind": "media_probe", "input_uri": "s3://bucket-a/x", "max_price": "-0.5"}, "invalid_value"),
+    ({"kind": "media_probe", "input_uri": "/etc/passwd"}, "invalid_value"),
+    ({"kind": "transmogrify", "input_uri": "s3://bucket-a/x"}, "unknown_job_class"),
+    ({"kind": "media_probe", "input_uri": "s3://bucket-a/x", "payment_policy": "gratis"},
+     "unknown_payment_policy"),
+    ({"kind": "media_probe", "input_uri": "s3://bucket-a/x", "deadline": "2001-01-01T00:00:00Z"},
+     "deadline_passed"),
+    ("[1, 2]", "malformed_json"),
+    ("{nope", "malformed_json"),
+])
+def test_bad_manifests_get_400_with_a_reason(api, body, reason):
+    response = post(api, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == reason
+    assert response.json()["message"]
+
+
+def test_oversize_manifest_is_413(api):
+    body = {"kind": "media_probe", "input_uri": "s3://bucket-a/x", "validation": {"pad": "x" * 70_000}}
+    response = post(api, body)
+    assert response.status_code == 413
+    assert response.json()["reason"] == "manifest_too_large"
+
+
+def test_yaml_manifests_are_accepted(api, uploaded):
+    body = f"kind: media_probe\ninput_uri: {uploaded['input_uri']}\nmax_attempts: 1\n"
+    response = post(api, body, key=str(uuid.uuid4()), content_type="application/x-yaml")
+    assert response.status_code == 201
+    assert response.json()["max_attempts"] == 1
+
+
+def test_unknown_job_is_404(api):
+    response = requests.get(f"{api.base_url}/jobs/job-doesnotexist", timeout=10)
+    assert response.status_code == 404 and response.json()["reason"] == "job_not_found"
+
+
+def test_cancelling_a_finished_job_is_409(api, uploaded):
+    job = api.submit(manifest(uploaded, max_attempts=1))[0]
+    wait_for(api, job["job_id"])
+    response = requests.post(f"{api.base_url}/jobs/{job['job_id']}/cancel", timeout=10)
+    assert response.status_code == 409
+    assert response.json()["reason"] == "illegal_transition"
+
+
+def test_list_by_state(api, uploaded):
+    job = api.submit(manifest(uploaded, max_attempts=1), idempotency_key=str(uuid.uuid4()))[0]
+    wait_for(api, job["job_id"])
+    settled = {j["job_id"] for j in api.jobs("settled", limit=500)}
+    assert job["job_id"] in settled
+    assert job["job_id"] not in {j["job_id"] for j in api.jobs("failed", limit=500)}
+    assert requests.get(f"{api.base_url}/jobs?state=bogus", timeout=10).status_code == 400
+
+
+def test_uploads_are_content_addressed(api, clip):
+    first = api.upload(clip)
+    slot = requests.post(f"{api.base_url}/uploads", json={"sha256": first["input_hash"]},
+                         timeout=10).json()
+    assert slot["upload_url"] is None and slot["input_uri"] == first["input_uri"]
+    bad = requests.post(f"{api.base_url}/uploads", json={"sha256": "abc"}, timeout=10)
+    assert bad.status_code == 400
