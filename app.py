@@ -45,7 +45,8 @@ def submit_job():
     request = app.current_request
     intake.bind_lambda_context(app.lambda_context)
     manifest = intake.parse_manifest(request.raw_body or b"",
-                                     max_bytes=config.settings().max_manifest_bytes)
+                                     max_bytes=config.settings().max_manifest_bytes,
+                                     yaml_ok="yaml" in request.headers.get("content-type", ""))
     job, created = intake.submit(ports.default(), manifest,
                                  idempotency_key=request.headers.get("idempotency-key"),
                                  correlation_id=logger.get_correlation_id())

@@ -82,12 +82,16 @@ class Catalog(_Strict):
 
 def load(directory: Path = CATALOG_DIR) -> Catalog:
     raw: dict = {}
-    for path in sorted(directory.glob("*.yaml")):
-        raw.update(yaml.safe_load(path.read_text()) or {})
+    try:
+        for path in sorted(directory.glob("*.yaml")):
+            raw.update(yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"catalog file {path} is not valid YAML: {exc}") from exc
     try:
         catalog = Catalog(
-            job_classes={k: {"name": k, **v} for k, v in raw.get("job_classes", {}).items()},
-            payment_policies={k: {"name": k, **v}
+            job_classes={k: {"name": k, **(v or {})}
+                         for k, v in raw.get("job_classes", {}).items()},
+            payment_policies={k: {"name": k, **(v or {})}
                               for k, v in raw.get("payment_policies", {}).items()})
     except ValidationError as exc:
         raise CatalogError(f"catalog in {directory} is invalid: {exc}") from exc

@@ -32,19 +32,29 @@ _REASONS = {"missing": "missing_field", "extra_forbidden": "unknown_field"}
 _TYPE_ERRORS = ("_type", "_parsing")
 
 
-def parse_manifest(body: bytes | str, *, max_bytes: int) -> Manifest:
-    """JSON (or YAML) bytes → Manifest, or InvalidManifest with a reason and field errors."""
-    return manifest_from_dict(parse_fields(body, max_bytes=max_bytes))
+class _ManifestLoader(yaml.SafeLoader):
+    """YAML without aliases: a few hundred bytes of anchors can expand to gigabytes."""
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in manifests")
+        return super().compose_node(parent, index)
 
 
-def parse_fields(body: bytes | str, *, max_bytes: int) -> dict[str, Any]:
+def parse_manifest(body: bytes | str, *, max_bytes: int, yaml_ok: bool = False) -> Manifest:
+    """JSON (or, when asked, YAML) → Manifest, or InvalidManifest with a reason and field
+    errors."""
+    return manifest_from_dict(parse_fields(body, max_bytes=max_bytes, yaml_ok=yaml_ok))
+
+
+def parse_fields(body: bytes | str, *, max_bytes: int, yaml_ok: bool = False) -> dict[str, Any]:
     raw = body.encode() if isinstance(body, str) else body
     if len(raw) > max_bytes:
         raise ManifestTooLarge(f"manifest is {len(raw)} bytes; the limit is {max_bytes}")
     try:
-        data = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise InvalidManifest(f"manifest is not JSON or YAML: {exc}", reason="malformed_json") from exc
+        data = yaml.load(raw, Loader=_ManifestLoader) if yaml_ok else json.loads(raw)
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "YAML" if yaml_ok else "JSON"
+        raise InvalidManifest(f"manifest is not valid {kind}: {exc}", reason="malformed_json") from exc
     if not isinstance(data, dict):
         raise InvalidManifest("manifest must be an object", reason="malformed_json")
     return data

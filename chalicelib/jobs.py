@@ -28,7 +28,7 @@ def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
             correlation_id: str, now: datetime) -> tuple[Job, JobClass]:
     """Validate a manifest against its class and policies; the job as `requested`."""
     job_class = catalog.job_class(manifest.kind)
-    if manifest.profile and job_class.profiles and manifest.profile not in job_class.profiles:
+    if manifest.profile and manifest.profile not in job_class.profiles:
         raise InvalidManifest(f"job class {job_class.name} has no profile {manifest.profile!r}",
                               reason="unknown_profile",
                               details={"known": sorted(job_class.profiles)})

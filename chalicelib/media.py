@@ -23,7 +23,7 @@ _CHUNK = 1 << 20
 
 
 class StreamInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     index: int
     type: StreamType
@@ -41,7 +41,7 @@ class StreamInfo(BaseModel):
 
 
 class ProbeReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     format_name: str
     duration_s: float = Field(gt=0)

@@ -9,7 +9,7 @@ only what indexes and conditions need is lifted into top-level attributes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 from botocore.exceptions import ClientError
@@ -23,7 +23,7 @@ JOB_SK = "JOB"
 
 def stamp(at: datetime) -> str:
     """Fixed-width UTC timestamps, so string order is time order in sort keys."""
-    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass

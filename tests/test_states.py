@@ -142,7 +142,7 @@ def test_stamp_is_fixed_width_and_sorts_like_time():
     assert len(stamp(a)) == len(stamp(b)) and stamp(a) < stamp(b)
 
 
-# BUG: store.stamp formats the wall-clock fields and appends "Z" without converting to UTC.
+# Sort keys must be UTC: a stamp that kept the wall-clock time and appended "Z" would misplace
 # next_deadline returns the client's deadline as given (e.g. +02:00), and the store writes
 # stamp(job.next_deadline) into the `due` index, so such a job is stamped 2 hours late and
 # the sweeper's `next_deadline <= stamp(now)` query finds it 2 hours after its deadline.

@@ -114,7 +114,7 @@ def test_verdict_reason_names_the_first_failed_check():
     assert Verdict("p", {}).passed
 
 
-# BUG: ProbeReport accepts non-finite floats (pydantic allows inf by default, and gt=0 holds
+# Non-finite floats are refused (pydantic allows inf by default, and gt=0 holds
 # for inf), so an untrusted worker's report claiming "duration_s": Infinity (or 1e400) is
 # schema_valid and the verdict passes; the verdict's measured duration_s is then inf, which
 # is not JSON (json.dumps(..., allow_nan=False) raises; plain json.dumps writes `Infinity`).
