@@ -122,9 +122,10 @@ class JobStore:
         items += [{"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(sk)",
                            "Item": {"pk": pk, "sk": {"S": f"EVT#{e.seq:08d}"},
                                     "doc": {"S": e.model_dump_json()}}}} for e in events]
+        latest = {a.number: a for a in attempts}      # folded steps may touch one attempt twice
         items += [{"Put": {"TableName": self._table,
                            "Item": {"pk": pk, "sk": {"S": f"ATT#{a.number:03d}"},
-                                    "doc": {"S": a.model_dump_json()}}}} for a in attempts]
+                                    "doc": {"S": a.model_dump_json()}}}} for a in latest.values()]
         try:
             self._db.transact_write_items(TransactItems=items)
         except ClientError as exc:

@@ -12,11 +12,10 @@ from chalicelib import attempts, jobs, media, states
 from chalicelib.blobs import S3Uri, attempt_key
 from chalicelib.errors import StaleVersion
 from chalicelib.models import AttemptResult, Manifest, Output, State
-from chalicelib.pump_events import sqs_record_event
 from conftest import event_types, wait_for
 from media_worker import handler as media_handler
 from proofline import clips
-from proofline.pump import LambdaContext
+from proofline.pump import LambdaContext, sqs_event
 
 pytestmark = pytest.mark.stack
 
@@ -57,8 +56,13 @@ def upload_report(ports, job, attempt, report: bytes, claimed_sha=None):
                                        sha256=claimed_sha or media.sha256_bytes(report)))
 
 
-def media_event(aws, message, receive_count=1):
-    return sqs_record_event(json.dumps(message), receive_count=receive_count)
+def media_event(message, receive_count=1):
+    """The event Lambda's SQS trigger would hand the media worker for this message."""
+    return sqs_event([{"MessageId": str(uuid.uuid4()), "ReceiptHandle": "handle",
+                       "Body": json.dumps(message),
+                       "Attributes": {"ApproximateReceiveCount": str(receive_count),
+                                      "SentTimestamp": "1700000000000"}}],
+                     "arn:aws:sqs:us-east-1:123456789012:proofline-local-media", "us-east-1")
 
 
 def test_racing_transitions_have_exactly_one_winner(held, stored_clip):
@@ -137,7 +141,7 @@ def test_a_redelivered_message_takes_over_a_lost_lease(held, stored_clip, api):
     job = new_job(held, stored_clip, max_attempts=3)
     [(_, message)] = held.queues.sent
     attempts.start(held, job, 1, "pool:media", redelivered=False)       # then the worker died
-    response = media_handler.handler(media_event(None, message, receive_count=2),
+    response = media_handler.handler(media_event(message, receive_count=2),
                                      LambdaContext("media", 60))
     assert response == {"batchItemFailures": []}
     final = wait_for(api, job.job_id)
@@ -170,6 +174,6 @@ def test_a_cancelled_job_ignores_its_late_dispatch(held, stored_clip, api, aws, 
     assert api.cancel(job.job_id)["state"] == "cancelled"
     url = aws.sqs.get_queue_url(QueueName=ports.settings.media_queue)["QueueUrl"]
     aws.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(message))
-    response = media_handler.handler(media_event(None, message), LambdaContext("media", 60))
+    response = media_handler.handler(media_event(message), LambdaContext("media", 60))
     assert response == {"batchItemFailures": []}
     assert event_types(api, job.job_id) == ["job.created", "job.assigned", "job.cancelled"]
