@@ -23,7 +23,8 @@ def route(path, **options):
         @functools.wraps(view)
         def handle(*args, **kwargs):
             headers = app.current_request.headers
-            logger.set_correlation_id(headers.get("x-correlation-id") or str(uuid.uuid4()))
+            logger.set_correlation_id(headers.get("x-correlation-id") or kwargs.get("job_id")
+                                      or str(uuid.uuid4()))
             try:
                 return view(*args, **kwargs)
             except ProoflineError as error:
@@ -49,7 +50,7 @@ def submit_job():
                                      yaml_ok="yaml" in request.headers.get("content-type", ""))
     job, created = intake.submit(ports.default(), manifest,
                                  idempotency_key=request.headers.get("idempotency-key"),
-                                 correlation_id=logger.get_correlation_id())
+                                 correlation_id=request.headers.get("x-correlation-id"))
     return Response(job, status_code=201 if created else 200,
                     headers={"Location": f"/jobs/{job['job_id']}"})
 
@@ -95,8 +96,10 @@ def on_intake(event):
 
     def accept(record):
         for drop in intake.drops(json.loads(record.body)):
-            logger.set_correlation_id(record.message_id)
-            intake.accept_drop(ports.default(), drop, correlation_id=record.message_id)
+            job = intake.accept_drop(ports.default(), drop)
+            if job:
+                logger.set_correlation_id(job["correlation_id"])
+                logger.info("drop accepted", extra={"job_id": job["job_id"], "state": job["state"]})
     return _batch(event, accept)
 
 

@@ -83,7 +83,7 @@ def body_key(manifest: Manifest) -> str:
 
 # -- HTTP ------------------------------------------------------------------------------------
 def submit(ports: Ports, manifest: Manifest, *, idempotency_key: str | None,
-           correlation_id: str, source: str = "http") -> tuple[dict, bool]:
+           correlation_id: str | None, source: str = "http") -> tuple[dict, bool]:
     """Accept a manifest once per idempotency key (default: the manifest's own hash).
     Returns (job document, created). The same key with another manifest → 409."""
     digest = body_key(manifest)
@@ -125,7 +125,7 @@ def drops(event: dict) -> list[Drop]:
     return out
 
 
-def accept_drop(ports: Ports, drop: Drop, *, correlation_id: str) -> dict | None:
+def accept_drop(ports: Ports, drop: Drop, *, correlation_id: str | None = None) -> dict | None:
     """Turn a dropped object (or its sidecar manifest) into a job. Returns the job document,
     or None while a prefix-less object waits for its sidecar."""
     media, sidecar = _pair(drop)
@@ -192,7 +192,6 @@ def _prefix_name(key: str) -> str | None:
 
 
 # -- idempotent acceptance ---------------------------------------------------------------------
-_acceptors: dict[int, Callable[..., dict]] = {}
 _IDEMPOTENCY = IdempotencyConfig(event_key_jmespath="key", payload_validation_jmespath="body",
                                  expires_after_seconds=24 * 3600,
                                  response_hook=lambda response, _: {**response, "_replayed": True})
@@ -207,17 +206,14 @@ def bind_lambda_context(context) -> None:
 def _acceptor(ports: Ports) -> Callable[..., dict]:
     """`jobs.accept` under Powertools idempotency, keyed on request["key"] and checked
     against request["body"] (absent for S3 drops)."""
-    if id(ports) not in _acceptors:
-        def accept(request: dict) -> dict:
-            job, created = jobs.accept(ports, Manifest.model_validate(request["manifest"]),
-                                       job_id=jobs.derive_job_id(request["key"]),
-                                       source=request["source"],
-                                       correlation_id=request["correlation_id"])
-            return {"job": job.model_dump(mode="json"), "created": created}
+    def accept(request: dict) -> dict:
+        job, created = jobs.accept(ports, Manifest.model_validate(request["manifest"]),
+                                   job_id=jobs.derive_job_id(request["key"]),
+                                   source=request["source"],
+                                   correlation_id=request["correlation_id"])
+        return {"job": job.model_dump(mode="json"), "created": created}
 
-        persistence = DynamoDBPersistenceLayer(table_name=ports.settings.idempotency_table,
-                                               boto3_client=aws.client("dynamodb"))
-        _acceptors[id(ports)] = idempotent_function(
-            accept, data_keyword_argument="request", persistence_store=persistence,
-            config=_IDEMPOTENCY)
-    return _acceptors[id(ports)]
+    persistence = DynamoDBPersistenceLayer(table_name=ports.settings.idempotency_table,
+                                           boto3_client=aws.client("dynamodb"))
+    return idempotent_function(accept, data_keyword_argument="request",
+                               persistence_store=persistence, config=_IDEMPOTENCY)

@@ -48,13 +48,15 @@ def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
 
 
 def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,
-           correlation_id: str) -> tuple[Job, bool]:
+           correlation_id: str | None = None) -> tuple[Job, bool]:
     """Create and route a job in one transaction, then dispatch it. Returns (job, created).
 
     A job id that exists already returns the stored job if it was made from the same
-    manifest (a retry), and raises JobExists otherwise.
+    manifest (a retry), and raises JobExists otherwise. The correlation id that follows the
+    job through every log line and event is the caller's, or else the job id.
     """
     now = ports.clock()
+    correlation_id = correlation_id or manifest.job_id or job_id
     job, job_class = new_job(manifest, catalog=ports.catalog, job_id=job_id, source=source,
                              correlation_id=correlation_id, now=now)
     created = Event(job_id=job.job_id, seq=1, type="job.created", at=now, state=job.state,
@@ -73,10 +75,11 @@ def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,
     return assigned, True
 
 
-def reject(ports: Ports, *, key: str, uri: str, error: ProoflineError, correlation_id: str,
-           source: str = "s3") -> Job:
+def reject(ports: Ports, *, key: str, uri: str, error: ProoflineError,
+           correlation_id: str | None = None, source: str = "s3") -> Job:
     """Record a drop we could not accept, so the reason is visible and nothing vanishes."""
     now = ports.clock()
+    correlation_id = correlation_id or derive_job_id(key)
     manifest = Manifest.model_construct(kind="unknown", input_uri=uri)
     job = Job(job_id=derive_job_id(key), kind="unknown", state=State.REQUESTED, version=1,
               manifest=manifest, payment_policy="none", max_attempts=0,

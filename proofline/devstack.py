@@ -72,10 +72,10 @@ class DevStack:
         self._moto = self._api = None
 
     def start(self) -> StackInfo:
-        from moto.server import ThreadedMotoServer
+        from .awsendpoint import AwsEndpoint
         logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one line per AWS request
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._moto = ThreadedMotoServer(ip_address=HOST, port=self.aws_port, verbose=False)
+        self._moto = AwsEndpoint(ip_address=HOST, port=self.aws_port, verbose=False)
         self._moto.start()
         self.info = StackInfo(pid=os.getpid(), api_url=f"http://{HOST}:{self.api_port}",
                               aws_endpoint=f"http://{HOST}:{self.aws_port}", region=self.region,

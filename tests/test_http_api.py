@@ -37,11 +37,30 @@ def test_submitted_job_runs_to_settled_with_a_verified_output(api, uploaded, aws
         "output.uploaded", "verification.started", "validation.passed", "output.promoted",
         "settlement.skipped"]
     [output] = job["outputs"]
+    assert output["uri"].endswith(f"/outputs/{output['sha256'].replace(':', '/')}/probe.json")
     report = requests.get(output["download_url"], timeout=10)
     assert report.status_code == 200
     probe = report.json()
     assert probe["video"]["width"] == 160 and probe["has_audio"] is True
     assert abs(probe["duration_s"] - 1.0) < 0.15
+
+
+def test_every_decision_is_on_the_timeline_with_the_correlation_id(api, uploaded):
+    correlation = f"trace-{uuid.uuid4().hex[:8]}"
+    response = requests.post(f"{api.base_url}/jobs", json=manifest(uploaded),
+                             headers={"X-Correlation-Id": correlation}, timeout=30)
+    job = wait_for(api, response.json()["job_id"])
+    events = {e["type"]: e for e in api.events(job["job_id"])["events"]}
+    assert {e["correlation_id"] for e in events.values()} == {correlation}
+    routing = events["job.assigned"]["data"]
+    assert routing["worker"] == "pool:media" and routing["candidates"][0]["score"] > 0
+    verdict = events["validation.passed"]["data"]
+    assert all(verdict["checks"].values()) and verdict["measured"]["sha256"] == job["outputs"][0]["sha256"]
+
+
+def test_without_a_correlation_header_the_job_id_is_the_correlation_id(api, uploaded):
+    job = api.submit(manifest(uploaded, max_attempts=1))[0]
+    assert job["correlation_id"] == job["job_id"]
 
 
 def test_replay_with_the_same_key_returns_the_same_job(api, uploaded):
