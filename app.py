@@ -63,7 +63,7 @@ def list_jobs():
         limit = min(int(params.get("limit", 50)), 500)
     except ValueError as exc:
         raise InvalidManifest(str(exc), reason="invalid_query") from exc
-    return {"jobs": [j.model_dump(mode="json") for j in jobs.jobs_of(ports.default(), state, limit)]}
+    return {"jobs": [j.model_dump(mode="json") for j in jobs.list_jobs(ports.default(), state, limit)]}
 
 
 @route("/jobs/{job_id}")

@@ -211,5 +211,5 @@ def _assign(job: Job, job_class: JobClass, at: datetime) -> tuple[Job, Attempt, 
                           state="assigned"), event
 
 
-def jobs_of(ports: Ports, state: State | None, limit: int) -> Iterable[Job]:
+def list_jobs(ports: Ports, state: State | None, limit: int) -> Iterable[Job]:
     return ports.store.list(state, limit)
