@@ -102,7 +102,13 @@ def verify(ports: Ports, job: Job, result: AttemptResult) -> Job | None:
         if job.state != State.SUBMITTED or job.attempt != result.attempt:
             return None
     job_class = ports.catalog.job_class(job.kind)
-    verdict = POLICIES[job_class.verification.policy](result, _evidence(ports, job, result))
+    try:
+        evidence = _evidence(ports, job, result)
+    except InputError as error:               # the claimed output is missing or oversized
+        verdict = Verdict(job_class.verification.policy, {"output_readable": False},
+                          {"error": error.reason})
+    else:
+        verdict = POLICIES[job_class.verification.policy](result, evidence)
     promoted = _promote(ports, result.output) if verdict.passed else None
     now = ports.clock()
 

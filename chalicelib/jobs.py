@@ -11,7 +11,7 @@ from aws_lambda_powertools import Logger
 from . import states
 from .catalog import Catalog, JobClass
 from .errors import InvalidManifest, JobExists, ProoflineError, StaleVersion
-from .models import Attempt, Event, Job, Manifest, State
+from .models import Attempt, AttemptResult, Event, Job, Manifest, State
 from .ports import Ports
 from .routing import route
 from .store import JobView
@@ -191,9 +191,34 @@ def _sweep_one(ports: Ports, job: Job, now: datetime) -> str | None:
         if moved and moved.state == State.ASSIGNED:
             dispatch(ports, moved)
         return moved.state.value if moved else None
+    if job.state == State.SUBMITTED:
+        return _reverify(ports, job, now)
     logger.warning("job overdue with no automatic remedy",
                    extra={"job_id": job.job_id, "state": job.state.value})
     return None
+
+
+def _reverify(ports: Ports, job: Job, now: datetime) -> str | None:
+    """The verification request was lost (or its handler kept failing): ask again."""
+    attempt = next((a for a in ports.store.view(job.job_id).attempts
+                    if a.number == job.attempt and a.output), None)
+    if attempt is None:
+        return None
+
+    def plan(j: Job):
+        if j.state != State.SUBMITTED or j.attempt != attempt.number or not _overdue(j, now):
+            return None
+        noted, event = states.note(j, "verification.requested", at=now,
+                                   data={"attempt": attempt.number, "by": "sweeper"})
+        return noted.model_copy(update={"next_deadline": states.next_deadline(
+            noted, noted.state, now)}), [event], []
+
+    moved = apply(ports, job, plan)
+    if moved:
+        request_verification(ports, moved, AttemptResult(
+            job_id=job.job_id, attempt=attempt.number, worker=attempt.worker,
+            output=attempt.output, duration_ms=0).model_dump(mode="json"))
+    return "verification.requested" if moved else None
 
 
 def _overdue(job: Job, now: datetime) -> bool:

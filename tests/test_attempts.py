@@ -11,7 +11,7 @@ import pytest
 from chalicelib import attempts, jobs, media, states
 from chalicelib.blobs import S3Uri, attempt_key
 from chalicelib.errors import StaleVersion
-from chalicelib.models import AttemptResult, Manifest, Output, State
+from chalicelib.models import AttemptResult, Job, Manifest, Output, State
 from conftest import event_types, wait_for
 from media_worker import handler as media_handler
 from proofline import clips
@@ -177,3 +177,31 @@ def test_a_cancelled_job_ignores_its_late_dispatch(held, stored_clip, api, aws, 
     response = media_handler.handler(media_event(message), LambdaContext("media", 60))
     assert response == {"batchItemFailures": []}
     assert event_types(api, job.job_id) == ["job.created", "job.assigned", "job.cancelled"]
+
+
+def test_a_lost_verification_request_is_sent_again_by_the_sweeper(held, stored_clip, clip):
+    job = new_job(held, stored_clip)
+    running = attempts.start(held, job, 1, "pool:media", redelivered=False)
+    result = upload_report(held, running, 1, media.probe(clip).model_dump_json().encode())
+    submitted = attempts.submit(held, running, result)
+    held.queues.sent.clear()                                   # the verify message is lost
+    later = submitted.updated_at + timedelta(hours=1)
+    assert dict(jobs.sweep(dataclasses.replace(held, clock=lambda: later)))[job.job_id] == \
+        "verification.requested"
+    [(queue, message)] = [(q, m) for q, m in held.queues.sent if m["job"]["job_id"] == job.job_id]
+    assert queue == "verify" and message["result"]["output"] == result.output.model_dump()
+    settled = attempts.verify(held, Job.model_validate(message["job"]),
+                              AttemptResult.model_validate(message["result"]))
+    assert settled.state == State.SETTLED
+
+
+def test_a_claimed_output_that_does_not_exist_fails_validation(held, stored_clip):
+    job = new_job(held, stored_clip, max_attempts=1)
+    running = attempts.start(held, job, 1, "pool:media", redelivered=False)
+    ghost = AttemptResult(job_id=job.job_id, attempt=1, worker="pool:media", duration_ms=1,
+                          output=Output(name="probe.json", size_bytes=10, sha256="sha256:" + "1" * 64,
+                                        uri=f"s3://{held.settings.artifacts_bucket}/nowhere.json"))
+    after = attempts.verify(held, attempts.submit(held, running, ghost), ghost)
+    assert after.state == State.FAILED
+    failed = [e for e in held.store.view(job.job_id).events if e.type == "validation.failed"]
+    assert failed[0].data["checks"] == {"output_readable": False}
