@@ -68,13 +68,18 @@ class Blobs:
             raise InputError(f"{uri} is larger than {limit} bytes", reason="object_too_large")
         return data
 
-    def download(self, uri: S3Uri, path: Path) -> None:
-        try:
-            self._s3.download_file(uri.bucket, uri.key, str(path))
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                raise InputError(f"{uri} does not exist", reason="input_missing") from exc
-            raise
+    def download(self, uri: S3Uri, path: Path, limit: int) -> int:
+        """Stream the object to `path` (one GET); refuses more than `limit` bytes."""
+        response = self._get(uri)
+        size = response["ContentLength"]
+        if size > limit:
+            response["Body"].close()
+            raise InputError(f"{uri} is {size} bytes; the limit is {limit}",
+                             reason="input_too_large")
+        with open(path, "wb") as out:
+            for chunk in iter(lambda: response["Body"].read(CHUNK), b""):
+                out.write(chunk)
+        return size
 
     def put(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
         self._s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type)

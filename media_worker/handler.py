@@ -27,22 +27,15 @@ logger = Logger(service="proofline-media")
 
 def probe_input(p: Ports, job: Job, workdir: Path) -> AttemptResult:
     started = time.monotonic()
-    source = S3Uri.parse(job.input_uri)
-    head = p.blobs.head(source)
-    if head is None:
-        raise InputError(f"{source} does not exist", reason="input_missing")
-    limit = p.catalog.job_class(job.kind).max_input_bytes
-    if head["ContentLength"] > limit:
-        raise InputError(f"input is {head['ContentLength']} bytes; the limit is {limit}",
-                         reason="input_too_large")
+    job_class = p.catalog.job_class(job.kind)
     local = workdir / "input"
-    p.blobs.download(source, local)
+    p.blobs.download(S3Uri.parse(job.input_uri), local, limit=job_class.max_input_bytes)
     digest = media.sha256_file(local)
     if job.manifest.input_hash and digest != job.manifest.input_hash:
         raise InputError(f"input hash is {digest}, the manifest says {job.manifest.input_hash}",
                          reason="input_hash_mismatch")
     report = media.probe(local).model_dump_json(indent=2).encode()
-    name = p.catalog.job_class(job.kind).output
+    name = job_class.output
     target = S3Uri(p.settings.artifacts_bucket, attempt_key(job.job_id, job.attempt, name))
     p.blobs.put(target, report, content_type="application/json")
     return AttemptResult(

@@ -205,3 +205,23 @@ def test_a_claimed_output_that_does_not_exist_fails_validation(held, stored_clip
     assert after.state == State.FAILED
     failed = [e for e in held.store.view(job.job_id).events if e.type == "validation.failed"]
     assert failed[0].data["checks"] == {"output_readable": False}
+
+
+def test_a_missing_input_fails_the_job_with_its_reason(api):
+    job, _ = api.submit({"kind": "media_probe", "input_uri": "s3://proofline-local-artifacts/none.mp4"})
+    final = wait_for(api, job["job_id"])
+    assert final["state"] == "failed" and final["reason"] == "input_missing"
+
+
+def test_an_input_that_does_not_match_its_hash_fails_the_job(api, stored_clip):
+    job, _ = api.submit({"kind": "media_probe", "input_uri": stored_clip["input_uri"],
+                         "input_hash": "sha256:" + "ab" * 32})
+    final = wait_for(api, job["job_id"])
+    assert final["state"] == "failed" and final["reason"] == "input_hash_mismatch"
+
+
+def test_inputs_over_the_class_limit_are_refused_before_download(ports, stored_clip, tmp_path):
+    from chalicelib.errors import InputError
+    with pytest.raises(InputError) as info:
+        ports.blobs.download(S3Uri.parse(stored_clip["input_uri"]), tmp_path / "x", limit=100)
+    assert info.value.reason == "input_too_large" and not (tmp_path / "x").exists()
