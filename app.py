@@ -9,7 +9,7 @@ from chalice import Chalice, Rate, Response
 
 from chalicelib import attempts, config, intake, jobs, ports
 from chalicelib.api import job_document, upload_slot
-from chalicelib.errors import InvalidManifest, ProoflineError
+from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.models import AttemptResult, Job, State
 
 app = Chalice(app_name="proofline")
@@ -41,7 +41,7 @@ def health():
 
 
 @route("/jobs", methods=["POST"],
-           content_types=["application/json", "application/x-yaml", "text/yaml"])
+       content_types=["application/json", "application/x-yaml", "text/yaml"])
 def submit_job():
     request = app.current_request
     intake.bind_lambda_context(app.lambda_context)
@@ -62,7 +62,7 @@ def list_jobs():
         state = State(params["state"]) if "state" in params else None
         limit = min(int(params.get("limit", 50)), 500)
     except ValueError as exc:
-        raise InvalidManifest(str(exc), reason="invalid_query") from exc
+        raise InvalidRequest(str(exc), reason="invalid_query") from exc
     return {"jobs": [j.model_dump(mode="json") for j in jobs.list_jobs(ports.default(), state, limit)]}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from .blobs import S3Uri, input_key
-from .errors import InvalidManifest
+from .errors import InvalidRequest
 from .ports import Ports
 from .store import JobView
 
@@ -25,7 +25,7 @@ def upload_slot(ports: Ports, body: dict) -> dict:
     """Where a client puts an input: content-addressed, so a known hash needs no upload."""
     sha = body.get("sha256")
     if not isinstance(sha, str) or not _SHA.match(sha):
-        raise InvalidManifest("sha256 must look like sha256:<64 hex>", reason="invalid_value")
+        raise InvalidRequest("sha256 must look like sha256:<64 hex>", reason="invalid_value")
     uri = S3Uri(ports.settings.artifacts_bucket, input_key(sha))
     if ports.blobs.head(uri) is not None:
         return {"input_uri": str(uri), "input_hash": sha, "upload_url": None}

@@ -24,8 +24,12 @@ class ProoflineError(Exception):
         return body
 
 
-class InvalidManifest(ProoflineError):
+class InvalidRequest(ProoflineError):
     status = 400
+    reason = "invalid_request"
+
+
+class InvalidManifest(InvalidRequest):
     reason = "invalid_manifest"
 
 

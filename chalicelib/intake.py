@@ -84,10 +84,11 @@ def body_key(manifest: Manifest) -> str:
 # -- HTTP ------------------------------------------------------------------------------------
 def submit(ports: Ports, manifest: Manifest, *, idempotency_key: str | None,
            correlation_id: str | None, source: str = "http") -> tuple[dict, bool]:
-    """Accept a manifest once per idempotency key (default: the manifest's own hash).
-    Returns (job document, created). The same key with another manifest → 409."""
+    """Accept a manifest once per idempotency key (default: the manifest's own hash), scoped
+    to the client so two clients' keys never meet. Returns (job document, created). The same
+    key with another manifest → 409."""
     digest = body_key(manifest)
-    key = f"http:{idempotency_key or digest}"
+    key = f"http:{manifest.client_did or 'anonymous'}:{idempotency_key or digest}"
     request = {"key": key, "body": digest, "manifest": manifest.model_dump(mode="json"),
                "source": source, "correlation_id": correlation_id}
     try:
