@@ -4,29 +4,40 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-unit bench lint-template clean
+NODE_STAMP := node_modules/.installed-stamp
+
+.PHONY: install demo test test-unit bench contracts lint-template clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# solcjs, OpenZeppelin and anvil come from npm, pinned by package-lock.json.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
 
-demo: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
+
+# Recompile the escrow into contracts/artifacts/ (committed: the runtime needs no compiler).
+contracts: $(NODE_STAMP)
+	node contracts/build.js
+
+demo: install
 	$(PY) scripts/demo.py $(ARGS)
 
-test: $(STAMP)
+test: install
 	$(PY) -m pytest -q
 
-test-unit: $(STAMP)
+test-unit: install
 	$(PY) -m pytest -q -m "not stack"
 
-bench: $(STAMP)
+bench: install
 	$(PY) -m bench
 
 lint-template: $(STAMP)
 	$(VENV)/bin/cfn-lint template.yaml
 
 clean:
-	rm -rf $(VENV) .proofline .pytest_cache bench/results.json
+	rm -rf $(VENV) node_modules .proofline .pytest_cache bench/results.json

@@ -1,0 +1,185 @@
+"""web3 adapter for the escrow contract: typed calls, signed transactions with managed nonces,
+receipts decoded into events, reverts decoded into the contract's custom errors."""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from enum import IntEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+from web3 import Web3
+from web3.exceptions import ContractCustomError, ContractLogicError
+from web3.logs import DISCARD
+
+from .errors import ProoflineError
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "contracts" / "artifacts"
+NATIVE = "0x0000000000000000000000000000000000000000"
+
+
+class EscrowState(IntEnum):
+    NONE = 0
+    FUNDED = 1
+    ASSIGNED = 2
+    VERIFIED = 3
+    DISPUTED = 4
+    RELEASED = 5
+    REFUNDED = 6
+    RECLAIMED = 7
+    RESOLVED = 8
+
+
+class ChainError(ProoflineError):
+    reason = "chain_error"
+
+
+class ContractReverted(ChainError):
+    """The contract refused: `error` is its custom error name, `args` its arguments."""
+    status = 409
+    reason = "contract_reverted"
+
+    def __init__(self, error: str, args: tuple = ()):
+        super().__init__(f"escrow reverted with {error}{args}", reason=f"escrow_{error}")
+        self.error, self.args_ = error, args
+
+
+@dataclass(frozen=True)
+class Receipt:
+    tx_hash: str
+    block: int
+    gas_used: int
+    events: list[dict] = field(default_factory=list)
+
+    def as_event(self) -> dict:
+        return {"tx_hash": self.tx_hash, "block": self.block, "gas_used": self.gas_used}
+
+
+@dataclass(frozen=True)
+class EscrowJob:
+    client: str
+    deadline: int
+    state: EscrowState
+    verified_at: int
+    worker: str
+    amount: int
+    token: str
+    dispute_window: int
+    fee_bps: int
+
+
+@lru_cache(maxsize=None)
+def artifact(name: str) -> dict:
+    return json.loads((ARTIFACTS / f"{name}.json").read_text())
+
+
+def job_key(job_id: str) -> bytes:
+    """The bytes32 the contract knows a job by."""
+    return keccak(text=job_id)
+
+
+def result_hash(output_hashes: list[str]) -> bytes:
+    """One bytes32 for the exact outputs paid for (their sorted sha256 digests)."""
+    return keccak(text="\n".join(sorted(output_hashes)))
+
+
+class Escrow:
+    def __init__(self, w3: Web3, address: str):
+        self.w3 = w3
+        self.contract = w3.eth.contract(address=Web3.to_checksum_address(address),
+                                        abi=artifact("ProoflineEscrow")["abi"])
+        self._errors = _error_selectors(self.contract.abi)
+        self._nonce_locks: dict[str, threading.Lock] = {}
+
+    @property
+    def address(self) -> str:
+        return self.contract.address
+
+    # -- reads ----------------------------------------------------------------------------
+    def job(self, job_id: bytes) -> EscrowJob:
+        raw = self.contract.functions.jobOf(job_id).call()
+        return EscrowJob(raw[0], raw[1], EscrowState(raw[2]), *raw[3:])
+
+    def result_domain(self) -> dict:
+        return {"name": "ProoflineEscrow", "version": "1", "chainId": self.w3.eth.chain_id,
+                "verifyingContract": self.address}
+
+    # -- writes ---------------------------------------------------------------------------
+    def fund(self, account: LocalAccount, job_id: bytes, amount: int, deadline: int,
+             token: str = NATIVE) -> Receipt:
+        value = amount if token == NATIVE else 0
+        return self.send(account, "fund", job_id, token, amount, deadline, value=value)
+
+    def send(self, account: LocalAccount, function: str, *args: Any, value: int = 0) -> Receipt:
+        """Simulate first (a revert raises ContractReverted without spending gas), then sign,
+        send and wait for the receipt. Nonces are taken under a per-account lock."""
+        call = getattr(self.contract.functions, function)(*args)
+        params = {"from": account.address, "value": value}
+        try:
+            gas = call.estimate_gas(params)
+        except (ContractCustomError, ContractLogicError) as exc:
+            raise self._decode(exc) from exc
+        lock = self._nonce_locks.setdefault(account.address, threading.Lock())
+        with lock:
+            tx = call.build_transaction({**params, "gas": int(gas * 1.2) + 10_000,
+                                         "nonce": self.w3.eth.get_transaction_count(
+                                             account.address, "pending")})
+            signed = account.sign_transaction(tx)
+            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+        if receipt["status"] != 1:
+            raise ChainError(f"{function} transaction {tx_hash.to_0x_hex()} failed")
+        return Receipt(tx_hash=tx_hash.to_0x_hex(), block=receipt["blockNumber"],
+                       gas_used=receipt["gasUsed"], events=self._events(receipt))
+
+    def _events(self, receipt) -> list[dict]:
+        """The escrow's events in the receipt, in log order."""
+        decoded = [(log["logIndex"], {"event": log["event"], **dict(log["args"])})
+                   for event in self.contract.events
+                   for log in event().process_receipt(receipt, errors=DISCARD)]
+        return [event for _, event in sorted(decoded, key=lambda pair: pair[0])]
+
+    def _decode(self, exc: Exception) -> ProoflineError:
+        data = getattr(exc, "data", None) or (exc.args[1] if len(exc.args) > 1 else None)
+        if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+            name, types = self._errors.get(data[2:10], (None, None))
+            if name:
+                values = abi_decode(types, bytes.fromhex(data[10:]))
+                return ContractReverted(name, tuple(
+                    Web3.to_checksum_address(v) if t == "address" else v
+                    for t, v in zip(types, values)))
+        return ChainError(f"escrow call failed: {exc}")
+
+
+def sign_result(account: LocalAccount, escrow: Escrow, job_id: bytes, result: bytes) -> bytes:
+    """The worker's EIP-712 signature over (jobId, resultHash)."""
+    signed = Account.sign_typed_data(
+        account.key, domain_data=escrow.result_domain(),
+        message_types={"Result": [{"name": "jobId", "type": "bytes32"},
+                                  {"name": "resultHash", "type": "bytes32"}]},
+        message_data={"jobId": job_id, "resultHash": result})
+    return bytes(signed.signature)
+
+
+def deploy(w3: Web3, account: LocalAccount, name: str, *args: Any) -> str:
+    built = artifact(name)
+    contract = w3.eth.contract(abi=built["abi"], bytecode=built["bytecode"])
+    tx = contract.constructor(*args).build_transaction({
+        "from": account.address, "nonce": w3.eth.get_transaction_count(account.address, "pending")})
+    tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+    return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)["contractAddress"]
+
+
+def _error_selectors(abi: list[dict]) -> dict[str, tuple[str, list[str]]]:
+    selectors = {}
+    for item in abi:
+        if item["type"] == "error":
+            types = [i["type"] for i in item["inputs"]]
+            selectors[keccak(text=f"{item['name']}({','.join(types)})")[:4].hex()] = (item["name"], types)
+    return selectors
