@@ -2,26 +2,31 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from . import probe_jobs
+from . import escrow_gas, probe_jobs
 
-BENCHMARKS = [probe_jobs]
+BENCHMARKS = [escrow_gas, probe_jobs]
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def main() -> None:
+    """`python -m bench [name …]` runs the named benchmarks (default: all)."""
+    chosen = set(sys.argv[1:])
     results: dict[str, float] = {}
     for bench in BENCHMARKS:
-        results.update(bench.run())
+        if not chosen or bench.__name__.rsplit(".", 1)[-1] in chosen:
+            results.update(bench.run())
     table = Table("metric", "value", title="make bench")
     for name, value in results.items():
         table.add_row(name, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}")
     Console().print(table)
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    merged = {**(json.loads(RESULTS.read_text()) if RESULTS.exists() else {}), **results}
+    RESULTS.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
     print(f"wrote {RESULTS}")
 
 
