@@ -7,7 +7,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from chalice import Chalice, Rate, Response
 
-from chalicelib import attempts, config, intake, jobs, ports
+from chalicelib import attempts, config, intake, jobs, payments, ports
 from chalicelib.api import job_document, upload_slot
 from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.models import AttemptResult, Job, State
@@ -111,6 +111,24 @@ def on_verify(event):
         logger.set_correlation_id(job.correlation_id)
         attempts.verify(ports.default(), job, AttemptResult.model_validate(body["result"]))
     return _batch(event, verify)
+
+
+@app.on_sqs_message(queue=config.settings().settlement_queue, batch_size=1)
+def on_settlement(event):
+    """Chain calls driven by committed job state: assign, release, refund."""
+    def settle(record):
+        body = json.loads(record.body)
+        logger.set_correlation_id(body["job_id"])
+        outcome = payments.settle(ports.default(), body["action"], body["job_id"])
+        logger.info("settlement", extra={"action": body["action"], "outcome": outcome})
+    return _batch(event, settle)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def follow_chain(event):
+    """Funding is learned from the chain's Funded logs, never from the client's word."""
+    if ports.default().chain is not None:
+        payments.follow_chain(ports.default())
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))

@@ -109,6 +109,8 @@ def verify(ports: Ports, job: Job, result: AttemptResult) -> Job | None:
                           {"error": error.reason})
     else:
         verdict = POLICIES[job_class.verification.policy](result, evidence)
+        if job.escrow:
+            verdict = _with_signature_check(ports, job, result, verdict)
     promoted = _promote(ports, result.output) if verdict.passed else None
     now = ports.clock()
 
@@ -129,15 +131,36 @@ def verify(ports: Ports, job: Job, result: AttemptResult) -> Job | None:
                                          data=verdict.as_event(), outputs=[promoted])
         verified, e3 = states.note(verified, "output.promoted", at=now,
                                    data=promoted.model_dump())
-        settled, e4 = _settle(verified, now)
         passed = Attempt(job_id=j.job_id, number=j.attempt, worker=result.worker,
-                         state="passed", finished_at=now, output=result.output)
+                         state="passed", finished_at=now, output=result.output,
+                         signature=result.signature)
+        if verified.escrow:                 # the settlement handler releases it on chain
+            return verified, [e1, e2, e3], [passed]
+        settled, e4 = _settle(verified, now)
         return settled, [e1, e2, e3, e4], [passed]
 
     moved = apply(ports, job, plan)
     if moved and moved.state == State.ASSIGNED:
         dispatch(ports, moved)
     return moved
+
+
+def _with_signature_check(ports: Ports, job: Job, result: AttemptResult, verdict: Verdict) -> Verdict:
+    """An escrow job pays only a result its worker signed, so check it before the chain does."""
+    from .chain import domain, result_hash, result_signer
+    expected = (ports.chain.pool_payout.get(job.worker.removeprefix("pool:"))
+                if ports.chain else None)
+    signer = None
+    if result.signature:
+        try:
+            signer = result_signer(domain(job.escrow.chain_id, job.escrow.contract),
+                                   bytes.fromhex(job.escrow.job_key[2:]),
+                                   result_hash([result.output.sha256]),
+                                   bytes.fromhex(result.signature.removeprefix("0x")))
+        except Exception:  # malformed signatures are simply not the worker's
+            signer = None
+    checks = {**verdict.checks, "worker_signature_valid": bool(expected) and signer == expected}
+    return Verdict(verdict.policy, checks, {**verdict.measured, "signer": signer})
 
 
 def _settle(job: Job, now) -> tuple[Job, object]:

@@ -84,6 +84,11 @@ def job_key(job_id: str) -> bytes:
     return keccak(text=job_id)
 
 
+def job_key_bytes(job) -> bytes:
+    """The bytes32 key recorded in a job's escrow terms."""
+    return bytes.fromhex(job.escrow.job_key.removeprefix("0x"))
+
+
 def result_hash(output_hashes: list[str]) -> bytes:
     """One bytes32 for the exact outputs paid for (their sorted sha256 digests)."""
     return keccak(text="\n".join(sorted(output_hashes)))
@@ -107,8 +112,13 @@ class Escrow:
         return EscrowJob(raw[0], raw[1], EscrowState(raw[2]), *raw[3:])
 
     def result_domain(self) -> dict:
-        return {"name": "ProoflineEscrow", "version": "1", "chainId": self.w3.eth.chain_id,
-                "verifyingContract": self.address}
+        return domain(self.w3.eth.chain_id, self.address)
+
+    def released_tx(self, job_id: bytes) -> str | None:
+        """The transaction that released `job_id`, if any (for idempotent bookkeeping)."""
+        logs = self.contract.events.Released().get_logs(from_block=0,
+                                                        argument_filters={"jobId": job_id})
+        return logs[0]["transactionHash"].to_0x_hex() if logs else None
 
     # -- writes ---------------------------------------------------------------------------
     def fund(self, account: LocalAccount, job_id: bytes, amount: int, deadline: int,
@@ -157,14 +167,32 @@ class Escrow:
         return ChainError(f"escrow call failed: {exc}")
 
 
-def sign_result(account: LocalAccount, escrow: Escrow, job_id: bytes, result: bytes) -> bytes:
-    """The worker's EIP-712 signature over (jobId, resultHash)."""
-    signed = Account.sign_typed_data(
-        account.key, domain_data=escrow.result_domain(),
-        message_types={"Result": [{"name": "jobId", "type": "bytes32"},
-                                  {"name": "resultHash", "type": "bytes32"}]},
-        message_data={"jobId": job_id, "resultHash": result})
+RESULT_TYPES = {"Result": [{"name": "jobId", "type": "bytes32"},
+                           {"name": "resultHash", "type": "bytes32"}]}
+
+
+def domain(chain_id: int, contract: str) -> dict:
+    return {"name": "ProoflineEscrow", "version": "1", "chainId": chain_id,
+            "verifyingContract": Web3.to_checksum_address(contract)}
+
+
+def sign_result(account: LocalAccount, escrow: Escrow | dict, job_id: bytes,
+                result: bytes) -> bytes:
+    """The worker's EIP-712 signature over (jobId, resultHash); needs no RPC when given
+    the domain (chain id and contract) directly."""
+    domain_data = escrow.result_domain() if isinstance(escrow, Escrow) else escrow
+    signed = Account.sign_typed_data(account.key, domain_data=domain_data,
+                                     message_types=RESULT_TYPES,
+                                     message_data={"jobId": job_id, "resultHash": result})
     return bytes(signed.signature)
+
+
+def result_signer(domain_data: dict, job_id: bytes, result: bytes, signature: bytes) -> str:
+    """Who signed (jobId, resultHash): what the contract's ECDSA.recover will find."""
+    from eth_account.messages import encode_typed_data
+    message = encode_typed_data(domain_data=domain_data, message_types=RESULT_TYPES,
+                                message_data={"jobId": job_id, "resultHash": result})
+    return Account.recover_message(message, signature=signature)
 
 
 def deploy(w3: Web3, account: LocalAccount, name: str, *args: Any) -> str:

@@ -24,6 +24,10 @@ class Settings:
     intake_queue: str
     media_queue: str
     verify_queue: str
+    settlement_queue: str
+    chain_rpc_url: str | None
+    chain_id: int | None
+    escrow_address: str | None
     aws_endpoint_url: str | None
     region: str
     max_manifest_bytes: int
@@ -33,7 +37,11 @@ class Settings:
     @property
     def queues(self) -> dict[str, str]:
         return {"intake": self.intake_queue, "media": self.media_queue,
-                "verify": self.verify_queue}
+                "verify": self.verify_queue, "settlement": self.settlement_queue}
+
+    @property
+    def settlement_enabled(self) -> bool:
+        return bool(self.chain_rpc_url and self.escrow_address)
 
 
 def stage_environment(stage: str = "local", path: Path = CHALICE_CONFIG) -> dict[str, str]:
@@ -42,6 +50,15 @@ def stage_environment(stage: str = "local", path: Path = CHALICE_CONFIG) -> dict
     env = dict(config.get("environment_variables", {}))
     env.update(config["stages"][stage].get("environment_variables", {}))
     return env
+
+
+def secret(name: str) -> str:
+    """A key from the environment (on AWS: injected from Secrets Manager or an encrypted
+    keystore by the deployment, never stored in the repository)."""
+    value = os.environ.get(name)
+    if not value:
+        raise KeyError(f"{name} is not set")
+    return value
 
 
 @lru_cache(maxsize=1)
@@ -56,6 +73,10 @@ def settings() -> Settings:
         intake_queue=env["INTAKE_QUEUE"],
         media_queue=env["MEDIA_QUEUE"],
         verify_queue=env["VERIFY_QUEUE"],
+        settlement_queue=env["SETTLEMENT_QUEUE"],
+        chain_rpc_url=env.get("CHAIN_RPC_URL") or None,
+        chain_id=int(env["CHAIN_ID"]) if env.get("CHAIN_ID") else None,
+        escrow_address=env.get("ESCROW_ADDRESS") or None,
         aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         max_manifest_bytes=int(env.get("PROOFLINE_MAX_MANIFEST_BYTES", 64 * 1024)),

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 
 from aws_lambda_powertools import Logger
 
-from . import states
+from . import settlement, states
 from .catalog import Catalog, JobClass
 from .errors import InvalidManifest, JobExists, ProoflineError, StaleVersion
 from .models import Attempt, AttemptResult, Event, Job, Manifest, State
@@ -25,7 +25,9 @@ def derive_job_id(idempotency_key: str) -> str:
 
 
 def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
-            correlation_id: str, now: datetime) -> tuple[Job, JobClass]:
+            correlation_id: str, now: datetime, escrow: tuple[int, str] | None = None
+            ) -> tuple[Job, JobClass]:
+    """`escrow` is (chain id, contract) where this stage settles on chain, else None."""
     """Validate a manifest against its class and policies; the job as `requested`."""
     job_class = catalog.job_class(manifest.kind)
     if manifest.profile and manifest.profile not in job_class.profiles:
@@ -33,16 +35,22 @@ def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
                               reason="unknown_profile",
                               details={"known": sorted(job_class.profiles)})
     policy = catalog.payment_policy(manifest.payment_policy or job_class.defaults.payment_policy)
-    if policy.escrow:
+    if policy.escrow and escrow is None:
         raise InvalidManifest(f"payment policy {policy.name!r} needs settlement, which this "
                               "stage does not have configured", reason="payment_policy_unavailable")
     if manifest.deadline and manifest.deadline <= now:
         raise InvalidManifest("deadline is in the past", reason="deadline_passed")
-    job = Job(job_id=manifest.job_id or job_id, kind=job_class.name, state=State.REQUESTED,
+    job_id = manifest.job_id or job_id
+    terms = None
+    if policy.escrow:
+        from .chain import job_key
+        terms = settlement.terms(manifest, "0x" + job_key(job_id).hex(), chain_id=escrow[0],
+                                 contract=escrow[1])
+    job = Job(job_id=job_id, kind=job_class.name, state=State.REQUESTED,
               version=1, manifest=manifest, profile=manifest.profile,
               payment_policy=policy.name,
               max_attempts=manifest.max_attempts or job_class.defaults.max_attempts,
-              timeouts_s=job_class.timeouts_s,
+              timeouts_s=job_class.timeouts_s, escrow=terms,
               correlation_id=correlation_id, source=source, created_at=now, updated_at=now)
     return job, job_class
 
@@ -57,22 +65,33 @@ def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,
     """
     now = ports.clock()
     correlation_id = correlation_id or manifest.job_id or job_id
+    chain = ports.chain
     job, job_class = new_job(manifest, catalog=ports.catalog, job_id=job_id, source=source,
-                             correlation_id=correlation_id, now=now)
+                             correlation_id=correlation_id, now=now,
+                             escrow=(chain.escrow.w3.eth.chain_id, chain.escrow.address)
+                             if chain else None)
     created = Event(job_id=job.job_id, seq=1, type="job.created", at=now, state=job.state,
                     correlation_id=correlation_id,
                     data={"source": source, "kind": job.kind, "input_uri": manifest.input_uri,
                           "input_hash": manifest.input_hash})
-    assigned, attempt, event = _assign(job, job_class, now)
+    if job.escrow:      # not routed until the chain shows the escrow funded
+        job = job.model_copy(update={"next_deadline": states.next_deadline(job, job.state, now)})
+        waiting, event = states.note(job, "payment.authorized", at=now,
+                                     data=job.escrow.model_dump())
+        stored, attempts, aliases = waiting, [], [f"escrow:{job.escrow.job_key}"]
+    else:
+        stored, attempt, event = assign(job, job_class, now)
+        attempts, aliases = [attempt], []
     try:
-        ports.store.create(assigned, [created, event], [attempt])
+        ports.store.create(stored, [created, event], attempts, aliases=aliases)
     except JobExists as exc:
-        stored = exc.current
-        if stored is None or stored.manifest != manifest:
+        existing = exc.current
+        if existing is None or existing.manifest != manifest:
             raise JobExists(f"job {job.job_id} exists with a different manifest") from exc
-        return stored, False
-    dispatch(ports, assigned)
-    return assigned, True
+        return existing, False
+    if stored.state == State.ASSIGNED:
+        dispatch(ports, stored)
+    return stored, True
 
 
 def reject(ports: Ports, *, key: str, uri: str, error: ProoflineError,
@@ -134,10 +153,23 @@ def apply(ports: Ports, job: Job, plan: Plan, *, tries: int = 3) -> Job | None:
         moved, events, attempts = planned
         try:
             ports.store.commit(job, moved, events, attempts)
-            return moved
         except StaleVersion as exc:
             job = exc.current or ports.store.get(job.job_id)
+            continue
+        _request_settlement(ports, job, moved)
+        return moved
     raise StaleVersion(f"job {job.job_id} kept changing; gave up after {tries} tries")
+
+
+def _request_settlement(ports: Ports, before: Job, after: Job) -> None:
+    """Money follows committed state: a verified escrow job is released, a funded one that
+    ended otherwise is refunded. The settlement handler is idempotent towards the chain."""
+    if after.escrow is None or after.state == before.state:
+        return
+    if after.state == State.VERIFIED:
+        ports.queues.send("settlement", {"action": "release", "job_id": after.job_id})
+    elif after.state in (State.FAILED, State.CANCELLED) and after.escrow.funded_tx:
+        ports.queues.send("settlement", {"action": "refund", "job_id": after.job_id})
 
 
 def retry_or_fail(job: Job, job_class: JobClass, *, at: datetime, reason: str, event: str,
@@ -152,7 +184,7 @@ def retry_or_fail(job: Job, job_class: JobClass, *, at: datetime, reason: str, e
         return failed, [e1, e2], [failed_attempt]
     retrying, e1 = states.transition(job, State.RETRYING, at=at, event=event,
                                      data={**data, "reason": reason})
-    assigned, attempt, e2 = _assign(retrying, job_class, at)
+    assigned, attempt, e2 = assign(retrying, job_class, at)
     return assigned, [e1, e2], [failed_attempt, attempt]
 
 
@@ -193,6 +225,14 @@ def _sweep_one(ports: Ports, job: Job, now: datetime) -> str | None:
         return moved.state.value if moved else None
     if job.state == State.SUBMITTED:
         return _reverify(ports, job, now)
+    if job.state == State.REQUESTED:
+        def unfunded(j: Job):
+            if j.state != State.REQUESTED or not _overdue(j, now):
+                return None
+            failed, event = states.transition(j, State.FAILED, at=now, reason="funding_timeout",
+                                              data={"reason": "funding_timeout"})
+            return failed, [event], []
+        return "failed" if apply(ports, job, unfunded) else None
     logger.warning("job overdue with no automatic remedy",
                    extra={"job_id": job.job_id, "state": job.state.value})
     return None
@@ -225,7 +265,7 @@ def _overdue(job: Job, now: datetime) -> bool:
     return job.next_deadline is not None and job.next_deadline <= now
 
 
-def _assign(job: Job, job_class: JobClass, at: datetime) -> tuple[Job, Attempt, Event]:
+def assign(job: Job, job_class: JobClass, at: datetime) -> tuple[Job, Attempt, Event]:
     """Route the job and open its next attempt."""
     assignment = route(job_class)
     number = job.attempt + 1

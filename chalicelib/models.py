@@ -67,6 +67,17 @@ class Manifest(BaseModel):
         return value
 
 
+class EscrowTerms(BaseModel):
+    """What the chain must show before the job runs, and where its money sits."""
+    job_key: str                      # 0x… bytes32 the contract knows the job by
+    chain_id: int
+    contract: str
+    token: str
+    amount: int                       # base units: exact, never a float
+    funded_by: str | None = None
+    funded_tx: str | None = None
+
+
 class Output(BaseModel):
     name: str
     uri: str
@@ -94,6 +105,7 @@ class Job(BaseModel):
     worker: str | None = None
     reason: str | None = None
     outputs: list[Output] = Field(default_factory=list)
+    escrow: EscrowTerms | None = None
 
     @property
     def input_uri(self) -> str:
@@ -110,6 +122,7 @@ class AttemptResult(BaseModel):
     output: Output
     duration_ms: int
     execution: dict[str, Any] = Field(default_factory=dict)
+    signature: str | None = None      # EIP-712 over (job key, result hash), for escrow jobs
 
 
 class Event(BaseModel):
@@ -131,4 +144,5 @@ class Attempt(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     output: Output | None = None
+    signature: str | None = None
     reason: str | None = None

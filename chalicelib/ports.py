@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from . import aws, catalog
 from .blobs import Blobs
@@ -13,6 +13,20 @@ from .config import Settings, settings
 from .models import utcnow
 from .queues import Queues
 from .store import JobStore
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from .chain import Escrow
+
+
+@dataclass
+class ChainPorts:
+    """The escrow, the control plane's signer (router, verifier and operator roles) and
+    where each built-in pool is paid."""
+    escrow: "Escrow"
+    control: "LocalAccount"
+    pool_payout: dict[str, str]
 
 
 @dataclass
@@ -23,6 +37,7 @@ class Ports:
     queues: Queues
     catalog: Catalog
     clock: Callable[[], datetime] = field(default=utcnow)
+    chain: ChainPorts | None = None
 
 
 @lru_cache(maxsize=1)
@@ -30,4 +45,17 @@ def default() -> Ports:
     s = settings()
     return Ports(settings=s, store=JobStore(aws.client("dynamodb"), s.jobs_table),
                  blobs=Blobs(aws.client("s3")), queues=Queues(aws.client("sqs"), s.queues),
-                 catalog=catalog.default())
+                 catalog=catalog.default(), chain=_chain(s))
+
+
+def _chain(s: Settings) -> ChainPorts | None:
+    if not s.settlement_enabled:
+        return None
+    from eth_account import Account
+    from web3 import Web3
+    from .chain import Escrow
+    from .config import secret
+    w3 = Web3(Web3.HTTPProvider(s.chain_rpc_url, request_kwargs={"timeout": 30}))
+    return ChainPorts(escrow=Escrow(w3, s.escrow_address),
+                      control=Account.from_key(secret("PROOFLINE_CONTROL_KEY")),
+                      pool_payout={"media": secret("PROOFLINE_POOL_ADDRESS")})

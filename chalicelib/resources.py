@@ -71,6 +71,8 @@ RESOURCES = Resources(
               visibility_timeout=900, max_receive_count=3, batch_size=1, process_pool=True),
         Queue("VerifyQueue", "verify_queue", "app:on_verify",
               visibility_timeout=120, max_receive_count=5),
+        Queue("SettlementQueue", "settlement_queue", "app:on_settlement",
+              visibility_timeout=300, max_receive_count=20, batch_size=1),
     ),
     buckets=(
         Bucket("IntakeBucket", "intake_bucket", notify_queue="intake_queue"),

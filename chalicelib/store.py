@@ -39,11 +39,15 @@ class JobStore:
         self._table = table
 
     # -- writes ---------------------------------------------------------------------------
-    def create(self, job: Job, events: Iterable[Event] = (),
-               attempts: Iterable[Attempt] = ()) -> None:
-        """Write a new job; JobExists (carrying the stored job) if its id is taken."""
+    def create(self, job: Job, events: Iterable[Event] = (), attempts: Iterable[Attempt] = (),
+               aliases: Iterable[str] = ()) -> None:
+        """Write a new job; JobExists (carrying the stored job) if its id is taken.
+        `aliases` are other names the job is found by (e.g. its escrow key)."""
         put = self._job_put(job, "attribute_not_exists(pk)", {})
-        self._transact(job.job_id, put, events, attempts, on_conflict=JobExists)
+        extra = [{"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(pk)",
+                          "Item": {"pk": {"S": f"ALIAS#{a}"}, "sk": {"S": JOB_SK},
+                                   "job_id": {"S": job.job_id}}}} for a in aliases]
+        self._transact(job.job_id, put, events, attempts, on_conflict=JobExists, extra=extra)
 
     def commit(self, expected: Job, job: Job, events: Iterable[Event] = (),
                attempts: Iterable[Attempt] = ()) -> None:
@@ -100,6 +104,34 @@ class JobStore:
                                                                ":now": {"S": stamp(now)}}):
                 yield Job.model_validate_json(item["doc"]["S"])
 
+    def resolve(self, alias: str) -> str | None:
+        item = self._db.get_item(TableName=self._table, ConsistentRead=True,
+                                 Key={"pk": {"S": f"ALIAS#{alias}"}, "sk": {"S": JOB_SK}}).get("Item")
+        return item["job_id"]["S"] if item else None
+
+    def cursor(self, name: str) -> int | None:
+        item = self._db.get_item(TableName=self._table, ConsistentRead=True,
+                                 Key={"pk": {"S": f"CURSOR#{name}"}, "sk": {"S": JOB_SK}}).get("Item")
+        return int(item["value"]["N"]) if item else None
+
+    def advance_cursor(self, name: str, previous: int | None, value: int) -> bool:
+        """Move a cursor forward only from where the caller read it (one follower wins)."""
+        condition = "attribute_not_exists(pk)" if previous is None else "#v = :previous"
+        values = {":value": {"N": str(value)}}
+        if previous is not None:
+            values[":previous"] = {"N": str(previous)}
+        try:
+            self._db.update_item(TableName=self._table, UpdateExpression="SET #v = :value",
+                                 Key={"pk": {"S": f"CURSOR#{name}"}, "sk": {"S": JOB_SK}},
+                                 ConditionExpression=condition,
+                                 ExpressionAttributeNames={"#v": "value"},
+                                 ExpressionAttributeValues=values)
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
     # -- internals ------------------------------------------------------------------------
     def _job_put(self, job: Job, condition: str, values: dict) -> dict:
         item = {"pk": {"S": _pk(job.job_id)}, "sk": {"S": JOB_SK},
@@ -116,9 +148,9 @@ class JobStore:
         return {"Put": put}
 
     def _transact(self, job_id: str, job_put: dict, events: Iterable[Event],
-                  attempts: Iterable[Attempt], on_conflict: type) -> None:
+                  attempts: Iterable[Attempt], on_conflict: type, extra: list = ()) -> None:
         pk = {"S": _pk(job_id)}
-        items = [job_put]
+        items = [job_put, *extra]
         items += [{"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(sk)",
                            "Item": {"pk": pk, "sk": {"S": f"EVT#{e.seq:08d}"},
                                     "doc": {"S": e.model_dump_json()}}}} for e in events]

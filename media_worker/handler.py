@@ -38,12 +38,25 @@ def probe_input(p: Ports, job: Job, workdir: Path) -> AttemptResult:
     name = job_class.output
     target = S3Uri(p.settings.artifacts_bucket, attempt_key(job.job_id, job.attempt, name))
     p.blobs.put(target, report, content_type="application/json")
+    output = Output(name=name, uri=str(target), sha256=media.sha256_bytes(report),
+                    size_bytes=len(report))
     return AttemptResult(
-        job_id=job.job_id, attempt=job.attempt, worker=WORKER,
-        output=Output(name=name, uri=str(target), sha256=media.sha256_bytes(report),
-                      size_bytes=len(report)),
+        job_id=job.job_id, attempt=job.attempt, worker=WORKER, output=output,
         duration_ms=int((time.monotonic() - started) * 1000),
-        execution={"runtime": "pyav", "input_hash": digest})
+        execution={"runtime": "pyav", "input_hash": digest}, signature=_sign(job, output))
+
+
+def _sign(job: Job, output: Output) -> str | None:
+    """Escrow jobs pay only a result the pool signed (EIP-712 over job key + result hash)."""
+    if job.escrow is None:
+        return None
+    from eth_account import Account
+    from chalicelib.chain import domain, job_key_bytes, result_hash, sign_result
+    from chalicelib.config import secret
+    signature = sign_result(Account.from_key(secret("PROOFLINE_POOL_KEY")),
+                            domain(job.escrow.chain_id, job.escrow.contract),
+                            job_key_bytes(job), result_hash([output.sha256]))
+    return "0x" + signature.hex()
 
 
 RUNNERS: dict[str, Callable[[Ports, Job, Path], AttemptResult]] = {"media_probe": probe_input}

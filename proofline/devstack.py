@@ -24,6 +24,7 @@ from chalicelib import aws, config, ports
 from chalicelib.config import stage_environment
 from chalicelib.resources import RESOURCES
 
+from .anvil import Anvil
 from .provision import provision
 from .pump import EventPump
 
@@ -41,13 +42,24 @@ class StackInfo:
     stage: str
     started_at: float
     state_dir: str
+    rpc_url: str = ""
+    chain_id: int = 0
+    escrow_address: str = ""
+    token_address: str = ""
+    # anvil's well-known development keys, for the local stage only
+    dev_keys: dict[str, str] | None = None
 
     def environment(self) -> dict[str, str]:
-        """What a process needs to talk to this stack with boto3."""
+        """What a process needs to talk to this stack with boto3 and web3."""
+        keys = self.dev_keys or {}
         return {**stage_environment("local"), "AWS_ENDPOINT_URL": self.aws_endpoint,
                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
-                "PROOFLINE_API_URL": self.api_url}
+                "PROOFLINE_API_URL": self.api_url, "CHAIN_RPC_URL": self.rpc_url,
+                "CHAIN_ID": str(self.chain_id), "ESCROW_ADDRESS": self.escrow_address,
+                "PROOFLINE_CONTROL_KEY": keys.get("control", ""),
+                "PROOFLINE_POOL_KEY": keys.get("pool", ""),
+                "PROOFLINE_POOL_ADDRESS": keys.get("pool_address", "")}
 
 
 def free_port() -> int:
@@ -68,6 +80,7 @@ class DevStack:
         self.pool_workers = pool_workers
         self.region = region
         self.info: StackInfo | None = None
+        self.anvil: Anvil | None = None
         self.pump: EventPump | None = None
         self._moto = self._api = None
 
@@ -77,9 +90,12 @@ class DevStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._moto = AwsEndpoint(ip_address=HOST, port=self.aws_port, verbose=False)
         self._moto.start()
+        self.anvil = Anvil(free_port()).start()
         self.info = StackInfo(pid=os.getpid(), api_url=f"http://{HOST}:{self.api_port}",
                               aws_endpoint=f"http://{HOST}:{self.aws_port}", region=self.region,
-                              stage="local", started_at=time.time(), state_dir=str(self.state_dir))
+                              stage="local", started_at=time.time(), state_dir=str(self.state_dir),
+                              rpc_url=self.anvil.url, chain_id=self.anvil.chain_id,
+                              **_deploy_escrow(self.anvil))
         os.environ.update(self.info.environment())
         for cached in (config.settings, ports.default):
             cached.cache_clear()
@@ -99,6 +115,8 @@ class DevStack:
             self._api.shutdown()
         if self._moto:
             self._moto.stop()
+        if self.anvil:
+            self.anvil.stop()
 
     def _serve_api(self, app) -> None:
         from chalice.config import Config
@@ -108,6 +126,26 @@ class DevStack:
                                      HOST, self.api_port)
         self._api = server.server
         threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+
+
+ROLES = ("ROUTER_ROLE", "VERIFIER_ROLE", "OPERATOR_ROLE", "ARBITER_ROLE")
+
+
+def _deploy_escrow(anvil: Anvil) -> dict:
+    """Deploy the escrow and a test ERC-20; give the control plane its roles. Accounts:
+    0 admin, 1 control plane, 2 media pool, 3 client, 9 treasury."""
+    from chalicelib.chain import Escrow, deploy
+    w3 = anvil.web3()
+    admin, control, pool, client, treasury = (anvil.accounts[i] for i in (0, 1, 2, 3, 9))
+    escrow = Escrow(w3, deploy(w3, admin, "ProoflineEscrow", admin.address, treasury.address))
+    for role in ROLES:
+        escrow.send(admin, "grantRole", getattr(escrow.contract.functions, role)().call(),
+                    control.address)
+    token = deploy(w3, admin, "TestToken")
+    return {"escrow_address": escrow.address, "token_address": token,
+            "dev_keys": {"control": control.key.to_0x_hex(), "pool": pool.key.to_0x_hex(),
+                         "pool_address": pool.address, "client": client.key.to_0x_hex(),
+                         "client_address": client.address}}
 
 
 def _load_app():

@@ -25,7 +25,7 @@ def test_shipped_media_probe_class(shipped):
     assert cls.defaults.max_attempts == 3
     assert cls.defaults.payment_policy == "none"
     assert cls.max_input_bytes == 5 * 1024 ** 3
-    assert cls.timeouts_s == {State.ASSIGNED: 3600, State.RUNNING: 300,
+    assert cls.timeouts_s == {State.REQUESTED: 86400, State.ASSIGNED: 3600, State.RUNNING: 300,
                               State.SUBMITTED: 600, State.VERIFYING: 300}
 
 

@@ -1,0 +1,164 @@
+"""Settlement services: learn of funding from the chain, and move money after committed
+state changes — release verified jobs, refund failed or cancelled ones.
+
+Every action reads the escrow's on-chain state first, so a duplicate message, a retry after
+an RPC outage or a second handler never pays twice (invariant 2); a release is sent only
+with a `validation.passed` on the timeline for exactly the outputs paid for (invariant 1).
+"""
+from __future__ import annotations
+
+import time
+
+from aws_lambda_powertools import Logger
+
+from . import settlement, states
+from .chain import EscrowState, job_key_bytes, result_hash
+from .jobs import apply, assign, dispatch
+from .models import Job, State
+from .ports import Ports
+
+logger = Logger(child=True)
+CURSOR = "chain:Funded"
+MAX_BLOCKS = 5_000
+
+
+def follow_chain(ports: Ports) -> int:
+    """Apply every `Funded` log since the last processed block; returns how many matched."""
+    escrow = ports.chain.escrow
+    previous = ports.store.cursor(CURSOR)
+    start = 0 if previous is None else previous + 1
+    end = min(escrow.w3.eth.block_number, start + MAX_BLOCKS)
+    if end < start:
+        return 0
+    matched = 0
+    for log in escrow.contract.events.Funded().get_logs(from_block=start, to_block=end):
+        job_id = ports.store.resolve(f"escrow:0x{log['args']['jobId'].hex()}")
+        if job_id is not None:
+            matched += 1
+            on_funded(ports, ports.store.get(job_id), log)
+    ports.store.advance_cursor(CURSOR, previous, end)
+    return matched
+
+
+def on_funded(ports: Ports, job: Job, log) -> Job | None:
+    now = ports.clock()
+    args = log["args"]
+    funding = {"tx_hash": log["transactionHash"].to_0x_hex(), "block": log["blockNumber"],
+               "client": args["client"], "token": args["token"], "amount": str(args["amount"]),
+               "deadline": args["deadline"]}
+    job_class = ports.catalog.job_class(job.kind)
+
+    late = []
+
+    def plan(j: Job):
+        terms = j.escrow.model_copy(update={"funded_by": args["client"],
+                                            "funded_tx": funding["tx_hash"]})
+        if j.state.terminal and not j.escrow.funded_tx:  # funded after it ended: give it back
+            late.append(j.job_id)
+            noted, event = states.note(j, "escrow.funded", at=now, data={**funding, "late": True})
+            return noted.model_copy(update={"escrow": terms}), [event], []
+        if j.state != State.REQUESTED:
+            return None                              # seen before: the follower re-read a block
+        problem = settlement.funding_problem(j.escrow, args["token"], args["amount"])
+        if problem:
+            failed, event = states.transition(j, State.FAILED, at=now, escrow=terms,
+                                              reason="funding_insufficient",
+                                              data={**funding, "reason": "funding_insufficient",
+                                                    "message": problem})
+            return failed, [event], []
+        funded, e1 = states.transition(j, State.FUNDED, at=now, escrow=terms, data=funding)
+        assigned, attempt, e2 = assign(funded, job_class, now)
+        return assigned, [e1, e2], [attempt]
+
+    moved = apply(ports, job, plan)
+    if late:
+        ports.queues.send("settlement", {"action": "refund", "job_id": job.job_id})
+    elif moved and moved.state == State.ASSIGNED:
+        ports.queues.send("settlement", {"action": "assign", "job_id": moved.job_id})
+        dispatch(ports, moved)
+    return moved
+
+
+def settle(ports: Ports, action: str, job_id: str, *, tries: int = 4) -> str:
+    """Carry out one settlement action; returns what happened. Retries the RPC with
+    backoff, then raises so the queue redelivers later."""
+    for attempt in range(tries):
+        try:
+            return ACTIONS[action](ports, ports.store.view(job_id))
+        except (ConnectionError, OSError, TimeoutError) as error:
+            if attempt == tries - 1:
+                raise
+            logger.warning("chain unreachable; backing off", extra={"error": repr(error)})
+            time.sleep(0.5 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def _assign_on_chain(ports: Ports, view) -> str:
+    job, chain = view.job, ports.chain
+    key = job_key_bytes(job)
+    if chain.escrow.job(key).state != EscrowState.FUNDED:
+        return "already assigned or settled"
+    worker = chain.pool_payout[job.worker.removeprefix("pool:")]
+    receipt = chain.escrow.send(chain.control, "assign", key, worker)
+    apply(ports, ports.store.get(job.job_id), lambda j: _noted(
+        j, ports, "escrow.assigned", {**receipt.as_event(), "worker": worker}))
+    return "assigned"
+
+
+def _release(ports: Ports, view) -> str:
+    job, chain = view.job, ports.chain
+    if job.state == State.SETTLED:
+        return "already settled"
+    if job.state != State.VERIFIED:
+        return f"not releasable in state {job.state}"
+    hashes = settlement.release_evidence(job, view.events)
+    key = job_key_bytes(job)
+    on_chain = chain.escrow.job(key).state
+    if on_chain == EscrowState.FUNDED:
+        _assign_on_chain(ports, view)
+        on_chain = EscrowState.ASSIGNED
+    if on_chain == EscrowState.ASSIGNED:
+        attempt = next(a for a in view.attempts if a.number == job.attempt)
+        receipt = chain.escrow.send(chain.control, "release", key, result_hash(hashes),
+                                    bytes.fromhex(attempt.signature.removeprefix("0x")))
+        data = {**receipt.as_event(), "result_hash": "0x" + result_hash(hashes).hex(),
+                "outputs": hashes, "worker": attempt.worker}
+    elif on_chain == EscrowState.RELEASED:
+        data = {"tx_hash": chain.escrow.released_tx(key), "outputs": hashes,
+                "note": "found released on chain"}
+    else:
+        return f"escrow is {on_chain.name}; nothing to release"
+
+    def plan(j: Job):
+        if j.state != State.VERIFIED:
+            return None
+        settled, event = states.transition(j, State.SETTLED, at=ports.clock(),
+                                           event="settlement.released", data=data)
+        return settled, [event], []
+    apply(ports, job, plan)
+    return "released"
+
+
+def _refund(ports: Ports, view) -> str:
+    job, chain = view.job, ports.chain
+    if any(e.type == "settlement.refunded" for e in view.events):
+        return "already refunded"
+    key = job_key_bytes(job)
+    on_chain = chain.escrow.job(key).state
+    if on_chain in (EscrowState.FUNDED, EscrowState.ASSIGNED):
+        receipt = chain.escrow.send(chain.control, "refund", key)
+        data = {**receipt.as_event(), "amount": str(job.escrow.amount)}
+    elif on_chain in (EscrowState.REFUNDED, EscrowState.RECLAIMED):
+        data = {"note": f"found {on_chain.name.lower()} on chain"}
+    else:
+        return f"escrow is {on_chain.name}; nothing to refund"
+    apply(ports, job, lambda j: _noted(j, ports, "settlement.refunded", data))
+    return "refunded"
+
+
+def _noted(job: Job, ports: Ports, event: str, data: dict):
+    noted, e = states.note(job, event, at=ports.clock(), data=data)
+    return noted, [e], []
+
+
+ACTIONS = {"assign": _assign_on_chain, "release": _release, "refund": _refund}

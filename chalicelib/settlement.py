@@ -1,0 +1,49 @@
+"""Settlement rules: pure decisions about escrow terms, funding and release evidence."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from .errors import InvalidManifest, ProoflineError
+from .models import EscrowTerms, Event, Job, Manifest
+
+ETH_DECIMALS = 18
+NATIVE = "0x0000000000000000000000000000000000000000"
+
+
+class ReleaseBlocked(ProoflineError):
+    """Paying now would break an invariant: nothing is sent to the chain."""
+    status = 409
+    reason = "release_blocked"
+
+
+def terms(manifest: Manifest, job_key: str, *, chain_id: int, contract: str) -> EscrowTerms:
+    from .money import to_base_units
+    if manifest.max_price is None or manifest.max_price <= 0:
+        raise InvalidManifest("an escrow job needs a positive max_price (in ETH)",
+                              reason="missing_price")
+    return EscrowTerms(job_key=job_key, chain_id=chain_id, contract=contract, token=NATIVE,
+                       amount=to_base_units(manifest.max_price, ETH_DECIMALS))
+
+
+def funding_problem(expected: EscrowTerms, token: str, amount: int) -> str | None:
+    """Why an on-chain funding does not cover the job, or None when it does."""
+    if token.lower() != expected.token.lower():
+        return f"funded in {token}, the job is priced in {expected.token}"
+    if amount < expected.amount:
+        return f"funded {amount}, the job needs {expected.amount}"
+    return None
+
+
+def release_evidence(job: Job, events: Iterable[Event]) -> list[str]:
+    """The output hashes a release pays for — only if the timeline holds a
+    `validation.passed` that measured exactly those outputs (invariant 1)."""
+    paid_for = sorted(o.sha256 for o in job.outputs)
+    if not paid_for:
+        raise ReleaseBlocked(f"job {job.job_id} has no promoted outputs to pay for")
+    verified = {e.data.get("measured", {}).get("sha256") for e in events
+                if e.type == "validation.passed"}
+    missing = [h for h in paid_for if h not in verified]
+    if missing:
+        raise ReleaseBlocked(f"no validation.passed for {missing} on job {job.job_id}",
+                             details={"missing": missing})
+    return paid_for

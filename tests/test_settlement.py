@@ -1,0 +1,177 @@
+"""Escrow jobs on the real stack and chain: funded before they run, released only after
+verification and only once, refunded when they fail — including across an RPC outage."""
+import dataclasses
+import json
+import time
+import uuid
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from chalicelib import attempts, jobs, payments
+from chalicelib.chain import Escrow, EscrowState, job_key_bytes
+from chalicelib.models import Manifest, State
+from chalicelib.settlement import ReleaseBlocked
+from conftest import event_types, wait_for
+
+pytestmark = pytest.mark.stack
+PRICE = "0.01"
+WEI = 10**16
+
+
+@pytest.fixture(scope="module")
+def chain(stack):
+    keys = stack.info.dev_keys
+    w3 = Web3(Web3.HTTPProvider(stack.info.rpc_url))
+    return dataclasses.make_dataclass("Chain", ["w3", "escrow", "client", "pool"])(
+        w3, Escrow(w3, stack.info.escrow_address), Account.from_key(keys["client"]),
+        keys["pool_address"])
+
+
+@pytest.fixture(scope="module")
+def stored_clip(api, clip):
+    return api.upload(clip)
+
+
+def escrow_job(api, stored_clip, **extra):
+    job, created = api.submit({"kind": "media_probe", "input_uri": stored_clip["input_uri"],
+                               "input_hash": stored_clip["input_hash"],
+                               "payment_policy": "escrow_before_start", "max_price": PRICE,
+                               **extra}, idempotency_key=str(uuid.uuid4()))
+    assert created and job["state"] == "requested" and job["escrow"]["amount"] == WEI
+    return job
+
+
+def fund(chain, job, amount=WEI):
+    key = bytes.fromhex(job["escrow"]["job_key"][2:])
+    deadline = chain.w3.eth.get_block("latest")["timestamp"] + 3600
+    return chain.escrow.fund(chain.client, key, amount, deadline)
+
+
+def test_an_escrow_job_waits_for_funding_runs_and_pays_the_worker(api, chain, stored_clip):
+    job = escrow_job(api, stored_clip)
+    time.sleep(2)
+    assert api.job(job["job_id"])["state"] == "requested"          # not routed unfunded
+    before = chain.w3.eth.get_balance(chain.pool)
+    fund(chain, job)
+    final = wait_for(api, job["job_id"], timeout=90)
+    assert final["state"] == "settled", api.events(job["job_id"])
+    types = event_types(api, job["job_id"])
+    assert types.index("escrow.funded") < types.index("job.assigned") < types.index("validation.passed") \
+        < types.index("settlement.released")
+    released = [e for e in api.events(job["job_id"])["events"] if e["type"] == "settlement.released"][0]
+    assert released["data"]["gas_used"] > 0 and released["data"]["outputs"] == [final["outputs"][0]["sha256"]]
+    assert chain.w3.eth.get_balance(chain.pool) - before == WEI
+    assert chain.escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:])).state == EscrowState.RELEASED
+
+
+def test_duplicate_release_requests_pay_once(api, chain, stored_clip, ports, aws, stack):
+    job = escrow_job(api, stored_clip)
+    fund(chain, job)
+    wait_for(api, job["job_id"], timeout=90)
+    before = chain.w3.eth.get_balance(chain.pool)
+    url = aws.sqs.get_queue_url(QueueName=ports.settings.settlement_queue)["QueueUrl"]
+    for _ in range(3):
+        aws.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(
+            {"action": "release", "job_id": job["job_id"]}))
+    assert payments.settle(ports, "release", job["job_id"]) == "already settled"
+    time.sleep(3)
+    assert chain.w3.eth.get_balance(chain.pool) == before
+    assert event_types(api, job["job_id"]).count("settlement.released") == 1
+
+
+def test_a_failed_escrow_job_is_refunded(api, chain, stored_clip):
+    job = escrow_job(api, stored_clip, input_hash="sha256:" + "ee" * 32)   # will not match
+    fund(chain, job)
+    final = wait_for(api, job["job_id"], timeout=90)
+    assert final["state"] == "failed" and final["reason"] == "input_hash_mismatch"
+    key = bytes.fromhex(job["escrow"]["job_key"][2:])
+    deadline = time.monotonic() + 30
+    while chain.escrow.job(key).state != EscrowState.REFUNDED and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert chain.escrow.job(key).state == EscrowState.REFUNDED
+    assert "settlement.refunded" in event_types(api, job["job_id"])
+
+
+def test_funding_that_arrives_after_cancel_is_refunded(api, chain, stored_clip):
+    job = escrow_job(api, stored_clip)
+    assert api.cancel(job["job_id"])["state"] == "cancelled"
+    fund(chain, job)
+    key = bytes.fromhex(job["escrow"]["job_key"][2:])
+    deadline = time.monotonic() + 30
+    while chain.escrow.job(key).state != EscrowState.REFUNDED and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert chain.escrow.job(key).state == EscrowState.REFUNDED
+    assert api.job(job["job_id"])["state"] == "cancelled"
+
+
+def test_underfunding_fails_the_job_and_returns_the_money(api, chain, stored_clip):
+    job = escrow_job(api, stored_clip)
+    fund(chain, job, amount=WEI - 1)
+    final = wait_for(api, job["job_id"], timeout=60)
+    assert final["state"] == "failed" and final["reason"] == "funding_insufficient"
+    key = bytes.fromhex(job["escrow"]["job_key"][2:])
+    deadline = time.monotonic() + 30
+    while chain.escrow.job(key).state != EscrowState.REFUNDED and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert chain.escrow.job(key).state == EscrowState.REFUNDED
+
+
+class RecordingQueues:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, queue, message):
+        self.sent.append((queue, json.loads(json.dumps(message))))
+
+
+def verified_but_unpaid(ports, chain, stored_clip):
+    """An escrow job taken to `verified` by hand, its settlement message held back."""
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    manifest = Manifest(kind="media_probe", input_uri=stored_clip["input_uri"],
+                        input_hash=stored_clip["input_hash"],
+                        payment_policy="escrow_before_start", max_price=PRICE)
+    job, _ = jobs.accept(held, manifest, job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
+    key = job_key_bytes(job)
+    receipt = chain.escrow.fund(chain.client, key, WEI,
+                                chain.w3.eth.get_block("latest")["timestamp"] + 3600)
+    log = chain.escrow.contract.events.Funded().get_logs(from_block=receipt.block,
+                                                         to_block=receipt.block)[0]
+    assigned = payments.on_funded(held, job, log)
+    from media_worker.handler import probe_input
+    import tempfile
+    from pathlib import Path
+    running = attempts.start(held, assigned, 1, "pool:media", redelivered=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = probe_input(held, running, Path(tmp))
+    verified = attempts.verify(held, attempts.submit(held, running, result), result)
+    assert verified.state == State.VERIFIED
+    assert ("settlement", {"action": "release", "job_id": job.job_id}) in held.queues.sent
+    return held, verified
+
+
+def test_the_rpc_down_then_back_pays_exactly_once(ports, chain, stored_clip):
+    held, job = verified_but_unpaid(ports, chain, stored_clip)
+    dead = Escrow(Web3(Web3.HTTPProvider("http://127.0.0.1:9", request_kwargs={"timeout": 1})),
+                  chain.escrow.address)
+    offline = dataclasses.replace(held, chain=dataclasses.replace(held.chain, escrow=dead))
+    with pytest.raises(OSError):
+        payments.settle(offline, "release", job.job_id, tries=2)
+    assert chain.escrow.job(job_key_bytes(job)).state == EscrowState.FUNDED    # nothing reached the chain
+    before = chain.w3.eth.get_balance(chain.pool)
+    assert payments.settle(held, "release", job.job_id) == "released"
+    assert payments.settle(held, "release", job.job_id) == "already settled"
+    assert chain.w3.eth.get_balance(chain.pool) - before == WEI
+    assert held.store.get(job.job_id).state == State.SETTLED
+
+
+def test_no_release_without_validation_of_the_exact_outputs(ports, chain, stored_clip):
+    held, job = verified_but_unpaid(ports, chain, stored_clip)
+    tampered = job.model_copy(update={
+        "version": job.version + 1,
+        "outputs": [job.outputs[0].model_copy(update={"sha256": "sha256:" + "00" * 32})]})
+    held.store.commit(job, tampered)                      # a bug swaps what is paid for
+    with pytest.raises(ReleaseBlocked):
+        payments.settle(held, "release", job.job_id)
+    assert chain.escrow.job(job_key_bytes(job)).state != EscrowState.RELEASED

@@ -1,0 +1,80 @@
+"""Settlement rules without a chain: exact amounts, escrow terms, funding checks, and the
+evidence a release needs."""
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from chalicelib.catalog import load
+from chalicelib.errors import InvalidManifest, InvalidRequest
+from chalicelib.jobs import new_job
+from chalicelib.models import Event, Manifest, Output, State
+from chalicelib.money import from_base_units, to_base_units
+from chalicelib.settlement import ReleaseBlocked, funding_problem, release_evidence
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+SHA = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("amount, decimals, units", [
+    ("0.001", 18, 10**15), ("1", 6, 10**6), ("0", 18, 0),
+    ("123456789.123456789123456789", 18, 123456789123456789123456789), (Decimal("2.5"), 6, 2_500_000)])
+def test_amounts_convert_exactly(amount, decimals, units):
+    assert to_base_units(amount, decimals) == units
+    assert to_base_units(str(from_base_units(units, decimals)), decimals) == units
+
+
+@pytest.mark.parametrize("amount", ["0.0000001", "-1", "abc", "NaN", "Infinity"])
+def test_amounts_that_cannot_be_exact_are_refused(amount):
+    with pytest.raises(InvalidRequest) as info:
+        to_base_units(amount, 6)
+    assert info.value.reason == "invalid_amount"
+
+
+def escrow_job(**fields):
+    manifest = Manifest(kind="media_probe", input_uri="s3://bucket-a/x",
+                        payment_policy="escrow_before_start", **fields)
+    job, _ = new_job(manifest, catalog=load(), job_id="job-escrow1", source="http",
+                     correlation_id="c", now=NOW, escrow=(31337, CONTRACT))
+    return job
+
+
+def test_escrow_terms_are_exact_base_units_under_the_job_key():
+    job = escrow_job(max_price="0.01")
+    assert job.escrow.amount == 10**16 and job.escrow.chain_id == 31337
+    assert job.escrow.job_key.startswith("0x") and len(job.escrow.job_key) == 66
+    assert job.state == State.REQUESTED
+
+
+@pytest.mark.parametrize("price", [None, "0"])
+def test_an_escrow_job_needs_a_price(price):
+    with pytest.raises(InvalidManifest) as info:
+        escrow_job(**({"max_price": price} if price else {}))
+    assert info.value.reason == "missing_price"
+
+
+def test_funding_checks():
+    terms = escrow_job(max_price="0.01").escrow
+    assert funding_problem(terms, terms.token, 10**16) is None
+    assert funding_problem(terms, terms.token, 10**16 + 1) is None
+    assert "needs" in funding_problem(terms, terms.token, 10**16 - 1)
+    assert "priced in" in funding_problem(terms, CONTRACT, 10**16)
+
+
+def passed(sha):
+    return Event(job_id="job-escrow1", seq=5, type="validation.passed", at=NOW,
+                 state=State.VERIFIED, correlation_id="c", data={"measured": {"sha256": sha}})
+
+
+def test_release_needs_validation_of_exactly_the_outputs_paid_for():
+    job = escrow_job(max_price="0.01").model_copy(update={
+        "state": State.VERIFIED,
+        "outputs": [Output(name="probe.json", uri="s3://b/k", sha256=SHA, size_bytes=3)]})
+    assert release_evidence(job, [passed(SHA)]) == [SHA]
+    with pytest.raises(ReleaseBlocked):
+        release_evidence(job, [passed("sha256:" + "cd" * 32)])
+    with pytest.raises(ReleaseBlocked):
+        release_evidence(job, [])
+    with pytest.raises(ReleaseBlocked):
+        release_evidence(job.model_copy(update={"outputs": []}), [passed(SHA)])
