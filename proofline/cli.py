@@ -73,10 +73,12 @@ def main(ctx, api):
 @click.option("--client-did")
 @click.option("--job-id")
 @click.option("--idempotency-key", help="Reuse to make retries of this submission safe.")
+@click.option("--fund/--no-fund", default=True, show_default=True,
+              help="Fund the escrow on chain when the job's payment policy needs it.")
 @click.option("--wait/--no-wait", default=False, help="Follow the job to a terminal state.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def submit(ctx, manifest, idempotency_key, wait, as_json, **flags):
+def submit(ctx, manifest, idempotency_key, fund, wait, as_json, **flags):
     """Submit a job from a manifest file (YAML or JSON) and/or flags."""
     fields = yaml.safe_load(manifest.read_text()) if manifest else {}
     if not isinstance(fields, dict):
@@ -97,11 +99,40 @@ def submit(ctx, manifest, idempotency_key, wait, as_json, **flags):
     if not as_json:
         console.print(f"{'created' if created else 'existing'} job [bold]{job['job_id']}[/bold] "
                       f"({job['kind']}, {job['state']})")
+    if fund and job.get("escrow") and job["state"] == "requested":
+        receipt = _fund(job)
+        if not as_json:
+            err.print(f"funded escrow {job['escrow']['job_key'][:18]}… with "
+                      f"{job['escrow']['amount']} wei in tx {receipt.tx_hash} "
+                      f"(block {receipt.block}, gas {receipt.gas_used})")
     if wait:
         final = _watch(api, job["job_id"], as_json)
         sys.exit(0 if final["state"] == "settled" else 1)
     if as_json:
         click.echo(json.dumps({**job, "created": created}, indent=2))
+
+
+def _fund(job: dict):
+    """Fund a job's escrow with the client's key: PROOFLINE_CLIENT_KEY, or on the local
+    stack its development client account."""
+    from eth_account import Account
+    from web3 import Web3
+    from chalicelib.chain import Escrow
+    info = read_state(STATE_DIR)
+    local_key = (info.dev_keys or {}).get("client") if info else None
+    key = os.environ.get("PROOFLINE_CLIENT_KEY") or local_key
+    rpc = os.environ.get("PROOFLINE_RPC_URL") or (info.rpc_url if info else None)
+    if not key or not rpc:
+        raise click.ClickException("funding needs PROOFLINE_CLIENT_KEY and PROOFLINE_RPC_URL "
+                                   "(or a local stack); use --no-fund to fund it yourself")
+    w3 = Web3(Web3.HTTPProvider(rpc))
+    terms = job["escrow"]
+    deadline = job["manifest"].get("deadline")
+    deadline = (int(datetime.fromisoformat(deadline.replace("Z", "+00:00")).timestamp()) if deadline
+                else w3.eth.get_block("latest")["timestamp"] + 86_400)
+    return Escrow(w3, terms["contract"]).fund(Account.from_key(key),
+                                              bytes.fromhex(terms["job_key"][2:]),
+                                              terms["amount"], deadline, token=terms["token"])
 
 
 @main.group()

@@ -15,6 +15,7 @@ from pathlib import Path
 import boto3
 import requests
 from rich.console import Console
+from web3 import Web3
 
 from chalicelib.jobs import derive_job_id
 from proofline import clips
@@ -69,9 +70,23 @@ def run(stack: dict) -> int:
     http_job = json.loads(submitted.stdout)["job_id"]
     cli("jobs", "watch", http_job)
 
+    console.rule("door 2 again, paid through the escrow on anvil")
+    w3 = Web3(Web3.HTTPProvider(stack["rpc_url"]))
+    pool = stack["dev_keys"]["pool_address"]
+    before = w3.eth.get_balance(pool)
+    paid = cli("submit", "--kind", "media_probe", "--input", str(clip), "--payment-policy",
+               "escrow_before_start", "--max-price", "0.01", "--json", capture=True)
+    if paid.returncode != 0:
+        console.print(paid.stderr)
+        return 1
+    escrow_job = json.loads(paid.stdout)["job_id"]
+    cli("jobs", "watch", escrow_job)
+    gained = Web3.from_wei(w3.eth.get_balance(pool) - before, "ether")
+    console.print(f"media pool {pool} balance change: [bold]+{gained} ETH[/bold]")
+
     console.rule("outputs")
     ok = True
-    for job_id in (dropped, http_job):
+    for job_id in (dropped, http_job, escrow_job):
         job = requests.get(f"{stack['api_url']}/jobs/{job_id}", timeout=10).json()
         ok &= job["state"] == "settled"
         for output in job["outputs"]:

@@ -57,6 +57,16 @@ def test_submit_a_manifest_file_with_a_local_input_and_wait(workdir):
     assert "job.created" in timeline and "validation.passed" in timeline
 
 
+def test_an_escrow_job_is_funded_by_the_cli_and_paid_after_verification(workdir):
+    result = run(workdir, "submit", "--kind", "media_probe", "--input", "source.mp4",
+                 "--payment-policy", "escrow_before_start", "--max-price", "0.002",
+                 "--wait", "--json")
+    types = [json.loads(line)["type"] for line in result.stdout.splitlines()]
+    assert types[:2] == ["job.created", "payment.authorized"]
+    assert types.index("escrow.funded") < types.index("validation.passed") < types.index("settlement.released")
+    assert types[-1] == "settlement.released"
+
+
 def test_a_bad_input_fails_with_its_reason_and_a_non_zero_exit(workdir):
     result = run(workdir, "submit", "--kind", "media_probe", "--input", "empty.mp4", "--wait",
                  check=False)
