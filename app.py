@@ -131,6 +131,21 @@ def follow_chain(event):
         payments.follow_chain(ports.default())
 
 
+@route("/settlement/drift")
+def settlement_drift():
+    if ports.default().chain is None:
+        raise InvalidRequest("this stage has no chain configured", reason="settlement_disabled")
+    return {"drift": payments.reconcile(ports.default())}
+
+
+@app.schedule(Rate(15, unit=Rate.MINUTES))
+def reconcile(event):
+    """Repair what is safe to repair (re-sent settlement actions are idempotent)."""
+    if ports.default().chain is not None:
+        for row in payments.reconcile(ports.default(), repair=True):
+            logger.warning("settlement drift", extra=row)
+
+
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def sweep(event):
     for job_id, action in jobs.sweep(ports.default()):

@@ -111,7 +111,14 @@ def _release(ports: Ports, view) -> str:
         return "already settled"
     if job.state != State.VERIFIED:
         return f"not releasable in state {job.state}"
-    hashes = settlement.release_evidence(job, view.events)
+    try:
+        hashes = settlement.release_evidence(job, view.events)
+    except settlement.ReleaseBlocked as blocked:
+        # Permanent until a person looks: say so on the timeline once, never pay, never retry.
+        if not any(e.type == "settlement.blocked" for e in view.events):
+            apply(ports, job, lambda j: _noted(j, ports, "settlement.blocked", blocked.to_dict()))
+        logger.error("release blocked", extra={"job_id": job.job_id, "error": blocked.message})
+        return "blocked"
     key = job_key_bytes(job)
     on_chain = chain.escrow.job(key).state
     if on_chain == EscrowState.FUNDED:
@@ -123,6 +130,10 @@ def _release(ports: Ports, view) -> str:
                                     bytes.fromhex(attempt.signature.removeprefix("0x")))
         data = {**receipt.as_event(), "result_hash": "0x" + result_hash(hashes).hex(),
                 "outputs": hashes, "worker": attempt.worker}
+        if not any(e["event"] == "Released" for e in receipt.events):
+            # A dispute window holds the payment on chain: not settled until it is paid.
+            apply(ports, job, lambda j: _noted(j, ports, "settlement.scheduled", data))
+            return "scheduled"
     elif on_chain == EscrowState.RELEASED:
         data = {"tx_hash": chain.escrow.released_tx(key), "outputs": hashes,
                 "note": "found released on chain"}
@@ -162,3 +173,26 @@ def _noted(job: Job, ports: Ports, event: str, data: dict):
 
 
 ACTIONS = {"assign": _assign_on_chain, "release": _release, "refund": _refund}
+
+
+def reconcile(ports: Ports, *, repair: bool = False, limit: int = 500) -> list[dict]:
+    """Compare every escrow job with the chain; with `repair`, re-send the settlement
+    action for each drift that has a safe one. Returns the drift rows."""
+    from .reconcile import classify
+    rows = []
+    for job in ports.store.list(None, limit):
+        if job.escrow is None:
+            continue
+        seen = {e.type for e in ports.store.view(job.job_id).events}
+        drift = classify(job.job_id, job.state, bool(job.escrow.funded_tx),
+                         "settlement.refunded" in seen,
+                         ports.chain.escrow.job(job_key_bytes(job)).state,
+                         blocked="settlement.blocked" in seen)
+        if drift is None:
+            continue
+        row = drift.as_row()
+        if repair and drift.repair:
+            ports.queues.send("settlement", {"action": drift.repair, "job_id": job.job_id})
+            row["repaired"] = True
+        rows.append(row)
+    return rows

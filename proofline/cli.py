@@ -241,6 +241,32 @@ def _state(state: str) -> str:
     return f"[{color[state]}]{state}[/{color[state]}]" if state in color else state
 
 
+# -- settlement ----------------------------------------------------------------------------
+@main.group()
+def settle():
+    """Escrow settlement."""
+
+
+@settle.command("reconcile")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def settle_reconcile(ctx, as_json):
+    """Compare every escrow job with the chain; exit 1 when anything drifted."""
+    rows = _api(ctx).settlement_drift()
+
+    def render(drift):
+        if not drift:
+            console.print("[green]no drift[/green]: every escrow job matches the chain")
+            return
+        table = Table("job", "job state", "chain state", "drift", "repair")
+        for row in drift:
+            table.add_row(row["job_id"], row["job_state"], row["chain_state"], row["kind"],
+                          row["repair"] or "manual")
+        console.print(table)
+    _emit(rows, as_json, render)
+    sys.exit(1 if rows else 0)
+
+
 # -- local stack ---------------------------------------------------------------------------
 @main.group()
 def dev():

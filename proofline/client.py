@@ -63,6 +63,9 @@ class Api:
     def cancel(self, job_id: str) -> dict:
         return self._request("POST", f"/jobs/{job_id}/cancel").json()
 
+    def settlement_drift(self) -> list[dict]:
+        return self._request("GET", "/settlement/drift").json()["drift"]
+
     def health(self) -> dict:
         return self._request("GET", "/health").json()
 

@@ -12,7 +12,6 @@ from web3 import Web3
 from chalicelib import attempts, jobs, payments
 from chalicelib.chain import Escrow, EscrowState, job_key_bytes
 from chalicelib.models import Manifest, State
-from chalicelib.settlement import ReleaseBlocked
 from conftest import event_types, wait_for
 
 pytestmark = pytest.mark.stack
@@ -172,6 +171,23 @@ def test_no_release_without_validation_of_the_exact_outputs(ports, chain, stored
         "version": job.version + 1,
         "outputs": [job.outputs[0].model_copy(update={"sha256": "sha256:" + "00" * 32})]})
     held.store.commit(job, tampered)                      # a bug swaps what is paid for
-    with pytest.raises(ReleaseBlocked):
-        payments.settle(held, "release", job.job_id)
+    assert payments.settle(held, "release", job.job_id) == "blocked"
+    assert payments.settle(held, "release", job.job_id) == "blocked"
     assert chain.escrow.job(job_key_bytes(job)).state != EscrowState.RELEASED
+    view = held.store.view(job.job_id)
+    assert view.job.state == State.VERIFIED
+    assert [e.type for e in view.events].count("settlement.blocked") == 1
+    [row] = [r for r in payments.reconcile(held) if r["job_id"] == job.job_id]
+    assert row["kind"] == "release_blocked" and row["repair"] is None
+
+
+def test_reconcile_finds_planted_drift_and_repairs_what_is_safe(ports, chain, stored_clip, api):
+    held, job = verified_but_unpaid(ports, chain, stored_clip)    # verified, never released
+    rows = {r["job_id"]: r for r in payments.reconcile(held)}
+    assert rows[job.job_id]["kind"] == "verified_not_released"
+    assert rows[job.job_id]["repair"] == "release"
+    # The stack's scheduled reconciliation re-sends the release; the handler pays it.
+    assert wait_for(api, job.job_id, timeout=60)["state"] == "settled"
+    assert chain.escrow.job(job_key_bytes(job)).state == EscrowState.RELEASED
+    assert job.job_id not in {r["job_id"] for r in api.settlement_drift()}
+

@@ -78,3 +78,15 @@ def test_release_needs_validation_of_exactly_the_outputs_paid_for():
         release_evidence(job, [])
     with pytest.raises(ReleaseBlocked):
         release_evidence(job.model_copy(update={"outputs": []}), [passed(SHA)])
+
+
+def test_reconcile_classification():
+    from chalicelib.chain import EscrowState as C
+    from chalicelib.reconcile import classify
+    assert classify("j", State.SETTLED, True, False, C.RELEASED) is None
+    assert classify("j", State.SETTLED, True, False, C.ASSIGNED).kind == "settled_but_not_released_on_chain"
+    assert classify("j", State.FAILED, True, False, C.FUNDED).repair == "refund"
+    assert classify("j", State.FAILED, True, False, C.REFUNDED).kind == "refunded_on_chain_not_recorded"
+    assert classify("j", State.FAILED, True, True, C.REFUNDED) is None
+    assert classify("j", State.REQUESTED, False, False, C.FUNDED).kind == "funded_not_seen"
+    assert classify("j", State.REQUESTED, False, False, C.NONE) is None
