@@ -70,7 +70,7 @@ def free_port() -> int:
 
 class DevStack:
     def __init__(self, state_dir: Path, *, aws_port: int = 0, api_port: int = 0,
-                 visibility_cap: int = 30, schedule_every_s: float = 10.0,
+                 visibility_cap: int = 30, schedule_every_s: float = 2.0,
                  pool_workers: int = 2, region: str = "us-east-1"):
         self.state_dir = Path(state_dir)
         self.aws_port = aws_port or free_port()
@@ -155,10 +155,12 @@ def _load_app():
     return app
 
 
-def _schedules(app) -> dict[str, str]:
-    from chalice.app import ScheduledEventConfig
-    return {s.name: f"app:{s.name}" for s in app.app.event_sources
-            if isinstance(s, ScheduledEventConfig)}
+def _schedules(app) -> dict[str, tuple[str, float]]:
+    """Each `@app.schedule` handler with its period in minutes (Rate expressions)."""
+    from chalice.app import Rate, ScheduledEventConfig
+    minutes = {Rate.MINUTES: 1, Rate.HOURS: 60, Rate.DAYS: 1440}
+    return {s.name: (f"app:{s.name}", s.schedule_expression.value * minutes[s.schedule_expression.unit])
+            for s in app.app.event_sources if isinstance(s, ScheduledEventConfig)}
 
 
 # -- the detached process behind `proofline dev up` -------------------------------------------
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--aws-port", type=int, default=0)
     parser.add_argument("--api-port", type=int, default=0)
     parser.add_argument("--visibility-cap", type=int, default=30)
-    parser.add_argument("--schedule-every", type=float, default=10.0)
+    parser.add_argument("--schedule-every", type=float, default=2.0,
+                        help="seconds a minute of a schedule rate lasts locally")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     serve(args.state_dir, aws_port=args.aws_port, api_port=args.api_port,

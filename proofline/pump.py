@@ -99,7 +99,10 @@ def failed_ids(response: Any) -> set[str]:
 class EventPump:
     def __init__(self, settings: Settings, *, resources: Resources = RESOURCES,
                  pool_workers: int = 2, wait_s: int = 1, schedule_every_s: float = 10.0,
-                 schedules: dict[str, str] | None = None, handler_timeout_s: float = 300):
+                 schedules: dict[str, tuple[str, float]] | None = None,
+                 handler_timeout_s: float = 300):
+        """`schedules` maps a name to (consumer, period in minutes); locally each minute of
+        a period lasts `schedule_every_s` seconds, so schedules keep their proportions."""
         self._settings = settings
         self._resources = resources
         self._pool_workers = pool_workers
@@ -121,8 +124,9 @@ class EventPump:
             pollers = self._pool_workers if queue.process_pool else 1
             for n in range(pollers):
                 self._spawn(f"pump-{queue.setting}-{n}", self._poll, queue)
-        for name, consumer in self._schedules.items():
-            self._spawn(f"schedule-{name}", self._tick, name, consumer)
+        for name, (consumer, minutes) in self._schedules.items():
+            self._spawn(f"schedule-{name}", self._tick, name, consumer,
+                        minutes * self._schedule_every_s)
         return self
 
     def stop(self) -> None:
@@ -192,8 +196,8 @@ class EventPump:
             return self._pool
 
     # -- schedules --------------------------------------------------------------------------
-    def _tick(self, name: str, consumer: str) -> None:
-        while not self._stop.wait(self._schedule_every_s):
+    def _tick(self, name: str, consumer: str, period_s: float) -> None:
+        while not self._stop.wait(period_s):
             try:
                 load(consumer)(scheduled_event(name, self._settings.region),
                                LambdaContext(name, self._timeout_s))
