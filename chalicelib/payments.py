@@ -115,9 +115,10 @@ def _release(ports: Ports, view) -> str:
         hashes = settlement.release_evidence(job, view.events)
     except settlement.ReleaseBlocked as blocked:
         # Permanent until a person looks: say so on the timeline once, never pay, never retry.
+        why = blocked.to_dict()
         if not any(e.type == "settlement.blocked" for e in view.events):
-            apply(ports, job, lambda j: _noted(j, ports, "settlement.blocked", blocked.to_dict()))
-        logger.error("release blocked", extra={"job_id": job.job_id, "error": blocked.message})
+            apply(ports, job, lambda j: _noted(j, ports, "settlement.blocked", why))
+        logger.error("release blocked", extra={"job_id": job.job_id, "why": why["message"]})
         return "blocked"
     key = job_key_bytes(job)
     on_chain = chain.escrow.job(key).state

@@ -168,7 +168,7 @@ def jobs_show(ctx, job_id, as_json):
                           else str(job.get(key) if job.get(key) is not None else "—"))
         table.add_row("[dim]input[/dim]", f"{job['manifest']['input_uri']}\n{job['manifest'].get('input_hash') or ''}")
         for out in job["outputs"]:
-            table.add_row(f"[dim]output[/dim]", f"{out['uri']}\n{out['sha256']} ({out['size_bytes']} B)")
+            table.add_row("[dim]output[/dim]", f"{out['uri']}\n{out['sha256']} ({out['size_bytes']} B)")
         for a in job.get("attempts", []):
             table.add_row(f"[dim]attempt {a['number']}[/dim]",
                           f"{a['state']} on {a['worker']}" + (f" ({a['reason']})" if a.get("reason") else ""))

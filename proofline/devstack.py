@@ -22,7 +22,6 @@ import boto3
 
 from chalicelib import aws, config, ports
 from chalicelib.config import stage_environment
-from chalicelib.resources import RESOURCES
 
 from .anvil import Anvil
 from .provision import provision

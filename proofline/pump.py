@@ -81,7 +81,7 @@ def invoke(consumer: str, event: dict, timeout_s: float) -> tuple[Any, dict[str,
     before = Counter(aws.calls)
     try:
         response = load(consumer)(event, LambdaContext(consumer.replace(":", "-"), timeout_s))
-    except Exception as error:   # tracebacks don't pickle back to the pump; their text does
+    except Exception:   # tracebacks don't pickle back to the pump; their text does
         raise HandlerError(f"{consumer} raised:\n{traceback.format_exc()}") from None
     return response, dict(aws.calls - before)
 
