@@ -7,8 +7,6 @@ with a `validation.passed` on the timeline for exactly the outputs paid for (inv
 """
 from __future__ import annotations
 
-import time
-
 from aws_lambda_powertools import Logger
 
 from . import settlement, states
@@ -79,18 +77,10 @@ def on_funded(ports: Ports, job: Job, log) -> Job | None:
     return moved
 
 
-def settle(ports: Ports, action: str, job_id: str, *, tries: int = 4) -> str:
-    """Carry out one settlement action; returns what happened. Retries the RPC with
-    backoff, then raises so the queue redelivers later."""
-    for attempt in range(tries):
-        try:
-            return ACTIONS[action](ports, ports.store.view(job_id))
-        except (ConnectionError, OSError, TimeoutError) as error:
-            if attempt == tries - 1:
-                raise
-            logger.warning("chain unreachable; backing off", extra={"error": repr(error)})
-            time.sleep(0.5 * 2 ** attempt)
-    raise AssertionError("unreachable")
+def settle(ports: Ports, action: str, job_id: str) -> str:
+    """Carry out one settlement action; returns what happened. The RPC provider retries
+    with backoff (ports.RPC_RETRIES); past that this raises and the queue redelivers."""
+    return ACTIONS[action](ports, ports.store.view(job_id))
 
 
 def _assign_on_chain(ports: Ports, view) -> str:

@@ -55,7 +55,14 @@ def _chain(s: Settings) -> ChainPorts | None:
     from web3 import Web3
     from .chain import Escrow
     from .config import secret
-    w3 = Web3(Web3.HTTPProvider(s.chain_rpc_url, request_kwargs={"timeout": 30}))
+    import requests
+    from web3.providers.rpc.utils import ExceptionRetryConfiguration
+    # Backs off 0.5, 1, 2, 4, 8 s while the RPC is down; the queue redelivers after that.
+    retries = ExceptionRetryConfiguration(
+        errors=(ConnectionError, requests.ConnectionError, requests.HTTPError, requests.Timeout),
+        retries=5, backoff_factor=0.5)
+    w3 = Web3(Web3.HTTPProvider(s.chain_rpc_url, request_kwargs={"timeout": 30},
+                                exception_retry_configuration=retries))
     return ChainPorts(escrow=Escrow(w3, s.escrow_address),
                       control=Account.from_key(secret("PROOFLINE_CONTROL_KEY")),
                       pool_payout={"media": secret("PROOFLINE_POOL_ADDRESS")})

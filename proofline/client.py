@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from chalicelib.media import sha256_file
 
@@ -41,6 +43,11 @@ class Api:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._http = requests.Session()
+        # Connection failures only: a POST is safe to resend because it carries its
+        # Idempotency-Key; an answer from the server is never retried here.
+        self._http.mount("http://", HTTPAdapter(max_retries=Retry(
+            connect=3, read=0, status=0, backoff_factor=0.5, allowed_methods=None)))
+        self._http.mount("https://", self._http.get_adapter("http://"))
 
     def submit(self, manifest: dict, *, idempotency_key: str | None = None) -> tuple[dict, bool]:
         """POST /jobs; returns (job, created). One key per logical submission, reused on
@@ -93,15 +100,7 @@ class Api:
             time.sleep(poll_s)
 
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
-        for attempt in range(3):
-            try:
-                response = self._http.request(method, self.base_url + path,
-                                              timeout=self.timeout, **kwargs)
-                break
-            except requests.ConnectionError:
-                if attempt == 2:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
+        response = self._http.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
         if response.status_code >= 400:
             try:
                 body = response.json()
