@@ -15,13 +15,14 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import Web3
-from web3.exceptions import ContractCustomError, ContractLogicError
+from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
 from web3.logs import DISCARD
 
 from .errors import ProoflineError
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "contracts" / "artifacts"
 NATIVE = "0x0000000000000000000000000000000000000000"
+NONCE_RETRIES = 3
 
 
 class EscrowState(IntEnum):
@@ -120,31 +121,57 @@ class Escrow:
                                                         argument_filters={"jobId": job_id})
         return logs[0]["transactionHash"].to_0x_hex() if logs else None
 
+    def logs(self, names, from_block: int, to_block: int) -> list:
+        """The escrow's logs of the named events in a block range, decoded, in chain order."""
+        events = {getattr(self.contract.events, name)().topic: getattr(self.contract.events, name)()
+                  for name in names}
+        raw = self.w3.eth.get_logs({"address": self.address, "fromBlock": from_block,
+                                    "toBlock": to_block, "topics": [list(events)]})
+        return [events[log["topics"][0].to_0x_hex()].process_log(log) for log in raw]
+
     # -- writes ---------------------------------------------------------------------------
     def fund(self, account: LocalAccount, job_id: bytes, amount: int, deadline: int,
              token: str = NATIVE) -> Receipt:
-        value = amount if token == NATIVE else 0
-        return self.send(account, "fund", job_id, token, amount, deadline, value=value)
+        """Fund a job; for an ERC-20, first allow the escrow to take exactly what is missing."""
+        if token == NATIVE or not self.contract.functions.allowedToken(token).call():
+            return self.send(account, "fund", job_id, token, amount, deadline,
+                             value=amount if token == NATIVE else 0)
+        erc20 = self.w3.eth.contract(address=Web3.to_checksum_address(token),
+                                     abi=artifact("TestToken")["abi"])
+        if erc20.functions.allowance(account.address, self.address).call() < amount:
+            self._transact(account, erc20.functions.approve(self.address, amount), "approve")
+        return self.send(account, "fund", job_id, token, amount, deadline)
 
     def send(self, account: LocalAccount, function: str, *args: Any, value: int = 0) -> Receipt:
-        """Simulate first (a revert raises ContractReverted without spending gas), then sign,
-        send and wait for the receipt. Nonces are taken under a per-account lock."""
-        call = getattr(self.contract.functions, function)(*args)
+        """Call an escrow function in a signed transaction and wait for its receipt."""
+        return self._transact(account, getattr(self.contract.functions, function)(*args),
+                              function, value=value)
+
+    def _transact(self, account: LocalAccount, call, name: str, *, value: int = 0) -> Receipt:
+        """Simulate first (a revert raises ContractReverted without spending gas), then sign
+        and send. Nonces are taken under a per-account lock; a nonce another process used
+        meanwhile (several Lambdas share the control key) is retaken and the send repeated."""
         params = {"from": account.address, "value": value}
         try:
             gas = call.estimate_gas(params)
         except (ContractCustomError, ContractLogicError) as exc:
             raise self._decode(exc) from exc
         lock = self._nonce_locks.setdefault(account.address, threading.Lock())
-        with lock:
-            tx = call.build_transaction({**params, "gas": int(gas * 1.2) + 10_000,
-                                         "nonce": self.w3.eth.get_transaction_count(
-                                             account.address, "pending")})
-            signed = account.sign_transaction(tx)
-            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        for attempt in range(NONCE_RETRIES):
+            with lock:
+                nonce = self.w3.eth.get_transaction_count(account.address, "pending")
+                tx = call.build_transaction({**params, "gas": int(gas * 1.2) + 10_000,
+                                             "nonce": nonce})
+                try:
+                    tx_hash = self.w3.eth.send_raw_transaction(
+                        account.sign_transaction(tx).raw_transaction)
+                    break
+                except Web3RPCError as exc:
+                    if not _nonce_taken(exc) or attempt == NONCE_RETRIES - 1:
+                        raise
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
         if receipt["status"] != 1:
-            raise ChainError(f"{function} transaction {tx_hash.to_0x_hex()} failed")
+            raise ChainError(f"{name} transaction {tx_hash.to_0x_hex()} failed")
         return Receipt(tx_hash=tx_hash.to_0x_hex(), block=receipt["blockNumber"],
                        gas_used=receipt["gasUsed"], events=self._events(receipt))
 
@@ -211,3 +238,9 @@ def _error_selectors(abi: list[dict]) -> dict[str, tuple[str, list[str]]]:
             types = [i["type"] for i in item["inputs"]]
             selectors[keccak(text=f"{item['name']}({','.join(types)})")[:4].hex()] = (item["name"], types)
     return selectors
+
+
+def _nonce_taken(exc: Exception) -> bool:
+    message = str(exc).lower()
+    return any(sign in message for sign in ("nonce too low", "already known",
+                                            "replacement transaction underpriced"))

@@ -33,6 +33,7 @@ class Settings:
     max_manifest_bytes: int
     lease_seconds: int
     presign_seconds: int
+    payment_tokens: dict[str, PaymentToken]
 
     @property
     def queues(self) -> dict[str, str]:
@@ -52,13 +53,39 @@ def stage_environment(stage: str = "local", path: Path = CHALICE_CONFIG) -> dict
     return env
 
 
+@dataclass(frozen=True)
+class PaymentToken:
+    symbol: str
+    address: str
+    decimals: int
+
+
+NATIVE_TOKEN = PaymentToken("ETH", "0x0000000000000000000000000000000000000000", 18)
+
+
 def secret(name: str) -> str:
-    """A key from the environment (on AWS: injected from Secrets Manager or an encrypted
-    keystore by the deployment, never stored in the repository)."""
+    """A key from the environment, or from an encrypted keystore file (Web3 Secret Storage,
+    as eth-account writes it) named by `<name>_KEYSTORE` and opened with the passphrase in
+    `PROOFLINE_PASSPHRASE`. Keys are never stored in the repository."""
     value = os.environ.get(name)
-    if not value:
-        raise KeyError(f"{name} is not set")
-    return value
+    if value:
+        return value
+    keystore = os.environ.get(f"{name}_KEYSTORE")
+    if not keystore:
+        raise KeyError(f"{name} is not set (nor {name}_KEYSTORE)")
+    from eth_account import Account
+    passphrase = os.environ.get("PROOFLINE_PASSPHRASE")
+    if passphrase is None:
+        raise KeyError(f"{name}_KEYSTORE needs PROOFLINE_PASSPHRASE to open it")
+    return "0x" + bytes(Account.decrypt(json.loads(Path(keystore).read_text()), passphrase)).hex()
+
+
+def _payment_tokens(raw: str | None) -> dict[str, PaymentToken]:
+    """ETH always; ERC-20s from `PAYMENT_TOKENS`, e.g. {"PUSD": {"address": "0x…", "decimals": 6}}."""
+    tokens = {NATIVE_TOKEN.symbol: NATIVE_TOKEN}
+    for symbol, token in json.loads(raw or "{}").items():
+        tokens[symbol] = PaymentToken(symbol, token["address"], int(token["decimals"]))
+    return tokens
 
 
 @lru_cache(maxsize=1)
@@ -82,4 +109,5 @@ def settings() -> Settings:
         max_manifest_bytes=int(env.get("PROOFLINE_MAX_MANIFEST_BYTES", 64 * 1024)),
         lease_seconds=int(env.get("PROOFLINE_LEASE_SECONDS", 300)),
         presign_seconds=int(env.get("PROOFLINE_PRESIGN_SECONDS", 900)),
+        payment_tokens=_payment_tokens(env.get("PAYMENT_TOKENS")),
     )

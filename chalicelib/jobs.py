@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from aws_lambda_powertools import Logger
 
 from . import settlement, states
 from .catalog import Catalog, JobClass
+from .config import NATIVE_TOKEN, PaymentToken
 from .errors import InvalidManifest, JobExists, ProoflineError, StaleVersion
 from .models import Attempt, AttemptResult, Event, Job, Manifest, State
 from .ports import Ports
@@ -25,10 +26,11 @@ def derive_job_id(idempotency_key: str) -> str:
 
 
 def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
-            correlation_id: str, now: datetime, escrow: tuple[int, str] | None = None
-            ) -> tuple[Job, JobClass]:
-    """`escrow` is (chain id, contract) where this stage settles on chain, else None."""
-    """Validate a manifest against its class and policies; the job as `requested`."""
+            correlation_id: str, now: datetime, escrow: tuple[int, str] | None = None,
+            tokens: Mapping[str, PaymentToken] | None = None) -> tuple[Job, JobClass]:
+    """Validate a manifest against its class and policies; the job as `requested`.
+    `escrow` is (chain id, contract) where this stage settles on chain, else None;
+    `tokens` the payment tokens it accepts."""
     job_class = catalog.job_class(manifest.kind)
     if manifest.profile and manifest.profile not in job_class.profiles:
         raise InvalidManifest(f"job class {job_class.name} has no profile {manifest.profile!r}",
@@ -45,7 +47,7 @@ def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
     if policy.escrow:
         from .chain import job_key
         terms = settlement.terms(manifest, "0x" + job_key(job_id).hex(), chain_id=escrow[0],
-                                 contract=escrow[1])
+                                 contract=escrow[1], tokens=tokens or {"ETH": NATIVE_TOKEN})
     job = Job(job_id=job_id, kind=job_class.name, state=State.REQUESTED,
               version=1, manifest=manifest, profile=manifest.profile,
               payment_policy=policy.name,
@@ -69,7 +71,7 @@ def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,
     job, job_class = new_job(manifest, catalog=ports.catalog, job_id=job_id, source=source,
                              correlation_id=correlation_id, now=now,
                              escrow=(chain.escrow.w3.eth.chain_id, chain.escrow.address)
-                             if chain else None)
+                             if chain else None, tokens=ports.settings.payment_tokens)
     created = Event(job_id=job.job_id, seq=1, type="job.created", at=now, state=job.state,
                     correlation_id=correlation_id,
                     data={"source": source, "kind": job.kind, "input_uri": manifest.input_uri,
@@ -201,7 +203,8 @@ def sweep(ports: Ports) -> list[tuple[str, str]]:
 
 def _sweep_one(ports: Ports, job: Job, now: datetime) -> str | None:
     job_class = ports.catalog.job_class(job.kind)
-    if job.manifest.deadline and job.manifest.deadline <= now:
+    if (job.manifest.deadline and job.manifest.deadline <= now
+            and states.can_move(job.state, State.FAILED)):
         def expire(j: Job):
             if j.state.terminal:
                 return None
@@ -225,6 +228,9 @@ def _sweep_one(ports: Ports, job: Job, now: datetime) -> str | None:
         return moved.state.value if moved else None
     if job.state == State.SUBMITTED:
         return _reverify(ports, job, now)
+    if job.state == State.VERIFIED and job.escrow:
+        from .payments import release_due
+        return "settlement.due" if release_due(ports, job) else None
     if job.state == State.REQUESTED:
         def unfunded(j: Job):
             if j.state != State.REQUESTED or not _overdue(j, now):

@@ -57,6 +57,7 @@ class Manifest(BaseModel):
     validation: dict[str, Any] | None = None
     deadline: datetime | None = None
     max_price: Price | None = None
+    payment_token: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,16}$")] | None = None
     client_did: Did | None = None
 
     @field_validator("deadline")
@@ -74,6 +75,8 @@ class EscrowTerms(BaseModel):
     contract: str
     token: str
     amount: int                       # base units: exact, never a float
+    symbol: str = "ETH"
+    decimals: int = 18
     funded_by: str | None = None
     funded_tx: str | None = None
 

@@ -7,21 +7,25 @@ with a `validation.passed` on the timeline for exactly the outputs paid for (inv
 """
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from aws_lambda_powertools import Logger
 
 from . import settlement, states
-from .chain import EscrowState, job_key_bytes, result_hash
+from .chain import ContractReverted, EscrowState, job_key_bytes, result_hash
 from .jobs import apply, assign, dispatch
 from .models import Job, State
 from .ports import Ports
 
 logger = Logger(child=True)
-CURSOR = "chain:Funded"
+CURSOR = "chain:escrow"
 MAX_BLOCKS = 5_000
+DUE_AGAIN = timedelta(minutes=1)
 
 
 def follow_chain(ports: Ports) -> int:
-    """Apply every `Funded` log since the last processed block; returns how many matched."""
+    """Apply the escrow's logs since the last processed block, in chain order: fundings,
+    disputes and their resolutions, and releases anyone finalized. Returns how many matched."""
     escrow = ports.chain.escrow
     previous = ports.store.cursor(CURSOR)
     start = 0 if previous is None else previous + 1
@@ -29,13 +33,50 @@ def follow_chain(ports: Ports) -> int:
     if end < start:
         return 0
     matched = 0
-    for log in escrow.contract.events.Funded().get_logs(from_block=start, to_block=end):
+    for log in escrow.logs(FOLLOWED, start, end):
         job_id = ports.store.resolve(f"escrow:0x{log['args']['jobId'].hex()}")
         if job_id is not None:
             matched += 1
-            on_funded(ports, ports.store.get(job_id), log)
+            FOLLOWED[log["event"]](ports, ports.store.get(job_id), log)
     ports.store.advance_cursor(CURSOR, previous, end)
     return matched
+
+
+def _log_data(log) -> dict:
+    return {"tx_hash": log["transactionHash"].to_0x_hex(), "block": log["blockNumber"]}
+
+
+def on_dispute_opened(ports: Ports, job: Job, log) -> Job | None:
+    """The client contests a verified result inside its window: nothing is paid until the
+    arbiter resolves it on chain."""
+    data = {**_log_data(log), "client": log["args"]["client"]}
+    return apply(ports, job, lambda j: _moved(ports, j, State.VERIFIED, State.DISPUTED,
+                                              "dispute.opened", data))
+
+
+def on_dispute_resolved(ports: Ports, job: Job, log) -> Job | None:
+    args = log["args"]
+    data = {**_log_data(log), "worker_share_bps": args["workerShareBps"],
+            "to_worker": str(args["toWorker"]), "to_client": str(args["toClient"])}
+    return apply(ports, job, lambda j: _moved(ports, j, State.DISPUTED, State.SETTLED,
+                                              "settlement.resolved", data))
+
+
+def on_released(ports: Ports, job: Job, log) -> Job | None:
+    """A release seen on chain: ours (already recorded, so nothing to do) or a `finalize`
+    anyone may send once a dispute window passed."""
+    args = log["args"]
+    data = {**_log_data(log), "worker": args["worker"], "paid": str(args["paid"]),
+            "fee": str(args["fee"]), "note": "seen on chain"}
+    return apply(ports, job, lambda j: _moved(ports, j, State.VERIFIED, State.SETTLED,
+                                              "settlement.released", data))
+
+
+def _moved(ports: Ports, job: Job, source: State, target: State, event: str, data: dict):
+    if job.state != source:
+        return None                         # recorded already, or the log was read again
+    moved, e = states.transition(job, target, at=ports.clock(), event=event, data=data)
+    return moved, [e], []
 
 
 def on_funded(ports: Ports, job: Job, log) -> Job | None:
@@ -75,6 +116,10 @@ def on_funded(ports: Ports, job: Job, log) -> Job | None:
         ports.queues.send("settlement", {"action": "assign", "job_id": moved.job_id})
         dispatch(ports, moved)
     return moved
+
+
+FOLLOWED = {"Funded": on_funded, "DisputeOpened": on_dispute_opened,
+            "DisputeResolved": on_dispute_resolved, "Released": on_released}
 
 
 def settle(ports: Ports, action: str, job_id: str) -> str:
@@ -121,10 +166,22 @@ def _release(ports: Ports, view) -> str:
                                     bytes.fromhex(attempt.signature.removeprefix("0x")))
         data = {**receipt.as_event(), "result_hash": "0x" + result_hash(hashes).hex(),
                 "outputs": hashes, "worker": attempt.worker}
-        if not any(e["event"] == "Released" for e in receipt.events):
-            # A dispute window holds the payment on chain: not settled until it is paid.
-            apply(ports, job, lambda j: _noted(j, ports, "settlement.scheduled", data))
+        verified = next((e for e in receipt.events if e["event"] == "Verified"), None)
+        if verified:
+            # A dispute window holds the payment on chain; the sweeper comes back when it ends.
+            due = datetime.fromtimestamp(verified["releasableAt"], timezone.utc)
+            apply(ports, job, lambda j: _noted(j, ports, "settlement.scheduled",
+                                               {**data, "releasable_at": due.isoformat()},
+                                               next_deadline=due))
             return "scheduled"
+    elif on_chain == EscrowState.VERIFIED:
+        try:
+            receipt = chain.escrow.send(chain.control, "finalize", key)
+        except ContractReverted as refused:
+            if refused.error == "DisputeWindowOpen":
+                return "dispute window open"
+            raise
+        data = {**receipt.as_event(), "outputs": hashes, "note": "dispute window passed"}
     elif on_chain == EscrowState.RELEASED:
         data = {"tx_hash": chain.escrow.released_tx(key), "outputs": hashes,
                 "note": "found released on chain"}
@@ -158,9 +215,24 @@ def _refund(ports: Ports, view) -> str:
     return "refunded"
 
 
-def _noted(job: Job, ports: Ports, event: str, data: dict):
+def _noted(job: Job, ports: Ports, event: str, data: dict, **changes):
     noted, e = states.note(job, event, at=ports.clock(), data=data)
-    return noted, [e], []
+    return noted.model_copy(update=changes), [e], []
+
+
+def release_due(ports: Ports, job: Job) -> Job | None:
+    """The sweeper's remedy for a verified escrow job whose release time came: ask the
+    settlement handler again (it finalizes, or finds the job settled) and look back later."""
+    now = ports.clock()
+
+    def plan(j: Job):
+        if j.state != State.VERIFIED or j.next_deadline is None or j.next_deadline > now:
+            return None
+        return _noted(j, ports, "settlement.due", {}, next_deadline=now + DUE_AGAIN)
+    moved = apply(ports, job, plan)
+    if moved:
+        ports.queues.send("settlement", {"action": "release", "job_id": job.job_id})
+    return moved
 
 
 ACTIONS = {"assign": _assign_on_chain, "release": _release, "refund": _refund}

@@ -33,7 +33,11 @@ def classify(job_id: str, job_state: J, funded_seen: bool, refund_recorded: bool
         return drift("verified_not_released", "release")
     if job_state == J.VERIFIED and chain == C.RELEASED:
         return drift("released_not_recorded", "release")
-    if job_state == J.SETTLED and chain != C.RELEASED:
+    if job_state == J.VERIFIED and chain == C.DISPUTED:
+        return drift("dispute_not_recorded")   # the chain follower picks it up
+    if job_state in (J.VERIFIED, J.DISPUTED) and chain == C.RESOLVED:
+        return drift("resolution_not_recorded")
+    if job_state == J.SETTLED and chain not in (C.RELEASED, C.RESOLVED):
         return drift("settled_but_not_released_on_chain")
     if job_state in (J.FAILED, J.CANCELLED, J.REJECTED) and chain in OPEN:
         return drift("ended_not_refunded", "refund")

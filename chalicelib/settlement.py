@@ -1,13 +1,12 @@
 """Settlement rules: pure decisions about escrow terms, funding and release evidence."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
+from .config import PaymentToken
 from .errors import InvalidManifest, ProoflineError
 from .models import EscrowTerms, Event, Job, Manifest
 
-ETH_DECIMALS = 18
-NATIVE = "0x0000000000000000000000000000000000000000"
 
 
 class ReleaseBlocked(ProoflineError):
@@ -16,13 +15,22 @@ class ReleaseBlocked(ProoflineError):
     reason = "release_blocked"
 
 
-def terms(manifest: Manifest, job_key: str, *, chain_id: int, contract: str) -> EscrowTerms:
+def terms(manifest: Manifest, job_key: str, *, chain_id: int, contract: str,
+          tokens: Mapping[str, PaymentToken]) -> EscrowTerms:
+    """`max_price` is a decimal string in the payment token's units (ETH unless the manifest
+    names an allow-listed `payment_token`), converted to base units exactly."""
     from .money import to_base_units
+    symbol = manifest.payment_token or "ETH"
+    token = tokens.get(symbol)
+    if token is None:
+        raise InvalidManifest(f"payment token {symbol!r} is not accepted on this stage",
+                              reason="unknown_payment_token", details={"known": sorted(tokens)})
     if manifest.max_price is None or manifest.max_price <= 0:
-        raise InvalidManifest("an escrow job needs a positive max_price (in ETH)",
+        raise InvalidManifest(f"an escrow job needs a positive max_price (in {symbol})",
                               reason="missing_price")
-    return EscrowTerms(job_key=job_key, chain_id=chain_id, contract=contract, token=NATIVE,
-                       amount=to_base_units(manifest.max_price, ETH_DECIMALS))
+    return EscrowTerms(job_key=job_key, chain_id=chain_id, contract=contract,
+                       token=token.address, symbol=token.symbol, decimals=token.decimals,
+                       amount=to_base_units(manifest.max_price, token.decimals))
 
 
 def funding_problem(expected: EscrowTerms, token: str, amount: int) -> str | None:

@@ -33,7 +33,10 @@ class Anvil:
         self._process = subprocess.Popen(
             [str(BINARY), "--host", "127.0.0.1", "--port", str(self.port), "--chain-id",
              str(self.chain_id), "--accounts", str(self.accounts_count), "--hardfork", "cancun",
-             "--silent", "--config-out", str(config)],
+             "--silent", "--config-out", str(config),
+             # Transactions mine at once, and an empty block each second keeps chain time
+             # moving as on a real network (dispute windows end without new transactions).
+             "--block-time", "1", "--mixed-mining"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         w3 = Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": 10}))
         deadline = time.monotonic() + timeout

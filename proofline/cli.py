@@ -15,6 +15,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from chalicelib.money import from_base_units
+
 from . import client as api_client
 from .devstack import read_state
 
@@ -69,7 +71,8 @@ def main(ctx, api):
 @click.option("--max-attempts", type=int)
 @click.option("--payment-policy")
 @click.option("--deadline", help="ISO 8601 with a timezone.")
-@click.option("--max-price")
+@click.option("--max-price", help="Decimal, in the payment token's units (ETH by default).")
+@click.option("--payment-token", help="An ERC-20 the stage accepts, by symbol (e.g. PUSD).")
 @click.option("--client-did")
 @click.option("--job-id")
 @click.option("--idempotency-key", help="Reuse to make retries of this submission safe.")
@@ -102,9 +105,10 @@ def submit(ctx, manifest, idempotency_key, fund, wait, as_json, **flags):
     if fund and job.get("escrow") and job["state"] == "requested":
         receipt = _fund(job)
         if not as_json:
-            err.print(f"funded escrow {job['escrow']['job_key'][:18]}… with "
-                      f"{job['escrow']['amount']} wei in tx {receipt.tx_hash} "
-                      f"(block {receipt.block}, gas {receipt.gas_used})")
+            terms = job["escrow"]
+            err.print(f"funded escrow {terms['job_key'][:18]}… with "
+                      f"{from_base_units(terms['amount'], terms['decimals'])} {terms['symbol']} "
+                      f"in tx {receipt.tx_hash} (block {receipt.block}, gas {receipt.gas_used})")
     if wait:
         final = _watch(api, job["job_id"], as_json)
         sys.exit(0 if final["state"] == "settled" else 1)
@@ -113,26 +117,42 @@ def submit(ctx, manifest, idempotency_key, fund, wait, as_json, **flags):
 
 
 def _fund(job: dict):
-    """Fund a job's escrow with the client's key: PROOFLINE_CLIENT_KEY, or on the local
-    stack its development client account."""
-    from eth_account import Account
-    from web3 import Web3
-    from chalicelib.chain import Escrow
-    info = read_state(STATE_DIR)
-    local_key = (info.dev_keys or {}).get("client") if info else None
-    key = os.environ.get("PROOFLINE_CLIENT_KEY") or local_key
-    rpc = os.environ.get("PROOFLINE_RPC_URL") or (info.rpc_url if info else None)
-    if not key or not rpc:
-        raise click.ClickException("funding needs PROOFLINE_CLIENT_KEY and PROOFLINE_RPC_URL "
-                                   "(or a local stack); use --no-fund to fund it yourself")
-    w3 = Web3(Web3.HTTPProvider(rpc))
-    terms = job["escrow"]
+    """Fund a job's escrow with the client's key (ETH, or approve-then-fund for an ERC-20)."""
+    w3, client = _signer("PROOFLINE_CLIENT_KEY", "client")
     deadline = job["manifest"].get("deadline")
     deadline = (int(datetime.fromisoformat(deadline.replace("Z", "+00:00")).timestamp()) if deadline
                 else w3.eth.get_block("latest")["timestamp"] + 86_400)
-    return Escrow(w3, terms["contract"]).fund(Account.from_key(key),
-                                              bytes.fromhex(terms["job_key"][2:]),
-                                              terms["amount"], deadline, token=terms["token"])
+    terms = job["escrow"]
+    return _escrow_call(lambda escrow: escrow.fund(client, bytes.fromhex(terms["job_key"][2:]),
+                                                   terms["amount"], deadline,
+                                                   token=terms["token"]), w3, terms)
+
+
+def _signer(key_env: str, dev_key: str):
+    """(web3, account) for a command that signs on chain: the key from `key_env` (or the
+    keystore `<key_env>_KEYSTORE`), else on the local stack its development account."""
+    from eth_account import Account
+    from web3 import Web3
+    from chalicelib.config import secret
+    info = read_state(STATE_DIR)
+    try:
+        key = secret(key_env)
+    except KeyError:
+        key = (info.dev_keys or {}).get(dev_key) if info else None
+    rpc = os.environ.get("PROOFLINE_RPC_URL") or (info.rpc_url if info else None)
+    if not key or not rpc:
+        raise click.ClickException(f"this needs {key_env} (or {key_env}_KEYSTORE) and "
+                                   "PROOFLINE_RPC_URL, or a local stack")
+    return Web3(Web3.HTTPProvider(rpc)), Account.from_key(key)
+
+
+def _escrow_call(call, w3, terms: dict):
+    from chalicelib.chain import Escrow
+    from chalicelib.errors import ProoflineError
+    try:
+        return call(Escrow(w3, terms["contract"]))
+    except ProoflineError as error:
+        raise click.ClickException(f"{error.reason}: {error}") from error
 
 
 @main.group()
@@ -265,6 +285,39 @@ def settle_reconcile(ctx, as_json):
         console.print(table)
     _emit(rows, as_json, render)
     sys.exit(1 if rows else 0)
+
+
+@settle.command("dispute")
+@click.argument("job_id")
+@click.pass_context
+def settle_dispute(ctx, job_id):
+    """Contest a verified result while its dispute window is open (client key)."""
+    job = _api(ctx).job(job_id)
+    if not job.get("escrow"):
+        raise click.ClickException(f"job {job_id} has no escrow")
+    w3, client = _signer("PROOFLINE_CLIENT_KEY", "client")
+    receipt = _escrow_call(lambda escrow: escrow.send(
+        client, "openDispute", bytes.fromhex(job["escrow"]["job_key"][2:])), w3, job["escrow"])
+    console.print(f"dispute opened on {job_id} in tx {receipt.tx_hash}; the payment waits "
+                  "for the arbiter")
+
+
+@settle.command("resolve")
+@click.argument("job_id")
+@click.option("--worker-share-bps", type=click.IntRange(0, 10_000), required=True,
+              help="Basis points of the escrow paid to the worker; the client gets the rest.")
+@click.pass_context
+def settle_resolve(ctx, job_id, worker_share_bps):
+    """Settle a disputed job on chain (arbiter key)."""
+    job = _api(ctx).job(job_id)
+    if not job.get("escrow"):
+        raise click.ClickException(f"job {job_id} has no escrow")
+    w3, arbiter = _signer("PROOFLINE_ARBITER_KEY", "control")
+    receipt = _escrow_call(lambda escrow: escrow.send(
+        arbiter, "resolveDispute", bytes.fromhex(job["escrow"]["job_key"][2:]),
+        worker_share_bps), w3, job["escrow"])
+    console.print(f"dispute on {job_id} resolved ({worker_share_bps / 100:g}% to the worker) "
+                  f"in tx {receipt.tx_hash}")
 
 
 # -- local stack ---------------------------------------------------------------------------

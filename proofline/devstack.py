@@ -58,7 +58,10 @@ class StackInfo:
                 "CHAIN_ID": str(self.chain_id), "ESCROW_ADDRESS": self.escrow_address,
                 "PROOFLINE_CONTROL_KEY": keys.get("control", ""),
                 "PROOFLINE_POOL_KEY": keys.get("pool", ""),
-                "PROOFLINE_POOL_ADDRESS": keys.get("pool_address", "")}
+                "PROOFLINE_POOL_ADDRESS": keys.get("pool_address", ""),
+                "PAYMENT_TOKENS": json.dumps({TEST_TOKEN: {"address": self.token_address,
+                                                           "decimals": TEST_TOKEN_DECIMALS}}
+                                             if self.token_address else {})}
 
 
 def free_port() -> int:
@@ -127,13 +130,16 @@ class DevStack:
         threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
 
 
+TEST_TOKEN, TEST_TOKEN_DECIMALS = "PUSD", 6
+CLIENT_TOKENS = 1_000_000 * 10**TEST_TOKEN_DECIMALS
 ROLES = ("ROUTER_ROLE", "VERIFIER_ROLE", "OPERATOR_ROLE", "ARBITER_ROLE")
 
 
 def _deploy_escrow(anvil: Anvil) -> dict:
-    """Deploy the escrow and a test ERC-20; give the control plane its roles. Accounts:
-    0 admin, 1 control plane, 2 media pool, 3 client, 9 treasury."""
-    from chalicelib.chain import Escrow, deploy
+    """Deploy the escrow and a test ERC-20 (allow-listed, the client holds a million);
+    give the control plane its roles. Accounts: 0 admin, 1 control plane, 2 media pool,
+    3 client, 9 treasury."""
+    from chalicelib.chain import Escrow, artifact, deploy
     w3 = anvil.web3()
     admin, control, pool, client, treasury = (anvil.accounts[i] for i in (0, 1, 2, 3, 9))
     escrow = Escrow(w3, deploy(w3, admin, "ProoflineEscrow", admin.address, treasury.address))
@@ -141,6 +147,10 @@ def _deploy_escrow(anvil: Anvil) -> dict:
         escrow.send(admin, "grantRole", getattr(escrow.contract.functions, role)().call(),
                     control.address)
     token = deploy(w3, admin, "TestToken")
+    escrow.send(admin, "setTokenAllowed", token, True)
+    test_token = w3.eth.contract(address=token, abi=artifact("TestToken")["abi"])
+    tx = test_token.functions.mint(client.address, CLIENT_TOKENS).transact({"from": admin.address})
+    w3.eth.wait_for_transaction_receipt(tx)
     return {"escrow_address": escrow.address, "token_address": token,
             "dev_keys": {"control": control.key.to_0x_hex(), "pool": pool.key.to_0x_hex(),
                          "pool_address": pool.address, "client": client.key.to_0x_hex(),

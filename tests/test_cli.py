@@ -67,6 +67,17 @@ def test_an_escrow_job_is_funded_by_the_cli_and_paid_after_verification(workdir)
     assert types[-1] == "settlement.released"
 
 
+def test_a_job_priced_in_an_erc20_is_funded_by_the_cli_and_disputes_need_a_window(workdir):
+    result = run(workdir, "submit", "--kind", "media_probe", "--input", "source.mp4",
+                 "--payment-policy", "escrow_before_start", "--max-price", "1.25",
+                 "--payment-token", "PUSD", "--wait")
+    assert "1.25 PUSD" in result.stderr and "settled" in result.stdout
+    job_id = result.stdout.split("job ")[1].split()[0]
+    # Released at once (no dispute window on this stack): too late to contest.
+    refused = run(workdir, "settle", "dispute", job_id, check=False)
+    assert refused.returncode != 0 and "escrow_WrongState" in refused.stderr
+
+
 def test_a_bad_input_fails_with_its_reason_and_a_non_zero_exit(workdir):
     result = run(workdir, "submit", "--kind", "media_probe", "--input", "empty.mp4", "--wait",
                  check=False)

@@ -188,3 +188,104 @@ def test_reconcile_finds_planted_drift_and_repairs_what_is_safe(ports, chain, st
     assert chain.escrow.job(job_key_bytes(job)).state == EscrowState.RELEASED
     assert job.job_id not in {r["job_id"] for r in api.settlement_drift()}
 
+
+
+# -- ERC-20 payment and dispute windows -------------------------------------------------------
+def token_balance(chain, token, account):
+    from chalicelib.chain import artifact
+    erc20 = chain.w3.eth.contract(address=token, abi=artifact("TestToken")["abi"])
+    return erc20.functions.balanceOf(account).call()
+
+
+def test_an_erc20_priced_job_is_funded_and_paid_in_the_token(api, chain, stack, stored_clip):
+    from proofline.devstack import TEST_TOKEN
+    job, _ = api.submit({"kind": "media_probe", "input_uri": stored_clip["input_uri"],
+                         "payment_policy": "escrow_before_start", "max_price": "2.5",
+                         "payment_token": TEST_TOKEN}, idempotency_key=str(uuid.uuid4()))
+    token = stack.info.token_address
+    assert job["escrow"]["token"].lower() == token.lower()
+    assert job["escrow"]["amount"] == 2_500_000 and job["escrow"]["decimals"] == 6  # exact units
+    before = token_balance(chain, token, chain.pool)
+    chain.escrow.fund(chain.client, bytes.fromhex(job["escrow"]["job_key"][2:]), 2_500_000,
+                      chain.w3.eth.get_block("latest")["timestamp"] + 3600, token=token)
+    assert wait_for(api, job["job_id"], timeout=90)["state"] == "settled"
+    assert token_balance(chain, token, chain.pool) - before == 2_500_000
+
+
+def test_a_price_in_a_token_the_stage_does_not_accept_is_refused(api, stored_clip):
+    from proofline.client import ApiError
+    with pytest.raises(ApiError) as refused:
+        api.submit({"kind": "media_probe", "input_uri": stored_clip["input_uri"],
+                    "payment_policy": "escrow_before_start", "max_price": "1",
+                    "payment_token": "DOGE"}, idempotency_key=str(uuid.uuid4()))
+    assert refused.value.status == 400 and refused.value.reason == "unknown_payment_token"
+
+
+def test_a_job_funded_with_too_little_of_the_token_is_refunded(api, chain, stack, stored_clip):
+    from proofline.devstack import TEST_TOKEN
+    job, _ = api.submit({"kind": "media_probe", "input_uri": stored_clip["input_uri"],
+                         "payment_policy": "escrow_before_start", "max_price": "1",
+                         "payment_token": TEST_TOKEN}, idempotency_key=str(uuid.uuid4()))
+    token = stack.info.token_address
+    before = token_balance(chain, token, chain.client.address)
+    chain.escrow.fund(chain.client, bytes.fromhex(job["escrow"]["job_key"][2:]), 999_999,
+                      chain.w3.eth.get_block("latest")["timestamp"] + 3600, token=token)
+    final = wait_for(api, job["job_id"], timeout=60)
+    assert final["state"] == "failed" and final["reason"] == "funding_insufficient"
+    assert escrow_state(chain, job, until=EscrowState.REFUNDED) == EscrowState.REFUNDED
+    assert token_balance(chain, token, chain.client.address) == before
+
+
+@pytest.fixture
+def dispute_window(stack, chain):
+    """Jobs funded inside this fixture carry the given dispute window (the contract copies
+    its window into each job when it is funded)."""
+    admin = stack.anvil.accounts[0]
+
+    def set_window(seconds):
+        chain.escrow.send(admin, "setDisputeWindow", seconds)
+    yield set_window
+    set_window(0)
+
+
+def funded_with_window(api, chain, stored_clip, dispute_window, seconds):
+    job = escrow_job(api, stored_clip)
+    dispute_window(seconds)
+    fund(chain, job)
+    dispute_window(0)
+    wait_for(api, job["job_id"], states={"verified", "settled", "failed"}, timeout=60)
+    return job
+
+
+def test_a_dispute_window_holds_the_payment_then_it_is_finalized(api, chain, stored_clip,
+                                                                 dispute_window):
+    before = chain.w3.eth.get_balance(chain.pool)
+    job = funded_with_window(api, chain, stored_clip, dispute_window, 3)
+    assert api.job(job["job_id"])["state"] == "verified"      # paid only after the window
+    assert escrow_state(chain, job, until=EscrowState.VERIFIED) == EscrowState.VERIFIED
+    assert chain.w3.eth.get_balance(chain.pool) == before
+    final = wait_for(api, job["job_id"], timeout=120)
+    assert final["state"] == "settled"
+    types = event_types(api, job["job_id"])
+    assert types.index("settlement.scheduled") < types.index("settlement.released")
+    assert chain.w3.eth.get_balance(chain.pool) - before == WEI
+    assert chain.escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:])).state == EscrowState.RELEASED
+
+
+def test_a_disputed_job_waits_for_the_arbiter_and_settles_on_the_split(api, chain, stack,
+                                                                       stored_clip, dispute_window):
+    job = funded_with_window(api, chain, stored_clip, dispute_window, 600)
+    key = bytes.fromhex(job["escrow"]["job_key"][2:])
+    assert escrow_state(chain, job, until=EscrowState.VERIFIED) == EscrowState.VERIFIED
+    chain.escrow.send(chain.client, "openDispute", key)
+    assert wait_for(api, job["job_id"], states={"disputed"}, timeout=30)["state"] == "disputed"
+    pool_before = chain.w3.eth.get_balance(chain.pool)
+    arbiter = Account.from_key(stack.info.dev_keys["control"])
+    chain.escrow.send(arbiter, "resolveDispute", key, 2_500)      # a quarter to the worker
+    final = wait_for(api, job["job_id"], timeout=30)
+    assert final["state"] == "settled"
+    resolved = [e for e in api.events(job["job_id"])["events"] if e["type"] == "settlement.resolved"]
+    assert resolved[0]["data"]["to_worker"] == str(WEI // 4)
+    assert resolved[0]["data"]["to_client"] == str(WEI - WEI // 4)
+    assert chain.w3.eth.get_balance(chain.pool) - pool_before == WEI // 4
+    assert "settlement.released" not in event_types(api, job["job_id"])

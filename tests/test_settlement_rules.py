@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from chalicelib.catalog import load
-from chalicelib.errors import InvalidManifest, InvalidRequest
+from chalicelib.errors import InvalidManifest, InvalidRequest, ProoflineError
 from chalicelib.jobs import new_job
 from chalicelib.models import Event, Manifest, Output, State
 from chalicelib.money import from_base_units, to_base_units
@@ -90,3 +90,45 @@ def test_reconcile_classification():
     assert classify("j", State.FAILED, True, True, C.REFUNDED) is None
     assert classify("j", State.REQUESTED, False, False, C.FUNDED).kind == "funded_not_seen"
     assert classify("j", State.REQUESTED, False, False, C.NONE) is None
+
+
+def test_disputes_and_resolutions_on_chain_are_drift_until_recorded():
+    from chalicelib.chain import EscrowState as C
+    from chalicelib.reconcile import classify
+    assert classify("j", State.VERIFIED, True, False, C.VERIFIED) is None   # window open: scheduled
+    assert classify("j", State.VERIFIED, True, False, C.DISPUTED).kind == "dispute_not_recorded"
+    assert classify("j", State.DISPUTED, True, False, C.RESOLVED).kind == "resolution_not_recorded"
+    assert classify("j", State.SETTLED, True, False, C.RESOLVED) is None
+
+
+def test_a_price_is_converted_exactly_in_the_payment_tokens_units():
+    from chalicelib.config import NATIVE_TOKEN, PaymentToken
+    from chalicelib.settlement import terms
+    tokens = {"ETH": NATIVE_TOKEN, "PUSD": PaymentToken("PUSD", "0x" + "11" * 20, 6)}
+    manifest = Manifest(kind="media_probe", input_uri="s3://bucket/k", max_price="0.000001",
+                        payment_token="PUSD")
+    agreed = terms(manifest, "0x" + "00" * 32, chain_id=1, contract="0x" + "22" * 20, tokens=tokens)
+    assert (agreed.amount, agreed.token, agreed.decimals) == (1, "0x" + "11" * 20, 6)
+    too_fine = manifest.model_copy(update={"max_price": Decimal("0.0000001")})
+    with pytest.raises(ProoflineError) as refused:
+        terms(too_fine, "0x" + "00" * 32, chain_id=1, contract="0x" + "22" * 20, tokens=tokens)
+    assert refused.value.reason == "invalid_amount"
+
+
+def test_keys_open_from_an_encrypted_keystore(tmp_path, monkeypatch):
+    import json
+    from eth_account import Account
+    from chalicelib.config import secret
+    account = Account.create()
+    (tmp_path / "control.json").write_text(json.dumps(Account.encrypt(account.key, "s3cret",
+                                                                      iterations=2)))
+    monkeypatch.delenv("PROOFLINE_CONTROL_KEY", raising=False)
+    monkeypatch.setenv("PROOFLINE_CONTROL_KEY_KEYSTORE", str(tmp_path / "control.json"))
+    monkeypatch.setenv("PROOFLINE_PASSPHRASE", "s3cret")
+    assert Account.from_key(secret("PROOFLINE_CONTROL_KEY")).address == account.address
+    monkeypatch.setenv("PROOFLINE_PASSPHRASE", "wrong")
+    with pytest.raises(ValueError):
+        secret("PROOFLINE_CONTROL_KEY")
+    monkeypatch.delenv("PROOFLINE_PASSPHRASE")
+    with pytest.raises(KeyError):
+        secret("PROOFLINE_CONTROL_KEY")
