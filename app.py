@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from chalice import Chalice, Rate, Response
 
 from chalicelib import attempts, config, intake, jobs, payments, ports
-from chalicelib.api import job_document, upload_slot
+from chalicelib.api import job_document, package_document, upload_slot
 from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.models import AttemptResult, Job, State
 
@@ -70,6 +70,11 @@ def list_jobs():
 def get_job(job_id):
     view = jobs.view(ports.default(), job_id)
     return job_document(ports.default(), view)
+
+
+@route("/jobs/{job_id}/package")
+def job_package(job_id):
+    return package_document(ports.default(), jobs.view(ports.default(), job_id))
 
 
 @route("/jobs/{job_id}/events")

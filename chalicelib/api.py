@@ -1,10 +1,11 @@
 """Shapes of API responses that need more than a model dump (presigned links)."""
 from __future__ import annotations
 
+import json
 import re
 
 from .blobs import S3Uri, input_key
-from .errors import InvalidRequest
+from .errors import Conflict, InvalidRequest
 from .ports import Ports
 from .store import JobView
 
@@ -18,7 +19,22 @@ def job_document(ports: Ports, view: JobView) -> dict:
         output["download_url"] = ports.blobs.presign_get(S3Uri.parse(output["uri"]),
                                                          ports.settings.presign_seconds)
     doc["attempts"] = [a.model_dump(mode="json") for a in view.attempts]
+    if view.tasks:
+        doc["progress"] = progress(view.tasks)
     return doc
+
+
+def progress(tasks) -> dict:
+    """Tasks passed / total, overall and per rendition (the audio track counts as one)."""
+    groups: dict[str, list[int]] = {}
+    for task in tasks:
+        done_total = groups.setdefault(task.rendition or "audio", [0, 0])
+        done_total[0] += task.state == "passed"
+        done_total[1] += 1
+    return {"passed": sum(d for d, _ in groups.values()),
+            "total": sum(t for _, t in groups.values()),
+            "failed": sum(t.state == "failed" for t in tasks),
+            "by_rendition": {k: {"passed": d, "total": t} for k, (d, t) in groups.items()}}
 
 
 def upload_slot(ports: Ports, body: dict) -> dict:
@@ -31,3 +47,26 @@ def upload_slot(ports: Ports, body: dict) -> dict:
         return {"input_uri": str(uri), "input_hash": sha, "upload_url": None}
     return {"input_uri": str(uri), "input_hash": sha,
             "upload_url": ports.blobs.presign_put(uri, ports.settings.presign_seconds)}
+
+
+PACKAGE_LIMIT = 8 * 1024 * 1024
+
+
+def package_document(ports: Ports, view: JobView) -> dict:
+    """Every file of a job's verified package, each with a short-lived download link; the
+    listing is the package.json the job's output hash pins."""
+    output = next((o for o in view.job.outputs if o.name == "package.json"), None)
+    if output is None:
+        raise Conflict(f"job {view.job.job_id} has no verified package (state {view.job.state})",
+                       reason="no_package")
+    listing_uri = S3Uri.parse(output.uri)
+    listing = json.loads(ports.blobs.read(listing_uri, PACKAGE_LIMIT))
+    prefix = listing_uri.key.rsplit("/", 1)[0]
+
+    def link(path: str) -> str:
+        return ports.blobs.presign_get(S3Uri(listing_uri.bucket, f"{prefix}/{path}"),
+                                       ports.settings.presign_seconds)
+    return {"job_id": view.job.job_id, "sha256": output.sha256, "entry": listing["entry"],
+            "entry_uri": f"s3://{listing_uri.bucket}/{prefix}/{listing['entry']}",
+            "entry_url": link(listing["entry"]),
+            "files": [{**f, "download_url": link(f["path"])} for f in listing["files"]]}

@@ -145,6 +145,44 @@ def verify(ports: Ports, job: Job, result: AttemptResult) -> Job | None:
     return moved
 
 
+def promote_and_record(ports: Ports, job: Job, output: Output, verdict: Verdict, *,
+                       execution: dict, signature: str | None) -> Job | None:
+    """For an output the control plane assembled and checked itself (a split job's
+    package, already content-addressed): the running job passes submitted → verifying →
+    verified, or fails with the verdict's reason; one transaction."""
+    worker = job.worker or "unknown"
+    if job.escrow:
+        claimed = AttemptResult(job_id=job.job_id, attempt=job.attempt, worker=worker,
+                                output=output, duration_ms=0, signature=signature)
+        verdict = _with_signature_check(ports, job, claimed, verdict)
+    now = ports.clock()
+
+    def plan(j: Job):
+        if j.state != State.RUNNING or j.attempt != job.attempt:
+            return None
+        submitted, e0 = states.transition(j, State.SUBMITTED, at=now,
+                                          data={"attempt": j.attempt, "worker": worker,
+                                                **execution})
+        verifying, e1 = states.transition(submitted, State.VERIFYING, at=now,
+                                          data={"attempt": j.attempt, "policy": verdict.policy})
+        if not verdict.passed:
+            failed, e2 = states.transition(verifying, State.FAILED, at=now,
+                                           event="validation.failed", reason=verdict.reason,
+                                           data=verdict.as_event())
+            return failed, [e0, e1, e2], []
+        verified, e2 = states.transition(verifying, State.VERIFIED, at=now,
+                                         data=verdict.as_event(), outputs=[output])
+        verified, e3 = states.note(verified, "output.promoted", at=now, data=output.model_dump())
+        passed = Attempt(job_id=j.job_id, number=j.attempt, worker=worker, state="passed",
+                         finished_at=now, output=output, signature=signature)
+        if verified.escrow:
+            return verified, [e0, e1, e2, e3], [passed]
+        settled, e4 = _settle(verified, now)
+        return settled, [e0, e1, e2, e3, e4], [passed]
+
+    return apply(ports, job, plan)
+
+
 def _with_signature_check(ports: Ports, job: Job, result: AttemptResult, verdict: Verdict) -> Verdict:
     """An escrow job pays only a result its worker signed, so check it before the chain does."""
     from .chain import domain, result_hash, result_signer

@@ -84,6 +84,11 @@ class Blobs:
     def put(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
         self._s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type)
 
+    def upload(self, uri: S3Uri, path: Path,
+               content_type: str = "application/octet-stream") -> None:
+        with open(path, "rb") as body:
+            self._s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=body, ContentType=content_type)
+
     def copy(self, source: S3Uri, target: S3Uri) -> None:
         self._s3.copy_object(Bucket=target.bucket, Key=target.key,
                              CopySource={"Bucket": source.bucket, "Key": source.key})

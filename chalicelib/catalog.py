@@ -25,6 +25,7 @@ class _Strict(BaseModel):
 class Defaults(_Strict):
     max_attempts: Annotated[int, Field(ge=1, le=10)]
     payment_policy: str
+    profile: str | None = None
 
 
 class Verification(_Strict):
@@ -96,6 +97,9 @@ def load(directory: Path = CATALOG_DIR) -> Catalog:
     except ValidationError as exc:
         raise CatalogError(f"catalog in {directory} is invalid: {exc}") from exc
     for job_class in catalog.job_classes.values():
+        if job_class.defaults.profile and job_class.defaults.profile not in job_class.profiles:
+            raise CatalogError(f"job class {job_class.name} defaults to a profile it does not "
+                               f"have: {job_class.defaults.profile!r}")
         if job_class.defaults.payment_policy not in catalog.payment_policies:
             raise CatalogError(f"job class {job_class.name} defaults to an unknown payment "
                                f"policy {job_class.defaults.payment_policy!r}")

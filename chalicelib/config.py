@@ -25,6 +25,7 @@ class Settings:
     media_queue: str
     verify_queue: str
     settlement_queue: str
+    segments_queue: str
     chain_rpc_url: str | None
     chain_id: int | None
     escrow_address: str | None
@@ -38,7 +39,8 @@ class Settings:
     @property
     def queues(self) -> dict[str, str]:
         return {"intake": self.intake_queue, "media": self.media_queue,
-                "verify": self.verify_queue, "settlement": self.settlement_queue}
+                "verify": self.verify_queue, "settlement": self.settlement_queue,
+                "segments": self.segments_queue}
 
     @property
     def settlement_enabled(self) -> bool:
@@ -101,6 +103,7 @@ def settings() -> Settings:
         media_queue=env["MEDIA_QUEUE"],
         verify_queue=env["VERIFY_QUEUE"],
         settlement_queue=env["SETTLEMENT_QUEUE"],
+        segments_queue=env["SEGMENTS_QUEUE"],
         chain_rpc_url=env.get("CHAIN_RPC_URL") or None,
         chain_id=int(env["CHAIN_ID"]) if env.get("CHAIN_ID") else None,
         escrow_address=env.get("ESCROW_ADDRESS") or None,

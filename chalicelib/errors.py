@@ -87,3 +87,17 @@ class OutputRejected(ProoflineError):
     """Verification said no; the attempt is retried while attempts remain."""
     status = 422
     reason = "validation_failed"
+
+
+class ExecutionError(ProoflineError):
+    """A tool failed on an input that was already accepted: ours or transient, so the attempt
+    is retried rather than the job failed for good."""
+    reason = "execution_failed"
+
+
+class FfmpegFailed(ExecutionError):
+    reason = "ffmpeg_failed"
+
+
+class FfmpegTimeout(ExecutionError):
+    reason = "ffmpeg_timeout"

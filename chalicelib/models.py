@@ -109,6 +109,7 @@ class Job(BaseModel):
     reason: str | None = None
     outputs: list[Output] = Field(default_factory=list)
     escrow: EscrowTerms | None = None
+    plan: TranscodePlan | None = None
 
     @property
     def input_uri(self) -> str:
@@ -136,6 +137,59 @@ class Event(BaseModel):
     state: State
     correlation_id: str
     data: dict[str, Any] = Field(default_factory=dict)
+    task: str | None = None           # set on a segment task's own events
+
+
+class TaskState(StrEnum):
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    SUBMITTED = "submitted"
+    PASSED = "passed"
+    FAILED = "failed"                 # attempts exhausted: the job fails with it
+
+
+class Task(BaseModel):
+    """One unit of a split job (a segment × rendition, or the audio track), with its own
+    attempts and verification; kept in its job's partition."""
+    job_id: str
+    task_id: str
+    kind: Literal["video", "audio"]
+    rendition: str | None = None
+    index: int = 0
+    start_s: float = 0.0
+    duration_s: float
+    input_uri: str
+    input_hash: ContentHash
+    state: TaskState = TaskState.ASSIGNED
+    attempt: int = 1
+    max_attempts: int
+    version: int = 1
+    worker: str | None = None
+    outputs: list[Output] = Field(default_factory=list)
+    reason: str | None = None
+    updated_at: datetime
+
+    @property
+    def done(self) -> bool:
+        return self.state in (TaskState.PASSED, TaskState.FAILED)
+
+
+class TranscodePlan(BaseModel):
+    """What the planner decided for a transcode job; the assembler builds from it."""
+    profile: str
+    container: Literal["hls", "mp4"]
+    segment_s: float
+    fps: str                          # exact rational, e.g. "30000/1001"
+    duration_s: float
+    renditions: list[dict[str, Any]]  # PlannedRendition dumps
+    segments: list[dict[str, Any]]    # index, start_s, duration_s, uri, sha256
+    has_audio: bool
+    split: dict[str, Any]
+    command_template: dict[str, Any]
+
+    @property
+    def tasks_total(self) -> int:
+        return len(self.renditions) * len(self.segments) + (1 if self.has_audio else 0)
 
 
 class Attempt(BaseModel):

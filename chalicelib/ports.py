@@ -13,6 +13,7 @@ from .config import Settings, settings
 from .models import utcnow
 from .queues import Queues
 from .store import JobStore
+from .taskstore import TaskStore
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -38,6 +39,7 @@ class Ports:
     catalog: Catalog
     clock: Callable[[], datetime] = field(default=utcnow)
     chain: ChainPorts | None = None
+    tasks: TaskStore | None = None
 
 
 @lru_cache(maxsize=1)
@@ -45,7 +47,8 @@ def default() -> Ports:
     s = settings()
     return Ports(settings=s, store=JobStore(aws.client("dynamodb"), s.jobs_table),
                  blobs=Blobs(aws.client("s3")), queues=Queues(aws.client("sqs"), s.queues),
-                 catalog=catalog.default(), chain=_chain(s))
+                 catalog=catalog.default(), chain=_chain(s),
+                 tasks=TaskStore(aws.client("dynamodb"), s.jobs_table))
 
 
 def _chain(s: Settings) -> ChainPorts | None:

@@ -69,6 +69,9 @@ RESOURCES = Resources(
               visibility_timeout=60, max_receive_count=5),
         Queue("MediaQueue", "media_queue", "media_worker.handler:handler",
               visibility_timeout=900, max_receive_count=3, batch_size=1, process_pool=True),
+        # Segment tasks of split jobs, their checks and the assembly: the same container image.
+        Queue("SegmentsQueue", "segments_queue", "media_worker.handler:segments_handler",
+              visibility_timeout=900, max_receive_count=3, batch_size=1, process_pool=True),
         Queue("VerifyQueue", "verify_queue", "app:on_verify",
               visibility_timeout=120, max_receive_count=5),
         Queue("SettlementQueue", "settlement_queue", "app:on_settlement",

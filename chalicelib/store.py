@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 from botocore.exceptions import ClientError
 
 from .errors import JobExists, JobNotFound, StaleVersion
-from .models import Attempt, Event, Job, State
+from .models import Attempt, Event, Job, State, Task
 from .states import NON_TERMINAL
 
 JOB_SK = "JOB"
@@ -31,6 +31,7 @@ class JobView:
     job: Job
     attempts: list[Attempt] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
 
 
 class JobStore:
@@ -67,19 +68,25 @@ class JobStore:
     def view(self, job_id: str) -> JobView:
         """The job, its attempts and its timeline in order, from one Query (paginated)."""
         view: JobView | None = None
-        attempts, events = [], []
+        attempts, events, tasks = [], [], []
         for item in self._query(KeyConditionExpression="pk = :pk", ConsistentRead=True,
                                 ExpressionAttributeValues={":pk": {"S": _pk(job_id)}}):
-            sk, doc = item["sk"]["S"], item["doc"]["S"]
+            sk, doc = item["sk"]["S"], item.get("doc", {}).get("S")
+            if doc is None:
+                continue                                   # counters, not documents
             if sk == JOB_SK:
                 view = JobView(Job.model_validate_json(doc))
+            elif sk.startswith("TASK#"):
+                tasks.append(Task.model_validate_json(doc))
             elif sk.startswith("ATT#"):
                 attempts.append(Attempt.model_validate_json(doc))
             elif sk.startswith("EVT#"):
                 events.append(Event.model_validate_json(doc))
         if view is None:
             raise JobNotFound(f"no job {job_id!r}")
-        view.attempts, view.events = attempts, events
+        # Tasks of a split job keep their own entries (EVT#T#…): one timeline, in time order.
+        events.sort(key=lambda e: e.at)
+        view.attempts, view.events, view.tasks = attempts, events, tasks
         return view
 
     def list(self, state: State | None = None, limit: int = 50) -> list[Job]:

@@ -16,10 +16,13 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chalicelib import attempts, media, ports
+from chalicelib import transcode as tasks
 from chalicelib.blobs import S3Uri, attempt_key
 from chalicelib.errors import InputError
-from chalicelib.models import AttemptResult, Job, Output
+from chalicelib.models import AttemptResult, Job, Output, State, TaskState
 from chalicelib.ports import Ports
+
+from . import transcode
 
 WORKER = "pool:media"
 logger = Logger(service="proofline-media")
@@ -59,7 +62,15 @@ def _sign(job: Job, output: Output) -> str | None:
     return "0x" + signature.hex()
 
 
-RUNNERS: dict[str, Callable[[Ports, Job, Path], AttemptResult]] = {"media_probe": probe_input}
+def plan_transcode(p: Ports, job: Job, workdir: Path) -> None:
+    """A transcode's attempt ends in a plan of segment tasks, not in an output: the job
+    stays running while its tasks run, and the assembly closes it."""
+    transcode.plan_job(p, job, workdir, WORKER)
+
+
+# A runner returns the attempt's result, or None when the job goes on as tasks.
+RUNNERS: dict[str, Callable[[Ports, Job, Path], AttemptResult | None]] = {
+    "media_probe": probe_input, "ffmpeg_hls": plan_transcode}
 
 
 def run(p: Ports, record: SQSRecord) -> None:
@@ -79,10 +90,66 @@ def run(p: Ports, record: SQSRecord) -> None:
         logger.warning("attempt failed", extra={"error": repr(error)})
         attempts.fail(p, running, running.attempt, error)
         return
-    attempts.submit(p, running, result)
+    if result is not None:
+        attempts.submit(p, running, result)
+
+
+def run_segment_message(p: Ports, record: SQSRecord) -> None:
+    """The segments queue carries three kinds of work for split jobs: encode a task, verify
+    a submitted task, assemble the package once every task passed."""
+    message = json.loads(record.body)
+    logger.set_correlation_id(message["job_id"])
+    logger.append_keys(job_id=message["job_id"], task=message.get("task_id"),
+                       work=message["type"])
+    with tempfile.TemporaryDirectory(prefix="proofline-") as workdir:
+        SEGMENT_WORK[message["type"]](p, message, Path(workdir),
+                                      int(record.attributes.approximate_receive_count) > 1)
+
+
+def _encode(p: Ports, message: dict, workdir: Path, redelivered: bool) -> None:
+    started = tasks.start(p, message["job_id"], message["task_id"], message["attempt"], WORKER,
+                          redelivered=redelivered)
+    if started is None:
+        logger.info("stale or duplicate task delivery; nothing to do")
+        return
+    job, task = started
+    try:
+        files, execution = transcode.encode_task(p, job, task, workdir)
+        outputs = transcode.upload_outputs(p, task, files, workdir / "out")
+    except Exception as error:  # this attempt fails; the task decides whether to retry
+        logger.warning("task failed", extra={"error": repr(error)})
+        tasks.fail(p, task, getattr(error, "reason", "worker_error"), str(error))
+        return
+    tasks.submit(p, task, outputs, execution)
+
+
+def _check(p: Ports, message: dict, workdir: Path, redelivered: bool) -> None:
+    task = p.tasks.get(message["job_id"], message["task_id"])
+    if task.attempt != message["attempt"] or task.state != TaskState.SUBMITTED:
+        return
+    verdict, promoted = transcode.check_task(p, p.store.get(task.job_id), task, workdir)
+    tasks.judged(p, task, verdict, promoted)
+
+
+def _assemble(p: Ports, message: dict, workdir: Path, redelivered: bool) -> None:
+    job = p.store.get(message["job_id"])
+    if job.state != State.RUNNING or job.attempt != message["attempt"] or job.plan is None:
+        return
+    transcode.assemble(p, job, workdir, _sign)
+
+
+SEGMENT_WORK = {"task": _encode, "check": _check, "assemble": _assemble}
 
 
 def handler(event, context):
     return process_partial_response(event=event, record_handler=lambda record: run(ports.default(), record),
+                                    processor=BatchProcessor(event_type=EventType.SQS),
+                                    context=context)
+
+
+def segments_handler(event, context):
+    return process_partial_response(event=event,
+                                    record_handler=lambda record: run_segment_message(
+                                        ports.default(), record),
                                     processor=BatchProcessor(event_type=EventType.SQS),
                                     context=context)

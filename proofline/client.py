@@ -60,6 +60,9 @@ class Api:
     def job(self, job_id: str) -> dict:
         return self._request("GET", f"/jobs/{job_id}").json()
 
+    def package(self, job_id: str) -> dict:
+        return self._request("GET", f"/jobs/{job_id}/package").json()
+
     def events(self, job_id: str) -> dict:
         return self._request("GET", f"/jobs/{job_id}/events").json()
 

@@ -55,6 +55,81 @@ def make_empty(path) -> Path:
     return path
 
 
+def make_gop_clip(path, *, seconds: float = 6.0, gop: int = 50, width: int = 320,
+                  height: int = 240, fps: int | str = 25, audio: bool = True,
+                  bframes: int = 0) -> Path:
+    """An H.264 clip with a keyframe every `gop` frames and nowhere else, so a split at
+    multiples of gop/fps seconds lines up with keyframes and any other split does not.
+    `fps` is anything ffmpeg takes as a rate, "30000/1001" included."""
+    args = ["-y", *_testsrc(width, height, fps, seconds)]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}"]
+    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-bf", str(bframes),
+             "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
+    if audio:
+        args += ["-c:a", "aac", "-b:a", "64k"]
+    return _ffmpeg([*args, "-map_metadata", "-1", *_BITEXACT, str(path)], path)
+
+
+def make_vfr_clip(path, *, seconds: float = 3.0, width: int = 320, height: int = 240,
+                  fps: int = 25) -> Path:
+    """A variable-frame-rate H.264 clip: frame gaps alternate 0.6x and 1.4x the nominal
+    interval, so the average rate stays `fps`."""
+    # A millisecond time base end to end, or the encoder rounds the jitter back onto 1/fps.
+    jitter = f"settb=1/1000,setpts=(N+0.25*mod(N\\,2))/({fps}*TB)"
+    args = ["-y", *_testsrc(width, height, fps, seconds), "-vf", jitter,
+            "-fps_mode", "passthrough", "-enc_time_base:v", "1/1000",
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            "-map_metadata", "-1", *_BITEXACT, str(path)]
+    return _ffmpeg(args, path)
+
+
+def make_rotated_clip(path, *, rotation: int = 90, seconds: float = 2.0, width: int = 320,
+                      height: int = 240, fps: int = 25) -> Path:
+    """An H.264 clip whose pictures are stored unrotated with a display matrix saying
+    `rotation` degrees counter-clockwise, as phones record portrait video."""
+    # -noautorotate, or ffmpeg would apply the matrix it was just given while encoding.
+    args = ["-y", "-display_rotation", str(rotation), "-noautorotate",
+            *_testsrc(width, height, fps, seconds),
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            "-map_metadata", "-1", *_BITEXACT, str(path)]
+    return _ffmpeg(args, path)
+
+
+def make_odd_clip(path, *, seconds: float = 2.0, width: int = 319, height: int = 239,
+                  fps: int = 25) -> Path:
+    """An H.264 clip with odd dimensions; 4:2:0 cannot hold those, so it is 4:4:4."""
+    # testsrc2 rounds its own size to even, so the odd size comes from the scaler.
+    args = ["-y", *_testsrc(width + 1, height + 1, fps, seconds),
+            "-vf", f"scale={width}:{height},format=yuv444p",
+            "-c:v", "libx264", "-preset", "ultrafast", "-map_metadata", "-1", *_BITEXACT, str(path)]
+    return _ffmpeg(args, path)
+
+
+def make_mpeg2_clip(path, *, seconds: float = 2.0, width: int = 320, height: int = 240,
+                    fps: int = 25) -> Path:
+    """An MPEG-2 video clip (no audio): valid video in a codec other than H.264."""
+    args = ["-y", *_testsrc(width, height, fps, seconds), "-c:v", "mpeg2video", "-q:v", "3",
+            "-map_metadata", "-1", *_BITEXACT, str(path)]
+    return _ffmpeg(args, path)
+
+
+def make_garbled_video(path, *, seconds: float = 1.0) -> Path:
+    """An MP4 whose container is intact but whose video samples are noise: it opens and
+    demuxes, and no frame decodes."""
+    path = make_clip(path, seconds=seconds, audio=False)
+    data = bytearray(path.read_bytes())
+    box = data.index(b"mdat")  # a 4-byte size precedes the box type
+    size = int.from_bytes(data[box - 4:box], "big")
+    data[box + 4:box - 4 + size] = random.Random(1234).randbytes(size - 8)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _testsrc(width: int, height: int, fps: int | str, seconds: float) -> list[str]:
+    return ["-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}"]
+
+
 def _ffmpeg(args: list[str], path) -> Path:
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", *args]
     try:

@@ -240,24 +240,32 @@ def test_media_worker_function(template: dict) -> None:
     props = fn["Properties"]
     assert props["PackageType"] == "Image"
     assert fn["Metadata"]["DockerContext"] == "."
-    dockerfile = ROOT / fn["Metadata"]["Dockerfile"]
-    assert dockerfile.is_file()
+    assert (ROOT / fn["Metadata"]["Dockerfile"]).is_file()
     assert props["EphemeralStorage"]["Size"] == 10240
 
+
+def test_every_container_queue_has_an_image_function_with_its_consumer(template: dict) -> None:
     consumers = [q for q in RESOURCES.queues if q.consumer.startswith("media_worker.")]
-    assert consumers, "RESOURCES names no queue consumed by the media worker"
-    events = [e["Properties"] for e in props["Events"].values() if e["Type"] == "SQS"]
+    assert {q.logical_id for q in consumers} >= {"MediaQueue", "SegmentsQueue"}
+    functions = [r for r in template["Resources"].values()
+                 if r["Type"] == "AWS::Serverless::Function"
+                 and r["Properties"].get("PackageType") == "Image"]
     for queue in consumers:
-        [event] = [e for e in events
-                   if e["Queue"] == {"Fn::GetAtt": [queue.logical_id, "Arn"]}]
+        [(fn, event)] = [(f, e["Properties"]) for f in functions
+                         for e in f["Properties"].get("Events", {}).values()
+                         if e["Type"] == "SQS"
+                         and e["Properties"]["Queue"] == {"Fn::GetAtt": [queue.logical_id, "Arn"]}]
+        props = fn["Properties"]
         assert event["BatchSize"] == queue.batch_size
         assert "ReportBatchItemFailures" in event["FunctionResponseTypes"]
         # Lambda must finish before the message becomes visible again.
         declared = template["Resources"][queue.logical_id]["Properties"]["VisibilityTimeout"]
         assert props["Timeout"] < min(queue.visibility_timeout, declared)
-        # The image's CMD is the consumer RESOURCES names.
+        # The entry point is the consumer RESOURCES names: the image's CMD unless overridden.
+        dockerfile = ROOT / fn["Metadata"]["Dockerfile"]
         cmd = re.search(r"^CMD\s+(\[.*\])\s*$", dockerfile.read_text(), re.M)
-        assert cmd and json.loads(cmd.group(1)) == [queue.consumer.replace(":", ".")]
+        command = props.get("ImageConfig", {}).get("Command") or json.loads(cmd.group(1))
+        assert command == [queue.consumer.replace(":", ".")]
 
 
 def test_media_worker_environment_matches_chalice_config(template: dict) -> None:

@@ -1,0 +1,284 @@
+"""The FFmpeg side of a transcode job: plan (probe, split, upload segments), encode one
+segment task, verify one segment task, and assemble the checked package.
+
+Workers encode; the verifier and the assembler are control-plane code that measures the
+bytes it fetched itself and trusts nothing a worker reported.
+"""
+from __future__ import annotations
+
+import json
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from chalicelib import hls, media, profiles, segment_checks, transcode
+from chalicelib.blobs import S3Uri, output_key
+from chalicelib.errors import InputError, MediaError, ProoflineError
+from chalicelib.models import Job, Output, Task, TranscodePlan
+from chalicelib.ports import Ports
+from chalicelib.verification import Verdict
+
+from . import segments
+
+FFMPEG_TIMEOUT_S = 240
+OUTPUT_LIMIT = 2 << 30
+PACKAGE_TOLERANCE_S = 0.5
+
+
+def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
+    """Probe the source, refuse what the profile cannot serve, split it into keyframe-aligned
+    segments (stream copy, or a mezzanine re-encode first), and record one task per segment
+    × rendition plus one for the audio track."""
+    profile = profiles.get_profile(job.profile or job.manifest.profile)
+    job_class = p.catalog.job_class(job.kind)
+    source = workdir / "source"
+    p.blobs.download(S3Uri.parse(job.input_uri), source, limit=job_class.max_input_bytes)
+    digest = media.sha256_file(source)
+    if job.manifest.input_hash and digest != job.manifest.input_hash:
+        raise InputError(f"input hash is {digest}, the manifest says {job.manifest.input_hash}",
+                         reason="input_hash_mismatch")
+    info = segments.inspect_source(source)
+    profiles.check_source(profile, duration_s=info.duration_s, source_width=info.width,
+                          source_height=info.height, rotation=info.rotation)
+    planned = profiles.ladder(profile, info.width, info.height, info.rotation)
+    fps = profiles.output_fps(profile, Fraction(info.frame_rate))
+    split = segments.plan_split(info, profile.segment_s)
+    pieces = segments.split_source(source, workdir / "split", split, timeout_s=FFMPEG_TIMEOUT_S)
+    stored = []
+    for piece in pieces:
+        uri = S3Uri(p.settings.artifacts_bucket,
+                    f"segments/{piece.sha256.replace(':', '/')}{piece.path.suffix}")
+        if p.blobs.head(uri) is None:
+            p.blobs.upload(uri, piece.path)
+        stored.append({"index": piece.index, "start_s": piece.start_s,
+                       "duration_s": piece.duration_s, "uri": str(uri), "sha256": piece.sha256})
+    now = p.clock()
+    tasks = [Task(job_id=job.job_id, task_id=f"{r.name}-{s['index']:05d}", kind="video",
+                  rendition=r.name, index=s["index"], start_s=s["start_s"],
+                  duration_s=s["duration_s"], input_uri=s["uri"], input_hash=s["sha256"],
+                  max_attempts=job.max_attempts, updated_at=now)
+             for r in planned for s in stored]
+    if info.has_audio:
+        tasks.append(Task(job_id=job.job_id, task_id="audio", kind="audio",
+                          duration_s=info.duration_s, input_uri=job.input_uri,
+                          input_hash=digest, max_attempts=job.max_attempts, updated_at=now))
+    plan = TranscodePlan(
+        profile=profile.name, container=profile.container, segment_s=profile.segment_s,
+        fps=str(fps), duration_s=round(sum(s["duration_s"] for s in stored), 6),
+        renditions=[r.model_dump(mode="json") for r in planned], segments=stored,
+        has_audio=info.has_audio,
+        split={"method": split.method, "reasons": split.reasons,
+               "source": {"width": info.width, "height": info.height,
+                          "rotation": info.rotation, "fps": info.frame_rate,
+                          "codec": info.codec, "vfr": info.variable_frame_rate}},
+        command_template=profiles.command_template(profile, planned, fps=fps))
+    transcode.record_plan(p, job, plan, tasks)
+
+
+# -- one task -----------------------------------------------------------------------------
+def encode_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[list[Path], dict]:
+    """Run FFmpeg for one task; returns the files made (named by their package path)."""
+    plan = job.plan
+    profile = profiles.get_profile(plan.profile)
+    source = workdir / ("input" + Path(task.input_uri).suffix)
+    p.blobs.download(S3Uri.parse(task.input_uri), source, limit=OUTPUT_LIMIT)
+    if media.sha256_file(source) != task.input_hash:
+        raise InputError(f"task input {task.input_uri} does not match its hash",
+                         reason="input_hash_mismatch")
+    out = workdir / "out"
+    if task.kind == "video":
+        rendition = _rendition(plan, task.rendition)
+        target = out / task.rendition / f"seg_{task.index:05d}.ts"
+        target.parent.mkdir(parents=True)
+        run = segments.run_ffmpeg(profiles.video_segment_args(
+            profile, rendition, fps=Fraction(plan.fps), start_s=task.start_s,
+            input_path=source, output_path=target), timeout_s=FFMPEG_TIMEOUT_S)
+    else:
+        (out / "audio").mkdir(parents=True)
+        run = segments.run_ffmpeg(profiles.audio_args(profile, input_path=source,
+                                                      output_dir=out / "audio"),
+                                  timeout_s=FFMPEG_TIMEOUT_S)
+    files = sorted(f for f in out.rglob("*") if f.is_file())
+    return files, {"exit_code": run.returncode, "wall_s": round(run.wall_s, 3),
+                   "stderr_tail": run.stderr[-500:]}
+
+
+def upload_outputs(p: Ports, task: Task, files: list[Path], root: Path) -> list[Output]:
+    """Attempt-scoped keys: a retry or a duplicate never touches another attempt's files."""
+    outputs = []
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        uri = S3Uri(p.settings.artifacts_bucket,
+                    f"attempts/{task.job_id}/tasks/{task.task_id}/{task.attempt:03d}/{name}")
+        p.blobs.upload(uri, path)
+        outputs.append(Output(name=name, uri=str(uri), sha256=media.sha256_file(path),
+                              size_bytes=path.stat().st_size))
+    return outputs
+
+
+def check_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[Verdict, list[Output]]:
+    """Measure the task's outputs from the bytes in storage; promote them when they pass."""
+    local = {}
+    actual = {}
+    for output in task.outputs:
+        path = workdir / "claimed" / output.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        p.blobs.download(S3Uri.parse(output.uri), path, limit=OUTPUT_LIMIT)
+        local[output.name], actual[output.name] = path, media.sha256_file(path)
+    verdict = (_check_video(p, job, task, workdir, local, actual) if task.kind == "video"
+               else _check_audio(job, task, local, actual))
+    promoted = [_promote(p, o) for o in task.outputs] if verdict.passed else []
+    return verdict, promoted
+
+
+def _check_video(p: Ports, job: Job, task: Task, workdir: Path, local: dict,
+                 actual: dict) -> Verdict:
+    plan = job.plan
+    if len(task.outputs) != 1:
+        return Verdict("segment_video", {"one_output": False}, {"files": sorted(actual)})
+    output = task.outputs[0]
+    source = workdir / "source.mkv"
+    p.blobs.download(S3Uri.parse(task.input_uri), source, limit=OUTPUT_LIMIT)
+    try:
+        measure = segments.measure_segment(local[output.name]).model_dump()
+        ssim = segments.ssim_sampled(source, local[output.name]).min
+    except (MediaError, ProoflineError, av.FFmpegError, ValueError) as error:
+        return Verdict("segment_video", {"sha256_matches": actual[output.name] == output.sha256,
+                                         "output_readable": False},
+                       {"error": str(error)[:500]})
+    return segment_checks.video_segment(
+        planned=_rendition(plan, task.rendition).model_dump(), reported_sha256=output.sha256,
+        actual_sha256=actual[output.name], measure=measure, source_duration_s=task.duration_s,
+        start_s=task.start_s, segment_s=plan.segment_s, fps=float(Fraction(plan.fps)),
+        ssim_min=round(ssim, 4))
+
+
+def _check_audio(job: Job, task: Task, local: dict, actual: dict) -> Verdict:
+    duration = codec = None
+    try:
+        if job.plan.container == "hls":
+            playlist = local.get("audio/audio.m3u8")
+            import m3u8
+            parsed = m3u8.loads(playlist.read_text())
+            duration = sum(s.duration for s in parsed.segments)
+            missing = [s.uri for s in parsed.segments if f"audio/{s.uri}" not in local]
+            first = local[f"audio/{parsed.segments[0].uri}"] if not missing else None
+        else:
+            first, missing = local.get("audio/audio.m4a"), []
+        if first is not None and not missing:
+            with av.open(str(first)) as container:
+                stream = container.streams.audio[0]
+                codec = stream.codec_context.name
+                if job.plan.container == "mp4":
+                    duration = float(stream.duration * stream.time_base)
+    except (AttributeError, IndexError, KeyError, av.FFmpegError, ValueError, TypeError):
+        pass
+    return segment_checks.audio_track(
+        reported={o.name: o.sha256 for o in task.outputs}, actual=actual, duration_s=duration,
+        source_duration_s=task.duration_s, has_audio=codec is not None, codec=codec)
+
+
+def _promote(p: Ports, output: Output) -> Output:
+    target = S3Uri(p.settings.artifacts_bucket,
+                   output_key(output.sha256, Path(output.name).name))
+    if p.blobs.head(target) is None:
+        p.blobs.copy(S3Uri.parse(output.uri), target)
+    return output.model_copy(update={"uri": str(target)})
+
+
+def _rendition(plan: TranscodePlan, name: str) -> profiles.PlannedRendition:
+    return profiles.PlannedRendition.model_validate(
+        next(r for r in plan.renditions if r["name"] == name))
+
+
+# -- assembly -----------------------------------------------------------------------------
+def assemble(p: Ports, job: Job, workdir: Path, sign) -> Job | None:
+    """Fetch every passed task's promoted output, write the playlists (or join the MP4),
+    check the package as a whole, upload it under its content hash and close the job."""
+    started = time.monotonic()
+    plan = job.plan
+    profile = profiles.get_profile(plan.profile)
+    tasks = {t.task_id: t for t in p.tasks.list(job.job_id)}
+    root = workdir / "package"
+    for task in tasks.values():
+        for output in task.outputs:
+            path = root / output.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            p.blobs.download(S3Uri.parse(output.uri), path, limit=OUTPUT_LIMIT)
+    fps = Fraction(plan.fps)
+    if plan.container == "hls":
+        checks, measured, entry = _write_hls(plan, profile, tasks, root, fps)
+    else:
+        checks, measured, entry = _join_mp4(plan, tasks, root)
+    decode = segments.decode_check(root / entry, timeout_s=FFMPEG_TIMEOUT_S * 4)
+    checks["decodes_without_error"] = decode.ok
+    measured["decode_wall_s"] = round(decode.wall_s, 3)
+    if not decode.ok:
+        measured["decode_stderr"] = decode.stderr[-500:]
+    files = sorted(f for f in root.rglob("*") if f.is_file())
+    listing = {"profile": plan.profile, "entry": entry,
+               "files": [{"path": f.relative_to(root).as_posix(),
+                          "sha256": media.sha256_file(f), "size_bytes": f.stat().st_size}
+                         for f in files]}
+    manifest = json.dumps(listing, indent=1, sort_keys=True).encode()
+    digest = media.sha256_bytes(manifest)
+    prefix = f"packages/{digest.removeprefix('sha256:')}"
+    for f in files:
+        uri = S3Uri(p.settings.artifacts_bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
+        if p.blobs.head(uri) is None:
+            p.blobs.upload(uri, f, content_type=_content_type(f))
+    package = S3Uri(p.settings.artifacts_bucket, f"{prefix}/package.json")
+    p.blobs.put(package, manifest, content_type="application/json")
+    output = Output(name="package.json", uri=str(package), sha256=digest,
+                    size_bytes=len(manifest))
+    measured.update(sha256=digest, entry=f"s3://{package.bucket}/{prefix}/{entry}",
+                    files=len(files), bytes=sum(f["size_bytes"] for f in listing["files"]))
+    verdict = Verdict(f"{plan.container}_package", checks, measured)
+    return transcode.complete(p, job, output, verdict, signature=sign(job, output),
+                              execution={"assembly_s": round(time.monotonic() - started, 3),
+                                         "tasks": len(tasks)})
+
+
+def _write_hls(plan: TranscodePlan, profile, tasks: dict, root: Path, fps: Fraction):
+    variants = []
+    for rendition in plan.renditions:
+        name = rendition["name"]
+        entries = [(f"seg_{s['index']:05d}.ts", tasks[f"{name}-{s['index']:05d}"].duration_s)
+                   for s in plan.segments]
+        (root / name / "index.m3u8").write_text(hls.media_playlist(entries))
+        variants.append(hls.variant(profiles.PlannedRendition.model_validate(rendition), fps=fps))
+    audio = hls.audio_group(profile) if plan.has_audio else None
+    (root / hls.MASTER).write_text(hls.master_playlist(variants, audio=audio))
+    files = {f.relative_to(root).as_posix(): f.read_bytes()
+             for f in root.rglob("*") if f.is_file()}
+    report = hls.check_package(files, expected_duration_s=plan.duration_s,
+                               tolerance_s=PACKAGE_TOLERANCE_S,
+                               expected_segments=len(plan.segments))
+    return dict(report.checks), dict(report.measured), hls.MASTER
+
+
+def _join_mp4(plan: TranscodePlan, tasks: dict, root: Path):
+    name = plan.renditions[0]["name"]
+    parts = [root / name / f"seg_{s['index']:05d}.ts" for s in plan.segments]
+    audio = root / "audio" / "audio.m4a" if plan.has_audio else None
+    target = root / "video.mp4"
+    segments.run_ffmpeg(profiles.mp4_mux_args(parts, audio_path=audio, output_path=target),
+                        timeout_s=FFMPEG_TIMEOUT_S)
+    for part in parts:
+        part.unlink()
+    if audio:
+        audio.unlink()
+    with av.open(str(target)) as container:
+        duration = float(container.duration or 0) / av.time_base
+        has_audio = bool(container.streams.audio)
+    checks = {"duration": abs(duration - plan.duration_s) <= PACKAGE_TOLERANCE_S,
+              "audio_present": has_audio == plan.has_audio}
+    return checks, {"duration_s": duration, "expected_duration_s": plan.duration_s}, "video.mp4"
+
+
+def _content_type(path: Path) -> str:
+    return {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t",
+            ".mp4": "video/mp4", ".json": "application/json"}.get(path.suffix,
+                                                                  "application/octet-stream")
