@@ -2,6 +2,7 @@
 segment verified against the source, the package assembled, checked and decoded."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import uuid
@@ -76,6 +77,239 @@ def test_a_transcode_produces_a_verified_playable_hls_ladder(api, source, tmp_pa
     for playlist in parsed.playlists:
         media = m3u8.load(str(master.parent / playlist.uri))
         assert abs(sum(s.duration for s in media.segments) - 6.0) < 0.1
+    decode = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(master),
+                             "-f", "null", "-"], capture_output=True, text=True, timeout=120)
+    assert decode.returncode == 0 and decode.stderr == ""
+
+
+# -- workers that lie, truncate, die or repeat themselves ------------------------------------
+class RecordingQueues:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, queue, message):
+        self.sent.append((queue, json.loads(json.dumps(message))))
+
+
+@pytest.fixture(scope="module")
+def small(media_dir) -> Path:
+    """320x240, 6 s, keyframes every 4 s: two segments of one rendition, plus audio."""
+    return clips.make_gop_clip(media_dir / "small.mp4", seconds=6.0, gop=100, width=320,
+                               height=240, fps=25)
+
+
+def planned_job(ports, api, path: Path, tmp_path: Path, **fields):
+    """A transcode planned by hand with its task messages held back: the test decides who
+    works on each task. Returns (job, tasks)."""
+    from chalicelib import attempts, jobs
+    from chalicelib.models import Manifest
+    from media_worker import transcode as worker
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    slot = api.upload(path)
+    manifest = Manifest(kind="ffmpeg_hls", input_uri=slot["input_uri"],
+                        input_hash=slot["input_hash"], profile="hls-abr", **fields)
+    job, _ = jobs.accept(held, manifest, job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
+    running = attempts.start(held, job, 1, "pool:media", redelivered=False)
+    worker.plan_job(held, running, tmp_path, "pool:media")
+    return held.store.get(job.job_id), held.tasks.list(job.job_id)
+
+
+def dishonest_submit(ports, job, task, tmp_path: Path, corrupt) -> None:
+    """Act as a worker that starts `task` and submits what `corrupt(path)` leaves of an
+    honest-looking encode."""
+    from chalicelib import transcode
+    from media_worker import transcode as worker
+    started = transcode.start(ports, job.job_id, task.task_id, task.attempt, "worker:mallory",
+                              redelivered=False)
+    assert started is not None
+    job, task = started
+    (tmp_path / task.task_id).mkdir()
+    files, _ = worker.encode_task(ports, job, task, tmp_path / task.task_id)
+    [segment] = files
+    corrupt(segment)
+    outputs = worker.upload_outputs(ports, task, files, tmp_path / task.task_id / "out")
+    transcode.submit(ports, task, outputs, {"worker": "mallory"})
+
+
+def other_video(media_dir: Path):
+    """Replace a segment by a valid encode of another clip, same size, length and timing."""
+    def swap(segment: Path) -> None:
+        import av
+        with av.open(str(segment)) as probe:
+            stream = probe.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            start = float(stream.start_time * stream.time_base)
+        fake = clips.make_clip(media_dir / f"fake-{width}.mp4", seconds=4.0, width=width,
+                               height=height, fps=25, audio=False, seed_pattern="smptebars")
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(fake),
+                        "-c:v", "libx264", "-profile:v", "main", "-g", "100", "-bf", "0", "-an",
+                        "-output_ts_offset", str(start), "-muxdelay", "0", "-muxpreload", "0",
+                        "-f", "mpegts", str(segment)],
+                       check=True, timeout=60)
+    return swap
+
+
+def truncate(segment: Path) -> None:
+    data = segment.read_bytes()
+    segment.write_bytes(data[: len(data) // 2 // 188 * 188])      # whole TS packets, half of them
+
+
+def release_all(ports, tasks, but=()) -> None:
+    from chalicelib import transcode
+    for task in tasks:
+        if task.task_id not in but:
+            transcode.send_task(ports, task)
+
+
+@pytest.mark.parametrize("liar", ["other_video", "truncated"])
+def test_a_lying_worker_is_caught_by_verification_and_the_segment_redone(
+        liar, ports, api, small, media_dir, tmp_path):
+    job, tasks = planned_job(ports, api, small, tmp_path)
+    victim = next(t for t in tasks if t.kind == "video" and t.index == 0)
+    corrupt = other_video(media_dir) if liar == "other_video" else truncate
+    dishonest_submit(ports, job, victim, tmp_path, corrupt)
+    release_all(ports, tasks, but={victim.task_id})
+    final = wait_for(api, job.job_id, timeout=120)
+    assert final["state"] == "settled", timeline(api, job.job_id)
+    events = api.events(job.job_id)["events"]
+    [rejected] = [e for e in events if e["type"] == "segment.rejected"]
+    assert rejected["task"] == victim.task_id and rejected["data"]["passed"] is False
+    failed = {name for name, ok in rejected["data"]["checks"].items() if not ok}
+    if liar == "other_video":       # a valid encode in every respect but its picture
+        assert failed == {"content_matches_source"}
+        assert rejected["data"]["measured"]["ssim_min"] < 0.6
+    else:
+        assert "duration" in failed
+    redone = next(t for t in api.job(job.job_id)["progress"]["by_rendition"].values())
+    assert redone["passed"] == redone["total"]
+    assert ports.tasks.get(job.job_id, victim.task_id).attempt == 2
+
+
+def test_a_worker_killed_mid_segment_is_recovered_through_redelivery(ports, api, small, tmp_path):
+    from chalicelib import transcode
+    from media_worker import handler
+    from proofline.pump import LambdaContext, sqs_event
+    job, tasks = planned_job(ports, api, small, tmp_path)
+    victim = next(t for t in tasks if t.kind == "video")
+    assert transcode.start(ports, job.job_id, victim.task_id, 1, "pool:media",
+                           redelivered=False)                           # then the worker died
+    message = {"type": "task", "job_id": job.job_id, "task_id": victim.task_id, "attempt": 1}
+    event = sqs_event([{"MessageId": str(uuid.uuid4()), "ReceiptHandle": "h",
+                        "Body": json.dumps(message),
+                        "Attributes": {"ApproximateReceiveCount": "2",
+                                       "SentTimestamp": "1700000000000"}}],
+                      "arn:aws:sqs:us-east-1:123456789012:proofline-local-segments", "us-east-1")
+    assert handler.segments_handler(event, LambdaContext("segments", 60)) == {"batchItemFailures": []}
+    release_all(ports, tasks, but={victim.task_id})
+    final = wait_for(api, job.job_id, timeout=120)
+    assert final["state"] == "settled", timeline(api, job.job_id)
+    lost = [e for e in api.events(job.job_id)["events"] if e["type"] == "segment.lost"]
+    assert [e["task"] for e in lost] == [victim.task_id]
+    assert ports.tasks.get(job.job_id, victim.task_id).attempt == 2
+
+
+def test_every_message_delivered_twice_yields_one_output(ports, api, small, tmp_path):
+    job, tasks = planned_job(ports, api, small, tmp_path)
+    release_all(ports, tasks)
+    release_all(ports, tasks)                                   # each task message twice
+    final = wait_for(api, job.job_id, timeout=120)
+    assert final["state"] == "settled", timeline(api, job.job_id)
+    events = api.events(job.job_id)["events"]
+    verified = [e["task"] for e in events if e["type"] == "segment.verified"]
+    assert sorted(verified) == sorted(t.task_id for t in tasks)            # once each
+    assert [e["type"] for e in events].count("validation.passed") == 1
+    assert len(final["outputs"]) == 1
+    assert all(ports.tasks.get(job.job_id, t.task_id).attempt == 1 for t in tasks)
+
+
+def test_attempts_exhausted_on_one_segment_fail_the_job_with_the_reason(ports, api, small,
+                                                                        media_dir, tmp_path):
+    job, tasks = planned_job(ports, api, small, tmp_path, max_attempts=1)
+    victim = next(t for t in tasks if t.kind == "video")
+    dishonest_submit(ports, job, victim, tmp_path, truncate)
+    final = wait_for(api, job.job_id, timeout=60)
+    assert final["state"] == "failed" and final["reason"] == "segment_failed"
+    failed = [e for e in api.events(job.job_id)["events"] if e["type"] == "job.failed"]
+    assert failed[0]["data"]["task"] == victim.task_id
+
+
+# -- the S3 door -----------------------------------------------------------------------------
+def test_a_drop_under_a_profile_prefix_produces_the_package(api, aws, small):
+    from test_s3_intake import INTAKE, drop
+    job_id, _ = drop(aws, f"intake/hls-720p/drop-{uuid.uuid4().hex[:8]}.mov", path=small)
+    final = wait_for(api, job_id, timeout=120)
+    assert final["state"] == "settled", timeline(api, job_id)
+    assert final["kind"] == "ffmpeg_hls" and final["profile"] == "hls-720p"
+    assert final["outputs"][0]["uri"].startswith("s3://proofline-local-artifacts/packages/")
+    package = api.package(job_id)
+    assert package["entry"] == "master.m3u8" and package["entry_uri"].startswith("s3://")
+    assert INTAKE not in package["entry_uri"]
+
+
+# -- bad input -------------------------------------------------------------------------------
+BAD_INPUTS = {
+    "corrupt bytes": (lambda d: clips.make_corrupt(d / "corrupt.mov"), "media_unreadable"),
+    "zero-length file": (lambda d: clips.make_empty(d / "empty.mov"), "input_empty"),
+    "audio only": (lambda d: clips.make_clip(d / "tone.m4a", seconds=2.0, video=False),
+                   "no_video_stream"),
+    "a still image": (lambda d: clips.make_still(d / "still.png"), "not_a_video"),
+    "undecodable video": (lambda d: clips.make_garbled_video(d / "garbled.mp4"),
+                          "media_undecodable"),
+    "shorter than the minimum": (lambda d: clips.make_clip(d / "blink.mp4", seconds=0.2),
+                                 "source_too_short"),
+    "larger than the profile takes": (
+        lambda d: clips.make_clip(d / "wide.mp4", seconds=0.6, width=8208, height=64,
+                                  audio=False), "source_too_large"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_fails_the_job_with_a_clear_reason(case, api, ports, media_dir):
+    make, reason = BAD_INPUTS[case]
+    job = submit(api, make(media_dir))
+    final = wait_for(api, job["job_id"], timeout=60)
+    assert (final["state"], final["reason"]) == ("failed", reason), timeline(api, job["job_id"])
+    assert final["outputs"] == [] and "progress" not in final          # nothing half-done
+    assert ports.tasks.list(job["job_id"]) == []
+
+
+def test_a_profile_that_does_not_exist_is_refused_at_the_door(api, small):
+    from proofline.client import ApiError
+    with pytest.raises(ApiError) as refused:
+        submit(api, small, profile="hls-8k-hdr")
+    assert (refused.value.status, refused.value.reason) == (400, "unknown_profile")
+    assert "hls-abr" in refused.value.details["known"]
+
+
+ODD_BUT_SERVABLE = {
+    # source -> (why stream copy is not possible, the planned output size)
+    "odd dimensions": (lambda d: clips.make_odd_clip(d / "odd.mp4", seconds=2.0),
+                       "odd_dimensions", (318, 238)),      # never upscaled
+    "rotation metadata": (lambda d: clips.make_rotated_clip(d / "rotated.mp4", rotation=90,
+                                                            seconds=2.0), "rotated", (240, 320)),
+    "variable frame rate": (lambda d: clips.make_vfr_clip(d / "vfr.mp4", seconds=3.0),
+                            "variable_frame_rate", (320, 240)),
+    "unsupported codec for copy": (lambda d: clips.make_mpeg2_clip(d / "mpeg2.mkv", seconds=2.0),
+                                   "codec", (320, 240)),
+    "shorter than one segment": (lambda d: clips.make_gop_clip(d / "short.mp4", seconds=1.0,
+                                                               gop=25), None, (320, 240)),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_BUT_SERVABLE))
+def test_sources_that_need_normalizing_come_out_as_a_clean_ladder(case, api, media_dir, tmp_path):
+    make, why, size = ODD_BUT_SERVABLE[case]
+    job = submit(api, make(media_dir))
+    final = wait_for(api, job["job_id"], timeout=120)
+    assert final["state"] == "settled", timeline(api, job["job_id"])
+    plan = final["plan"]
+    if why:
+        assert plan["split"]["method"] == "mezzanine" and why in plan["split"]["reasons"]
+    else:
+        assert len(plan["segments"]) == 1
+    [rendition] = plan["renditions"]
+    assert (rendition["width"], rendition["height"]) == size
+    master = download_package(api, job["job_id"], tmp_path / "pkg")
     decode = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(master),
                              "-f", "null", "-"], capture_output=True, text=True, timeout=120)
     assert decode.returncode == 0 and decode.stderr == ""
