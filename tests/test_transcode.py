@@ -313,3 +313,26 @@ def test_sources_that_need_normalizing_come_out_as_a_clean_ladder(case, api, med
     decode = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(master),
                              "-f", "null", "-"], capture_output=True, text=True, timeout=120)
     assert decode.returncode == 0 and decode.stderr == ""
+
+
+def test_an_escrow_transcode_pays_the_pool_for_the_verified_package(api, stack, small):
+    from eth_account import Account
+    from web3 import Web3
+    from chalicelib.chain import Escrow, result_hash
+    w3 = Web3(Web3.HTTPProvider(stack.info.rpc_url))
+    escrow = Escrow(w3, stack.info.escrow_address)
+    pool = stack.info.dev_keys["pool_address"]
+    job = submit(api, small, profile="hls-720p", payment_policy="escrow_before_start",
+                 max_price="0.02")
+    assert job["state"] == "requested"
+    before = w3.eth.get_balance(pool)
+    escrow.fund(Account.from_key(stack.info.dev_keys["client"]),
+                bytes.fromhex(job["escrow"]["job_key"][2:]), 2 * 10**16,
+                w3.eth.get_block("latest")["timestamp"] + 3600)
+    final = wait_for(api, job["job_id"], timeout=120)
+    assert final["state"] == "settled", timeline(api, job["job_id"])
+    [released] = [e for e in api.events(job["job_id"])["events"]
+                  if e["type"] == "settlement.released"]
+    package_hash = final["outputs"][0]["sha256"]
+    assert released["data"]["result_hash"] == "0x" + result_hash([package_hash]).hex()
+    assert w3.eth.get_balance(pool) - before == 2 * 10**16
