@@ -191,8 +191,9 @@ def test_a_worker_killed_mid_segment_is_recovered_through_redelivery(ports, api,
     from proofline.pump import LambdaContext, sqs_event
     job, tasks = planned_job(ports, api, small, tmp_path)
     victim = next(t for t in tasks if t.kind == "video")
-    assert transcode.start(ports, job.job_id, victim.task_id, 1, "pool:media",
-                           redelivered=False)                           # then the worker died
+    started = transcode.start(ports, job.job_id, victim.task_id, 1, "pool:media",
+                              redelivered=False)                        # then the worker died
+    assert started is not None
     message = {"type": "task", "job_id": job.job_id, "task_id": victim.task_id, "attempt": 1}
     event = sqs_event([{"MessageId": str(uuid.uuid4()), "ReceiptHandle": "h",
                         "Body": json.dumps(message),
@@ -205,7 +206,15 @@ def test_a_worker_killed_mid_segment_is_recovered_through_redelivery(ports, api,
     assert final["state"] == "settled", timeline(api, job.job_id)
     lost = [e for e in api.events(job.job_id)["events"] if e["type"] == "segment.lost"]
     assert [e["task"] for e in lost] == [victim.task_id]
-    assert ports.tasks.get(job.job_id, victim.task_id).attempt == 2
+    passed = ports.tasks.get(job.job_id, victim.task_id)
+    assert passed.attempt == 2
+    # The dead worker comes back late with its attempt: refused, the promoted output stays.
+    _, stale = started
+    fake = passed.outputs[0].model_copy(update={"sha256": "sha256:" + "0" * 64})
+    assert transcode.submit(ports, stale, [fake], {}) is None
+    assert ports.tasks.get(job.job_id, victim.task_id).outputs == passed.outputs
+    assert [o["sha256"] for o in api.job(job.job_id)["outputs"]] == \
+        [o["sha256"] for o in final["outputs"]]
 
 
 def test_every_message_delivered_twice_yields_one_output(ports, api, small, tmp_path):
