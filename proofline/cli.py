@@ -436,5 +436,10 @@ def ops_enable_batch_failures(functions, region):
                       f"{'enabled' if row['changed'] else 'already on'}")
 
 
+from .transcode_cli import transcode  # noqa: E402  (its commands reach back into this module)
+
+main.add_command(transcode)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,131 @@
+"""`proofline transcode` as a user runs it: quote a local file, then transcode it on a stack of
+the test's own and get a playable, hash-checked HLS package on disk."""
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import imageio_ffmpeg
+import m3u8
+import pytest
+
+from proofline import clips
+
+pytestmark = pytest.mark.stack
+
+# Shared by the submissions that expect the same job (same manifest too, or the API refuses
+# the key), so each test passes on its own and whichever runs second downloads the first's job.
+SAME_JOB = "transcode-cli-source"
+
+
+def run(cwd: Path, *args, check=True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "PROOFLINE_"))}          # only what the CLI finds itself
+    result = subprocess.run([sys.executable, "-m", "proofline.cli", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=180)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """640x480 at 25 fps with a keyframe every 4 s: two segments, two rungs and audio."""
+    cwd = tmp_path_factory.mktemp("transcode-cli")
+    clips.make_gop_clip(cwd / "source.mp4", seconds=5.0, gop=100, width=640, height=480, fps=25)
+    clips.make_empty(cwd / "empty.mp4")
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def stack(workdir):
+    run(workdir, "dev", "up")
+    yield workdir
+    run(workdir, "dev", "down", check=False)
+
+
+def decodes(entry: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(entry),
+                           "-f", "null", "-"], capture_output=True, text=True, timeout=120)
+
+
+def test_submit_downloads_a_verified_playable_package(stack):
+    result = run(stack, "transcode", "submit", "--input", "source.mp4", "--profile", "hls-abr",
+                 "--output", "dist/video-001", "--idempotency-key", SAME_JOB, "--json")
+    summary = json.loads(result.stdout)
+    out = stack / "dist" / "video-001"
+    assert summary["state"] == "settled" and summary["reason"] is None
+    assert Path(summary["output_dir"]) == out and Path(summary["entry"]) == out / "master.m3u8"
+    on_disk = [f for f in out.rglob("*") if f.is_file()]
+    assert summary["files"] == len(on_disk) and summary["bytes"] == sum(f.stat().st_size
+                                                                      for f in on_disk)
+    assert not any(f.suffix == ".part" for f in on_disk)
+
+    master = m3u8.load(summary["entry"])
+    assert master.is_variant and len(master.playlists) == len(summary["renditions"]) == 2
+    for playlist in [*master.playlists, *master.media]:
+        media = m3u8.load(str(out / playlist.uri))
+        assert len(media.segments) == summary["segments"] == 2
+        assert all((out / playlist.uri).parent.joinpath(s.uri).is_file() for s in media.segments)
+    decode = decodes(out / "master.m3u8")
+    assert decode.returncode == 0 and decode.stderr == ""
+
+
+def test_submit_without_json_shows_where_the_package_is(stack):
+    result = run(stack, "transcode", "submit", "--input", "source.mp4", "--profile", "hls-abr",
+                 "--output", "dist/video-002", "--idempotency-key", SAME_JOB)
+    assert "dist/video-002/master.m3u8" in result.stdout
+    assert "480p (640x480)" in result.stdout and "360p (480x360)" in result.stdout
+    assert (stack / "dist" / "video-002" / "480p" / "seg_00001.ts").is_file()
+
+
+def test_a_source_the_pipeline_refuses_fails_with_its_reason(stack):
+    result = run(stack, "transcode", "submit", "--input", "empty.mp4", "--output", "dist/empty",
+                 "--json", check=False)
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    assert (summary["state"], summary["reason"]) == ("failed", "input_empty")
+    assert summary["entry"] is None and summary["files"] == 0
+    assert "input_empty" in result.stderr
+    assert not (stack / "dist" / "empty").exists()
+
+
+def test_an_unknown_profile_is_refused_by_the_api(stack):
+    result = run(stack, "transcode", "submit", "--input", "source.mp4", "--profile", "nope",
+                 "--output", "dist/nope", check=False)
+    assert result.returncode != 0 and "unknown_profile" in result.stderr
+
+
+def test_a_timeout_exits_2_and_says_the_job_goes_on(stack):
+    result = run(stack, "transcode", "submit", "--input", "source.mp4", "--output", "dist/late",
+                 "--idempotency-key", "transcode-cli-late", "--timeout", "0", "--json",
+                 check=False)
+    assert result.returncode == 2
+    assert "still" in result.stderr and "proofline jobs watch" in result.stderr
+
+
+def test_quote_prices_the_ladder_this_source_gets(workdir):
+    quote = json.loads(run(workdir, "transcode", "quote", "--input", "source.mp4",
+                           "--profile", "hls-abr", "--json").stdout)
+    assert [r["name"] for r in quote["renditions"]] == ["480p", "360p"]       # never upscaled
+    assert [(r["width"], r["height"]) for r in quote["renditions"]] == [(640, 480), (480, 360)]
+    items = [Decimal(quote[k]) for k in ("compute", "storage", "transfer")]
+    assert Decimal(quote["total"]) == sum(items) and Decimal(quote["total"]) > 0
+    assert quote["currency"] == "USD" and quote["source"]["duration_s"] == pytest.approx(5.0)
+
+    table = run(workdir, "transcode", "quote", "--input", "source.mp4").stdout
+    assert quote["total"] in table and "480x360" in table
+
+
+def test_quote_of_an_empty_file_names_the_reason(workdir):
+    result = run(workdir, "transcode", "quote", "--input", "empty.mp4", check=False)
+    assert result.returncode == 1 and "input_empty" in result.stderr
+
+
+def test_quote_of_an_unknown_profile_lists_the_known_ones(workdir):
+    result = run(workdir, "transcode", "quote", "--input", "source.mp4", "--profile", "nope",
+                 check=False)
+    assert result.returncode == 1
+    assert "unknown_profile" in result.stderr and "hls-abr" in result.stderr
