@@ -1,8 +1,11 @@
-"""`make demo`: the local stack, one job through each door, both timelines, the outputs.
+"""`make demo`: the local stack, the main job (an HLS ladder paid through the escrow), then
+one probe job through each door, their timelines and outputs.
 
-Starts the stack (or uses the one running here), makes a short clip with FFmpeg, drops it
-into the intake bucket and submits it over HTTP with the CLI, follows both jobs to the end,
-and copies the verified outputs under .proofline/demo/. Exits non-zero unless both settled.
+Starts the stack (or uses the one running here), makes short clips with FFmpeg, transcodes
+one to a verified HLS ladder with `proofline transcode submit` (funding the escrow on anvil
+and showing what the media pool was paid), drops a clip into the intake bucket and submits
+it over HTTP with the CLI, follows every job to the end, and copies the verified outputs
+under .proofline/demo/. Exits non-zero unless every job settled.
 """
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ def main() -> int:
 
 def run(stack: dict) -> int:
     DEMO.mkdir(parents=True, exist_ok=True)
+    if transcode(stack) != 0:
+        return 1
     clip = clips.make_clip(DEMO / "clip.mp4", seconds=3.0, width=320, height=240)
     console.print(f"made {clip} ({clip.stat().st_size} bytes, 3 s 320x240 H.264 + AAC)")
 
@@ -100,6 +105,25 @@ def run(stack: dict) -> int:
         if job["state"] != "settled":
             console.print(f"{job_id} [red]{job['state']}[/red] {job.get('reason')}")
     return 0 if ok else 1
+
+
+def transcode(stack: dict) -> int:
+    console.rule("the main job: an HLS ladder, every segment verified, paid through the escrow")
+    source = clips.make_gop_clip(DEMO / "source.mp4", seconds=8.0, gop=100, width=854,
+                                 height=480, fps=25)
+    console.print(f"made {source} (8 s 854x480 H.264 + AAC, keyframes every 4 s)")
+    cli("transcode", "quote", "--input", str(source), "--profile", "hls-abr")
+    w3 = Web3(Web3.HTTPProvider(stack["rpc_url"]))
+    pool = stack["dev_keys"]["pool_address"]
+    before = w3.eth.get_balance(pool)
+    done = cli("transcode", "submit", "--input", str(source), "--profile", "hls-abr",
+               "--output", str(DEMO / "hls"), "--payment-policy", "escrow_before_start",
+               "--max-price", "0.01")
+    if done.returncode != 0:
+        return 1
+    gained = Web3.from_wei(w3.eth.get_balance(pool) - before, "ether")
+    console.print(f"media pool {pool} balance change: [bold]+{gained} ETH[/bold]")
+    return 0
 
 
 def _await_created(api_url: str, job_id: str, timeout: float = 30) -> None:
