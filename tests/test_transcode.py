@@ -345,3 +345,24 @@ def test_an_escrow_transcode_pays_the_pool_for_the_verified_package(api, stack, 
     package_hash = final["outputs"][0]["sha256"]
     assert released["data"]["result_hash"] == "0x" + result_hash([package_hash]).hex()
     assert w3.eth.get_balance(pool) - before == 2 * 10**16
+
+
+def test_a_source_over_the_class_size_limit_fails_before_it_is_downloaded(ports, api, small,
+                                                                            tmp_path):
+    from chalicelib import attempts, jobs
+    from chalicelib.models import Manifest
+    from media_worker import transcode as worker
+    limited = ports.catalog.job_class("ffmpeg_hls").model_copy(update={"max_input_bytes": 1000})
+    catalog = ports.catalog.model_copy(update={"job_classes": {
+        **ports.catalog.job_classes, "ffmpeg_hls": limited}})
+    held = dataclasses.replace(ports, queues=RecordingQueues(), catalog=catalog)
+    slot = api.upload(small)
+    job, _ = jobs.accept(held, Manifest(kind="ffmpeg_hls", input_uri=slot["input_uri"]),
+                         job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
+    running = attempts.start(held, job, 1, "pool:media", redelivered=False)
+    with pytest.raises(Exception) as refused:
+        worker.plan_job(held, running, tmp_path, "pool:media")
+    assert not (tmp_path / "source").exists()
+    failed = attempts.fail(held, running, 1, refused.value)
+    assert (failed.state, failed.reason) == ("failed", "input_too_large")
+    assert held.tasks.list(job.job_id) == []
