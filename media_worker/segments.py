@@ -520,6 +520,9 @@ def _keyframe_interval_s(seen: _Packets, start: int, duration_s: float) -> float
 
 # --- comparing content ----------------------------------------------------------------------
 
+SSIM_MAX_PIXELS = 640 * 360
+
+
 def ssim_sampled(reference_path: PathLike, candidate_path: PathLike, *,
                  samples: int = 3) -> SsimResult:
     """Luma SSIM at `samples` evenly spaced frame indices, at the candidate's resolution.
@@ -533,8 +536,8 @@ def ssim_sampled(reference_path: PathLike, candidate_path: PathLike, *,
     if count == 0:
         raise MediaError("no video frames to compare", reason="media_undecodable")
     indices = sorted({int((i + 0.5) * count / samples) for i in range(samples)})
-    candidate = _sample_luma(candidate_path, indices, size=None)
-    size = _candidate_size(candidate_path, candidate)
+    size = _compare_size(candidate_path)
+    candidate = _sample_luma(candidate_path, indices, size=size)
     reference = _sample_luma(reference_path, indices, size=size)
     values = [_ssim(reference[i], candidate[i]) if i in reference and i in candidate else 0.0
               for i in indices]
@@ -548,13 +551,15 @@ def _frame_count(path: PathLike) -> int:
 
 
 def _sample_luma(path: PathLike, indices: list[int],
-                 size: tuple[int, int] | None) -> dict[int, np.ndarray]:
+                 size: tuple[int, int]) -> dict[int, np.ndarray]:
     wanted = set(indices)
     frames: dict[int, np.ndarray] = {}
     with _open(path) as container:
-        for index, frame in enumerate(container.decode(_video_stream(container))):
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"          # frame threads: the whole segment up to the last sample
+        for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
-                width, height = size or (frame.width, frame.height)
+                width, height = size
                 frames[index] = frame.reformat(width=width, height=height,
                                                format="gray").to_ndarray()
             if index >= indices[-1]:
@@ -562,13 +567,15 @@ def _sample_luma(path: PathLike, indices: list[int],
     return frames
 
 
-def _candidate_size(path: PathLike, frames: dict[int, np.ndarray]) -> tuple[int, int]:
-    if frames:
-        height, width = next(iter(frames.values())).shape
-        return width, height
+def _compare_size(path: PathLike) -> tuple[int, int]:
+    """The candidate's size, scaled down to at most SSIM_MAX_PIXELS: a content check needs
+    structure, not every pixel, and SSIM's cost grows with the area (a 1080p frame costs
+    about ten times a 640x360 one)."""
     with _open(path) as container:
         ctx = _video_stream(container).codec_context
-        return ctx.width, ctx.height
+        width, height = ctx.width, ctx.height
+    scale = min(1.0, (SSIM_MAX_PIXELS / (width * height)) ** 0.5)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
 def _ssim(x: np.ndarray, y: np.ndarray) -> float:
