@@ -23,9 +23,11 @@ from pathlib import Path
 
 import boto3
 
-from chalicelib import profiles
+from chalicelib import ffmpeg_args, profiles
 from chalicelib.blobs import S3Uri
 from media_worker import segments
+from media_worker.ffmpeg import run_ffmpeg
+from media_worker.measure import measure_segment, ssim_sampled
 from proofline import clips
 from proofline.client import TERMINAL, Api
 from proofline.devstack import DevStack
@@ -84,9 +86,9 @@ def _raw_ffmpeg_s(source: Path, out: Path) -> float:
     planned = profiles.ladder(profile, info.width, info.height, info.rotation)
     fps = profiles.output_fps(profile, Fraction(info.frame_rate))
     out.mkdir()
-    args = profiles.raw_ladder_args(profile, planned, fps=fps, input_path=source,
-                                    output_dir=out, audio=info.has_audio)
-    return segments.run_ffmpeg(args, timeout_s=RAW_TIMEOUT_S).wall_s
+    args = ffmpeg_args.raw_ladder_args(profile, planned, fps=fps, input_path=source,
+                                       output_dir=out, audio=info.has_audio)
+    return run_ffmpeg(args, timeout_s=RAW_TIMEOUT_S).wall_s
 
 
 def _pipeline(stack: DevStack, source: Path, tmp: Path) -> dict[str, float]:
@@ -165,8 +167,8 @@ def _verify_directly(api: Api, s3, job: dict, work: Path) -> dict[tuple[str, int
             local.write_bytes(response.read())
         index = int(name.removeprefix("seg_").removesuffix(".ts"))
         began = time.perf_counter()
-        segments.measure_segment(local)
-        segments.ssim_sampled(sources[index], local)
+        measure_segment(local)
+        ssim_sampled(sources[index], local)
         timings[rendition, index] = time.perf_counter() - began
     return timings
 

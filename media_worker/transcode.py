@@ -13,7 +13,7 @@ from pathlib import Path
 
 import av
 
-from chalicelib import hls, media, profiles, segment_checks, transcode
+from chalicelib import ffmpeg_args, hls, media, profiles, segment_checks, transcode
 from chalicelib.blobs import S3Uri, output_key
 from chalicelib.errors import InputError, MediaError, ProoflineError
 from chalicelib.models import Job, Output, Task, TranscodePlan
@@ -21,6 +21,8 @@ from chalicelib.ports import Ports
 from chalicelib.verification import Verdict
 
 from . import segments
+from .ffmpeg import decode_check, run_ffmpeg
+from .measure import measure_segment, ssim_sampled
 
 FFMPEG_TIMEOUT_S = 240
 OUTPUT_LIMIT = 2 << 30
@@ -73,7 +75,7 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
                "source": {"width": info.width, "height": info.height,
                           "rotation": info.rotation, "fps": info.frame_rate,
                           "codec": info.codec, "vfr": info.variable_frame_rate}},
-        command_template=profiles.command_template(profile, planned, fps=fps))
+        command_template=ffmpeg_args.command_template(profile, planned, fps=fps))
     transcode.record_plan(p, job, plan, tasks)
 
 
@@ -92,14 +94,14 @@ def encode_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[list[Pat
         rendition = _rendition(plan, task.rendition)
         target = out / task.rendition / f"seg_{task.index:05d}.ts"
         target.parent.mkdir(parents=True)
-        run = segments.run_ffmpeg(profiles.video_segment_args(
+        run = run_ffmpeg(ffmpeg_args.video_segment_args(
             profile, rendition, fps=Fraction(plan.fps), start_s=task.start_s,
             input_path=source, output_path=target), timeout_s=FFMPEG_TIMEOUT_S)
     else:
         (out / "audio").mkdir(parents=True)
-        run = segments.run_ffmpeg(profiles.audio_args(profile, input_path=source,
-                                                      output_dir=out / "audio"),
-                                  timeout_s=FFMPEG_TIMEOUT_S)
+        run = run_ffmpeg(ffmpeg_args.audio_args(profile, input_path=source,
+                                                output_dir=out / "audio"),
+                         timeout_s=FFMPEG_TIMEOUT_S)
     files = sorted(f for f in out.rglob("*") if f.is_file())
     return files, {"exit_code": run.returncode, "wall_s": round(run.wall_s, 3),
                    "stderr_tail": run.stderr[-500:]}
@@ -142,8 +144,8 @@ def _check_video(p: Ports, job: Job, task: Task, workdir: Path, local: dict,
     source = workdir / "source.mkv"
     p.blobs.download(S3Uri.parse(task.input_uri), source, limit=OUTPUT_LIMIT)
     try:
-        measure = segments.measure_segment(local[output.name]).model_dump()
-        ssim = segments.ssim_sampled(source, local[output.name]).min
+        measure = measure_segment(local[output.name]).model_dump()
+        ssim = ssim_sampled(source, local[output.name]).min
     except (MediaError, ProoflineError, av.FFmpegError, ValueError) as error:
         return Verdict("segment_video", {"sha256_matches": actual[output.name] == output.sha256,
                                          "output_readable": False},
@@ -212,7 +214,7 @@ def assemble(p: Ports, job: Job, workdir: Path, sign) -> Job | None:
         checks, measured, entry = _write_hls(plan, profile, tasks, root, fps)
     else:
         checks, measured, entry = _join_mp4(plan, tasks, root)
-    decode = segments.decode_check(root / entry, timeout_s=FFMPEG_TIMEOUT_S * 4)
+    decode = decode_check(root / entry, timeout_s=FFMPEG_TIMEOUT_S * 4)
     checks["decodes_without_error"] = decode.ok
     measured["decode_wall_s"] = round(decode.wall_s, 3)
     if not decode.ok:
@@ -264,8 +266,8 @@ def _join_mp4(plan: TranscodePlan, tasks: dict, root: Path):
     parts = [root / name / f"seg_{s['index']:05d}.ts" for s in plan.segments]
     audio = root / "audio" / "audio.m4a" if plan.has_audio else None
     target = root / "video.mp4"
-    segments.run_ffmpeg(profiles.mp4_mux_args(parts, audio_path=audio, output_path=target),
-                        timeout_s=FFMPEG_TIMEOUT_S)
+    run_ffmpeg(ffmpeg_args.mp4_mux_args(parts, audio_path=audio, output_path=target),
+               timeout_s=FFMPEG_TIMEOUT_S)
     for part in parts:
         part.unlink()
     if audio:

@@ -1,5 +1,5 @@
 """Transcode profiles: the shipped YAML, validation of profile files, ladder planning, quotes,
-and the ffmpeg argument lists (checked once against the real ffmpeg binary)."""
+and the ffmpeg argument lists built from them (checked once against the real ffmpeg binary)."""
 from __future__ import annotations
 
 import json
@@ -12,13 +12,13 @@ import imageio_ffmpeg
 import pytest
 import yaml
 
-from chalicelib import profiles
+from chalicelib import ffmpeg_args, profiles
 from chalicelib.catalog import CatalogError
 from chalicelib.errors import InputError, UnknownProfile
-from chalicelib.profiles import (PROFILES_PATH, PlannedRendition, audio_args, codecs_string,
-                                 command_template, get_profile, ladder, load_profiles,
-                                 mp4_mux_args, output_fps, quote, raw_ladder_args,
-                                 video_segment_args)
+from chalicelib.ffmpeg_args import (audio_args, command_template, mp4_mux_args, raw_ladder_args,
+                                    video_segment_args)
+from chalicelib.profiles import (PROFILES_PATH, PlannedRendition, codecs_string, get_profile,
+                                 ladder, load_profiles, output_fps, quote)
 from proofline.clips import make_clip
 
 
@@ -221,7 +221,7 @@ def test_command_template_is_json_and_versioned(abr):
     planned = ladder(abr, 1280, 720)
     template = command_template(abr, planned, fps=Fraction(30000, 1001))
     assert json.loads(json.dumps(template)) == template
-    assert template["version"] == profiles.COMMAND_TEMPLATE_VERSION
+    assert template["version"] == ffmpeg_args.COMMAND_TEMPLATE_VERSION
     assert template["fps"] == "30000/1001"
     assert template["video"]["preset"] == "veryfast" and template["video"]["threads"] == 2
     assert [r["name"] for r in template["renditions"]] == ["720p", "480p", "360p"]

@@ -1,5 +1,6 @@
-"""media_worker.segments against real ffmpeg and PyAV: inspecting sources, planning and cutting
-video-only segments, measuring them and comparing their content. No servers."""
+"""media_worker's segment pipeline against real ffmpeg and PyAV: inspecting sources, planning
+and cutting video-only segments (segments), measuring them and comparing their content
+(measure), and running ffmpeg (ffmpeg). No servers."""
 from __future__ import annotations
 
 import time
@@ -8,10 +9,9 @@ import pytest
 
 from chalicelib.errors import ExecutionError, FfmpegFailed, FfmpegTimeout, MediaError
 from chalicelib.media import sha256_file
-from media_worker.segments import (
-    Keyframe, SourceInfo, decode_check, inspect_source, measure_segment, plan_split, run_ffmpeg,
-    split_source, ssim_sampled,
-)
+from media_worker.ffmpeg import decode_check, run_ffmpeg
+from media_worker.measure import measure_segment, ssim_sampled
+from media_worker.segments import Keyframe, SourceInfo, inspect_source, plan_split, split_source
 from proofline import clips
 
 FRAME_S = 1 / 25  # every generated clip runs at 25 fps

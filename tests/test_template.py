@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ import boto3
 import pytest
 import yaml
 from botocore.stub import Stubber
-from moto import mock_aws
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -289,29 +289,22 @@ def _zip() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"
-                       }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        yield
+@pytest.mark.stack
+def test_enable_partial_batch_responses_against_moto(stack) -> None:
+    # The stack's moto server, not mock_aws: mock_aws resets moto's in-process backends on
+    # exit, which would wipe the session stack's tables and queues under later tests.
+    region = stack.info.region
+    make = lambda name: boto3.client(name, region_name=region,  # noqa: E731
+                                     endpoint_url=stack.info.aws_endpoint)
+    iam, lam, sqs, kinesis = make("iam"), make("lambda"), make("sqs"), make("kinesis")
+    tag = uuid.uuid4().hex[:8]
 
-
-def test_enable_partial_batch_responses_against_moto(aws: None) -> None:
-    region = "us-east-1"
-    iam = boto3.client("iam", region_name=region)
-    lam = boto3.client("lambda", region_name=region)
-    sqs = boto3.client("sqs", region_name=region)
-    kinesis = boto3.client("kinesis", region_name=region)
-
-    role = iam.create_role(RoleName="proofline-test", AssumeRolePolicyDocument=json.dumps({
+    role = iam.create_role(RoleName=f"proofline-test-{tag}", AssumeRolePolicyDocument=json.dumps({
         "Version": "2012-10-17", "Statement": [{
             "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
             "Action": "sts:AssumeRole"}]}))["Role"]["Arn"]
-    for name in ("proofline-test-on_intake", "proofline-test-other"):
+    fn, other_fn = f"proofline-test-{tag}-on_intake", f"proofline-test-{tag}-other"
+    for name in (fn, other_fn):
         lam.create_function(FunctionName=name, Runtime="python3.11", Role=role,
                             Handler="handler.handler", Code={"ZipFile": _zip()})
 
@@ -320,12 +313,11 @@ def test_enable_partial_batch_responses_against_moto(aws: None) -> None:
         return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
             "Attributes"]["QueueArn"]
 
-    intake, verify, other = (queue_arn(n) for n in ("intake", "verify", "other"))
-    kinesis.create_stream(StreamName="stream", ShardCount=1)
-    stream = kinesis.describe_stream_summary(StreamName="stream")[
+    intake, verify, other = (queue_arn(f"{tag}-{n}") for n in ("intake", "verify", "other"))
+    kinesis.create_stream(StreamName=f"stream-{tag}", ShardCount=1)
+    stream = kinesis.describe_stream_summary(StreamName=f"stream-{tag}")[
         "StreamDescriptionSummary"]["StreamARN"]
 
-    fn = "proofline-test-on_intake"
     bare = lam.create_event_source_mapping(FunctionName=fn, EventSourceArn=intake,
                                            BatchSize=10)["UUID"]
     ready = lam.create_event_source_mapping(
@@ -333,7 +325,7 @@ def test_enable_partial_batch_responses_against_moto(aws: None) -> None:
         FunctionResponseTypes=["ReportBatchItemFailures"])["UUID"]
     not_sqs = lam.create_event_source_mapping(FunctionName=fn, EventSourceArn=stream,
                                               StartingPosition="LATEST")["UUID"]
-    untouched = lam.create_event_source_mapping(FunctionName="proofline-test-other",
+    untouched = lam.create_event_source_mapping(FunctionName=other_fn,
                                                 EventSourceArn=other)["UUID"]
     assert not lam.get_event_source_mapping(UUID=bare).get("FunctionResponseTypes")
 
