@@ -10,7 +10,7 @@ NODE_STAMP := node_modules/.installed-stamp
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,inference]"
 	touch $(STAMP)
 
 # solcjs, OpenZeppelin and anvil come from npm, pinned by package-lock.json.

@@ -94,23 +94,26 @@ def fail(ports: Ports, job: Job, attempt: int, error: Exception) -> Job | None:
     return moved
 
 
-def verify(ports: Ports, job: Job, result: AttemptResult) -> Job | None:
+def verify(ports: Ports, job: Job, result: AttemptResult,
+           verdict: Verdict | None = None) -> Job | None:
     """Judge a submitted attempt from evidence we fetch ourselves; promote and settle it,
-    or retry it. Measurements come first so the commit is one transaction."""
+    or retry it. Measurements come first so the commit is one transaction. A `verdict`
+    reached where the evidence lives (re-execution on a model's pool) is recorded as is."""
     if job.state != State.SUBMITTED or job.attempt != result.attempt:
         job = ports.store.get(job.job_id)
         if job.state != State.SUBMITTED or job.attempt != result.attempt:
             return None
     job_class = ports.catalog.job_class(job.kind)
-    try:
-        evidence = _evidence(ports, job, result)
-    except InputError as error:               # the claimed output is missing or oversized
-        verdict = Verdict(job_class.verification.policy, {"output_readable": False},
-                          {"error": error.reason})
-    else:
-        verdict = POLICIES[job_class.verification.policy](result, evidence)
-        if job.escrow:
-            verdict = _with_signature_check(ports, job, result, verdict)
+    if verdict is None:
+        try:
+            evidence = _evidence(ports, job, result)
+        except InputError as error:           # the claimed output is missing or oversized
+            verdict = Verdict(job_class.verification.policy, {"output_readable": False},
+                              {"error": error.reason})
+        else:
+            verdict = POLICIES[job_class.verification.policy](result, evidence)
+    if job.escrow and verdict.checks.get("output_readable", True):
+        verdict = _with_signature_check(ports, job, result, verdict)
     promoted = _promote(ports, result.output) if verdict.passed else None
     now = ports.clock()
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from decimal import Decimal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,6 +31,15 @@ class Defaults(_Strict):
 
 class Verification(_Strict):
     policy: str
+    queue: str = "verify"             # where checks run: re-execution needs the model's pool
+    sample_rate: Annotated[float, Field(gt=0, le=1)] = 1.0
+    cosine_min: Annotated[float, Field(gt=0, le=1)] | None = None
+
+
+class Limits(_Strict):
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_texts: Annotated[int, Field(ge=1)] | None = None
+    max_batch: Annotated[int, Field(ge=1)] | None = None
 
 
 class JobClass(_Strict):
@@ -43,6 +53,11 @@ class JobClass(_Strict):
     verification: Verification
     timeouts_s: dict[State, Annotated[int, Field(gt=0)]]
     profiles: dict[str, dict] = Field(default_factory=dict)
+    inputs: tuple[Literal["uri", "texts", "prompt"], ...] = ("uri",)
+    model: str | None = None
+    requires_gpu: bool = False
+    limits: Limits = Limits()
+    price_per_second: Decimal | None = None   # USD per second of model time, for job cost
 
 
 class PaymentPolicy(_Strict):
@@ -96,7 +111,11 @@ def load(directory: Path = CATALOG_DIR) -> Catalog:
                               for k, v in raw.get("payment_policies", {}).items()})
     except ValidationError as exc:
         raise CatalogError(f"catalog in {directory} is invalid: {exc}") from exc
+    from .verification import KNOWN_POLICIES
     for job_class in catalog.job_classes.values():
+        if job_class.verification.policy not in KNOWN_POLICIES:
+            raise CatalogError(f"job class {job_class.name} names an unknown verification "
+                               f"policy {job_class.verification.policy!r}")
         if job_class.defaults.profile and job_class.defaults.profile not in job_class.profiles:
             raise CatalogError(f"job class {job_class.name} defaults to a profile it does not "
                                f"have: {job_class.defaults.profile!r}")

@@ -244,3 +244,15 @@ def _nonce_taken(exc: Exception) -> bool:
     message = str(exc).lower()
     return any(sign in message for sign in ("nonce too low", "already known",
                                             "replacement transaction underpriced"))
+
+
+def pool_signature(job, output) -> str | None:
+    """A built-in pool's signature over an escrow job's result (EIP-712 over the job key and
+    the output's hash): what `release` checks. None for jobs without escrow."""
+    if job.escrow is None:
+        return None
+    from .config import secret
+    signature = sign_result(Account.from_key(secret("PROOFLINE_POOL_KEY")),
+                            domain(job.escrow.chain_id, job.escrow.contract),
+                            job_key_bytes(job), result_hash([output.sha256]))
+    return "0x" + signature.hex()

@@ -26,6 +26,7 @@ class Settings:
     verify_queue: str
     settlement_queue: str
     segments_queue: str
+    inference_queue: str
     chain_rpc_url: str | None
     chain_id: int | None
     escrow_address: str | None
@@ -40,7 +41,7 @@ class Settings:
     def queues(self) -> dict[str, str]:
         return {"intake": self.intake_queue, "media": self.media_queue,
                 "verify": self.verify_queue, "settlement": self.settlement_queue,
-                "segments": self.segments_queue}
+                "segments": self.segments_queue, "inference": self.inference_queue}
 
     @property
     def settlement_enabled(self) -> bool:
@@ -104,6 +105,7 @@ def settings() -> Settings:
         verify_queue=env["VERIFY_QUEUE"],
         settlement_queue=env["SETTLEMENT_QUEUE"],
         segments_queue=env["SEGMENTS_QUEUE"],
+        inference_queue=env["INFERENCE_QUEUE"],
         chain_rpc_url=env.get("CHAIN_RPC_URL") or None,
         chain_id=int(env["CHAIN_ID"]) if env.get("CHAIN_ID") else None,
         escrow_address=env.get("ESCROW_ADDRESS") or None,

@@ -36,6 +36,7 @@ def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
         raise InvalidManifest(f"job class {job_class.name} has no profile {manifest.profile!r}",
                               reason="unknown_profile",
                               details={"known": sorted(job_class.profiles)})
+    _check_inputs(manifest, job_class)
     policy = catalog.payment_policy(manifest.payment_policy or job_class.defaults.payment_policy)
     if policy.escrow and escrow is None:
         raise InvalidManifest(f"payment policy {policy.name!r} needs settlement, which this "
@@ -56,6 +57,30 @@ def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
               timeouts_s=job_class.timeouts_s, escrow=terms,
               correlation_id=correlation_id, source=source, created_at=now, updated_at=now)
     return job, job_class
+
+
+INPUT_FIELDS = {"uri": "input_uri", "texts": "texts", "prompt": "prompt"}
+
+
+def _check_inputs(manifest: Manifest, job_class: JobClass) -> None:
+    """The inputs a class takes, within its limits: refused at the door, not by a worker."""
+    given = [kind for kind, field in INPUT_FIELDS.items() if getattr(manifest, field)]
+    if not given:
+        raise InvalidManifest(f"job class {job_class.name} needs one of "
+                              f"{[INPUT_FIELDS[k] for k in job_class.inputs]}",
+                              reason="missing_input")
+    refused = [INPUT_FIELDS[k] for k in given if k not in job_class.inputs]
+    if refused or len(given) > 1:
+        raise InvalidManifest(f"job class {job_class.name} takes exactly one of "
+                              f"{[INPUT_FIELDS[k] for k in job_class.inputs]}, got {given}",
+                              reason="unsupported_input")
+    limits = job_class.limits
+    if manifest.texts and limits.max_texts and len(manifest.texts) > limits.max_texts:
+        raise InvalidManifest(f"{len(manifest.texts)} texts; {job_class.name} takes at most "
+                              f"{limits.max_texts}", reason="too_many_texts")
+    if manifest.max_tokens and limits.max_tokens and manifest.max_tokens > limits.max_tokens:
+        raise InvalidManifest(f"max_tokens {manifest.max_tokens} is over {job_class.name}'s "
+                              f"{limits.max_tokens}", reason="max_tokens_too_large")
 
 
 def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,
@@ -138,7 +163,10 @@ def dispatch(ports: Ports, job: Job) -> None:
 
 
 def request_verification(ports: Ports, job: Job, result: dict) -> None:
-    ports.queues.send("verify", {"job": job.model_dump(mode="json"), "result": result})
+    """To the verify queue, or to the pool that can re-execute the work (inference)."""
+    queue = ports.catalog.job_class(job.kind).verification.queue
+    ports.queues.send(queue, {"type": "check", "job": job.model_dump(mode="json"),
+                              "result": result})
 
 
 Plan = Callable[[Job], "tuple[Job, list[Event], list[Attempt]] | None"]

@@ -6,7 +6,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{2,63}$")]
 ContentHash = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
@@ -48,7 +49,13 @@ class Manifest(BaseModel):
     job_id: JobId | None = None
     kind: Annotated[str, Field(min_length=1, max_length=64)]
     input_uri: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+$",
-                                    max_length=1024)]
+                                    max_length=1024)] | None = None
+    texts: Annotated[list[Annotated[str, Field(min_length=1, max_length=8192)]],
+                     Field(min_length=1, max_length=10_000)] | None = None
+    prompt: Annotated[str, Field(min_length=1, max_length=16_000)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+    data_sensitivity: Literal["public", "private"] | None = None
     input_hash: ContentHash | None = None
     profile: Annotated[str, Field(max_length=64)] | None = None
     model: Annotated[str, Field(max_length=128)] | None = None
@@ -59,6 +66,12 @@ class Manifest(BaseModel):
     max_price: Price | None = None
     payment_token: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,16}$")] | None = None
     client_did: Did | None = None
+
+    @model_validator(mode="after")
+    def _has_input(self) -> "Manifest":
+        if not (self.input_uri or self.texts or self.prompt):
+            raise PydanticCustomError("missing", "a job needs an input: input_uri, texts or prompt")
+        return self
 
     @field_validator("deadline")
     @classmethod
@@ -112,7 +125,7 @@ class Job(BaseModel):
     plan: TranscodePlan | None = None
 
     @property
-    def input_uri(self) -> str:
+    def input_uri(self) -> str | None:
         return self.manifest.input_uri
 
 
@@ -203,3 +216,4 @@ class Attempt(BaseModel):
     output: Output | None = None
     signature: str | None = None
     reason: str | None = None
+    call_id: str | None = None        # a spawned remote call (Modal) still to be collected

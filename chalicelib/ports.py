@@ -68,4 +68,5 @@ def _chain(s: Settings) -> ChainPorts | None:
                                 exception_retry_configuration=retries))
     return ChainPorts(escrow=Escrow(w3, s.escrow_address),
                       control=Account.from_key(secret("PROOFLINE_CONTROL_KEY")),
-                      pool_payout={"media": secret("PROOFLINE_POOL_ADDRESS")})
+                      pool_payout={pool: secret("PROOFLINE_POOL_ADDRESS")
+                                   for pool in ("media", "inference")})

@@ -72,6 +72,9 @@ RESOURCES = Resources(
         # Segment tasks of split jobs, their checks and the assembly: the same container image.
         Queue("SegmentsQueue", "segments_queue", "media_worker.handler:segments_handler",
               visibility_timeout=900, max_receive_count=3, batch_size=1, process_pool=True),
+        # Inference jobs and their re-execution checks; a batch of jobs shares a model call.
+        Queue("InferenceQueue", "inference_queue", "gpu_functions.handler:handler",
+              visibility_timeout=900, max_receive_count=3, batch_size=10, process_pool=True),
         Queue("VerifyQueue", "verify_queue", "app:on_verify",
               visibility_timeout=120, max_receive_count=5),
         Queue("SettlementQueue", "settlement_queue", "app:on_settlement",

@@ -64,3 +64,9 @@ def probe_report(result: AttemptResult, evidence: Evidence) -> Verdict:
 POLICIES: dict[str, Callable[[AttemptResult, Evidence], Verdict]] = {
     "probe_report": probe_report,
 }
+
+# Policies judged where their evidence lives, not by the verify queue's handler: segment
+# tasks and packages in the media worker, re-execution on the model's trusted pool.
+JUDGED_ELSEWHERE = frozenset({"segments_then_package", "embedding_reexecution",
+                              "generation_reexecution"})
+KNOWN_POLICIES = frozenset(POLICIES) | JUDGED_ELSEWHERE

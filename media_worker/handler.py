@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from chalicelib import attempts, media, ports
 from chalicelib import transcode as tasks
 from chalicelib.blobs import S3Uri, attempt_key
+from chalicelib.chain import pool_signature
 from chalicelib.errors import InputError
 from chalicelib.models import AttemptResult, Job, Output, State, TaskState
 from chalicelib.ports import Ports
@@ -46,20 +47,8 @@ def probe_input(p: Ports, job: Job, workdir: Path) -> AttemptResult:
     return AttemptResult(
         job_id=job.job_id, attempt=job.attempt, worker=WORKER, output=output,
         duration_ms=int((time.monotonic() - started) * 1000),
-        execution={"runtime": "pyav", "input_hash": digest}, signature=_sign(job, output))
-
-
-def _sign(job: Job, output: Output) -> str | None:
-    """Escrow jobs pay only a result the pool signed (EIP-712 over job key + result hash)."""
-    if job.escrow is None:
-        return None
-    from eth_account import Account
-    from chalicelib.chain import domain, job_key_bytes, result_hash, sign_result
-    from chalicelib.config import secret
-    signature = sign_result(Account.from_key(secret("PROOFLINE_POOL_KEY")),
-                            domain(job.escrow.chain_id, job.escrow.contract),
-                            job_key_bytes(job), result_hash([output.sha256]))
-    return "0x" + signature.hex()
+        execution={"runtime": "pyav", "input_hash": digest},
+        signature=pool_signature(job, output))
 
 
 def plan_transcode(p: Ports, job: Job, workdir: Path) -> None:
@@ -135,7 +124,7 @@ def _assemble(p: Ports, message: dict, workdir: Path, redelivered: bool) -> None
     job = p.store.get(message["job_id"])
     if job.state != State.RUNNING or job.attempt != message["attempt"] or job.plan is None:
         return
-    transcode.assemble(p, job, workdir, _sign)
+    transcode.assemble(p, job, workdir, pool_signature)
 
 
 SEGMENT_WORK = {"task": _encode, "check": _check, "assemble": _assemble}

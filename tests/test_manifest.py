@@ -74,7 +74,7 @@ def test_manifest_with_every_field():
 # -- invalid ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("change,reason,field", [
     ({"kind": None}, "missing_field", "kind"),
-    ({"input_uri": None}, "missing_field", "input_uri"),
+    ({"input_uri": None}, "missing_field", "(root)"),      # no input_uri, texts or prompt
     ({"colour": "blue"}, "unknown_field", "colour"),
     ({"max_attempts": "abc"}, "wrong_type", "max_attempts"),
     ({"validation": [1, 2]}, "wrong_type", "validation"),

@@ -1,0 +1,243 @@
+"""The inference pool: consumer of the inference queue, for `embed_batch` and
+`generate_small` jobs and for their re-execution checks.
+
+A delivered batch is worked together: the texts of every embed job in it go to the model in
+one call (up to the class's `max_batch`), so many small requests cost one model pass. With
+Modal credentials the methods are spawned on Modal's GPUs and the call ids kept on the
+attempts for `collect` (a schedule) to finish; without them (locally, in tests, in CI) the
+same classes run here through `.local()`, warm across invocations of this process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from aws_lambda_powertools import Logger
+
+from chalicelib import attempts, inference_checks, media, ports
+from chalicelib.blobs import S3Uri, attempt_key
+from chalicelib.chain import pool_signature
+from chalicelib.errors import InputError
+from chalicelib.models import AttemptResult, Job, Output, State
+from chalicelib.ports import Ports
+
+from . import inference
+
+WORKER = "pool:inference"
+logger = Logger(service="proofline-inference")
+_warm: dict[tuple, object] = {}
+
+
+def modal_enabled() -> bool:
+    return bool(os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"))
+
+
+def model(kind: str, model_id: str | None = None):
+    """One instance per model per process: loaded once, warm for every later batch."""
+    key = (kind, model_id)
+    if key not in _warm:
+        _warm[key] = (inference.Embedder() if kind == "embed_batch"
+                      else inference.Generator(model_id=model_id or inference.TINY_GENERATOR))
+    return _warm[key]
+
+
+# -- running jobs -----------------------------------------------------------------------------
+def run_batch(p: Ports, messages: list[tuple[dict, int]]) -> None:
+    """`messages` are (body, receive count) of dispatched jobs, started and run together."""
+    running = []
+    for body, receives in messages:
+        job = Job.model_validate(body["job"])
+        queued_s = (datetime.now(timezone.utc) - job.updated_at).total_seconds()
+        started = attempts.start(p, job, body["attempt"], WORKER, redelivered=receives > 1)
+        if started is not None:
+            running.append((started, round(queued_s, 3)))
+    embeds = [(j, q) for j, q in running if j.kind == "embed_batch"]
+    for group in _batches(p, embeds):
+        _run_embeds(p, group)
+    for job, queued_s in running:
+        if job.kind == "generate_small":
+            _guarded(p, job, lambda j=job, q=queued_s: _run_generate(p, j, q))
+
+
+def _batches(p: Ports, jobs: list[tuple[Job, float]]) -> list[list[tuple[Job, float, list[str]]]]:
+    """Group jobs so that no model call takes more than `max_batch` texts (a job larger than
+    that is a call of its own)."""
+    limit = p.catalog.job_class("embed_batch").limits.max_batch or 256
+    groups, current, size = [], [], 0
+    for job, queued_s in jobs:
+        try:
+            texts = _texts(p, job)
+        except InputError as error:
+            attempts.fail(p, job, job.attempt, error)
+            continue
+        if current and size + len(texts) > limit:
+            groups.append(current)
+            current, size = [], 0
+        current.append((job, queued_s, texts))
+        size += len(texts)
+    return groups + ([current] if current else [])
+
+
+def _run_embeds(p: Ports, group: list[tuple[Job, float, list[str]]]) -> None:
+    texts = [t for _, _, job_texts in group for t in job_texts]
+    started = time.perf_counter()
+    try:
+        out = model("embed_batch").embed.local(texts)
+    except Exception as error:  # the model failed this batch: each job loses one attempt
+        for job, _, _ in group:
+            attempts.fail(p, job, job.attempt, error)
+        return
+    total_s = time.perf_counter() - started
+    vectors = inference_checks.load_vectors(out["npy"])
+    offset = 0
+    for job, queued_s, job_texts in group:
+        share = vectors[offset:offset + len(job_texts)]
+        offset += len(job_texts)
+        import io
+        import numpy as np
+        buffer = io.BytesIO()
+        np.save(buffer, share, allow_pickle=False)
+        metrics = _metrics(p, job, queued_s, out, total_s * len(job_texts) / len(texts),
+                           batch_texts=len(texts), batch_jobs=len(group))
+        _guarded(p, job, lambda j=job, b=buffer.getvalue(), m=metrics, o=out: _submit(
+            p, j, b, m | {"model": o["model"], "count": len(job_texts), "dim": o["dim"]}))
+
+
+def _run_generate(p: Ports, job: Job, queued_s: float) -> None:
+    job_class = p.catalog.job_class(job.kind)
+    max_tokens = job.manifest.max_tokens or 64
+    started = time.perf_counter()
+    out = model(job.kind, job_class.model).generate.local(job.manifest.prompt, max_tokens,
+                                                           job.manifest.seed or 0)
+    body = json.dumps({k: out[k] for k in ("text", "tokens", "token_ids", "model", "seed",
+                                           "greedy")}, ensure_ascii=False).encode("utf-8")
+    metrics = _metrics(p, job, queued_s, out, time.perf_counter() - started)
+    _submit(p, job, body, metrics | {"model": out["model"], "tokens": out["tokens"],
+                                     "prompt_sha256": _sha(job.manifest.prompt)})
+
+
+def _metrics(p: Ports, job: Job, queued_s: float, out: dict, model_s: float, **extra) -> dict:
+    rate = p.catalog.job_class(job.kind).price_per_second or Decimal(0)
+    return {"queue_s": queued_s, "cold_start_s": out.get("cold_start_s"),
+            "warm": out.get("cold_start_s") is None, "ttfb_s": out.get("ttfb_s"),
+            "model_s": round(model_s, 4), "cost_usd": str((rate * Decimal(str(model_s)))
+                                                          .quantize(Decimal("0.000001"))),
+            "worker": WORKER, "runtime": "modal.local" if not modal_enabled() else "modal",
+            **extra}
+
+
+def _submit(p: Ports, job: Job, body: bytes, execution: dict) -> None:
+    name = p.catalog.job_class(job.kind).output
+    target = S3Uri(p.settings.artifacts_bucket, attempt_key(job.job_id, job.attempt, name))
+    p.blobs.put(target, body)
+    output = Output(name=name, uri=str(target), sha256=media.sha256_bytes(body),
+                    size_bytes=len(body))
+    attempts.submit(p, job, AttemptResult(
+        job_id=job.job_id, attempt=job.attempt, worker=WORKER, output=output,
+        duration_ms=int(execution["model_s"] * 1000), execution=execution,
+        signature=pool_signature(job, output)))
+
+
+def _guarded(p: Ports, job: Job, work) -> None:
+    try:
+        work()
+    except Exception as error:  # this job's attempt fails; the job decides whether to retry
+        logger.warning("inference attempt failed", extra={"job_id": job.job_id,
+                                                          "error": repr(error)})
+        attempts.fail(p, job, job.attempt, error)
+
+
+def _texts(p: Ports, job: Job) -> list[str]:
+    """Inline texts, or a JSONL object: one JSON string or {"text": …} per line."""
+    if job.manifest.texts:
+        return list(job.manifest.texts)
+    job_class = p.catalog.job_class(job.kind)
+    raw = p.blobs.read(S3Uri.parse(job.input_uri), job_class.max_input_bytes)
+    if job.manifest.input_hash and media.sha256_bytes(raw) != job.manifest.input_hash:
+        raise InputError("input does not match its hash", reason="input_hash_mismatch")
+    texts = []
+    try:
+        for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+            if line.strip():
+                item = json.loads(line)
+                texts.append(item["text"] if isinstance(item, dict) else item)
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"input is not JSONL of texts (line {number}): {error}",
+                         reason="invalid_jsonl") from error
+    if not texts or not all(isinstance(t, str) and t for t in texts):
+        raise InputError("input holds no texts, or a line that is not a non-empty string",
+                         reason="invalid_jsonl")
+    if len(texts) > (job_class.limits.max_texts or len(texts)):
+        raise InputError(f"{len(texts)} texts; the class takes {job_class.limits.max_texts}",
+                         reason="too_many_texts")
+    return texts
+
+
+def _sha(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# -- checking results -------------------------------------------------------------------------
+def check(p: Ports, body: dict) -> None:
+    """Re-execute (a sample of) the work on this trusted pool and judge the claimed output
+    against it; the verdict, with every measured value, goes to `attempts.verify`."""
+    job = Job.model_validate(body["job"])
+    result = AttemptResult.model_validate(body["result"])
+    job_class = p.catalog.job_class(job.kind)
+    try:
+        data = p.blobs.read(S3Uri.parse(result.output.uri), 64 << 20)
+    except InputError:
+        data = None
+    if data is None:
+        from chalicelib.verification import Verdict
+        verdict = Verdict(job_class.verification.policy, {"output_readable": False})
+    elif job.kind == "embed_batch":
+        texts = _texts(p, job)
+        rows = inference_checks.sample_rows(len(texts), job_class.verification.sample_rate,
+                                            seed=f"{job.job_id}:{result.attempt}")
+        reference = inference_checks.load_vectors(
+            model("embed_batch").embed.local([texts[i] for i in rows])["npy"])
+        verdict = inference_checks.embeddings(
+            data=data, reported_sha256=result.output.sha256,
+            actual_sha256=media.sha256_bytes(data), expected_count=len(texts), rows=rows,
+            reference=reference, cosine_min=job_class.verification.cosine_min or 0.999)
+    else:
+        reference = model(job.kind, job_class.model).generate.local(
+            job.manifest.prompt, job.manifest.max_tokens or 64, job.manifest.seed or 0)
+        verdict = inference_checks.generation(
+            data=data, reported_sha256=result.output.sha256,
+            actual_sha256=media.sha256_bytes(data), max_tokens=job.manifest.max_tokens or 64,
+            model=reference["model"], reference=reference)
+    attempts.verify(p, job, result, verdict=verdict)
+
+
+# -- the Lambda entry point -------------------------------------------------------------------
+def handle(p: Ports, records: list) -> list[str]:
+    """Work one delivered batch; returns the message ids to report as failed."""
+    runs, failures = [], []
+    for record in records:
+        body = json.loads(record["body"])
+        receives = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        if body.get("type") == "check":
+            try:
+                check(p, body)
+            except Exception:
+                logger.exception("check failed", extra={"job_id": body["job"]["job_id"]})
+                failures.append(record["messageId"])
+        else:
+            runs.append((body, receives))
+    if runs:
+        run_batch(p, runs)
+    return failures
+
+
+def handler(event, context):
+    failures = handle(ports.default(), event.get("Records", []))
+    return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
+
+
+__all__ = ["handler", "handle", "check", "run_batch", "State"]

