@@ -36,6 +36,15 @@ def modal_enabled() -> bool:
     return bool(os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"))
 
 
+def remote(kind: str, model_id: str | None = None):
+    """The class as deployed on Modal (`modal deploy gpu_functions/inference.py`)."""
+    import modal
+    if kind == "embed_batch":
+        return modal.Cls.from_name(inference.app.name, "Embedder")()
+    return modal.Cls.from_name(inference.app.name, "Generator")(
+        model_id=model_id or inference.TINY_GENERATOR)
+
+
 def model(kind: str, model_id: str | None = None):
     """One instance per model per process: loaded once, warm for every later batch."""
     key = (kind, model_id)
@@ -84,6 +93,16 @@ def _batches(p: Ports, jobs: list[tuple[Job, float]]) -> list[list[tuple[Job, fl
 
 def _run_embeds(p: Ports, group: list[tuple[Job, float, list[str]]]) -> None:
     texts = [t for _, _, job_texts in group for t in job_texts]
+    shares, offset = [], 0
+    for job, queued_s, job_texts in group:
+        shares.append((job, queued_s, offset, len(job_texts)))
+        offset += len(job_texts)
+    if modal_enabled():
+        call = remote("embed_batch").embed.spawn(texts)
+        for job, queued_s, start, count in shares:
+            _spawned(p, job, call.object_id, queued_s, offset=start, count=count,
+                     batch_texts=len(texts), batch_jobs=len(group))
+        return
     started = time.perf_counter()
     try:
         out = model("embed_batch").embed.local(texts)
@@ -91,33 +110,94 @@ def _run_embeds(p: Ports, group: list[tuple[Job, float, list[str]]]) -> None:
         for job, _, _ in group:
             attempts.fail(p, job, job.attempt, error)
         return
-    total_s = time.perf_counter() - started
-    vectors = inference_checks.load_vectors(out["npy"])
-    offset = 0
-    for job, queued_s, job_texts in group:
-        share = vectors[offset:offset + len(job_texts)]
-        offset += len(job_texts)
-        import io
-        import numpy as np
-        buffer = io.BytesIO()
-        np.save(buffer, share, allow_pickle=False)
-        metrics = _metrics(p, job, queued_s, out, total_s * len(job_texts) / len(texts),
-                           batch_texts=len(texts), batch_jobs=len(group))
-        _guarded(p, job, lambda j=job, b=buffer.getvalue(), m=metrics, o=out: _submit(
-            p, j, b, m | {"model": o["model"], "count": len(job_texts), "dim": o["dim"]}))
+    model_s = time.perf_counter() - started
+    for job, queued_s, start, count in shares:
+        _guarded(p, job, lambda j=job, q=queued_s, a=start, n=count: _finish_embed(
+            p, j, out, q, a, n, model_s * n / len(texts), batch_texts=len(texts),
+            batch_jobs=len(group)))
+
+
+def _finish_embed(p: Ports, job: Job, out: dict, queued_s: float, start: int, count: int,
+                  model_s: float, **extra) -> None:
+    """This job's rows of a shared model call, as its own .npy."""
+    import io
+    import numpy as np
+    buffer = io.BytesIO()
+    np.save(buffer, inference_checks.load_vectors(out["npy"])[start:start + count],
+            allow_pickle=False)
+    metrics = _metrics(p, job, queued_s, out, model_s, **extra)
+    _submit(p, job, buffer.getvalue(),
+            metrics | {"model": out["model"], "count": count, "dim": out["dim"]})
 
 
 def _run_generate(p: Ports, job: Job, queued_s: float) -> None:
     job_class = p.catalog.job_class(job.kind)
-    max_tokens = job.manifest.max_tokens or 64
+    args = (job.manifest.prompt, job.manifest.max_tokens or 64, job.manifest.seed or 0)
+    if modal_enabled():
+        call = remote(job.kind, job_class.model).generate.spawn(*args)
+        _spawned(p, job, call.object_id, queued_s)
+        return
     started = time.perf_counter()
-    out = model(job.kind, job_class.model).generate.local(job.manifest.prompt, max_tokens,
-                                                           job.manifest.seed or 0)
+    out = model(job.kind, job_class.model).generate.local(*args)
+    _finish_generate(p, job, out, queued_s, time.perf_counter() - started)
+
+
+def _finish_generate(p: Ports, job: Job, out: dict, queued_s: float, model_s: float) -> None:
     body = json.dumps({k: out[k] for k in ("text", "tokens", "token_ids", "model", "seed",
                                            "greedy")}, ensure_ascii=False).encode("utf-8")
-    metrics = _metrics(p, job, queued_s, out, time.perf_counter() - started)
+    metrics = _metrics(p, job, queued_s, out, model_s)
     _submit(p, job, body, metrics | {"model": out["model"], "tokens": out["tokens"],
                                      "prompt_sha256": _sha(job.manifest.prompt)})
+
+
+# -- spawned calls (Modal) ----------------------------------------------------------------------
+SPAWNED = "inference.spawned"
+
+
+def _spawned(p: Ports, job: Job, call_id: str, queued_s: float, **share) -> None:
+    """Keep the call id on the timeline; `collect` finishes the attempt when it is done."""
+    from chalicelib import states
+    from chalicelib.jobs import apply
+
+    def note(j: Job):
+        if j.state != State.RUNNING or j.attempt != job.attempt:
+            return None
+        noted, event = states.note(j, SPAWNED, at=p.clock(), data={
+            "attempt": j.attempt, "call_id": call_id, "queue_s": queued_s, **share})
+        return noted, [event], []
+    apply(p, job, note)
+
+
+def collect(p: Ports) -> int:
+    """Finish every running inference attempt whose spawned call is done; returns how many.
+    A scheduled entry point, so no Lambda waits on a GPU."""
+    import modal
+    finished = 0
+    for job in p.store.list(State.RUNNING, limit=500):
+        if p.catalog.job_class(job.kind).runtime != "modal":
+            continue
+        spawned = [e for e in p.store.view(job.job_id).events
+                   if e.type == SPAWNED and e.data["attempt"] == job.attempt]
+        if not spawned:
+            continue
+        data = spawned[-1].data
+        try:
+            out = modal.FunctionCall.from_id(data["call_id"]).get(timeout=0)
+        except TimeoutError:
+            continue                                    # still running on Modal
+        except Exception as error:  # the call failed or expired: this attempt is lost
+            attempts.fail(p, job, job.attempt, error)
+            continue
+        model_s = out.get("elapsed_s", 0.0)
+        if job.kind == "embed_batch":
+            _guarded(p, job, lambda: _finish_embed(
+                p, job, out, data["queue_s"], data["offset"], data["count"],
+                model_s * data["count"] / max(1, data["batch_texts"]),
+                batch_texts=data["batch_texts"], batch_jobs=data["batch_jobs"]))
+        else:
+            _guarded(p, job, lambda: _finish_generate(p, job, out, data["queue_s"], model_s))
+        finished += 1
+    return finished
 
 
 def _metrics(p: Ports, job: Job, queued_s: float, out: dict, model_s: float, **extra) -> dict:
@@ -199,15 +279,18 @@ def check(p: Ports, body: dict) -> None:
         texts = _texts(p, job)
         rows = inference_checks.sample_rows(len(texts), job_class.verification.sample_rate,
                                             seed=f"{job.job_id}:{result.attempt}")
-        reference = inference_checks.load_vectors(
-            model("embed_batch").embed.local([texts[i] for i in rows])["npy"])
+        trusted = (remote("embed_batch").embed.remote if modal_enabled()
+                   else model("embed_batch").embed.local)
+        reference = inference_checks.load_vectors(trusted([texts[i] for i in rows])["npy"])
         verdict = inference_checks.embeddings(
             data=data, reported_sha256=result.output.sha256,
             actual_sha256=media.sha256_bytes(data), expected_count=len(texts), rows=rows,
             reference=reference, cosine_min=job_class.verification.cosine_min or 0.999)
     else:
-        reference = model(job.kind, job_class.model).generate.local(
-            job.manifest.prompt, job.manifest.max_tokens or 64, job.manifest.seed or 0)
+        trusted = (remote(job.kind, job_class.model).generate.remote if modal_enabled()
+                   else model(job.kind, job_class.model).generate.local)
+        reference = trusted(job.manifest.prompt, job.manifest.max_tokens or 64,
+                            job.manifest.seed or 0)
         verdict = inference_checks.generation(
             data=data, reported_sha256=result.output.sha256,
             actual_sha256=media.sha256_bytes(data), max_tokens=job.manifest.max_tokens or 64,
@@ -236,8 +319,10 @@ def handle(p: Ports, records: list) -> list[str]:
 
 
 def handler(event, context):
+    if event.get("source") == "aws.events":             # the collection schedule
+        return {"collected": collect(ports.default())}
     failures = handle(ports.default(), event.get("Records", []))
     return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
 
 
-__all__ = ["handler", "handle", "check", "run_batch", "State"]
+__all__ = ["handler", "handle", "check", "collect", "run_batch"]

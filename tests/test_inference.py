@@ -185,3 +185,84 @@ def test_schema_violations_are_caught(api, ports, body, broken):
     wait_for(api, job.job_id, timeout=120)
     failed = [e for e in api.events(job.job_id)["events"] if e["type"] == "validation.failed"]
     assert failed and failed[0]["data"]["checks"][broken] is False
+
+
+# -- the Modal path: spawn, then collect -----------------------------------------------------
+class FakeModalCloud:
+    """Modal's cloud cannot run here: spawned calls run the same class in-process and wait
+    to be collected, as a deployed app would hold their results."""
+
+    def __init__(self):
+        self.calls: dict[str, dict] = {}
+        self.pending: set[str] = set()
+
+    def cls_from_name(self, app_name, class_name):
+        from gpu_functions import inference
+        assert app_name == inference.app.name
+        local = getattr(inference, class_name)
+        cloud = self
+
+        def construct(**params):
+            instance = local(**params)
+
+            class Method:
+                def __init__(self, name):
+                    self.method = getattr(instance, name)
+
+                def spawn(self, *args):
+                    call_id = f"fc-{uuid.uuid4().hex}"
+                    cloud.calls[call_id] = self.method.local(*args)
+                    cloud.pending.add(call_id)
+                    return type("Call", (), {"object_id": call_id})()
+
+                def remote(self, *args):
+                    return self.method.local(*args)
+            return type("Remote", (), {"embed": Method("embed") if class_name == "Embedder"
+                                       else None,
+                                       "generate": Method("generate")
+                                       if class_name == "Generator" else None})()
+        return construct
+
+    def function_call(self, call_id):
+        cloud = self
+
+        class Call:
+            def get(self, timeout=None):
+                if call_id in cloud.pending:
+                    raise TimeoutError
+                return cloud.calls[call_id]
+        return Call()
+
+
+def test_with_modal_credentials_calls_are_spawned_then_collected(ports, monkeypatch):
+    import modal
+    from chalicelib import jobs
+    from chalicelib.models import Manifest, State
+    from gpu_functions import handler
+    cloud = FakeModalCloud()
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
+    monkeypatch.setattr(modal.Cls, "from_name", staticmethod(cloud.cls_from_name))
+    monkeypatch.setattr(modal.FunctionCall, "from_id", staticmethod(cloud.function_call))
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    made = [jobs.accept(held, Manifest(kind="embed_batch", texts=texts),
+                        job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")[0]
+            for texts in (SENTENCES[:2], SENTENCES[2:])]
+    dispatched = [(m, 1) for q, m in held.queues.sent if q == "inference"]
+    handler.run_batch(held, dispatched)                 # one model call for both jobs
+    assert len(cloud.calls) == 1
+    assert all(held.store.get(j.job_id).state == State.RUNNING for j in made)
+    assert handler.collect(held) == 0                   # still running on "Modal"
+    cloud.pending.clear()
+    assert handler.collect(held) == 2
+    for job in made:
+        view = held.store.view(job.job_id)
+        assert view.job.state == State.SUBMITTED
+        [spawned] = [e for e in view.events if e.type == "inference.spawned"]
+        assert spawned.data["call_id"] in cloud.calls and spawned.data["batch_jobs"] == 2
+        completed = next(e for e in view.events if e.type == "execution.completed")
+        assert completed.data["runtime"] == "modal" and completed.data["count"] == 2
+    checks = [m for q, m in held.queues.sent if q == "inference" and m.get("type") == "check"]
+    for message in checks:                              # re-execution through .remote()
+        handler.check(held, message)
+    assert {held.store.get(j.job_id).state for j in made} == {State.SETTLED}
