@@ -266,3 +266,18 @@ def test_with_modal_credentials_calls_are_spawned_then_collected(ports, monkeypa
     for message in checks:                              # re-execution through .remote()
         handler.check(held, message)
     assert {held.store.get(j.job_id).state for j in made} == {State.SETTLED}
+
+
+def test_a_private_prompt_never_reaches_the_timeline(api):
+    secret = "my card number is 4111 1111 1111 1111"
+    job = submit(api, kind="generate_small", prompt=secret, max_tokens=4,
+                 data_sensitivity="private")
+    final = wait_for(api, job["job_id"], timeout=120)
+    assert final["state"] == "settled", api.events(job["job_id"])
+    events = api.events(job["job_id"])["events"]
+    assert secret not in json.dumps(events) and "4111" not in json.dumps(events)
+    completed = next(e for e in events if e["type"] == "execution.completed")
+    import hashlib
+    assert completed["data"]["prompt_sha256"] == \
+        "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
+    assert completed["data"]["worker"] == "pool:inference" and completed["data"]["model"]
