@@ -21,7 +21,25 @@ def job_document(ports: Ports, view: JobView) -> dict:
     doc["attempts"] = [a.model_dump(mode="json") for a in view.attempts]
     if view.tasks:
         doc["progress"] = progress(view.tasks)
+    doc["metrics"] = job_metrics(view)
+    if view.job.kind != "unknown":
+        from .jobs import class_rates
+        doc["class_stats"] = class_rates(ports, view.job.kind)
     return doc
+
+
+METRIC_KEYS = ("queue_s", "cold_start_s", "warm", "ttfb_s", "model_s", "cost_usd",
+               "batch_jobs", "batch_texts", "duration_ms")
+
+
+def job_metrics(view: JobView) -> dict:
+    """Queue time, cold start, time to first byte, total and cost of the successful attempt,
+    from the timeline."""
+    done = [e for e in view.events if e.type == "execution.completed"]
+    metrics = {k: done[-1].data[k] for k in METRIC_KEYS if done and k in done[-1].data}
+    if view.job.state.terminal:
+        metrics["total_s"] = round((view.job.updated_at - view.job.created_at).total_seconds(), 3)
+    return metrics
 
 
 def progress(tasks) -> dict:

@@ -188,8 +188,42 @@ def apply(ports: Ports, job: Job, plan: Plan, *, tries: int = 3) -> Job | None:
             job = exc.current or ports.store.get(job.job_id)
             continue
         _request_settlement(ports, job, moved)
+        _count(ports, moved.kind, events)
         return moved
     raise StaleVersion(f"job {job.job_id} kept changing; gave up after {tries} tries")
+
+
+COUNTED = {"validation.passed": "validations", "validation.failed": "validations",
+           "job.failed": "failed", "job.settled": "settled",
+           "settlement.skipped": "settled", "settlement.released": "settled",
+           "settlement.resolved": "settled"}
+
+
+def _count(ports: Ports, kind: str, events: list[Event]) -> None:
+    """The class's validation failure and retry rates, kept as running totals."""
+    counts: dict[str, int] = {}
+    for event in events:
+        if event.type in COUNTED:
+            counts[COUNTED[event.type]] = counts.get(COUNTED[event.type], 0) + 1
+        if event.type == "validation.failed":
+            counts["validation_failures"] = counts.get("validation_failures", 0) + 1
+        if event.state == State.RETRYING:          # whatever event names the retry
+            counts["retries"] = counts.get("retries", 0) + 1
+    if counts:
+        try:
+            ports.store.count(kind, counts)
+        except Exception:  # statistics never fail a committed transition
+            logger.warning("class statistics not updated", extra={"kind": kind})
+
+
+def class_rates(ports: Ports, kind: str) -> dict:
+    totals = ports.store.counts(kind)
+    validations, retries = totals.get("validations", 0), totals.get("retries", 0)
+    finished = totals.get("settled", 0) + totals.get("failed", 0)
+    return {**totals,
+            "validation_failure_rate": round(totals.get("validation_failures", 0)
+                                             / validations, 4) if validations else None,
+            "retry_rate": round(retries / finished, 4) if finished else None}
 
 
 def _request_settlement(ports: Ports, before: Job, after: Job) -> None:

@@ -116,6 +116,25 @@ class JobStore:
                                  Key={"pk": {"S": f"ALIAS#{alias}"}, "sk": {"S": JOB_SK}}).get("Item")
         return item["job_id"]["S"] if item else None
 
+    def count(self, kind: str, counts: dict[str, int]) -> None:
+        """Add to a job class's running totals (one atomic update)."""
+        counts = {k: v for k, v in counts.items() if v}
+        if not counts:
+            return
+        names = {f"#c{i}": k for i, k in enumerate(counts)}
+        self._db.update_item(
+            TableName=self._table, Key={"pk": {"S": f"STATS#{kind}"}, "sk": {"S": JOB_SK}},
+            UpdateExpression="ADD " + ", ".join(f"{n} :v{i}" for i, n in enumerate(names)),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={f":v{i}": {"N": str(v)}
+                                       for i, v in enumerate(counts.values())})
+
+    def counts(self, kind: str) -> dict[str, int]:
+        item = self._db.get_item(TableName=self._table,
+                                 Key={"pk": {"S": f"STATS#{kind}"}, "sk": {"S": JOB_SK}}
+                                 ).get("Item", {})
+        return {k: int(v["N"]) for k, v in item.items() if "N" in v}
+
     def cursor(self, name: str) -> int | None:
         item = self._db.get_item(TableName=self._table, ConsistentRead=True,
                                  Key={"pk": {"S": f"CURSOR#{name}"}, "sk": {"S": JOB_SK}}).get("Item")

@@ -152,6 +152,11 @@ def test_perturbed_vectors_are_caught_by_reexecution_and_the_job_redone(api, por
     kept = np.load(io.BytesIO(download(final["outputs"][0])))
     assert np.allclose(kept, honest, atol=1e-5)                    # the honest result, not hers
     assert {a["number"]: a["state"] for a in final["attempts"]} == {1: "failed", 2: "passed"}
+    stats = api.job(job.job_id)["class_stats"]            # counted against the class
+    assert stats["validation_failures"] >= 1 and stats["validation_failure_rate"] > 0
+    assert stats["retries"] >= 1 and stats["retry_rate"] > 0
+    metrics = final["metrics"]
+    assert {"queue_s", "model_s", "cost_usd", "total_s"} <= set(metrics)
 
 
 def test_different_text_is_caught_by_reexecution(api, ports):
