@@ -437,8 +437,10 @@ def ops_enable_batch_failures(functions, region):
 
 
 from .transcode_cli import transcode  # noqa: E402  (its commands reach back into this module)
+from .infer_cli import infer  # noqa: E402  (its commands reach back into this module)
 
 main.add_command(transcode)
+main.add_command(infer)
 
 
 if __name__ == "__main__":

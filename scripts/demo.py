@@ -1,11 +1,12 @@
-"""`make demo`: the local stack, the main job (an HLS ladder paid through the escrow), then
-one probe job through each door, their timelines and outputs.
+"""`make demo`: the local stack, the main job (an HLS ladder paid through the escrow), an
+embedding and a generation, then one probe job through each door, their timelines and outputs.
 
 Starts the stack (or uses the one running here), makes short clips with FFmpeg, transcodes
 one to a verified HLS ladder with `proofline transcode submit` (funding the escrow on anvil
-and showing what the media pool was paid), drops a clip into the intake bucket and submits
-it over HTTP with the CLI, follows every job to the end, and copies the verified outputs
-under .proofline/demo/. Exits non-zero unless every job settled.
+and showing what the media pool was paid), embeds six sentences and generates a short text
+with `proofline infer`, drops a clip into the intake bucket and submits it over HTTP with the
+CLI, follows every job to the end, and copies the verified outputs under .proofline/demo/.
+Exits non-zero unless every job settled.
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def main() -> int:
 def run(stack: dict) -> int:
     DEMO.mkdir(parents=True, exist_ok=True)
     if transcode(stack) != 0:
+        return 1
+    if infer() != 0:
         return 1
     clip = clips.make_clip(DEMO / "clip.mp4", seconds=3.0, width=320, height=240)
     console.print(f"made {clip} ({clip.stat().st_size} bytes, 3 s 320x240 H.264 + AAC)")
@@ -124,6 +127,22 @@ def transcode(stack: dict) -> int:
     gained = Web3.from_wei(w3.eth.get_balance(pool) - before, "ether")
     console.print(f"media pool {pool} balance change: [bold]+{gained} ETH[/bold]")
     return 0
+
+
+def infer() -> int:
+    console.rule("inference: embeddings and generation, re-executed before they count")
+    texts = DEMO / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": s}) + "\n" for s in (
+        "A cat sits on the mat.", "A kitten is resting on a rug.", "The dog sleeps on the sofa.",
+        "The central bank raised interest rates.", "Stock markets fell sharply today.",
+        "Investors sold shares after the report.")))
+    console.print(f"wrote {texts} (6 sentences: three about pets, three about markets)")
+    embedded = cli("infer", "embed", "--input", str(texts), "--output", str(DEMO / "vectors.npy"))
+    if embedded.returncode != 0:
+        return 1
+    generated = cli("infer", "generate", "--prompt", "The verified result is",
+                    "--max-tokens", "16")
+    return 0 if generated.returncode == 0 else 1
 
 
 def _await_created(api_url: str, job_id: str, timeout: float = 30) -> None:
