@@ -101,3 +101,15 @@ class FfmpegFailed(ExecutionError):
 
 class FfmpegTimeout(ExecutionError):
     reason = "ffmpeg_timeout"
+
+
+class Unauthorized(ProoflineError):
+    """The request's signature cannot stand for anyone: missing, malformed, expired or used."""
+    status = 401
+    reason = "unauthorized"
+
+
+class Forbidden(ProoflineError):
+    """The signature is sound but does not speak for the identity or chain it claims."""
+    status = 403
+    reason = "forbidden"

@@ -438,9 +438,11 @@ def ops_enable_batch_failures(functions, region):
 
 from .transcode_cli import transcode  # noqa: E402  (its commands reach back into this module)
 from .infer_cli import infer  # noqa: E402  (its commands reach back into this module)
+from .identity_cli import identity  # noqa: E402
 
 main.add_command(transcode)
 main.add_command(infer)
+main.add_command(identity)
 
 
 if __name__ == "__main__":
