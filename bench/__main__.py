@@ -8,9 +8,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import escrow_gas, probe_jobs, transcode
+from . import escrow_gas, probe_jobs, route, transcode
 
-BENCHMARKS = [escrow_gas, probe_jobs, transcode]
+BENCHMARKS = [escrow_gas, probe_jobs, transcode, route]
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
