@@ -7,7 +7,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from chalice import Chalice, Rate, Response
 
-from chalicelib import attempts, config, intake, jobs, payments, ports
+from chalicelib import attempts, config, intake, jobs, payments, ports, workers
 from chalicelib.api import job_document, package_document, upload_slot
 from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.models import AttemptResult, Job, State
@@ -134,6 +134,34 @@ def follow_chain(event):
     """Funding is learned from the chain's Funded logs, never from the client's word."""
     if ports.default().chain is not None:
         payments.follow_chain(ports.default())
+
+
+@route("/workers", methods=["POST"])
+def register_worker():
+    request, p = app.current_request, ports.default()
+    worker = workers.register_signed(p, request.headers, request.json_body or {})
+    return Response(worker.public(p.clock(), p.settings.heartbeat_ttl_s), status_code=201,
+                    headers={"Location": f"/workers/{worker.did}"})
+
+
+@route("/workers", methods=["GET"])
+def list_workers():
+    p = ports.default()
+    return {"workers": [w.public(p.clock(), p.settings.heartbeat_ttl_s)
+                        for w in p.workers.list()]}
+
+
+@route("/workers/{did}")
+def get_worker(did):
+    p = ports.default()
+    return p.workers.get(did).public(p.clock(), p.settings.heartbeat_ttl_s)
+
+
+@route("/workers/{did}/heartbeat", methods=["POST"])
+def worker_heartbeat(did):
+    request, p = app.current_request, ports.default()
+    worker = workers.heartbeat_signed(p, request.headers, did, request.json_body or {})
+    return worker.public(p.clock(), p.settings.heartbeat_ttl_s)
 
 
 @route("/settlement/drift")

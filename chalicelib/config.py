@@ -36,6 +36,7 @@ class Settings:
     lease_seconds: int
     presign_seconds: int
     payment_tokens: dict[str, PaymentToken]
+    heartbeat_ttl_s: int
 
     @property
     def queues(self) -> dict[str, str]:
@@ -115,4 +116,5 @@ def settings() -> Settings:
         lease_seconds=int(env.get("PROOFLINE_LEASE_SECONDS", 300)),
         presign_seconds=int(env.get("PROOFLINE_PRESIGN_SECONDS", 900)),
         payment_tokens=_payment_tokens(env.get("PAYMENT_TOKENS")),
+        heartbeat_ttl_s=int(env.get("PROOFLINE_HEARTBEAT_TTL_SECONDS", 60)),
     )

@@ -14,6 +14,7 @@ from .models import utcnow
 from .queues import Queues
 from .store import JobStore
 from .taskstore import TaskStore
+from .workers import DynamoNonceStore, WorkerStore
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -40,6 +41,8 @@ class Ports:
     clock: Callable[[], datetime] = field(default=utcnow)
     chain: ChainPorts | None = None
     tasks: TaskStore | None = None
+    workers: "WorkerStore | None" = None
+    nonces: "DynamoNonceStore | None" = None
 
 
 @lru_cache(maxsize=1)
@@ -48,7 +51,9 @@ def default() -> Ports:
     return Ports(settings=s, store=JobStore(aws.client("dynamodb"), s.jobs_table),
                  blobs=Blobs(aws.client("s3")), queues=Queues(aws.client("sqs"), s.queues),
                  catalog=catalog.default(), chain=_chain(s),
-                 tasks=TaskStore(aws.client("dynamodb"), s.jobs_table))
+                 tasks=TaskStore(aws.client("dynamodb"), s.jobs_table),
+                 workers=WorkerStore(aws.client("dynamodb"), s.jobs_table),
+                 nonces=DynamoNonceStore(aws.client("dynamodb"), s.idempotency_table))
 
 
 def _chain(s: Settings) -> ChainPorts | None:

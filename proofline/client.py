@@ -57,6 +57,20 @@ class Api:
                                  headers={"Idempotency-Key": key})
         return response.json(), response.status_code == 201
 
+    # -- workers: every call that acts for a worker carries its EIP-712 signature headers
+    def register_worker(self, body: dict, signature: dict[str, str]) -> dict:
+        return self._request("POST", "/workers", json=body, headers=signature).json()
+
+    def heartbeat(self, did: str, body: dict, signature: dict[str, str]) -> dict:
+        return self._request("POST", f"/workers/{did}/heartbeat", json=body,
+                             headers=signature).json()
+
+    def workers(self) -> list[dict]:
+        return self._request("GET", "/workers").json()["workers"]
+
+    def worker(self, did: str) -> dict:
+        return self._request("GET", f"/workers/{did}").json()
+
     def job(self, job_id: str) -> dict:
         return self._request("GET", f"/jobs/{job_id}").json()
 

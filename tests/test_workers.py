@@ -1,0 +1,100 @@
+"""The worker registry over HTTP: registration and heartbeats signed with the worker's key
+(EIP-712, nonce, expiry); claims are shown apart from verified capabilities."""
+from __future__ import annotations
+
+import pytest
+from eth_account import Account
+
+from chalicelib.signing import did_for, sign_request
+from proofline.client import ApiError
+
+pytestmark = pytest.mark.stack
+CHAIN = 31337
+CLAIMS = {"job_classes": ["ffmpeg_hls"], "runtimes": {"ffmpeg": "9.0"}, "codecs": ["h264"],
+          "hardware": {"cpu": "x86_64", "cpu_cores": 8, "memory_gb": 16},
+          "region": "eu-west-1", "price_per_unit": {"ffmpeg_hls": "0.0004"}}
+
+
+def identity():
+    account = Account.create()
+    return account, did_for(account.address, CHAIN)
+
+
+def register(api, account, did, claims=CLAIMS, **sign):
+    body = {"did": did, "claims": claims}
+    return api.register_worker(body, sign_request(account, action="register", did=did,
+                                                  body=body, chain_id=CHAIN, **sign))
+
+
+def test_a_signed_registration_lists_claims_apart_from_verified_capabilities(api):
+    account, did = identity()
+    worker = register(api, account, did)
+    assert worker["did"] == did and worker["address"] == account.address
+    assert worker["claims"]["job_classes"] == ["ffmpeg_hls"]
+    assert worker["verified"] == {} and worker["routable_for"] == []    # claims are not facts
+    assert worker["heartbeat_fresh"] is False
+    assert did in {w["did"] for w in api.workers()}
+    assert api.worker(did)["claims"]["region"] == "eu-west-1"
+
+
+def test_heartbeats_make_a_worker_fresh(api):
+    account, did = identity()
+    register(api, account, did)
+    body = {"did": did, "health": {"cpu_free": 0.7, "queue_depth": 1,
+                                   "versions": {"ffmpeg": "9.0"}}}
+    beat = api.heartbeat(did, body, sign_request(account, action="heartbeat", did=did,
+                                                 body=body, chain_id=CHAIN))
+    assert beat["heartbeat_fresh"] is True and beat["health"]["queue_depth"] == 1
+
+
+def test_forged_replayed_unsigned_and_foreign_requests_are_refused(api):
+    account, did = identity()
+    mallory, _ = identity()
+    body = {"did": did, "claims": CLAIMS}
+    with pytest.raises(ApiError) as forged:                  # another key claims the did
+        api.register_worker(body, _forge(mallory, did, body))
+    assert (forged.value.status, forged.value.reason) == (403, "wrong_signer")
+    with pytest.raises(ApiError) as unsigned:
+        api.register_worker(body, {})
+    assert (unsigned.value.status, unsigned.value.reason) == (401, "missing_signature")
+    headers = sign_request(account, action="register", did=did, body=body, chain_id=CHAIN)
+    api.register_worker(body, headers)
+    with pytest.raises(ApiError) as replayed:
+        api.register_worker(body, headers)
+    assert (replayed.value.status, replayed.value.reason) == (401, "replayed_nonce")
+    with pytest.raises(ApiError) as expired:
+        api.register_worker(body, sign_request(account, action="register", did=did, body=body,
+                                               chain_id=CHAIN, expiry=1_000_000_000))
+    assert (expired.value.status, expired.value.reason) == (401, "expired")
+    # Worker A cannot beat for worker B.
+    other, other_did = identity()
+    register(api, other, other_did)
+    beat = {"did": other_did, "health": {}}
+    with pytest.raises(ApiError) as foreign:
+        api.heartbeat(other_did, beat, _forge(account, other_did, beat, action="heartbeat"))
+    assert (foreign.value.status, foreign.value.reason) == (403, "wrong_signer")
+
+
+def test_a_second_registration_and_bad_claims_are_refused(api):
+    account, did = identity()
+    register(api, account, did)
+    with pytest.raises(ApiError) as again:
+        register(api, account, did)
+    assert (again.value.status, again.value.reason) == (409, "worker_exists")
+    fresh, fresh_did = identity()
+    with pytest.raises(ApiError) as bad:
+        register(api, fresh, fresh_did, claims={**CLAIMS, "region": "mars"})
+    assert (bad.value.status, bad.value.reason) == (400, "invalid_claims")
+
+
+def _forge(account, did, body, action="register"):
+    """Headers signed by `account` while naming someone else's did."""
+    from chalicelib import signing
+    own = did_for(account.address, CHAIN)
+    headers = sign_request(account, action=action, did=own, body=body, chain_id=CHAIN)
+    # Re-sign the typed data for the victim's did with the wrong key.
+    typed = signing.request_typed_data(action=action, did=did, body=body, chain_id=CHAIN,
+                                       nonce=int(headers[signing.NONCE_HEADER]),
+                                       expiry=int(headers[signing.EXPIRY_HEADER]))
+    signature = Account.sign_typed_data(account.key, full_message=typed).signature
+    return {**headers, signing.DID_HEADER: did, signing.SIGNATURE_HEADER: "0x" + signature.hex()}
