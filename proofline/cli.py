@@ -186,12 +186,26 @@ def jobs_show(ctx, job_id, as_json):
                     "payment_policy", "correlation_id", "created_at", "updated_at"):
             table.add_row(f"[dim]{key}[/dim]", _state(str(job.get(key))) if key == "state"
                           else str(job.get(key) if job.get(key) is not None else "—"))
-        table.add_row("[dim]input[/dim]", f"{job['manifest']['input_uri']}\n{job['manifest'].get('input_hash') or ''}")
+        manifest = job["manifest"]
+        source = manifest.get("input_uri") or (f"{len(manifest['texts'])} inline texts"
+                                               if manifest.get("texts") else "inline prompt")
+        table.add_row("[dim]input[/dim]", f"{source}\n{manifest.get('input_hash') or ''}")
         for out in job["outputs"]:
             table.add_row("[dim]output[/dim]", f"{out['uri']}\n{out['sha256']} ({out['size_bytes']} B)")
         for a in job.get("attempts", []):
             table.add_row(f"[dim]attempt {a['number']}[/dim]",
                           f"{a['state']} on {a['worker']}" + (f" ({a['reason']})" if a.get("reason") else ""))
+        if job.get("progress"):
+            done = job["progress"]
+            table.add_row("[dim]tasks[/dim]", f"{done['passed']}/{done['total']} passed, "
+                          f"{done['failed']} failed")
+        if job.get("metrics"):
+            table.add_row("[dim]metrics[/dim]", " ".join(f"{k}={v}" for k, v in job["metrics"].items()))
+        stats = job.get("class_stats") or {}
+        if stats.get("validation_failure_rate") is not None or stats.get("retry_rate") is not None:
+            table.add_row(f"[dim]{job['kind']}[/dim]",
+                          f"validation failure rate {stats.get('validation_failure_rate')}, "
+                          f"retry rate {stats.get('retry_rate')}")
         console.print(table)
     _emit(_api(ctx).job(job_id), as_json, render)
 
@@ -262,64 +276,6 @@ def _state(state: str) -> str:
 
 
 # -- settlement ----------------------------------------------------------------------------
-@main.group()
-def settle():
-    """Escrow settlement."""
-
-
-@settle.command("reconcile")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def settle_reconcile(ctx, as_json):
-    """Compare every escrow job with the chain; exit 1 when anything drifted."""
-    rows = _api(ctx).settlement_drift()
-
-    def render(drift):
-        if not drift:
-            console.print("[green]no drift[/green]: every escrow job matches the chain")
-            return
-        table = Table("job", "job state", "chain state", "drift", "repair")
-        for row in drift:
-            table.add_row(row["job_id"], row["job_state"], row["chain_state"], row["kind"],
-                          row["repair"] or "manual")
-        console.print(table)
-    _emit(rows, as_json, render)
-    sys.exit(1 if rows else 0)
-
-
-@settle.command("dispute")
-@click.argument("job_id")
-@click.pass_context
-def settle_dispute(ctx, job_id):
-    """Contest a verified result while its dispute window is open (client key)."""
-    job = _api(ctx).job(job_id)
-    if not job.get("escrow"):
-        raise click.ClickException(f"job {job_id} has no escrow")
-    w3, client = _signer("PROOFLINE_CLIENT_KEY", "client")
-    receipt = _escrow_call(lambda escrow: escrow.send(
-        client, "openDispute", bytes.fromhex(job["escrow"]["job_key"][2:])), w3, job["escrow"])
-    console.print(f"dispute opened on {job_id} in tx {receipt.tx_hash}; the payment waits "
-                  "for the arbiter")
-
-
-@settle.command("resolve")
-@click.argument("job_id")
-@click.option("--worker-share-bps", type=click.IntRange(0, 10_000), required=True,
-              help="Basis points of the escrow paid to the worker; the client gets the rest.")
-@click.pass_context
-def settle_resolve(ctx, job_id, worker_share_bps):
-    """Settle a disputed job on chain (arbiter key)."""
-    job = _api(ctx).job(job_id)
-    if not job.get("escrow"):
-        raise click.ClickException(f"job {job_id} has no escrow")
-    w3, arbiter = _signer("PROOFLINE_ARBITER_KEY", "control")
-    receipt = _escrow_call(lambda escrow: escrow.send(
-        arbiter, "resolveDispute", bytes.fromhex(job["escrow"]["job_key"][2:]),
-        worker_share_bps), w3, job["escrow"])
-    console.print(f"dispute on {job_id} resolved ({worker_share_bps / 100:g}% to the worker) "
-                  f"in tx {receipt.tx_hash}")
-
-
 # -- local stack ---------------------------------------------------------------------------
 @main.group()
 def dev():
@@ -439,10 +395,14 @@ def ops_enable_batch_failures(functions, region):
 from .transcode_cli import transcode  # noqa: E402  (its commands reach back into this module)
 from .infer_cli import infer  # noqa: E402  (its commands reach back into this module)
 from .identity_cli import identity  # noqa: E402
+from .settle_cli import settle  # noqa: E402  (its commands reach back into this module)
+from .workers_cli import workers  # noqa: E402  (its commands reach back into this module)
 
 main.add_command(transcode)
 main.add_command(infer)
 main.add_command(identity)
+main.add_command(settle)
+main.add_command(workers)
 
 
 if __name__ == "__main__":

@@ -98,3 +98,17 @@ def _forge(account, did, body, action="register"):
                                        expiry=int(headers[signing.EXPIRY_HEADER]))
     signature = Account.sign_typed_data(account.key, full_message=typed).signature
     return {**headers, signing.DID_HEADER: did, signing.SIGNATURE_HEADER: "0x" + signature.hex()}
+
+
+def test_the_cli_lists_and_shows_workers(api, stack):
+    import json
+    from click.testing import CliRunner
+    from proofline.cli import main
+    account, did = identity()
+    register(api, account, did)
+    runner = CliRunner()
+    listed = runner.invoke(main, ["--api", stack.info.api_url, "workers", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert did in {w["did"] for w in json.loads(listed.stdout)}
+    shown = runner.invoke(main, ["--api", stack.info.api_url, "workers", "show", did])
+    assert shown.exit_code == 0 and "routable for" in shown.output and "none" in shown.output
