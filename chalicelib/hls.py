@@ -15,6 +15,7 @@ import m3u8
 from pydantic import BaseModel, ConfigDict, Field
 
 from .profiles import AudioEncoder, PlannedRendition, Profile, codecs_string
+from .verification import Verdict
 
 MASTER = "master.m3u8"
 AUDIO_PLAYLIST = "audio/audio.m3u8"
@@ -118,28 +119,8 @@ def _check_uri(uri: str) -> None:
 
 
 # -- checking a package -----------------------------------------------------------------------
-class PackageReport(_Strict):
-    """Same shape as verification.Verdict: named checks, every measured value, first failure."""
-    policy: str = "hls_package"
-    checks: dict[str, bool]
-    measured: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return all(self.checks.values())
-
-    @property
-    def reason(self) -> str | None:
-        failed = [name for name, ok in self.checks.items() if not ok]
-        return f"check_failed:{failed[0]}" if failed else None
-
-    def as_event(self) -> dict:
-        return {"policy": self.policy, "passed": self.passed, "checks": self.checks,
-                "measured": self.measured, "reason": self.reason}
-
-
 def check_package(files: Mapping[str, bytes], *, expected_duration_s: float, tolerance_s: float,
-                  expected_segments: int | None = None) -> PackageReport:
+                  expected_segments: int | None = None) -> Verdict:
     """Check a package (relative path -> bytes) is complete and lasts what the source lasts.
 
     The segment count applies to the video renditions only: the audio group is cut by
@@ -151,7 +132,7 @@ def check_package(files: Mapping[str, bytes], *, expected_duration_s: float, tol
     checks["master_present"] = MASTER in files
     checks["master_is_variant"] = master is not None and master.is_variant
     if not checks["master_is_variant"]:
-        return PackageReport(checks=checks, measured=measured)
+        return Verdict("hls_package", checks, measured)
 
     variant_uris = [p.uri for p in master.playlists]
     audio_uris = [m.uri for m in master.media if m.type == "AUDIO" and m.uri]
@@ -197,7 +178,7 @@ def check_package(files: Mapping[str, bytes], *, expected_duration_s: float, tol
     measured["tolerance_s"] = tolerance_s
     checks["duration"] = all(abs(r["duration_s"] - expected_duration_s) <= tolerance_s
                              for r in renditions.values())
-    return PackageReport(checks=checks, measured=measured)
+    return Verdict("hls_package", checks, measured)
 
 
 def _parse(files: Mapping[str, bytes], path: str | None) -> m3u8.M3U8 | None:

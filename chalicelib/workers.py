@@ -7,7 +7,7 @@ through the `by_state` index (state `worker`), so routing never scans.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -19,7 +19,6 @@ from .models import Did
 from .store import stamp
 
 WORKER_STATE = "worker"
-CHALLENGE_VALID_FOR = timedelta(days=7)
 
 
 class WorkerNotFound(JobNotFound):
@@ -74,7 +73,6 @@ class Worker(BaseModel):
     address: str
     claims: Claims
     verified: dict[str, VerifiedCapability] = Field(default_factory=dict)
-    challenges: dict[str, str] = Field(default_factory=dict)     # class → pending job id
     health: Health | None = None
     last_heartbeat: datetime | None = None
     registered_at: datetime
@@ -166,32 +164,15 @@ def register(store: WorkerStore, did: str, address: str, claims: Claims, *,
 
 
 def heartbeat(store: WorkerStore, did: str, health: Health, *, now: datetime) -> Worker:
-    for _ in range(3):
-        worker = store.get(did)
-        moved = worker.model_copy(update={"health": health, "last_heartbeat": now,
-                                          "updated_at": now, "version": worker.version + 1})
-        try:
-            store.commit(worker, moved)
-            return moved
-        except Conflict:
-            continue
-    raise ProoflineError(f"worker {did} kept changing", reason="worker_busy")
+    return _update(store, did, lambda w: {"health": health, "last_heartbeat": now}, now)
 
 
-def record_challenge(store: WorkerStore, did: str, job_class: str, *, passed: bool,
-                     job_id: str, now: datetime) -> Worker:
-    """A challenge job ended: verified capability on a pass, nothing on a fail (claims stay
-    claims, and the worker stays unroutable for that class)."""
-    for _ in range(3):
+def _update(store: WorkerStore, did: str, change, now: datetime, tries: int = 3) -> Worker:
+    """Apply `change(worker) -> fields` conditionally on the version read; re-read on a race."""
+    for _ in range(tries):
         worker = store.get(did)
-        verified = dict(worker.verified)
-        if passed:
-            verified[job_class] = VerifiedCapability(
-                job_class=job_class, verified_at=now, expires_at=now + CHALLENGE_VALID_FOR,
-                how=f"challenge {job_id} passed validation", challenge_job=job_id)
-        challenges = {k: v for k, v in worker.challenges.items() if k != job_class}
-        moved = worker.model_copy(update={"verified": verified, "challenges": challenges,
-                                          "updated_at": now, "version": worker.version + 1})
+        moved = worker.model_copy(update={**change(worker), "updated_at": now,
+                                          "version": worker.version + 1})
         try:
             store.commit(worker, moved)
             return moved

@@ -19,11 +19,11 @@ from chalicelib import attempts, media, ports
 from chalicelib import transcode as tasks
 from chalicelib.blobs import S3Uri, attempt_key
 from chalicelib.chain import pool_signature
-from chalicelib.errors import InputError
 from chalicelib.models import AttemptResult, Job, Output, State, TaskState
 from chalicelib.ports import Ports
 
 from . import transcode
+from .inputs import fetch_input
 
 WORKER = "pool:media"
 logger = Logger(service="proofline-media")
@@ -33,11 +33,7 @@ def probe_input(p: Ports, job: Job, workdir: Path) -> AttemptResult:
     started = time.monotonic()
     job_class = p.catalog.job_class(job.kind)
     local = workdir / "input"
-    p.blobs.download(S3Uri.parse(job.input_uri), local, limit=job_class.max_input_bytes)
-    digest = media.sha256_file(local)
-    if job.manifest.input_hash and digest != job.manifest.input_hash:
-        raise InputError(f"input hash is {digest}, the manifest says {job.manifest.input_hash}",
-                         reason="input_hash_mismatch")
+    digest = fetch_input(p, job, local)
     report = media.probe(local).model_dump_json(indent=2).encode()
     name = job_class.output
     target = S3Uri(p.settings.artifacts_bucket, attempt_key(job.job_id, job.attempt, name))

@@ -22,6 +22,7 @@ from chalicelib.verification import Verdict
 
 from . import segments
 from .ffmpeg import decode_check, run_ffmpeg
+from .inputs import fetch_input
 from .measure import measure_segment, ssim_sampled
 
 FFMPEG_TIMEOUT_S = 240
@@ -34,13 +35,8 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
     segments (stream copy, or a mezzanine re-encode first), and record one task per segment
     × rendition plus one for the audio track."""
     profile = profiles.get_profile(job.profile or job.manifest.profile)
-    job_class = p.catalog.job_class(job.kind)
     source = workdir / "source"
-    p.blobs.download(S3Uri.parse(job.input_uri), source, limit=job_class.max_input_bytes)
-    digest = media.sha256_file(source)
-    if job.manifest.input_hash and digest != job.manifest.input_hash:
-        raise InputError(f"input hash is {digest}, the manifest says {job.manifest.input_hash}",
-                         reason="input_hash_mismatch")
+    digest = fetch_input(p, job, source)
     info = segments.inspect_source(source)
     profiles.check_source(profile, duration_s=info.duration_s, source_width=info.width,
                           source_height=info.height, rotation=info.rotation)

@@ -2,6 +2,9 @@
 started once per session in-process, and small generated media."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,6 +53,17 @@ def media_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clip(media_dir) -> Path:
     return clips.make_clip(media_dir / "clip.mp4", seconds=1.0, width=160, height=120)
+
+
+def run_cli(cwd: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """The `proofline` CLI as a user runs it, in `cwd`, finding its stack by itself."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "PROOFLINE_"))}
+    result = subprocess.run([sys.executable, "-m", "proofline.cli", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=180)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
 
 
 def wait_for(api: Api, job_id: str, states=TERMINAL, timeout: float = 60) -> dict:

@@ -1,26 +1,14 @@
 """The `proofline` CLI as a user runs it: its own stack in a fresh directory, then submit,
 watch, inspect and stop it."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli as run
 from proofline import clips
 
 pytestmark = pytest.mark.stack
-
-
-def run(cwd: Path, *args, check=True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "PROOFLINE_"))}          # only what the CLI finds itself
-    result = subprocess.run([sys.executable, "-m", "proofline.cli", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=180)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")

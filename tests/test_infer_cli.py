@@ -1,13 +1,12 @@
 """`proofline infer` as a user runs it: embed a JSONL file and generate from a prompt on a
 stack of the test's own, and get results that a re-execution checked before they counted."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import run_cli as run
 
 pytestmark = pytest.mark.stack
 
@@ -15,16 +14,6 @@ pytestmark = pytest.mark.stack
 SENTENCES = ["A cat sits on the mat.", "A kitten is resting on a rug.",
              "The dog sleeps on the sofa.", "The central bank raised interest rates.",
              "Stock markets fell sharply today.", "Investors sold shares after the report."]
-
-
-def run(cwd: Path, *args, check=True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "PROOFLINE_"))}          # only what the CLI finds itself
-    result = subprocess.run([sys.executable, "-m", "proofline.cli", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=180)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")

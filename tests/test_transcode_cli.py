@@ -1,9 +1,7 @@
 """`proofline transcode` as a user runs it: quote a local file, then transcode it on a stack of
 the test's own and get a playable, hash-checked HLS package on disk."""
 import json
-import os
 import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import imageio_ffmpeg
 import m3u8
 import pytest
 
+from conftest import run_cli as run
 from proofline import clips
 
 pytestmark = pytest.mark.stack
@@ -18,16 +17,6 @@ pytestmark = pytest.mark.stack
 # Shared by the submissions that expect the same job (same manifest too, or the API refuses
 # the key), so each test passes on its own and whichever runs second downloads the first's job.
 SAME_JOB = "transcode-cli-source"
-
-
-def run(cwd: Path, *args, check=True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "PROOFLINE_"))}          # only what the CLI finds itself
-    result = subprocess.run([sys.executable, "-m", "proofline.cli", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=180)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
