@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import threading
 import time
 import traceback
@@ -74,6 +75,15 @@ def scheduled_event(rule: str, region: str) -> dict:
 def load(consumer: str):
     module, _, name = consumer.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def share_cpus(workers: int) -> None:
+    """Give each worker process its share of the host's cores, as each container Lambda has
+    its own vCPUs: math libraries (torch, BLAS) otherwise start a thread per core in every
+    process, and the processes spin against each other."""
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
 
 
 def invoke(consumer: str, event: dict, timeout_s: float) -> tuple[Any, dict[str, int]]:
@@ -192,7 +202,9 @@ class EventPump:
     def _executor(self) -> ProcessPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(self._pool_workers, mp_context=get_context("spawn"))
+                self._pool = ProcessPoolExecutor(self._pool_workers, mp_context=get_context("spawn"),
+                                                 initializer=share_cpus,
+                                                 initargs=(self._pool_workers,))
             return self._pool
 
     # -- schedules --------------------------------------------------------------------------
