@@ -336,7 +336,7 @@ def _overdue(job: Job, now: datetime) -> bool:
 
 def assign(job: Job, job_class: JobClass, at: datetime) -> tuple[Job, Attempt, Event]:
     """Route the job and open its next attempt."""
-    assignment = route(job_class)
+    assignment = route(job_class, job, now=at.timestamp())
     number = job.attempt + 1
     moved, event = states.transition(job, State.ASSIGNED, at=at,
                                      data={"attempt": number, **assignment.as_event()},

@@ -210,6 +210,32 @@ def jobs_show(ctx, job_id, as_json):
     _emit(_api(ctx).job(job_id), as_json, render)
 
 
+@jobs.command("explain")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs_explain(ctx, job_id, as_json):
+    """Why each attempt went to the worker it went to, and why the others did not."""
+    rankings = [{"attempt": e["data"].get("attempt"), **e["data"]["ranking"]}
+                for e in _api(ctx).events(job_id)["events"]
+                if e["type"] == "job.assigned" and "ranking" in e["data"]]
+
+    def render(rows):
+        if not rows:
+            console.print(f"job {job_id} has not been assigned yet")
+        for row in rows:
+            console.print(f"[bold]attempt {row['attempt']}[/bold]: {row['reason']}")
+            table = Table("worker", "score", "price", "factors")
+            for ranked in row["ranked"]:
+                table.add_row(ranked["worker"], f"{ranked['score']:.3f}", ranked["price"],
+                              " ".join(f"{k}={v}" for k, v in ranked["factors"].items()))
+            console.print(table)
+            for why, seen in row["excluded"].items():
+                console.print(f"  not considered, {why}: {seen['count']} "
+                              f"(e.g. {', '.join(seen['first'])})")
+    _emit(rankings, as_json, render)
+
+
 @jobs.command("events")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True)

@@ -53,7 +53,7 @@ def test_every_decision_is_on_the_timeline_with_the_correlation_id(api, uploaded
     events = {e["type"]: e for e in api.events(job["job_id"])["events"]}
     assert {e["correlation_id"] for e in events.values()} == {correlation}
     routing = events["job.assigned"]["data"]
-    assert routing["worker"] == "pool:media" and routing["candidates"][0]["score"] > 0
+    assert routing["worker"] == "pool:media" and routing["ranking"]["ranked"][0]["score"] > 0
     verdict = events["validation.passed"]["data"]
     assert all(verdict["checks"].values()) and verdict["measured"]["sha256"] == job["outputs"][0]["sha256"]
 

@@ -154,11 +154,15 @@ def test_retry_from_verifying():
 
 
 # -- routing ---------------------------------------------------------------------------------
-def test_route_media_probe():
-    a = route(MEDIA)
+def test_route_media_probe_ranks_the_pool_with_every_factor():
+    job, _ = new_job(Manifest(kind="media_probe", input_uri="s3://bucket/clip.mp4"),
+                     catalog=CATALOG, job_id="job-route1", source="http",
+                     correlation_id="c", now=NOW)
+    a = route(MEDIA, job, now=NOW.timestamp())
     assert (a.worker, a.queue) == ("pool:media", "media")
-    assert "media_probe" in a.reason
-    assert len(a.candidates) == 1
-    assert a.candidates[0]["worker"] == "pool:media"
-    assert isinstance(a.candidates[0]["score"], float) and 0 < a.candidates[0]["score"] <= 1
-    assert a.as_event()["candidates"] == list(a.candidates)
+    assert "pool:media ranked first" in a.reason
+    [ranked] = a.ranking["ranked"]
+    assert ranked["worker"] == "pool:media" and 0 < ranked["score"] <= 1
+    assert {"capability", "reputation", "price", "locality", "timeouts", "warm",
+            "health"} <= set(ranked["factors"])
+    assert a.as_event()["ranking"] == a.ranking and a.ranking["excluded"] == {}

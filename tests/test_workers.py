@@ -112,3 +112,24 @@ def test_the_cli_lists_and_shows_workers(api, stack):
     assert did in {w["did"] for w in json.loads(listed.stdout)}
     shown = runner.invoke(main, ["--api", stack.info.api_url, "workers", "show", did])
     assert shown.exit_code == 0 and "routable for" in shown.output and "none" in shown.output
+
+
+def test_jobs_explain_shows_the_ranking_behind_each_assignment(api, stack, clip):
+    import json
+    import uuid
+    from click.testing import CliRunner
+    from conftest import wait_for
+    from proofline.cli import main
+    slot = api.upload(clip)
+    job, _ = api.submit({"kind": "media_probe", "input_uri": slot["input_uri"]},
+                        idempotency_key=str(uuid.uuid4()))
+    wait_for(api, job["job_id"])
+    runner = CliRunner()
+    explained = runner.invoke(main, ["--api", stack.info.api_url, "jobs", "explain",
+                                     job["job_id"], "--json"])
+    assert explained.exit_code == 0, explained.output
+    [first] = json.loads(explained.stdout)
+    assert first["attempt"] == 1 and first["chosen"] == ["pool:media"]
+    assert first["ranked"][0]["factors"]["capability"] == 1.0
+    human = runner.invoke(main, ["--api", stack.info.api_url, "jobs", "explain", job["job_id"]])
+    assert "pool:media ranked first" in human.stdout
