@@ -40,11 +40,22 @@ def record_plan(ports: Ports, job: Job, plan: TranscodePlan, tasks: list[Task]) 
     ports.tasks.create(tasks)
     stored = ports.tasks.list(job.job_id)
     for task in stored:
-        if task.state == TaskState.ASSIGNED:
-            send_task(ports, task)
+        resume(ports, task)
     if stored and all(t.state == TaskState.PASSED for t in stored):
         request_assembly(ports, moved)
     return moved
+
+
+def resume(ports: Ports, task: Task) -> None:
+    """Drive an unfinished task of a re-planned job (the job's attempt was retried, e.g. by
+    the sweeper): whatever message moved it last may be long gone."""
+    if task.state == TaskState.ASSIGNED:
+        send_task(ports, task)
+    elif task.state == TaskState.RUNNING:        # its worker is gone with the old attempt
+        retry_or_fail(ports, task, reason="lease_lost", event="segment.lost", data={})
+    elif task.state == TaskState.SUBMITTED:      # its check may have been lost
+        ports.queues.send("segments", {"type": "check", "job_id": task.job_id,
+                                       "task_id": task.task_id, "attempt": task.attempt})
 
 
 def send_task(ports: Ports, task: Task) -> None:

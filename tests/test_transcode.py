@@ -366,3 +366,20 @@ def test_a_source_over_the_class_size_limit_fails_before_it_is_downloaded(ports,
     failed = attempts.fail(held, running, 1, refused.value)
     assert (failed.state, failed.reason) == ("failed", "input_too_large")
     assert held.tasks.list(job.job_id) == []
+
+
+def test_a_re_planned_job_drives_tasks_whose_messages_are_gone(ports, api, small, tmp_path):
+    """The sweeper retries a transcode whose attempt went quiet; the new plan finds one
+    task running on a vanished worker and one never dispatched, and finishes both."""
+    from chalicelib import transcode
+    job, tasks = planned_job(ports, api, small, tmp_path)       # no task message was sent
+    stranded = next(t for t in tasks if t.kind == "video")
+    assert transcode.start(ports, job.job_id, stranded.task_id, 1, "pool:media",
+                           redelivered=False)                    # then that worker vanished
+    stored = ports.store.get(job.job_id)
+    assert transcode.record_plan(ports, stored, stored.plan, tasks) is not None
+    final = wait_for(api, job.job_id, timeout=120)
+    assert final["state"] == "settled", timeline(api, job.job_id)
+    assert ports.tasks.get(job.job_id, stranded.task_id).attempt == 2
+    assert all(ports.tasks.get(job.job_id, t.task_id).attempt == 1
+               for t in tasks if t.task_id != stranded.task_id)
