@@ -23,6 +23,7 @@ from pathlib import Path
 import boto3
 
 from chalicelib import aws
+from bench import event_at, settled_at
 from proofline.client import TERMINAL, Api
 from proofline.devstack import DevStack
 
@@ -128,7 +129,7 @@ def _pipeline(stack: DevStack, texts: list[str]) -> dict[str, float]:
     cold = first_completed["cold_start_s"]
     if cold is None:
         raise RuntimeError(f"the first job on a fresh stack reported a warm model: {events}")
-    first_s = (_settled_at(events) - began).total_seconds()
+    first_s = (settled_at(events) - began).total_seconds()
 
     _warm_every_worker(stack, texts[:256])
 
@@ -137,7 +138,7 @@ def _pipeline(stack: DevStack, texts: list[str]) -> dict[str, float]:
         began = datetime.now(timezone.utc)
         job_id = _submit(api, texts[i * 3:i * 3 + 3])
         _wait_settled(api, own, table, [job_id], poll_s=0.01)
-        latencies.append((_settled_at(api.events(job_id)["events"]) - began).total_seconds())
+        latencies.append((settled_at(api.events(job_id)["events"]) - began).total_seconds())
 
     before_calls, before_stats, before_cpu = _calls(stack), Counter(stack.pump.stats), _cpu_s()
     chunks = [texts[i:i + SENTENCES // JOBS] for i in range(0, SENTENCES, SENTENCES // JOBS)]
@@ -152,7 +153,7 @@ def _pipeline(stack: DevStack, texts: list[str]) -> dict[str, float]:
     calls = _calls(stack) - before_calls
     invocations = Counter(stack.pump.stats) - before_stats
     timelines = {job_id: api.events(job_id)["events"] for job_id in ids}
-    wall = (max(_settled_at(e) for e in timelines.values()) - began).total_seconds()
+    wall = (max(settled_at(e) for e in timelines.values()) - began).total_seconds()
     _explain(timelines, began, wall, calls, invocations, cpu)
     return {
         "embed_jobs_sentences_per_s": SENTENCES / wall,
@@ -237,15 +238,15 @@ def _explain(timelines: dict[str, list[dict]], began: datetime, wall: float, cal
              invocations: Counter, cpu: dict[str, float]) -> None:
     """Where the throughput run's time went, from the jobs' own events."""
     def since(event: dict) -> float:
-        return (_at(event) - began).total_seconds()
+        return (event_at(event) - began).total_seconds()
 
     def first(events: list[dict], kind: str) -> dict:
-        return min((e for e in events if e["type"] == kind), key=_at)
+        return min((e for e in events if e["type"] == kind), key=event_at)
 
     completed = [_completed(events) for events in timelines.values()]
     done_at = [since(first(e, "execution.completed")) for e in timelines.values()]
     verified_at = [since(first(e, "validation.passed")) for e in timelines.values()]
-    settled_at = [since(min((x for x in e if x["state"] == "settled"), key=_at))
+    settled_times = [since(min((x for x in e if x["state"] == "settled"), key=event_at))
                   for e in timelines.values()]
     checks = [v - d for v, d in zip(verified_at, done_at)]
     by_service = Counter()
@@ -268,7 +269,7 @@ def _explain(timelines: dict[str, list[dict]], began: datetime, wall: float, cal
     print(f"  execution.completed → validation.passed p50 / max: "
           f"{statistics.median(checks):.2f} / {max(checks):.2f}")
     print(f"  validation.passed first / last: {min(verified_at):.2f} / {max(verified_at):.2f}")
-    print(f"  settled first / last: {min(settled_at):.2f} / {max(settled_at):.2f}")
+    print(f"  settled first / last: {min(settled_times):.2f} / {max(settled_times):.2f}")
     print(f"  pump invocations (all queues): {invocations['invocations']}")
     machine = cpu.pop("machine")
     print(f"  CPU seconds ({os.cpu_count()} cores × {wall:.1f} s = "
@@ -283,15 +284,6 @@ def _explain(timelines: dict[str, list[dict]], began: datetime, wall: float, cal
 def _completed(events: list[dict]) -> dict:
     event = next(e for e in events if e["type"] == "execution.completed")
     return {**event["data"], "_at": event["at"]}
-
-
-def _settled_at(events: list[dict]) -> datetime:
-    return min(_at(e) for e in events if e["state"] == "settled")
-
-
-def _at(event: dict) -> datetime:
-    at = datetime.fromisoformat(event["at"])
-    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from chalicelib.blobs import S3Uri
 from media_worker import segments
 from media_worker.ffmpeg import run_ffmpeg
 from media_worker.measure import measure_segment, ssim_sampled
+from bench import event_at, settled_at
 from proofline import clips
 from proofline.client import TERMINAL, Api
 from proofline.devstack import DevStack
@@ -110,7 +111,7 @@ def _pipeline(stack: DevStack, source: Path, tmp: Path) -> dict[str, float]:
     uploaded_s = time.perf_counter() - started
     job = _wait(api, own["dynamodb"], table, _submit(api, slot))
     events = api.events(job["job_id"])["events"]
-    wall = (_settled_at(events) - started_at).total_seconds()
+    wall = (settled_at(events) - started_at).total_seconds()
 
     direct = _verify_directly(api, own["s3"], job, tmp / "verify")
     return {"transcode_pipeline_wall_s": wall,
@@ -177,7 +178,7 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
                  direct: dict[tuple[str, int], float]) -> dict[str, float]:
     plan = job["plan"]
     durations = {p["index"]: p["duration_s"] for p in plan["segments"]}
-    first = {e["type"]: _at(e) for e in reversed(events) if not e.get("task")}  # earliest wins
+    first = {e["type"]: event_at(e) for e in reversed(events) if not e.get("task")}  # earliest wins
     planned_at = first["segments.planned"]
     by_task: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for e in events:
@@ -191,22 +192,22 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
     for seen in by_task.values():
         start, submitted = seen["segment.started"][0], seen["segment.submitted"][-1]
         verified = seen["segment.verified"][-1]
-        waits.append((_at(start) - planned_at).total_seconds())
-        encodes.append((_at(submitted) - _at(seen["segment.started"][-1])).total_seconds())
+        waits.append((event_at(start) - planned_at).total_seconds())
+        encodes.append((event_at(submitted) - event_at(seen["segment.started"][-1])).total_seconds())
         # submitted → verified is an upper bound on verification: it also holds the check
         # message's wait behind every encode queued before it on the segments queue.
-        checks.append((_at(verified) - _at(submitted)).total_seconds())
-        spans.append((_at(verified) - _at(start)).total_seconds())
+        checks.append((event_at(verified) - event_at(submitted)).total_seconds())
+        spans.append((event_at(verified) - event_at(start)).total_seconds())
         rendition, index = verified["data"].get("rendition"), verified["data"]["index"]
         if rendition:                   # the audio task's check is a playlist parse
             media_s += durations[index]
             video_checks_s += checks[-1]
         unqueued.append((encodes[-1] + direct.get((rendition, index), 0.0), verified["task"]))
-    last_verified = max(_at(s["segment.verified"][-1]) for s in by_task.values())
-    first_verified = min(_at(s["segment.verified"][-1]) for s in by_task.values())
-    last_submitted = max(_at(s["segment.submitted"][-1]) for s in by_task.values())
-    first_started = min(_at(s["segment.started"][0]) for s in by_task.values())
-    settled = _settled_at(events)
+    last_verified = max(event_at(s["segment.verified"][-1]) for s in by_task.values())
+    first_verified = min(event_at(s["segment.verified"][-1]) for s in by_task.values())
+    last_submitted = max(event_at(s["segment.submitted"][-1]) for s in by_task.values())
+    first_started = min(event_at(s["segment.started"][0]) for s in by_task.values())
+    settled = settled_at(events)
     package = next(e for e in events if e["type"] == "validation.passed")["data"]
     breakdown = {
         "upload_s": uploaded_s,
@@ -247,15 +248,6 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
         "verify_realtime_factor_with_queueing": round(media_s / video_checks_s, 2),
         "verify_segment_s_p50": round(statistics.median(direct.values()), 3),
     }
-
-
-def _settled_at(events: list[dict]) -> datetime:
-    return min(_at(e) for e in events if e["state"] == "settled")
-
-
-def _at(event: dict) -> datetime:
-    at = datetime.fromisoformat(event["at"])
-    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
 if __name__ == "__main__":

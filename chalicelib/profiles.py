@@ -55,9 +55,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Rendition(_Strict):
-    """One rung: a landscape box `width`x`height` the source is fitted into, and its rates."""
-    name: Annotated[str, Field(pattern=r"^[0-9]{3,4}p$")]
+class _Rung(_Strict):
     width: _Dimension
     height: _Dimension
     video_bitrate_k: _Kbps
@@ -65,6 +63,11 @@ class Rendition(_Strict):
     bufsize_k: _Kbps
     h264_profile: H264Profile
     h264_level: H264Level
+
+
+class Rendition(_Rung):
+    """One rung: a landscape box `width`x`height` the source is fitted into, and its rates."""
+    name: Annotated[str, Field(pattern=r"^[0-9]{3,4}p$")]
 
     @model_validator(mode="after")
     def _consistent(self) -> Rendition:
@@ -77,16 +80,9 @@ class Rendition(_Strict):
         return self
 
 
-class PlannedRendition(_Strict):
+class PlannedRendition(_Rung):
     """A rung as encoded for one source: its real output size, always even."""
     name: Annotated[str, Field(pattern=r"^[0-9]{1,5}p$")]
-    width: _Dimension
-    height: _Dimension
-    video_bitrate_k: _Kbps
-    maxrate_k: _Kbps
-    bufsize_k: _Kbps
-    h264_profile: H264Profile
-    h264_level: H264Level
 
 
 class VideoEncoder(_Strict):

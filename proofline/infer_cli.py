@@ -68,6 +68,19 @@ def infer():
 
 
 # -- embed ----------------------------------------------------------------------------------
+def _waiting_options(command):
+    """The options every `infer` command shares: idempotency, how long to wait, --json."""
+    for option in reversed([
+            click.option("--idempotency-key",
+                         help="Reuse to make retries of this submission safe."),
+            click.option("--timeout", default=600.0, show_default=True,
+                         help="Seconds to wait for the verified result."),
+            click.option("--json", "as_json", is_flag=True,
+                         help="No progress display; one JSON object at the end.")]):
+        command = option(command)
+    return click.pass_context(command)
+
+
 @infer.command("embed")
 @click.option("--input", "source", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -77,12 +90,7 @@ def infer():
 @click.option("--inline/--upload", "inline", default=None,
               help="Send the texts in the manifest, or upload the file (default: inline "
                    f"while the manifest stays under {INLINE_LIMIT_BYTES // 1024} KiB).")
-@click.option("--idempotency-key", help="Reuse to make retries of this submission safe.")
-@click.option("--timeout", default=600.0, show_default=True,
-              help="Seconds to wait for the verified result.")
-@click.option("--json", "as_json", is_flag=True,
-              help="No progress display; one JSON object at the end.")
-@click.pass_context
+@_waiting_options
 def infer_embed(ctx, source, output, inline, idempotency_key, timeout, as_json):
     """Embed a JSONL file of texts into vectors.npy.
 
@@ -208,12 +216,7 @@ def _print_embed(result: dict, output: Path) -> None:
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Generation is greedy with this seed, so the same prompt and seed give "
                    "the same text, which is how the result is re-checked.")
-@click.option("--idempotency-key", help="Reuse to make retries of this submission safe.")
-@click.option("--timeout", default=600.0, show_default=True,
-              help="Seconds to wait for the verified result.")
-@click.option("--json", "as_json", is_flag=True,
-              help="No progress display; one JSON object at the end.")
-@click.pass_context
+@_waiting_options
 def infer_generate(ctx, prompt, max_tokens, seed, idempotency_key, timeout, as_json):
     """Generate text from a prompt, deterministically.
 
