@@ -7,7 +7,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from chalice import Chalice, Rate, Response
 
-from chalicelib import attempts, config, intake, jobs, payments, ports, workers
+from chalicelib import attempts, challenges, config, intake, jobs, leases, payments, ports, workers
 from chalicelib.api import job_document, package_document, upload_slot
 from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.models import AttemptResult, Job, State
@@ -139,7 +139,8 @@ def follow_chain(event):
 @route("/workers", methods=["POST"])
 def register_worker():
     request, p = app.current_request, ports.default()
-    worker = workers.register_signed(p, request.headers, request.json_body or {})
+    worker = challenges.enrol(p, workers.register_signed(p, request.headers,
+                                                         request.json_body or {}))
     return Response(worker.public(p.clock(), p.settings.heartbeat_ttl_s), status_code=201,
                     headers={"Location": f"/workers/{worker.did}"})
 
@@ -160,8 +161,32 @@ def get_worker(did):
 @route("/workers/{did}/heartbeat", methods=["POST"])
 def worker_heartbeat(did):
     request, p = app.current_request, ports.default()
-    worker = workers.heartbeat_signed(p, request.headers, did, request.json_body or {})
+    worker = challenges.enrol(p, workers.heartbeat_signed(p, request.headers, did,
+                                                          request.json_body or {}))
     return worker.public(p.clock(), p.settings.heartbeat_ttl_s)
+
+
+@route("/workers/{did}/lease", methods=["POST"])
+def lease_task(did):
+    """The next task offered to this worker, leased to it (`{"lease": null}` when none)."""
+    request = app.current_request
+    return {"lease": leases.lease(ports.default(), request.headers, did,
+                                  request.json_body or {})}
+
+
+@route("/tasks/{ref}/result", methods=["POST"])
+def task_result(ref):
+    request = app.current_request
+    task = leases.submit_result(ports.default(), request.headers, ref, request.json_body or {})
+    return Response({"task_ref": ref, "state": task.state.value, "attempt": task.attempt},
+                    status_code=202)
+
+
+@route("/tasks/{ref}/release", methods=["POST"])
+def task_release(ref):
+    request = app.current_request
+    task = leases.release(ports.default(), request.headers, ref, request.json_body or {})
+    return {"task_ref": ref, "state": task.state.value if task else None}
 
 
 @route("/settlement/drift")
@@ -183,6 +208,8 @@ def reconcile(event):
 def sweep(event):
     for job_id, action in jobs.sweep(ports.default()):
         logger.info("swept", extra={"job_id": job_id, "action": action})
+    for task, action in leases.sweep(ports.default()):
+        logger.info("swept", extra={"task": task, "action": action})
 
 
 def _batch(event, record_handler):

@@ -84,7 +84,7 @@ def _check_inputs(manifest: Manifest, job_class: JobClass) -> None:
 
 
 def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,
-           correlation_id: str | None = None) -> tuple[Job, bool]:
+           correlation_id: str | None = None, challenge: str | None = None) -> tuple[Job, bool]:
     """Create and route a job in one transaction, then dispatch it. Returns (job, created).
 
     A job id that exists already returns the stored job if it was made from the same
@@ -98,10 +98,13 @@ def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,
                              correlation_id=correlation_id, now=now,
                              escrow=(chain.escrow.w3.eth.chain_id, chain.escrow.address)
                              if chain else None, tokens=ports.settings.payment_tokens)
+    if challenge:
+        job = job.model_copy(update={"challenge": challenge})
     created = Event(job_id=job.job_id, seq=1, type="job.created", at=now, state=job.state,
                     correlation_id=correlation_id,
                     data={"source": source, "kind": job.kind, "input_uri": manifest.input_uri,
-                          "input_hash": manifest.input_hash})
+                          "input_hash": manifest.input_hash,
+                          **({"challenge": challenge} if challenge else {})})
     if job.escrow:      # not routed until the chain shows the escrow funded
         job = job.model_copy(update={"next_deadline": states.next_deadline(job, job.state, now)})
         waiting, event = states.note(job, "payment.authorized", at=now,

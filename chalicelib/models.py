@@ -63,6 +63,7 @@ class Manifest(BaseModel):
     payment_policy: str | None = None
     validation: dict[str, Any] | None = None
     deadline: datetime | None = None
+    runtime_s: float | None = None    # the submitting worker's own report, for reputation
     max_price: Price | None = None
     payment_token: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,16}$")] | None = None
     client_did: Did | None = None
@@ -123,6 +124,7 @@ class Job(BaseModel):
     outputs: list[Output] = Field(default_factory=list)
     escrow: EscrowTerms | None = None
     plan: TranscodePlan | None = None
+    challenge: Did | None = None      # a challenge job proves this worker's claimed class
 
     @property
     def input_uri(self) -> str | None:
@@ -177,7 +179,11 @@ class Task(BaseModel):
     attempt: int = 1
     max_attempts: int
     version: int = 1
-    worker: str | None = None
+    worker: str | None = None         # a pool (`pool:media`) or a marketplace worker's DID
+    tried: list[str] = Field(default_factory=list)   # workers whose attempts did not pass
+    # A marketplace worker must lease an offered task, and keep its lease alive with
+    # heartbeats, by this time; the sweeper moves the task on otherwise.
+    deadline: datetime | None = None
     outputs: list[Output] = Field(default_factory=list)
     reason: str | None = None
     updated_at: datetime

@@ -3,8 +3,9 @@ the candidates the control plane holds, with the ranking and its reasons on the 
 
 The built-in pools are candidates like any other: trusted, verified for the classes they
 serve by construction, always fresh, their models kept loaded, and the policy's fallback.
-Marketplace workers become candidates once challenge jobs verify them and leases can carry
-their work; until then the pool of the job's class is the only candidate.
+Marketplace workers are candidates for the video tasks of transcodes (`route_task`): the
+unit is a megapixel-second of output, which the pool prices at the catalog's compute rate, so
+a verified worker that asks less, and has earned its standing, wins the work.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from .catalog import JobClass
-from .models import Job
+from .models import Job, Task
 from .router import Candidate, JobRequirements, RoutingPolicy, capability, rank
 
 
@@ -29,12 +30,12 @@ class Assignment:
                 "ranking": self.ranking}
 
 
-def pool_candidate(job_class: JobClass, *, now: float) -> Candidate:
+def pool_candidate(job_class: JobClass, *, now: float, price: Decimal = Decimal(0)) -> Candidate:
     tokens = {capability("class", job_class.name)}
     if job_class.model:
         tokens.add(capability("model", job_class.model))
     return Candidate(worker=f"pool:{job_class.pool}", region="pool",
-                     price_per_unit={job_class.name: Decimal(0)}, last_heartbeat=now,
+                     price_per_unit={job_class.name: price}, last_heartbeat=now,
                      verified=frozenset(tokens),
                      warm_models=frozenset({job_class.model}) if job_class.model else frozenset(),
                      gpus_free=1, gpu_memory_free_mb=1 << 20, memory_free_mb=1 << 20,
@@ -47,5 +48,25 @@ def route(job_class: JobClass, job: Job, *, now: float | None = None) -> Assignm
     pool = pool_candidate(job_class, now=now)
     ranking = rank(JobRequirements.of(job_class, job.manifest), [pool],
                    RoutingPolicy(fallback=pool.worker), now=now)
+    return Assignment(worker=ranking.chosen[0], queue=job_class.pool, reason=ranking.reason,
+                      ranking=ranking.as_event())
+
+
+def task_units(job: Job, task: Task) -> Decimal:
+    """Megapixel-seconds of output: what a segment task is priced in."""
+    rendition = next(r for r in job.plan.renditions if r["name"] == task.rendition)
+    return (Decimal(rendition["width"] * rendition["height"]) / Decimal(10**6)
+            * Decimal(repr(task.duration_s)))
+
+
+def route_task(job_class: JobClass, job: Job, task: Task, candidates: list[Candidate], *,
+               pool_price: Decimal, heartbeat_ttl_s: float, now: float) -> Assignment:
+    """Rank the pool and the marketplace workers for one video task. Workers whose attempt
+    at this task already failed are not asked again."""
+    pool = pool_candidate(job_class, now=now, price=pool_price)
+    others = [c for c in candidates if c.worker not in task.tried]
+    policy = RoutingPolicy(fallback=pool.worker, heartbeat_ttl_s=heartbeat_ttl_s)
+    ranking = rank(JobRequirements.of(job_class, job.manifest, units=task_units(job, task)),
+                   [pool, *others], policy, now=now)
     return Assignment(worker=ranking.chosen[0], queue=job_class.pool, reason=ranking.reason,
                       ranking=ranking.as_event())

@@ -2,7 +2,10 @@
 
 `sk = TASK#<id>` holds a task, `EVT#T#<id>#<version>` its timeline entries (the job's
 timeline Query returns them along with the job's own), and `PROGRESS` the count of passed
-tasks. Tasks change with single conditional writes on their own version, never through the
+tasks. A task offered to or leased by a marketplace worker is also in the sparse
+`by_deadline` index (`due_state = task:<state>`), so the sweeper finds lapsed offers and
+leases without scanning, and the worker's partition holds an `OFFER#<job>#<task>` pointer,
+so a lease reads only that worker's offers. Tasks change with single conditional writes on their own version, never through the
 job record: many workers finish segments at once, and none of them contends with the others.
 """
 from __future__ import annotations
@@ -12,11 +15,13 @@ from typing import Iterable
 from botocore.exceptions import ClientError
 
 from .errors import StaleVersion
-from .models import Event, Task
-from .store import _pk
+from .models import Event, Task, TaskState
+from .store import _pk, stamp
 
 TASK_PREFIX = "TASK#"
 PROGRESS_SK = "PROGRESS"
+OFFER_PREFIX = "OFFER#"
+DUE_STATES = tuple(f"task:{s.value}" for s in (TaskState.ASSIGNED, TaskState.RUNNING))
 
 
 class TaskStore:
@@ -73,11 +78,45 @@ class TaskStore:
             ReturnValues="UPDATED_NEW")
         return int(response["Attributes"]["passed"]["N"])
 
+    # -- marketplace offers and leases ------------------------------------------------------
+    def offer(self, task: Task) -> None:
+        """Point the worker's partition at a task offered to it."""
+        self._db.put_item(TableName=self._table, Item={
+            "pk": {"S": _worker_pk(task.worker)}, "sk": {"S": _offer_sk(task)},
+            "job_id": {"S": task.job_id}, "task_id": {"S": task.task_id}})
+
+    def offers(self, did: str, limit: int = 25) -> list[tuple[str, str]]:
+        """(job id, task id) of the tasks offered to `did`, oldest job first."""
+        response = self._db.query(
+            TableName=self._table, ConsistentRead=True, Limit=limit,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": {"S": _worker_pk(did)},
+                                       ":prefix": {"S": OFFER_PREFIX}})
+        return [(i["job_id"]["S"], i["task_id"]["S"]) for i in response["Items"]]
+
+    def withdraw(self, did: str, job_id: str, task_id: str) -> None:
+        self._db.delete_item(TableName=self._table, Key={
+            "pk": {"S": _worker_pk(did)}, "sk": {"S": f"{OFFER_PREFIX}{job_id}#{task_id}"}})
+
+    def lapsed(self, now, limit: int = 100) -> list[Task]:
+        """Offered or leased tasks whose deadline passed (sparse index, no scans)."""
+        tasks = []
+        for due_state in DUE_STATES:
+            response = self._db.query(
+                TableName=self._table, IndexName="by_deadline", Limit=limit,
+                KeyConditionExpression="due_state = :s AND next_deadline <= :now",
+                ExpressionAttributeValues={":s": {"S": due_state}, ":now": {"S": stamp(now)}})
+            tasks += [Task.model_validate_json(i["doc"]["S"]) for i in response["Items"]]
+        return tasks
+
     def _put(self, task: Task, condition: str, values: dict) -> None:
         request = {"TableName": self._table, "ConditionExpression": condition,
                    "Item": {"pk": {"S": _pk(task.job_id)}, "sk": {"S": TASK_PREFIX + task.task_id},
                             "version": {"N": str(task.version)}, "state": {"S": task.state.value},
                             "doc": {"S": task.model_dump_json()}}}
+        if task.deadline and task.state in (TaskState.ASSIGNED, TaskState.RUNNING):
+            request["Item"]["due_state"] = {"S": f"task:{task.state.value}"}
+            request["Item"]["next_deadline"] = {"S": stamp(task.deadline)}
         if values:
             request["ExpressionAttributeValues"] = values
         try:
@@ -86,3 +125,11 @@ class TaskStore:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 raise StaleVersion(f"task {task.task_id} of job {task.job_id} moved") from exc
             raise
+
+
+def _worker_pk(did: str) -> str:
+    return f"WORKER#{did}"
+
+
+def _offer_sk(task: Task) -> str:
+    return f"{OFFER_PREFIX}{task.job_id}#{task.task_id}"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from aws_lambda_powertools import Logger
 
-from . import states
+from datetime import timedelta
+
+from . import profiles, routing, states
 from .errors import StaleVersion
 from .jobs import apply
 from .models import Event, Job, Output, State, Task, TaskState, TranscodePlan
@@ -59,8 +61,62 @@ def resume(ports: Ports, task: Task) -> None:
 
 
 def send_task(ports: Ports, task: Task) -> None:
+    """Hand an assigned task to whoever the router picks: the pool's queue, or an offer the
+    chosen marketplace worker takes with a lease (`leases.py`)."""
+    if task.worker and not _pool(task.worker) and task.deadline:
+        ports.tasks.offer(task)                  # offered already; restore its pointer
+        return
+    job = ports.store.get(task.job_id)
+    worker, data = _route(ports, job, task)
+    if not _pool(worker):
+        deadline = ports.clock() + timedelta(seconds=ports.settings.offer_s)
+        offered = _advance(ports, task, TaskState.ASSIGNED, "segment.offered",
+                           {"attempt": task.attempt, "worker": worker,
+                            "offer_expires_at": deadline.isoformat(), **data},
+                           worker=worker, deadline=deadline)
+        if offered:
+            ports.tasks.offer(offered)
+        return
+    if data and not _advance(ports, task, TaskState.ASSIGNED, "segment.routed",
+                             {"attempt": task.attempt, "worker": worker, **data}):
+        return
     ports.queues.send("segments", {"type": "task", "job_id": task.job_id,
                                    "task_id": task.task_id, "attempt": task.attempt})
+
+
+def _route(ports: Ports, job: Job, task: Task) -> tuple[str, dict]:
+    """(worker, what to record). Marketplace workers take video tasks of jobs without escrow
+    (an escrow pays the one signer of the package, the pool that assembles it); a challenge
+    job's go to the worker it challenges."""
+    job_class = ports.catalog.job_class(job.kind)
+    pool = f"pool:{job_class.pool}"
+    if task.kind != "video" or job.escrow or ports.workers is None:
+        return pool, {}
+    if job.challenge:
+        return job.challenge, {"challenge": True,
+                               "reason": "a challenge job's tasks go to the worker it tests"}
+    now = ports.clock()
+    candidates = ports.workers.candidates(now)
+    if not candidates:
+        return pool, {}
+    assignment = routing.route_task(
+        job_class, job, task, candidates,
+        pool_price=profiles.default_profiles().pricing.compute_per_megapixel_second,
+        heartbeat_ttl_s=ports.settings.heartbeat_ttl_s, now=now.timestamp())
+    return assignment.worker, {"reason": assignment.reason, "ranking": assignment.ranking}
+
+
+def _pool(worker: str) -> bool:
+    return worker.startswith("pool:")
+
+
+def observe(ports: Ports, task: Task, outcome: str) -> None:
+    """What a marketplace worker's attempt came to joins its reputation for the class."""
+    if task.worker and not _pool(task.worker):
+        from .workers import record_outcome
+        kind = ports.store.get(task.job_id).kind
+        record_outcome(ports.workers, task.worker, kind, outcome, now=ports.clock(),
+                       runtime_s=task.runtime_s if outcome == "passed" else None)
 
 
 def request_assembly(ports: Ports, job: Job) -> None:
@@ -79,8 +135,8 @@ def start(ports: Ports, job_id: str, task_id: str, attempt: int, worker: str, *,
     if task.state == TaskState.RUNNING and redelivered:
         retry_or_fail(ports, task, reason="lease_lost", event="segment.lost", data={})
         return None
-    if task.state != TaskState.ASSIGNED:
-        return None
+    if task.state != TaskState.ASSIGNED or (task.worker and not _pool(task.worker)):
+        return None                  # offered to a marketplace worker meanwhile
     running = _advance(ports, task, TaskState.RUNNING, "segment.started",
                        {"attempt": attempt, "worker": worker}, worker=worker)
     return (job, running) if running else None
@@ -89,7 +145,8 @@ def start(ports: Ports, job_id: str, task_id: str, attempt: int, worker: str, *,
 def submit(ports: Ports, task: Task, outputs: list[Output], execution: dict) -> Task | None:
     submitted = _advance(ports, task, TaskState.SUBMITTED, "segment.submitted",
                          {"attempt": task.attempt, **execution,
-                          "outputs": [o.model_dump() for o in outputs]}, outputs=outputs)
+                          "outputs": [o.model_dump() for o in outputs]}, outputs=outputs,
+                         deadline=None, runtime_s=execution.get("wall_s"))
     if submitted:
         ports.queues.send("segments", {"type": "check", "job_id": task.job_id,
                                        "task_id": task.task_id, "attempt": task.attempt})
@@ -105,10 +162,14 @@ def judged(ports: Ports, task: Task, verdict: Verdict, promoted: list[Output]) -
     """Record the verifier's verdict on a submitted task; the last task to pass asks for
     the assembly."""
     if not verdict.passed:
+        observe(ports, task, "validation_failed")
         return retry_or_fail(ports, task, reason=verdict.reason or "validation_failed",
                              event="segment.rejected", data=verdict.as_event())
     passed = _advance(ports, task, TaskState.PASSED, "segment.verified",
-                      {"attempt": task.attempt, **verdict.as_event()}, outputs=promoted)
+                      {"attempt": task.attempt, "worker": task.worker, **verdict.as_event()},
+                      outputs=promoted)
+    if passed:
+        observe(ports, task, "passed")
     if passed and ports.tasks.count_passed(task.job_id) >= _total(ports, task.job_id):
         request_assembly(ports, ports.store.get(task.job_id))
     return passed
@@ -117,14 +178,19 @@ def judged(ports: Ports, task: Task, verdict: Verdict, promoted: list[Output]) -
 def retry_or_fail(ports: Ports, task: Task, *, reason: str, event: str, data: dict) -> Task | None:
     """A new attempt of this task alone (new path, other segments untouched) while attempts
     remain; otherwise the task fails and takes the job with it."""
-    data = {**data, "attempt": task.attempt, "reason": reason}
+    data = {**data, "attempt": task.attempt, "reason": reason, "worker": task.worker}
+    tried = task.tried
+    if task.worker and not _pool(task.worker) and task.worker not in tried:
+        tried = [*tried, task.worker]
     if task.attempt < task.max_attempts:
         retried = _advance(ports, task, TaskState.ASSIGNED, event, data,
-                           attempt=task.attempt + 1, outputs=[], worker=None, reason=reason)
+                           attempt=task.attempt + 1, outputs=[], worker=None, reason=reason,
+                           tried=tried, deadline=None)
         if retried:
             send_task(ports, retried)
         return retried
-    failed = _advance(ports, task, TaskState.FAILED, event, data, reason=reason)
+    failed = _advance(ports, task, TaskState.FAILED, event, data, reason=reason, tried=tried,
+                      deadline=None)
     if failed:
         now = ports.clock()
 
@@ -135,7 +201,10 @@ def retry_or_fail(ports: Ports, task: Task, *, reason: str, event: str, data: di
                                          data={"reason": "segment_failed", "task": task.task_id,
                                                "last": reason, "attempts": task.attempt})
             return moved, [e], []
-        apply(ports, ports.store.get(task.job_id), fail_job)
+        job = apply(ports, ports.store.get(task.job_id), fail_job)
+        if job is not None and job.challenge:
+            from . import challenges
+            challenges.settle(ports, job, passed=False, reason=reason, task=task.task_id)
     return failed
 
 
@@ -144,8 +213,13 @@ def complete(ports: Ports, job: Job, output: Output, verdict: Verdict, *,
     """The assembled package was checked: the job passes submitted → verifying → verified
     (and settles at once without escrow; with escrow the settlement handler releases it)."""
     from .attempts import promote_and_record
-    return promote_and_record(ports, job, output, verdict, execution=execution,
-                              signature=signature)
+    moved = promote_and_record(ports, job, output, verdict, execution=execution,
+                               signature=signature)
+    if moved is not None and job.challenge:
+        from . import challenges
+        challenges.settle(ports, moved, passed=verdict.passed,
+                          reason=None if verdict.passed else verdict.reason)
+    return moved
 
 
 def _total(ports: Ports, job_id: str) -> int:

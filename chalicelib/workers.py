@@ -7,15 +7,17 @@ through the `by_state` index (state `worker`), so routing never scans.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import Conflict, JobNotFound, ProoflineError
 from .models import Did
+from .reputation import Outcome, Reputation, record
+from .router import Candidate, Standing, capability
 from .store import stamp
 
 WORKER_STATE = "worker"
@@ -58,6 +60,7 @@ class Health(_Strict):
     queue_depth: Annotated[int, Field(ge=0)] = 0
     versions: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict)
     models_loaded: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list)
+    accepting: bool = True            # False while draining: finish the lease, take no more
 
 
 class VerifiedCapability(BaseModel):
@@ -68,11 +71,22 @@ class VerifiedCapability(BaseModel):
     challenge_job: str | None = None
 
 
+class Challenge(BaseModel):
+    """The latest challenge job of one claimed class, and how it went."""
+    job_id: str | None = None
+    state: Literal["pending", "passed", "failed", "unavailable"]
+    at: datetime
+    reason: str | None = None
+    task: str | None = None           # the task that failed it
+    retryable: bool = False           # failed by absence, not by a wrong output
+
+
 class Worker(BaseModel):
     did: Did
     address: str
     claims: Claims
     verified: dict[str, VerifiedCapability] = Field(default_factory=dict)
+    challenges: dict[str, Challenge] = Field(default_factory=dict)
     health: Health | None = None
     last_heartbeat: datetime | None = None
     registered_at: datetime
@@ -84,18 +98,60 @@ class Worker(BaseModel):
         capability = self.verified.get(job_class)
         return capability is not None and capability.expires_at > now
 
+    def fresh(self, now: datetime, heartbeat_ttl_s: float) -> bool:
+        return bool(self.last_heartbeat
+                    and (now - self.last_heartbeat).total_seconds() <= heartbeat_ttl_s)
+
     def public(self, now: datetime, heartbeat_ttl_s: int) -> dict:
         doc = self.model_dump(mode="json")
         doc["routable_for"] = sorted(c for c in self.verified if self.verified_for(c, now))
-        doc["heartbeat_fresh"] = bool(self.last_heartbeat and (
-            now - self.last_heartbeat).total_seconds() <= heartbeat_ttl_s)
+        doc["heartbeat_fresh"] = self.fresh(now, heartbeat_ttl_s)
+        for job_class, stats in doc["reputation"].items():
+            rep = Reputation.from_dict(stats)
+            stats.update(score=round(rep.score_at(now), 4),
+                         completion_rate=rep.completion_rate,
+                         verification_failure_rate=rep.verification_failure_rate,
+                         timeout_rate=rep.timeout_rate,
+                         median_runtime_s=rep.median_runtime_s())
         return doc
+
+    def candidate(self, now: datetime) -> Candidate | None:
+        """How the router sees this worker: verified capabilities only, never claims; None
+        while it is draining or has never sent a heartbeat."""
+        if not self.last_heartbeat or (self.health and not self.health.accepting):
+            return None
+        health = self.health or Health()
+        hardware = self.claims.hardware
+        return Candidate(
+            worker=self.did, region=self.claims.region,
+            price_per_unit=dict(self.claims.price_per_unit),
+            last_heartbeat=self.last_heartbeat.timestamp(),
+            verified=frozenset(capability("class", c) for c in self.verified
+                               if self.verified_for(c, now)),
+            claimed=frozenset(capability("class", c) for c in self.claims.job_classes),
+            standing={c: Standing.of(Reputation.from_dict(r), now)
+                      for c, r in self.reputation.items()},
+            warm_models=frozenset(health.models_loaded),
+            gpus_free=1 if hardware.gpu and (health.gpu_free or 0) > 0 else 0,
+            gpu_memory_free_mb=int((hardware.gpu_memory_gb or 0) * (health.gpu_free or 0) * 1024),
+            memory_free_mb=int((health.memory_free_gb or 0) * 1024))
 
 
 class WorkerStore:
+    CANDIDATES_MAX_AGE_S = 2.0        # a planner routes many tasks at once off one read
+
     def __init__(self, client, table: str):
         self._db = client
         self._table = table
+        self._candidates: tuple[float, list[Worker]] | None = None
+
+    def candidates(self, now: datetime) -> list[Candidate]:
+        """The registry as the router sees it, read at most every CANDIDATES_MAX_AGE_S."""
+        import time
+        if self._candidates is None or time.monotonic() - self._candidates[0] > \
+                self.CANDIDATES_MAX_AGE_S:
+            self._candidates = (time.monotonic(), self.list())
+        return [c for w in self._candidates[1] if (c := w.candidate(now)) is not None]
 
     def create(self, worker: Worker) -> None:
         try:
@@ -179,6 +235,36 @@ def _update(store: WorkerStore, did: str, change, now: datetime, tries: int = 3)
         except Conflict:
             continue
     raise ProoflineError(f"worker {did} kept changing", reason="worker_busy")
+
+
+def record_outcome(store: WorkerStore, did: str, job_class: str, outcome: Outcome, *,
+                   now: datetime, runtime_s: float | None = None) -> Worker:
+    """Reputation moves with what the control plane observed of this worker's work."""
+    def change(worker: Worker) -> dict:
+        stats = worker.reputation.get(job_class)
+        before = (Reputation.from_dict(stats) if stats
+                  else Reputation(worker=did, job_class=job_class))
+        after = record(before, outcome, at=now, runtime_s=runtime_s,
+                       hardware=worker.claims.hardware.gpu or worker.claims.hardware.cpu)
+        return {"reputation": {**worker.reputation, job_class: after.to_dict()}}
+    return _update(store, did, change, now)
+
+
+def challenged(store: WorkerStore, did: str, job_class: str, challenge: Challenge, *,
+               now: datetime, ttl_s: int) -> Worker:
+    """Record a challenge's progress; a pass verifies the class until `ttl_s` from now, a
+    failure withdraws any earlier verification of it."""
+    def change(worker: Worker) -> dict:
+        verified = dict(worker.verified)
+        if challenge.state == "passed":
+            verified[job_class] = VerifiedCapability(
+                job_class=job_class, verified_at=now, expires_at=now + timedelta(seconds=ttl_s),
+                how=f"challenge job {challenge.job_id} passed verification",
+                challenge_job=challenge.job_id)
+        elif challenge.state == "failed":
+            verified.pop(job_class, None)
+        return {"verified": verified, "challenges": {**worker.challenges, job_class: challenge}}
+    return _update(store, did, change, now)
 
 
 class DynamoNonceStore:

@@ -78,14 +78,19 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
 # -- one task -----------------------------------------------------------------------------
 def encode_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[list[Path], dict]:
     """Run FFmpeg for one task; returns the files made (named by their package path)."""
-    plan = job.plan
-    profile = profiles.get_profile(plan.profile)
     source = workdir / ("input" + Path(task.input_uri).suffix)
     p.blobs.download(S3Uri.parse(task.input_uri), source, limit=OUTPUT_LIMIT)
+    return encode_segment(job.plan, task, source, workdir / "out")
+
+
+def encode_segment(plan: TranscodePlan, task: Task, source: Path,
+                   out: Path) -> tuple[list[Path], dict]:
+    """The encode itself, from a local copy of the task's input: the pool's Lambda and a
+    marketplace worker's agent (`proofline worker run`) both run exactly this."""
     if media.sha256_file(source) != task.input_hash:
         raise InputError(f"task input {task.input_uri} does not match its hash",
                          reason="input_hash_mismatch")
-    out = workdir / "out"
+    profile = profiles.get_profile(plan.profile)
     if task.kind == "video":
         rendition = _rendition(plan, task.rendition)
         target = out / task.rendition / f"seg_{task.index:05d}.ts"

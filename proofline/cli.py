@@ -405,6 +405,19 @@ def ops():
     """Deployment chores."""
 
 
+@ops.command("seed-challenges")
+def ops_seed_challenges():
+    """Upload the clips that challenge jobs transcode into the stage's artifacts bucket
+    (workers claiming a class without one stay unverified for it)."""
+    import tempfile
+    from chalicelib import config, ports
+    from .clips import seed_challenges
+    with tempfile.TemporaryDirectory() as workdir:
+        written = seed_challenges(ports.default().blobs, config.settings().artifacts_bucket,
+                                  workdir)
+    console.print("\n".join(written) or "every challenge clip is in place")
+
+
 @ops.command("enable-batch-failures")
 @click.argument("functions", nargs=-1, required=True)
 @click.option("--region")
@@ -422,13 +435,14 @@ from .transcode_cli import transcode  # noqa: E402  (its commands reach back int
 from .infer_cli import infer  # noqa: E402  (its commands reach back into this module)
 from .identity_cli import identity  # noqa: E402
 from .settle_cli import settle  # noqa: E402  (its commands reach back into this module)
-from .workers_cli import workers  # noqa: E402  (its commands reach back into this module)
+from .workers_cli import worker, workers  # noqa: E402  (its commands reach back into this module)
 
 main.add_command(transcode)
 main.add_command(infer)
 main.add_command(identity)
 main.add_command(settle)
 main.add_command(workers)
+main.add_command(worker)
 
 
 if __name__ == "__main__":

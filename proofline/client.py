@@ -65,6 +65,18 @@ class Api:
         return self._request("POST", f"/workers/{did}/heartbeat", json=body,
                              headers=signature).json()
 
+    def lease(self, did: str, body: dict, signature: dict[str, str]) -> dict | None:
+        return self._request("POST", f"/workers/{did}/lease", json=body,
+                             headers=signature).json()["lease"]
+
+    def submit_result(self, task_ref: str, body: dict, signature: dict[str, str]) -> dict:
+        return self._request("POST", f"/tasks/{task_ref}/result", json=body,
+                             headers=signature).json()
+
+    def release(self, task_ref: str, body: dict, signature: dict[str, str]) -> dict:
+        return self._request("POST", f"/tasks/{task_ref}/release", json=body,
+                             headers=signature).json()
+
     def workers(self) -> list[dict]:
         return self._request("GET", "/workers").json()["workers"]
 

@@ -139,3 +139,21 @@ def _ffmpeg(args: list[str], path) -> Path:
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg failed ({proc.returncode}): {proc.stderr.strip()}")
     return Path(path)
+
+
+def seed_challenges(blobs, bucket: str, workdir) -> list[str]:
+    """Put the clips challenge jobs transcode (chalicelib.challenges.CHALLENGES) into the
+    artifacts bucket, where they are missing; returns the URIs written."""
+    from pathlib import Path
+    from chalicelib.blobs import S3Uri
+    from chalicelib.challenges import CHALLENGES
+    written = []
+    for job_class, spec in CHALLENGES.items():
+        uri = S3Uri(bucket, spec.key)
+        if blobs.head(uri) is not None:
+            continue
+        clip = make_clip(Path(workdir) / f"{job_class}.mp4", seconds=8.0, width=320,
+                         height=240, audio=False)
+        blobs.upload(uri, clip)
+        written.append(str(uri))
+    return written

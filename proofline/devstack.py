@@ -103,6 +103,8 @@ class DevStack:
             cached.cache_clear()
         aws.reset_clients()
         provision(boto3.session.Session(), config.settings(), visibility_cap=self.visibility_cap)
+        from .clips import seed_challenges
+        seed_challenges(ports.default().blobs, config.settings().artifacts_bucket, self.state_dir)
         app = _load_app()
         self._serve_api(app)
         self.pump = EventPump(config.settings(), pool_workers=self.pool_workers,

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import click
 from rich.table import Table
+
+from .client import ApiError
 
 
 def _cli():
@@ -52,3 +56,60 @@ def workers_show(ctx, did, as_json):
         table.add_row("[dim]reputation[/dim]", json.dumps(w["reputation"]) or "—")
         _cli().console.print(table)
     _cli()._emit(_cli()._api(ctx).worker(did), as_json, render)
+
+
+@click.group()
+def worker():
+    """Run a marketplace worker on this machine."""
+
+
+@worker.command("run")
+@click.option("--classes", required=True,
+              help="Job classes to offer, comma separated (e.g. ffmpeg_hls).")
+@click.option("--price", "prices", multiple=True, required=True, metavar="CLASS=PRICE",
+              help="Price per unit of work for a class (ffmpeg_hls: per megapixel-second "
+                   "of output), e.g. ffmpeg_hls=0.00003. Repeat per class.")
+@click.option("--region", default="us-east-1", show_default=True)
+@click.option("--keystore", type=click.Path(dir_okay=False, path_type=Path),
+              help="Identity keystore (default: ~/.proofline/identity.json).")
+@click.option("--max-jobs", type=click.IntRange(min=1),
+              help="Leave after submitting this many results.")
+@click.option("--heartbeat-every", type=click.FloatRange(min=0.2), default=20.0,
+              show_default=True, help="Seconds between heartbeats (keeps leases alive).")
+@click.option("--poll-every", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds between lease requests while nothing is offered.")
+@click.pass_context
+def worker_run(ctx, classes, prices, region, keystore, max_jobs, heartbeat_every, poll_every):
+    """Register, pass the challenge jobs, then lease, encode and submit signed results until
+    stopped (SIGTERM/Ctrl-C finish the task in hand first) or --max-jobs is reached."""
+    from . import identity as ids
+    from .identity_cli import _passphrase, _run
+    from .worker_agent import Agent
+    opened = _run(lambda: ids.load_identity(keystore, _passphrase(confirm=False)))
+    price_per_unit = {}
+    for item in prices:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise click.BadParameter(f"{item!r} is not CLASS=PRICE", param_hint="--price")
+        price_per_unit[name.strip()] = value.strip()
+    import av
+    claims = {"job_classes": [c.strip() for c in classes.split(",") if c.strip()],
+              "runtimes": {"ffmpeg": "imageio-ffmpeg", "pyav": av.__version__},
+              "codecs": ["h264", "aac"], "region": region, "price_per_unit": price_per_unit,
+              "hardware": {"cpu_cores": os.cpu_count() or 1}}
+    console = _cli().console
+    agent = Agent(api=_cli()._api(ctx), account=opened.account, did=opened.did, claims=claims,
+                  heartbeat_every_s=heartbeat_every, poll_s=poll_every, max_jobs=max_jobs,
+                  log=lambda line: console.print(f"[dim]{_now()}[/dim] {line}"))
+    agent.install_signal_handlers()
+    try:
+        stats = agent.run()
+    except ApiError as error:
+        raise click.ClickException(f"{error.reason}: {error}") from None
+    console.print(f"leased {stats.leased}, submitted {stats.submitted}, "
+                  f"released {stats.released}, errors {stats.errors}")
+
+
+def _now() -> str:
+    import datetime
+    return datetime.datetime.now().strftime("%H:%M:%S")

@@ -1,0 +1,93 @@
+"""Challenge jobs: claims are not facts. A worker that claims a job class is given a real
+job of that class, on a clip the control plane keeps, whose every task is offered to that
+worker alone and verified like any client's work. It passes, and the class is verified for
+`capability_ttl_s`; a task fails, and the class is not (the worker is never routed for it).
+Heartbeats start a fresh challenge when a verification nears its end.
+
+Only classes listed in CHALLENGES can be challenged; a worker claiming another one stays
+unverified for it (`unavailable`), so it is never routed there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from aws_lambda_powertools import Logger
+
+from .blobs import S3Uri
+from .models import Job, Manifest
+from .ports import Ports
+from .workers import Challenge, Worker, challenged
+
+logger = Logger(child=True)
+
+
+@dataclass(frozen=True)
+class ChallengeSpec:
+    key: str                          # in the artifacts bucket; `proofline ops seed-challenges`
+    profile: str | None = None
+
+
+CHALLENGES = {"ffmpeg_hls": ChallengeSpec(key="challenges/ffmpeg_hls.mp4", profile="hls-720p")}
+RECHECK_FRACTION = 0.1                # re-challenge in the last tenth of a verification
+ABSENCE = frozenset({"offer_lapsed", "lease_expired", "lease_released"})
+
+
+def due(worker: Worker, now: datetime, ttl_s: int) -> list[str]:
+    """The claimed classes that need a challenge now: never tried, or verified but close to
+    expiry. A failed or pending challenge is not repeated."""
+    classes = []
+    for job_class in worker.claims.job_classes:
+        last = worker.challenges.get(job_class)
+        verified = worker.verified.get(job_class)
+        if last is None or (last.state == "failed" and last.retryable):
+            classes.append(job_class)
+        elif (last.state == "passed" and verified is not None
+              and (verified.expires_at - now).total_seconds() < ttl_s * RECHECK_FRACTION):
+            classes.append(job_class)
+    return classes
+
+
+def start(ports: Ports, worker: Worker, job_class: str) -> Challenge:
+    from . import jobs
+    now = ports.clock()
+    spec = CHALLENGES.get(job_class)
+    uri = S3Uri(ports.settings.artifacts_bucket, spec.key) if spec else None
+    if uri is None or ports.blobs.head(uri) is None:
+        outcome = Challenge(state="unavailable", at=now,
+                            reason=f"no challenge is kept for {job_class}")
+    else:
+        job_id = f"challenge-{worker.address[2:10].lower()}-{int(now.timestamp() * 1000)}"
+        manifest = Manifest(kind=job_class, input_uri=str(uri), profile=spec.profile,
+                            max_attempts=1, payment_policy="none")
+        job, _ = jobs.accept(ports, manifest, job_id=job_id, source="challenge",
+                             challenge=worker.did)
+        outcome = Challenge(job_id=job.job_id, state="pending", at=now)
+    challenged(ports.workers, worker.did, job_class, outcome, now=now,
+               ttl_s=ports.settings.capability_ttl_s)
+    logger.info("challenge", extra={"worker": worker.did, "job_class": job_class,
+                                    "state": outcome.state, "job_id": outcome.job_id})
+    return outcome
+
+
+def enrol(ports: Ports, worker: Worker) -> Worker:
+    """Start the challenges `worker` is due (on registration, and from heartbeats later);
+    returns the worker as stored after them."""
+    classes = due(worker, ports.clock(), ports.settings.capability_ttl_s)
+    for job_class in classes:
+        start(ports, worker, job_class)
+    return ports.workers.get(worker.did) if classes else worker
+
+
+def settle(ports: Ports, job: Job, *, passed: bool, reason: str | None = None,
+           task: str | None = None) -> None:
+    """A challenge job ended: verify the class, or record why not. A worker that was away
+    (offer or lease lapsed, lease given back) is challenged again at its next heartbeat; one
+    whose output failed verification is not."""
+    if not job.challenge:
+        return
+    outcome = Challenge(job_id=job.job_id, state="passed" if passed else "failed",
+                        at=ports.clock(), reason=reason, task=task,
+                        retryable=not passed and reason in ABSENCE)
+    challenged(ports.workers, job.challenge, job.kind, outcome, now=outcome.at,
+               ttl_s=ports.settings.capability_ttl_s)

@@ -1,0 +1,208 @@
+"""The marketplace worker agent behind `proofline worker run`.
+
+It registers its identity and claims, then loops: heartbeat (a thread, so a long encode
+never lets its lease lapse), lease the next task offered to it, fetch the input through the
+lease's presigned URL, run the same segment-encode code as the pool's container Lambda,
+upload through the presigned PUT URL, and submit a result signed with its key. Challenge
+jobs arrive as ordinary offers: the agent cannot tell them apart and need not.
+
+Stopping (SIGTERM, SIGINT, `--max-jobs` reached): the task in hand is finished and
+submitted, a last heartbeat says `accepting: false` so nothing more is routed to it, and it
+exits. A task it cannot run is released at once rather than left to its lease's end.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from chalicelib.signing import parse_did, sign_request
+
+from .client import Api, ApiError
+
+
+@dataclass
+class AgentStats:
+    leased: int = 0
+    submitted: int = 0
+    released: int = 0
+    errors: int = 0
+
+
+def health(accepting: bool = True, queue_depth: int = 0) -> dict:
+    """What this machine has free, from the standard library alone."""
+    cpus = os.cpu_count() or 1
+    free_pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    disk = shutil.disk_usage(tempfile.gettempdir())
+    import av
+    return {"cpu_free": round(max(0.0, 1 - os.getloadavg()[0] / cpus), 3),
+            "memory_free_gb": round(free_pages * page / 2**30, 2),
+            "disk_free_gb": round(disk.free / 2**30, 2), "queue_depth": queue_depth,
+            "versions": {"pyav": av.__version__, "ffmpeg": _ffmpeg_version()},
+            "accepting": accepting}
+
+
+def _ffmpeg_version() -> str:
+    import subprocess
+    import imageio_ffmpeg
+    try:
+        out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-version"], capture_output=True,
+                             text=True, timeout=10).stdout
+        return out.split()[2] if out.startswith("ffmpeg version") else "unknown"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "unknown"
+
+
+@dataclass
+class Agent:
+    api: Api
+    account: object                   # eth-account LocalAccount
+    did: str
+    claims: dict
+    heartbeat_every_s: float = 20.0
+    poll_s: float = 2.0
+    max_jobs: int | None = None
+    log: Callable[[str], None] = print
+    stats: AgentStats = field(default_factory=AgentStats)
+
+    def __post_init__(self):
+        self.chain_id = parse_did(self.did)[0]
+        self._stop = threading.Event()
+        self._health = health()
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> AgentStats:
+        self.register()
+        beating = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self.heartbeat()
+        beating.start()
+        try:
+            while not self._stop.is_set():
+                if self.max_jobs is not None and self.stats.submitted >= self.max_jobs:
+                    break
+                lease = self.lease()
+                if lease is None:
+                    self._stop.wait(self.poll_s)
+                    continue
+                self.work(lease)
+        finally:
+            self._stop.set()
+            self._safely(lambda: self.heartbeat(accepting=False))
+        return self.stats
+
+    def stop(self, *_) -> None:
+        """Finish the task in hand, then leave (a signal handler)."""
+        if not self._stop.is_set():
+            self.log("stopping: finishing the task in hand, taking no more")
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    # -- calls ---------------------------------------------------------------------------
+    def _signed(self, action: str, body: dict) -> dict[str, str]:
+        return sign_request(self.account, action=action, did=self.did, body=body,
+                            chain_id=self.chain_id)
+
+    def register(self) -> dict:
+        body = {"did": self.did, "claims": self.claims}
+        try:
+            worker = self.api.register_worker(body, self._signed("register", body))
+            self.log(f"registered {self.did}")
+        except ApiError as error:
+            if error.reason != "worker_exists":
+                raise
+            worker = self.api.worker(self.did)
+            self.log(f"registered already: {self.did}")
+        for job_class, challenge in worker.get("challenges", {}).items():
+            self.log(f"challenge for {job_class}: {challenge['state']}"
+                     + (f" ({challenge['job_id']})" if challenge.get("job_id") else ""))
+        return worker
+
+    def heartbeat(self, accepting: bool = True) -> dict:
+        self._health = health(accepting=accepting)
+        body = {"did": self.did, "health": self._health}
+        return self.api.heartbeat(self.did, body, self._signed("heartbeat", body))
+
+    def lease(self) -> dict | None:
+        body = {"did": self.did}
+        try:
+            return self.api.lease(self.did, body, self._signed("lease", body))
+        except (ApiError, requests.RequestException) as error:
+            self.stats.errors += 1
+            self.log(f"lease failed: {error}")
+            return None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_every_s):
+            self._safely(self.heartbeat)
+
+    def _safely(self, call) -> None:
+        try:
+            call()
+        except (ApiError, requests.RequestException) as error:
+            self.stats.errors += 1
+            self.log(f"{getattr(call, '__name__', 'call')} failed: {error}")
+
+    # -- one task ------------------------------------------------------------------------
+    def work(self, lease: dict) -> None:
+        from chalicelib.models import Task, TranscodePlan
+        self.stats.leased += 1
+        ref = lease["task_ref"]
+        self.log(f"leased {ref} (attempt {lease['attempt']}, until {lease['lease_expires_at']})")
+        try:
+            with tempfile.TemporaryDirectory(prefix="proofline-worker-") as tmp:
+                workdir = Path(tmp)
+                source = workdir / ("input" + Path(lease["task"]["input_uri"]).suffix)
+                _download(lease["input"]["url"], source)
+                plan = TranscodePlan.model_validate(lease["plan"])
+                task = Task.model_validate(lease["task"])
+                files, execution = self.encode(plan, task, source, workdir / "out")
+                outputs = [self._upload(slot, workdir / "out" / slot["name"])
+                           for slot in lease["outputs"]]
+        except Exception as error:  # noqa: BLE001 - anything local: give the task back
+            self.stats.errors += 1
+            self.log(f"{ref} failed here ({error!r}); releasing it")
+            body = {"did": self.did, "task_ref": ref, "reason": repr(error)[:200]}
+            self._safely(lambda: self.api.release(ref, body, self._signed("release", body)))
+            self.stats.released += 1
+            return
+        body = {"did": self.did, "task_ref": ref, "attempt": lease["attempt"],
+                "outputs": outputs, "execution": execution}
+        try:
+            self.api.submit_result(ref, body, self._signed("result", body))
+        except ApiError as error:
+            self.stats.errors += 1
+            self.log(f"{ref} result refused: {error.reason}: {error}")
+            return
+        self.stats.submitted += 1
+        self.log(f"submitted {ref}: {outputs[0]['sha256']}")
+
+    def encode(self, plan, task, source: Path, out: Path) -> tuple[list[Path], dict]:
+        from media_worker.transcode import encode_segment
+        return encode_segment(plan, task, source, out)
+
+    def _upload(self, slot: dict, path: Path) -> dict:
+        from chalicelib.media import sha256_file
+        with open(path, "rb") as body:
+            response = requests.put(slot["url"], data=body, timeout=300)
+        response.raise_for_status()
+        return {"name": slot["name"], "sha256": sha256_file(path),
+                "size_bytes": path.stat().st_size}
+
+
+def _download(url: str, target: Path) -> None:
+    with requests.get(url, stream=True, timeout=300) as response:
+        response.raise_for_status()
+        with open(target, "wb") as out:
+            for chunk in response.iter_content(1 << 20):
+                out.write(chunk)

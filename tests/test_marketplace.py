@@ -1,0 +1,247 @@
+"""Marketplace workers on the local stack: challenge jobs before any routing, leases with
+presigned URLs, signed results verified like the pool's, lapsed leases taken back, and
+reputation moved by what happened.
+
+The agents: an honest one (`proofline worker run`, a real process), one that passes its
+challenge and then returns a different video, one killed (SIGKILL) once it holds a client's
+task, and one that cheats on its challenge too.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from chalicelib.signing import did_for, sign_request
+from proofline import clips
+from proofline.client import ApiError
+from proofline.worker_agent import Agent
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.stack
+PASSPHRASE = "correct horse battery staple"
+
+
+def claims(price: str) -> dict:
+    return {"job_classes": ["ffmpeg_hls"], "region": "us-east-1",
+            "price_per_unit": {"ffmpeg_hls": price}, "codecs": ["h264"]}
+
+
+class Cheat(Agent):
+    """Encodes another video of the right shape: behaves on challenges unless `always`."""
+    always = False
+
+    def encode(self, plan, task, source, out):
+        if task.job_id.startswith("challenge-") and not self.always:
+            return super().encode(plan, task, source, out)
+        fake_source = out.parent / "other.mp4"
+        clips.make_clip(fake_source, seconds=task.duration_s + 1, width=320, height=240,
+                        audio=False, seed_pattern="smptebars")
+        task = task.model_copy(update={"input_hash": clips_hash(fake_source)})
+        return super().encode(plan, task, fake_source, out)
+
+
+def clips_hash(path: Path) -> str:
+    from chalicelib.media import sha256_file
+    return sha256_file(path)
+
+
+def keystore(tmp: Path, name: str, chain_id: int) -> tuple[Path, str, Account]:
+    from proofline import identity
+    path = tmp / f"{name}.json"
+    created = identity.create_identity(path, PASSPHRASE, chain_id=chain_id)
+    opened = identity.load_identity(path, PASSPHRASE)
+    return path, created.did, opened.account
+
+
+def agent_process(stack, path: Path, price: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PROOFLINE_"))}
+    env["PROOFLINE_PASSPHRASE"] = PASSPHRASE
+    return subprocess.Popen(
+        [sys.executable, "-m", "proofline.cli", "--api", stack.info.api_url, "worker", "run",
+         "--classes", "ffmpeg_hls", "--price", f"ffmpeg_hls={price}", "--keystore", str(path),
+         "--heartbeat-every", "1", "--poll-every", "0.3"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def in_thread(agent: Agent) -> threading.Thread:
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def challenge_state(api, did: str) -> str | None:
+    try:
+        challenge = api.worker(did).get("challenges", {}).get("ffmpeg_hls")
+    except ApiError:
+        return None
+    return challenge and challenge["state"]
+
+
+def leave(api, account, did) -> None:
+    """Say, as the worker, that it takes no more work (the killed one cannot)."""
+    body = {"did": did, "health": {"accepting": False}}
+    api.heartbeat(did, body, sign_request(account, action="heartbeat", did=did, body=body,
+                                          chain_id=int(did.split(":")[3])))
+
+
+@pytest.fixture(scope="module")
+def market(stack, api, tmp_path_factory):
+    """Four agents, each through its challenge before the module's tests run."""
+    tmp = tmp_path_factory.mktemp("market")
+    chain_id = stack.info.chain_id
+    honest_path, honest_did, honest_account = keystore(tmp, "honest", chain_id)
+    killed_path, killed_did, killed_account = keystore(tmp, "killed", chain_id)
+    honest = agent_process(stack, honest_path, "0.00003")
+    killed = agent_process(stack, killed_path, "0.00002")
+    cheat_account, impostor_account = Account.create(), Account.create()
+    cheat = Cheat(api=api, account=cheat_account, did=did_for(cheat_account.address, chain_id),
+                  claims=claims("0.00001"), heartbeat_every_s=1, poll_s=0.3, log=lambda _: None)
+    impostor = Cheat(api=api, account=impostor_account,
+                     did=did_for(impostor_account.address, chain_id), claims=claims("0.000001"),
+                     heartbeat_every_s=1, poll_s=0.3, log=lambda _: None)
+    impostor.always = True
+    threads = [in_thread(cheat), in_thread(impostor)]
+    agents = {"honest": (honest_did, honest_account), "killed": (killed_did, killed_account),
+              "cheat": (cheat.did, cheat_account), "impostor": (impostor.did, impostor_account)}
+    try:
+        for name in ("honest", "killed", "cheat"):
+            wait_until(lambda: challenge_state(api, agents[name][0]) == "passed", 120,
+                       f"{name}'s challenge to pass")
+        wait_until(lambda: challenge_state(api, impostor.did) == "failed", 120,
+                   "the impostor's challenge to fail")
+        yield type("Market", (), {"agents": agents, "killed": killed, "honest": honest,
+                                  "cheat": cheat, "impostor": impostor})
+    finally:
+        cheat.stop(), impostor.stop()
+        for thread in threads:
+            thread.join(timeout=30)
+        honest.send_signal(signal.SIGTERM)
+        try:
+            honest.wait(timeout=60)
+        finally:
+            honest.kill()
+        if killed.poll() is None:
+            killed.kill()
+        killed.wait()
+        leave(api, killed_account, killed_did)
+
+
+def test_challenges_verify_capabilities_and_a_failed_one_is_never_routed(api, market):
+    honest_did = market.agents["honest"][0]
+    worker = api.worker(honest_did)
+    assert worker["routable_for"] == ["ffmpeg_hls"]
+    verified = worker["verified"]["ffmpeg_hls"]
+    assert verified["challenge_job"] == worker["challenges"]["ffmpeg_hls"]["job_id"]
+    assert api.job(verified["challenge_job"])["state"] == "settled"
+    impostor = api.worker(market.impostor.did)
+    assert impostor["routable_for"] == [] and impostor["verified"] == {}
+    challenge = impostor["challenges"]["ffmpeg_hls"]
+    assert challenge["state"] == "failed" and challenge["retryable"] is False
+    assert challenge["reason"] not in ("offer_lapsed", "lease_expired", "lease_released")
+    assert api.job(challenge["job_id"])["state"] == "failed"
+
+
+def test_a_cheat_and_a_killed_worker_lose_the_task_to_the_honest_one(api, market, media_dir):
+    source = clips.make_gop_clip(media_dir / "market.mp4", seconds=4.0, gop=100, width=320,
+                                 height=240, fps=25)
+    slot = api.upload(source)
+    job, _ = api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
+                         "input_hash": slot["input_hash"], "profile": "hls-720p"},
+                        idempotency_key=str(uuid.uuid4()))
+    job_id = job["job_id"]
+    dids = {name: did for name, (did, _) in market.agents.items()}
+    cheat_before = api.worker(dids["cheat"])["reputation"]["ffmpeg_hls"]["score"]
+
+    def leased_by_killed():
+        return any(e["type"] == "segment.leased" and e["data"].get("worker") == dids["killed"]
+                   for e in api.events(job_id)["events"])
+    wait_until(leased_by_killed, 120, "the killed worker to lease a task")
+    market.killed.send_signal(signal.SIGKILL)               # dies holding the lease
+
+    final = wait_for(api, job_id, timeout=180)
+    events = api.events(job_id)["events"]
+    summary = [(e["type"], e["data"].get("worker"), e["data"].get("reason")) for e in events
+               if e["type"].startswith("segment.")]
+    assert final["state"] == "settled", summary
+    by = lambda kind: {e["data"].get("worker") for e in events if e["type"] == kind}  # noqa: E731
+    assert dids["cheat"] in by("segment.rejected")            # caught by verification
+    assert dids["killed"] in by("segment.lease_expired")      # its lease lapsed
+    assert by("segment.verified") == {dids["honest"]}         # only honest work passed
+    assert dids["impostor"] not in by("segment.offered")      # never routed
+    routed = next(e for e in events if e["type"] == "segment.offered")
+    assert routed["data"]["ranking"]["excluded"]["no_verified_capability"]["count"] >= 1
+
+    cheat = api.worker(dids["cheat"])["reputation"]["ffmpeg_hls"]
+    assert cheat["validation_failures"] >= 1 and cheat["score"] < cheat_before
+    killed = api.worker(dids["killed"])["reputation"]["ffmpeg_hls"]
+    assert killed["timeouts"] >= 1
+    honest = api.worker(dids["honest"])["reputation"]["ffmpeg_hls"]
+    assert honest["completions"] >= 2 and honest["score"] > cheat["score"]
+
+
+def test_a_worker_cannot_lease_or_submit_for_another_and_forged_or_replayed_calls_fail(
+        api, market):
+    honest_did, _ = market.agents["honest"]
+    cheat_did, cheat_account = market.agents["cheat"]
+    chain_id = int(cheat_did.split(":")[3])
+    body = {"did": honest_did}
+    with pytest.raises(ApiError) as foreign:                  # the cheat leases as honest
+        api.lease(honest_did, body, _forge(cheat_account, honest_did, body, chain_id))
+    assert (foreign.value.status, foreign.value.reason) == (403, "wrong_signer")
+
+    honest_task = _a_task_of(api, honest_did)
+    ref = f"{honest_task['job_id']}~{honest_task['task']}"
+    result = {"did": cheat_did, "task_ref": ref, "attempt": 1,
+              "outputs": [{"name": "x", "sha256": "sha256:" + "0" * 64, "size_bytes": 1}]}
+    with pytest.raises(ApiError) as not_yours:
+        api.submit_result(ref, result, sign_request(cheat_account, action="result",
+                                                    did=cheat_did, body=result,
+                                                    chain_id=chain_id))
+    assert (not_yours.value.status, not_yours.value.reason) == (403, "not_your_task")
+
+    beat = {"did": cheat_did, "health": {"accepting": False}}
+    headers = sign_request(cheat_account, action="heartbeat", did=cheat_did, body=beat,
+                           chain_id=chain_id)
+    api.heartbeat(cheat_did, beat, headers)
+    with pytest.raises(ApiError) as replayed:
+        api.heartbeat(cheat_did, beat, headers)
+    assert replayed.value.status == 401 and replayed.value.reason == "replayed_nonce"
+    with pytest.raises(ApiError) as unsigned:
+        api.submit_result(ref, result, {})
+    assert (unsigned.value.status, unsigned.value.reason) == (401, "missing_signature")
+
+
+def _a_task_of(api, did: str) -> dict:
+    challenge = api.worker(did)["challenges"]["ffmpeg_hls"]["job_id"]
+    return next(e for e in api.events(challenge)["events"] if e["type"] == "segment.verified")
+
+
+def _forge(account, did, body, chain_id, action="lease") -> dict:
+    """Headers naming `did`, signed by `account`'s key."""
+    from chalicelib import signing
+    headers = sign_request(account, action=action, did=did_for(account.address, chain_id),
+                           body=body, chain_id=chain_id)
+    typed = signing.request_typed_data(action=action, did=did, body=body, chain_id=chain_id,
+                                       nonce=int(headers[signing.NONCE_HEADER]),
+                                       expiry=int(headers[signing.EXPIRY_HEADER]))
+    signature = Account.sign_typed_data(account.key, full_message=typed).signature
+    return {**headers, signing.DID_HEADER: did, signing.SIGNATURE_HEADER: "0x" + signature.hex()}
