@@ -30,7 +30,7 @@ class ChallengeSpec:
 
 CHALLENGES = {"ffmpeg_hls": ChallengeSpec(key="challenges/ffmpeg_hls.mp4", profile="hls-720p")}
 RECHECK_FRACTION = 0.1                # re-challenge in the last tenth of a verification
-ABSENCE = frozenset({"offer_lapsed", "lease_expired", "lease_released"})
+ABSENCE = frozenset({"offer_lapsed", "lease_expired", "lease_released", "lease_lost"})
 
 
 def due(worker: Worker, now: datetime, ttl_s: int) -> list[str]:
@@ -59,7 +59,7 @@ def start(ports: Ports, worker: Worker, job_class: str) -> Challenge:
     else:
         job_id = f"challenge-{worker.address[2:10].lower()}-{int(now.timestamp() * 1000)}"
         manifest = Manifest(kind=job_class, input_uri=str(uri), profile=spec.profile,
-                            max_attempts=1, payment_policy="none")
+                            payment_policy="none")
         job, _ = jobs.accept(ports, manifest, job_id=job_id, source="challenge",
                              challenge=worker.did)
         outcome = Challenge(job_id=job.job_id, state="pending", at=now)
@@ -83,11 +83,12 @@ def settle(ports: Ports, job: Job, *, passed: bool, reason: str | None = None,
            task: str | None = None) -> None:
     """A challenge job ended: verify the class, or record why not. A worker that was away
     (offer or lease lapsed, lease given back) is challenged again at its next heartbeat; one
-    whose output failed verification is not."""
+    whose output failed verification is not; nor is a challenge that failed before any task
+    of the worker's did (the control plane's fault, not the worker's)."""
     if not job.challenge:
         return
     outcome = Challenge(job_id=job.job_id, state="passed" if passed else "failed",
                         at=ports.clock(), reason=reason, task=task,
-                        retryable=not passed and reason in ABSENCE)
+                        retryable=not passed and (reason in ABSENCE or task is None))
     challenged(ports.workers, job.challenge, job.kind, outcome, now=outcome.at,
                ttl_s=ports.settings.capability_ttl_s)

@@ -192,6 +192,8 @@ def apply(ports: Ports, job: Job, plan: Plan, *, tries: int = 3) -> Job | None:
             continue
         _request_settlement(ports, job, moved)
         _count(ports, moved.kind, events)
+        if moved.challenge and moved.state.terminal and not job.state.terminal:
+            _close_challenge(ports, moved, events)
         return moved
     raise StaleVersion(f"job {job.job_id} kept changing; gave up after {tries} tries")
 
@@ -238,6 +240,14 @@ def _request_settlement(ports: Ports, before: Job, after: Job) -> None:
         ports.queues.send("settlement", {"action": "release", "job_id": after.job_id})
     elif after.state in (State.FAILED, State.CANCELLED) and after.escrow.funded_tx:
         ports.queues.send("settlement", {"action": "refund", "job_id": after.job_id})
+
+
+def _close_challenge(ports: Ports, job: Job, events: list[Event]) -> None:
+    """A challenge job ended: its worker's class is verified, or not, and why."""
+    from . import challenges
+    last = next((e.data for e in reversed(events) if e.state == job.state), {})
+    challenges.settle(ports, job, passed=job.state == State.SETTLED,
+                      reason=last.get("last") or job.reason, task=last.get("task"))
 
 
 def retry_or_fail(job: Job, job_class: JobClass, *, at: datetime, reason: str, event: str,

@@ -63,7 +63,6 @@ class Manifest(BaseModel):
     payment_policy: str | None = None
     validation: dict[str, Any] | None = None
     deadline: datetime | None = None
-    runtime_s: float | None = None    # the submitting worker's own report, for reputation
     max_price: Price | None = None
     payment_token: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,16}$")] | None = None
     client_did: Did | None = None
@@ -114,7 +113,7 @@ class Job(BaseModel):
     max_attempts: int
     attempt: int = 0
     correlation_id: str
-    source: Literal["http", "s3"]
+    source: Literal["http", "s3", "challenge"]
     created_at: datetime
     updated_at: datetime
     timeouts_s: dict[State, int] = Field(default_factory=dict)
@@ -184,6 +183,7 @@ class Task(BaseModel):
     # A marketplace worker must lease an offered task, and keep its lease alive with
     # heartbeats, by this time; the sweeper moves the task on otherwise.
     deadline: datetime | None = None
+    runtime_s: float | None = None    # the submitting worker's own report, for reputation
     outputs: list[Output] = Field(default_factory=list)
     reason: str | None = None
     updated_at: datetime

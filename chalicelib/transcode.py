@@ -53,6 +53,8 @@ def resume(ports: Ports, task: Task) -> None:
     the sweeper): whatever message moved it last may be long gone."""
     if task.state == TaskState.ASSIGNED:
         send_task(ports, task)
+    elif task.state == TaskState.RUNNING and task.worker and not _pool(task.worker):
+        pass                                     # a marketplace lease outlives the attempt
     elif task.state == TaskState.RUNNING:        # its worker is gone with the old attempt
         retry_or_fail(ports, task, reason="lease_lost", event="segment.lost", data={})
     elif task.state == TaskState.SUBMITTED:      # its check may have been lost
@@ -201,10 +203,7 @@ def retry_or_fail(ports: Ports, task: Task, *, reason: str, event: str, data: di
                                          data={"reason": "segment_failed", "task": task.task_id,
                                                "last": reason, "attempts": task.attempt})
             return moved, [e], []
-        job = apply(ports, ports.store.get(task.job_id), fail_job)
-        if job is not None and job.challenge:
-            from . import challenges
-            challenges.settle(ports, job, passed=False, reason=reason, task=task.task_id)
+        apply(ports, ports.store.get(task.job_id), fail_job)
     return failed
 
 
@@ -213,13 +212,8 @@ def complete(ports: Ports, job: Job, output: Output, verdict: Verdict, *,
     """The assembled package was checked: the job passes submitted → verifying → verified
     (and settles at once without escrow; with escrow the settlement handler releases it)."""
     from .attempts import promote_and_record
-    moved = promote_and_record(ports, job, output, verdict, execution=execution,
-                               signature=signature)
-    if moved is not None and job.challenge:
-        from . import challenges
-        challenges.settle(ports, moved, passed=verdict.passed,
-                          reason=None if verdict.passed else verdict.reason)
-    return moved
+    return promote_and_record(ports, job, output, verdict, execution=execution,
+                              signature=signature)
 
 
 def _total(ports: Ports, job_id: str) -> int:

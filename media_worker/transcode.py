@@ -53,15 +53,16 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
         stored.append({"index": piece.index, "start_s": piece.start_s,
                        "duration_s": piece.duration_s, "uri": str(uri), "sha256": piece.sha256})
     now = p.clock()
+    task_attempts = 1 if job.challenge else job.max_attempts   # a challenge has one try
     tasks = [Task(job_id=job.job_id, task_id=f"{r.name}-{s['index']:05d}", kind="video",
                   rendition=r.name, index=s["index"], start_s=s["start_s"],
                   duration_s=s["duration_s"], input_uri=s["uri"], input_hash=s["sha256"],
-                  max_attempts=job.max_attempts, updated_at=now)
+                  max_attempts=task_attempts, updated_at=now)
              for r in planned for s in stored]
     if info.has_audio:
         tasks.append(Task(job_id=job.job_id, task_id="audio", kind="audio",
                           duration_s=info.duration_s, input_uri=job.input_uri,
-                          input_hash=digest, max_attempts=job.max_attempts, updated_at=now))
+                          input_hash=digest, max_attempts=task_attempts, updated_at=now))
     plan = TranscodePlan(
         profile=profile.name, container=profile.container, segment_s=profile.segment_s,
         fps=str(fps), duration_s=round(sum(s["duration_s"] for s in stored), 6),

@@ -4,7 +4,8 @@ reputation moved by what happened.
 
 The agents: an honest one (`proofline worker run`, a real process), one that passes its
 challenge and then returns a different video, one killed (SIGKILL) once it holds a client's
-task, and one that cheats on its challenge too.
+task (it hangs there first, so the kill lands mid-task), and one that cheats on its
+challenge too.
 """
 from __future__ import annotations
 
@@ -72,6 +73,32 @@ def agent_process(stack, path: Path, price: str) -> subprocess.Popen:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+# A worker that passes its challenge, then hangs inside a client's task until it is killed.
+HANGING_AGENT = """
+import sys, time
+from eth_account import Account
+from proofline.client import Api
+from proofline.worker_agent import Agent
+from tests.test_marketplace import claims
+
+class Hanging(Agent):
+    def encode(self, plan, task, source, out):
+        if not task.job_id.startswith("challenge-"):
+            time.sleep(600)
+        return super().encode(plan, task, source, out)
+
+key, did, api = sys.argv[1:4]
+Hanging(api=Api(api), account=Account.from_key(key), did=did, claims=claims("0.00002"),
+        heartbeat_every_s=1, poll_s=0.3).run()
+"""
+
+
+def hanging_process(stack, account, did) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", HANGING_AGENT, "0x" + bytes(account.key).hex(),
+                             did, stack.info.api_url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def in_thread(agent: Agent) -> threading.Thread:
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
@@ -109,9 +136,10 @@ def market(stack, api, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("market")
     chain_id = stack.info.chain_id
     honest_path, honest_did, honest_account = keystore(tmp, "honest", chain_id)
-    killed_path, killed_did, killed_account = keystore(tmp, "killed", chain_id)
+    killed_account = Account.create()
+    killed_did = did_for(killed_account.address, chain_id)
     honest = agent_process(stack, honest_path, "0.00003")
-    killed = agent_process(stack, killed_path, "0.00002")
+    killed = hanging_process(stack, killed_account, killed_did)
     cheat_account, impostor_account = Account.create(), Account.create()
     cheat = Cheat(api=api, account=cheat_account, did=did_for(cheat_account.address, chain_id),
                   claims=claims("0.00001"), heartbeat_every_s=1, poll_s=0.3, log=lambda _: None)
@@ -124,8 +152,14 @@ def market(stack, api, tmp_path_factory):
               "cheat": (cheat.did, cheat_account), "impostor": (impostor.did, impostor_account)}
     try:
         for name in ("honest", "killed", "cheat"):
-            wait_until(lambda: challenge_state(api, agents[name][0]) == "passed", 120,
-                       f"{name}'s challenge to pass")
+            try:
+                wait_until(lambda: challenge_state(api, agents[name][0]) == "passed", 120,
+                           f"{name}'s challenge to pass")
+            except AssertionError:
+                challenge = api.worker(agents[name][0])["challenges"]["ffmpeg_hls"]
+                raise AssertionError(f"{name}: {challenge}: " + str(
+                    [(e["type"], e["data"].get("reason")) for e in
+                     api.events(challenge["job_id"])["events"]])) from None
         wait_until(lambda: challenge_state(api, impostor.did) == "failed", 120,
                    "the impostor's challenge to fail")
         yield type("Market", (), {"agents": agents, "killed": killed, "honest": honest,
@@ -175,7 +209,7 @@ def test_a_cheat_and_a_killed_worker_lose_the_task_to_the_honest_one(api, market
         return any(e["type"] == "segment.leased" and e["data"].get("worker") == dids["killed"]
                    for e in api.events(job_id)["events"])
     wait_until(leased_by_killed, 120, "the killed worker to lease a task")
-    market.killed.send_signal(signal.SIGKILL)               # dies holding the lease
+    market.killed.send_signal(signal.SIGKILL)               # dies mid-task, holding the lease
 
     final = wait_for(api, job_id, timeout=180)
     events = api.events(job_id)["events"]
@@ -184,8 +218,10 @@ def test_a_cheat_and_a_killed_worker_lose_the_task_to_the_honest_one(api, market
     assert final["state"] == "settled", summary
     by = lambda kind: {e["data"].get("worker") for e in events if e["type"] == kind}  # noqa: E731
     assert dids["cheat"] in by("segment.rejected")            # caught by verification
-    assert dids["killed"] in by("segment.lease_expired")      # its lease lapsed
-    assert by("segment.verified") == {dids["honest"]}         # only honest work passed
+    assert dids["killed"] in by("segment.lease_expired"), summary    # its lease lapsed
+    verified = {e["task"]: e["data"]["worker"] for e in events if e["type"] == "segment.verified"}
+    assert verified.pop("audio") == "pool:media"               # the audio track stays home
+    assert set(verified.values()) == {dids["honest"]}          # only honest work passed
     assert dids["impostor"] not in by("segment.offered")      # never routed
     routed = next(e for e in events if e["type"] == "segment.offered")
     assert routed["data"]["ranking"]["excluded"]["no_verified_capability"]["count"] >= 1
