@@ -53,7 +53,7 @@ def resume(ports: Ports, task: Task) -> None:
     the sweeper): whatever message moved it last may be long gone."""
     if task.state == TaskState.ASSIGNED:
         send_task(ports, task)
-    elif task.state == TaskState.RUNNING and task.worker and not _pool(task.worker):
+    elif task.state == TaskState.RUNNING and _marketplace(task.worker):
         pass                                     # a marketplace lease outlives the attempt
     elif task.state == TaskState.RUNNING:        # its worker is gone with the old attempt
         retry_or_fail(ports, task, reason="lease_lost", event="segment.lost", data={})
@@ -65,12 +65,12 @@ def resume(ports: Ports, task: Task) -> None:
 def send_task(ports: Ports, task: Task) -> None:
     """Hand an assigned task to whoever the router picks: the pool's queue, or an offer the
     chosen marketplace worker takes with a lease (`leases.py`)."""
-    if task.worker and not _pool(task.worker) and task.deadline:
+    if _marketplace(task.worker) and task.deadline:
         ports.tasks.offer(task)                  # offered already; restore its pointer
         return
     job = ports.store.get(task.job_id)
     worker, data = _route(ports, job, task)
-    if not _pool(worker):
+    if _marketplace(worker):
         deadline = ports.clock() + timedelta(seconds=ports.settings.offer_s)
         offered = _advance(ports, task, TaskState.ASSIGNED, "segment.offered",
                            {"attempt": task.attempt, "worker": worker,
@@ -108,17 +108,20 @@ def _route(ports: Ports, job: Job, task: Task) -> tuple[str, dict]:
     return assignment.worker, {"reason": assignment.reason, "ranking": assignment.ranking}
 
 
-def _pool(worker: str) -> bool:
-    return worker.startswith("pool:")
+def _marketplace(worker: str | None) -> bool:
+    return bool(worker) and worker.startswith("did:pkh:")
 
 
 def observe(ports: Ports, task: Task, outcome: str) -> None:
     """What a marketplace worker's attempt came to joins its reputation for the class."""
-    if task.worker and not _pool(task.worker):
-        from .workers import record_outcome
+    if _marketplace(task.worker):
+        from .workers import WorkerNotFound, record_outcome
         kind = ports.store.get(task.job_id).kind
-        record_outcome(ports.workers, task.worker, kind, outcome, now=ports.clock(),
-                       runtime_s=task.runtime_s if outcome == "passed" else None)
+        try:
+            record_outcome(ports.workers, task.worker, kind, outcome, now=ports.clock(),
+                           runtime_s=task.runtime_s if outcome == "passed" else None)
+        except WorkerNotFound:
+            logger.warning("outcome of an unregistered worker", extra={"worker": task.worker})
 
 
 def request_assembly(ports: Ports, job: Job) -> None:
@@ -137,7 +140,7 @@ def start(ports: Ports, job_id: str, task_id: str, attempt: int, worker: str, *,
     if task.state == TaskState.RUNNING and redelivered:
         retry_or_fail(ports, task, reason="lease_lost", event="segment.lost", data={})
         return None
-    if task.state != TaskState.ASSIGNED or (task.worker and not _pool(task.worker)):
+    if task.state != TaskState.ASSIGNED or _marketplace(task.worker):
         return None                  # offered to a marketplace worker meanwhile
     running = _advance(ports, task, TaskState.RUNNING, "segment.started",
                        {"attempt": attempt, "worker": worker}, worker=worker)
@@ -182,7 +185,7 @@ def retry_or_fail(ports: Ports, task: Task, *, reason: str, event: str, data: di
     remain; otherwise the task fails and takes the job with it."""
     data = {**data, "attempt": task.attempt, "reason": reason, "worker": task.worker}
     tried = task.tried
-    if task.worker and not _pool(task.worker) and task.worker not in tried:
+    if _marketplace(task.worker) and task.worker not in tried:
         tried = [*tried, task.worker]
     if task.attempt < task.max_attempts:
         retried = _advance(ports, task, TaskState.ASSIGNED, event, data,

@@ -215,16 +215,20 @@ def jobs_show(ctx, job_id, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def jobs_explain(ctx, job_id, as_json):
-    """Why each attempt went to the worker it went to, and why the others did not."""
-    rankings = [{"attempt": e["data"].get("attempt"), **e["data"]["ranking"]}
+    """Why each attempt (and each routed segment task) went to the worker it went to, and
+    why the others did not."""
+    routed = ("job.assigned", "segment.offered", "segment.routed")
+    rankings = [{"attempt": e["data"].get("attempt"), "task": e.get("task"),
+                 **e["data"]["ranking"]}
                 for e in _api(ctx).events(job_id)["events"]
-                if e["type"] == "job.assigned" and "ranking" in e["data"]]
+                if e["type"] in routed and "ranking" in e["data"]]
 
     def render(rows):
         if not rows:
             console.print(f"job {job_id} has not been assigned yet")
         for row in rows:
-            console.print(f"[bold]attempt {row['attempt']}[/bold]: {row['reason']}")
+            what = f"task {row['task']} attempt" if row["task"] else "attempt"
+            console.print(f"[bold]{what} {row['attempt']}[/bold]: {row['reason']}")
             table = Table("worker", "score", "price", "factors")
             for ranked in row["ranked"]:
                 table.add_row(ranked["worker"], f"{ranked['score']:.3f}", ranked["price"],

@@ -50,6 +50,10 @@ def workers_show(ctx, did, as_json):
             table.add_row(f"[dim]verified {name}[/dim]",
                           f"{verified['how']} at {verified['verified_at']}, "
                           f"until {verified['expires_at']}")
+        for name, challenge in w.get("challenges", {}).items():
+            table.add_row(f"[dim]challenge {name}[/dim]",
+                          f"{challenge['state']} {challenge.get('job_id') or ''} "
+                          f"{challenge.get('reason') or ''}".strip())
         table.add_row("[dim]routable for[/dim]", ", ".join(w["routable_for"]) or "none")
         table.add_row("[dim]health[/dim]", json.dumps(w["health"]) if w["health"] else "—")
         table.add_row("[dim]last heartbeat[/dim]", str(w["last_heartbeat"] or "never"))

@@ -9,6 +9,7 @@ challenge too.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -63,14 +64,14 @@ def keystore(tmp: Path, name: str, chain_id: int) -> tuple[Path, str, Account]:
     return path, created.did, opened.account
 
 
-def agent_process(stack, path: Path, price: str) -> subprocess.Popen:
+def agent_process(stack, path: Path, price: str, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PROOFLINE_"))}
     env["PROOFLINE_PASSPHRASE"] = PASSPHRASE
     return subprocess.Popen(
         [sys.executable, "-m", "proofline.cli", "--api", stack.info.api_url, "worker", "run",
          "--classes", "ffmpeg_hls", "--price", f"ffmpeg_hls={price}", "--keystore", str(path),
          "--heartbeat-every", "1", "--poll-every", "0.3"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 # A worker that passes its challenge, then hangs inside a client's task until it is killed.
@@ -97,6 +98,18 @@ def hanging_process(stack, account, did) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", HANGING_AGENT, "0x" + bytes(account.key).hex(),
                              did, stack.info.api_url],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stack_url(api) -> str:
+    return api.base_url
+
+
+def cli(api_url: str, *args) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PROOFLINE_"))}
+    done = subprocess.run([sys.executable, "-m", "proofline.cli", "--api", api_url, *args],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
 
 
 def in_thread(agent: Agent) -> threading.Thread:
@@ -138,7 +151,8 @@ def market(stack, api, tmp_path_factory):
     honest_path, honest_did, honest_account = keystore(tmp, "honest", chain_id)
     killed_account = Account.create()
     killed_did = did_for(killed_account.address, chain_id)
-    honest = agent_process(stack, honest_path, "0.00003")
+    honest_log = tmp / "honest.log"
+    honest = agent_process(stack, honest_path, "0.00003", honest_log)
     killed = hanging_process(stack, killed_account, killed_did)
     cheat_account, impostor_account = Account.create(), Account.create()
     cheat = Cheat(api=api, account=cheat_account, did=did_for(cheat_account.address, chain_id),
@@ -163,16 +177,18 @@ def market(stack, api, tmp_path_factory):
         wait_until(lambda: challenge_state(api, impostor.did) == "failed", 120,
                    "the impostor's challenge to fail")
         yield type("Market", (), {"agents": agents, "killed": killed, "honest": honest,
+                                  "honest_log": honest_log,
                                   "cheat": cheat, "impostor": impostor})
     finally:
         cheat.stop(), impostor.stop()
         for thread in threads:
             thread.join(timeout=30)
-        honest.send_signal(signal.SIGTERM)
-        try:
-            honest.wait(timeout=60)
-        finally:
-            honest.kill()
+        if honest.poll() is None:
+            honest.send_signal(signal.SIGTERM)
+            try:
+                honest.wait(timeout=60)
+            finally:
+                honest.kill()
         if killed.poll() is None:
             killed.kill()
         killed.wait()
@@ -233,6 +249,10 @@ def test_a_cheat_and_a_killed_worker_lose_the_task_to_the_honest_one(api, market
     honest = api.worker(dids["honest"])["reputation"]["ffmpeg_hls"]
     assert honest["completions"] >= 2 and honest["score"] > cheat["score"]
 
+    explained = json.loads(cli(stack_url(api), "jobs", "explain", job_id, "--json").stdout)
+    chosen = [(row["task"], row["worker"]) for row in explained if row["task"]]
+    assert chosen[0][1] == dids["cheat"] and chosen[-1][1] == dids["honest"]
+
 
 def test_a_worker_cannot_lease_or_submit_for_another_and_forged_or_replayed_calls_fail(
         api, market):
@@ -264,6 +284,32 @@ def test_a_worker_cannot_lease_or_submit_for_another_and_forged_or_replayed_call
     with pytest.raises(ApiError) as unsigned:
         api.submit_result(ref, result, {})
     assert (unsigned.value.status, unsigned.value.reason) == (401, "missing_signature")
+
+
+def test_max_jobs_ends_the_agent_by_itself(stack, api, tmp_path):
+    path, did, _ = keystore(tmp_path, "brief", stack.info.chain_id)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PROOFLINE_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "proofline.cli", "--api", stack.info.api_url, "worker", "run",
+         "--classes", "ffmpeg_hls", "--price", "ffmpeg_hls=0.00009", "--keystore", str(path),
+         "--max-jobs", "2", "--heartbeat-every", "1", "--poll-every", "0.3"],
+        env={**env, "PROOFLINE_PASSPHRASE": PASSPHRASE}, capture_output=True, text=True,
+        timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "submitted 2" in done.stdout                        # its challenge's two tasks
+    wait_until(lambda: challenge_state(api, did) == "passed", 60, "its challenge to pass")
+    worker = api.worker(did)
+    assert worker["routable_for"] == ["ffmpeg_hls"]
+    assert worker["health"]["accepting"] is False              # it said it was leaving
+
+
+def test_sigterm_lets_the_agent_leave_cleanly(api, market):
+    market.honest.send_signal(signal.SIGTERM)
+    market.honest.wait(timeout=60)
+    output = market.honest_log.read_text()
+    assert market.honest.returncode == 0, output
+    assert "stopping" in output and "submitted" in output
+    assert api.worker(market.agents["honest"][0])["health"]["accepting"] is False
 
 
 def _a_task_of(api, did: str) -> dict:

@@ -1,0 +1,119 @@
+"""The marketplace's pure parts, without the stack: how a registered worker becomes a router
+candidate, which tasks go to it, and when a challenge is due."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from chalicelib import catalog, challenges, routing
+from chalicelib.errors import InvalidRequest
+from chalicelib.leases import parse_ref
+from chalicelib.models import Job, Manifest, State, Task, TranscodePlan
+from chalicelib.workers import Challenge, Claims, Health, VerifiedCapability, Worker
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+POOL_PRICE = Decimal("0.00005")
+
+
+def worker(n: int, *, price="0.00002", verified=True, beat_s_ago=1.0, accepting=True,
+           **changes) -> Worker:
+    did = f"did:pkh:eip155:31337:0x{n:040x}"
+    return Worker(
+        did=did, address=f"0x{n:040x}",
+        claims=Claims(job_classes=["ffmpeg_hls"], region="us-east-1",
+                      price_per_unit={"ffmpeg_hls": Decimal(price)}),
+        verified={"ffmpeg_hls": VerifiedCapability(
+            job_class="ffmpeg_hls", verified_at=NOW - timedelta(days=1),
+            expires_at=NOW + timedelta(days=6), how="challenge job c-1 passed")}
+        if verified else {},
+        health=Health(accepting=accepting),
+        last_heartbeat=NOW - timedelta(seconds=beat_s_ago), registered_at=NOW,
+        updated_at=NOW, **changes)
+
+
+def job_and_task(**task_changes) -> tuple[Job, Task]:
+    manifest = Manifest(kind="ffmpeg_hls", input_uri="s3://intake/x.mp4", profile="hls-720p")
+    plan = TranscodePlan(profile="hls-720p", container="hls", segment_s=4, fps="25",
+                         duration_s=4.0, renditions=[{"name": "720p", "width": 1280,
+                                                      "height": 720}],
+                         segments=[], has_audio=False, split={}, command_template={})
+    job = Job(job_id="job-1", kind="ffmpeg_hls", state=State.RUNNING, version=3,
+              manifest=manifest, payment_policy="none", max_attempts=3, timeouts_s={},
+              correlation_id="job-1", source="http", created_at=NOW, updated_at=NOW, plan=plan)
+    task = Task(job_id="job-1", task_id="720p-00000", kind="video", rendition="720p",
+                duration_s=4.0, input_uri="s3://artifacts/segments/a.mkv",
+                input_hash="sha256:" + "a" * 64, max_attempts=3, updated_at=NOW, **task_changes)
+    return job, task
+
+
+def route(workers: list[Worker], **task_changes) -> routing.Assignment:
+    job, task = job_and_task(**task_changes)
+    candidates = [c for w in workers if (c := w.candidate(NOW)) is not None]
+    return routing.route_task(catalog.default().job_class("ffmpeg_hls"), job, task, candidates,
+                              pool_price=POOL_PRICE, heartbeat_ttl_s=60,
+                              now=NOW.timestamp())
+
+
+def test_a_verified_worker_cheaper_than_the_pool_wins_the_task():
+    chosen = route([worker(1)])
+    assert chosen.worker == worker(1).did
+    ranked = {r["worker"]: r for r in chosen.ranking["ranked"]}
+    assert set(ranked) == {worker(1).did, "pool:media"}
+    assert Decimal(ranked["pool:media"]["price"]) == POOL_PRICE * Decimal("0.9216") * 4
+
+
+def test_claims_alone_never_win_work_however_cheap():
+    chosen = route([worker(1, verified=False, price="0.0000001")])
+    assert chosen.worker == "pool:media"
+    assert chosen.ranking["excluded"]["no_verified_capability"]["first"] == [worker(1).did]
+
+
+def test_workers_whose_attempt_failed_are_not_asked_again():
+    cheap, dear = worker(1, price="0.00001"), worker(2, price="0.00003")
+    assert route([cheap, dear]).worker == cheap.did
+    assert route([cheap, dear], tried=[cheap.did]).worker == dear.did
+    assert route([cheap, dear], tried=[cheap.did, dear.did]).worker == "pool:media"
+
+
+def test_a_stale_or_draining_worker_gets_nothing():
+    assert route([worker(1, beat_s_ago=120)]).worker == "pool:media"
+    assert worker(1, accepting=False).candidate(NOW) is None
+    assert route([worker(1, accepting=False)]).worker == "pool:media"
+
+
+def test_an_expired_verification_no_longer_counts():
+    lapsed = worker(1)
+    lapsed.verified["ffmpeg_hls"] = lapsed.verified["ffmpeg_hls"].model_copy(
+        update={"expires_at": NOW - timedelta(seconds=1)})
+    assert route([lapsed]).worker == "pool:media"
+
+
+def test_a_challenge_is_due_when_never_tried_retryable_or_near_expiry():
+    ttl = 7 * 86_400
+    fresh = worker(1, verified=False)
+    assert challenges.due(fresh, NOW, ttl) == ["ffmpeg_hls"]
+    failed = worker(1, verified=False, challenges={"ffmpeg_hls": Challenge(
+        state="failed", at=NOW, reason="ssim_too_low", task="720p-00000")})
+    assert challenges.due(failed, NOW, ttl) == []                # a cheat is not asked again
+    away = worker(1, verified=False, challenges={"ffmpeg_hls": Challenge(
+        state="failed", at=NOW, reason="offer_lapsed", retryable=True)})
+    assert challenges.due(away, NOW, ttl) == ["ffmpeg_hls"]
+    passed = worker(1, challenges={"ffmpeg_hls": Challenge(state="passed", at=NOW)})
+    assert challenges.due(passed, NOW, ttl) == []
+    assert challenges.due(passed, NOW + timedelta(days=6, hours=1), ttl) == ["ffmpeg_hls"]
+    pending = worker(1, verified=False, challenges={"ffmpeg_hls": Challenge(
+        state="pending", at=NOW, job_id="c-2")})
+    assert challenges.due(pending, NOW, ttl) == []
+
+
+@pytest.mark.parametrize("ref", ["job-1", "~720p", "job-1~", ""])
+def test_task_references_are_checked(ref):
+    with pytest.raises(InvalidRequest) as refused:
+        parse_ref(ref)
+    assert refused.value.reason == "invalid_task_ref"
+
+
+def test_a_task_reference_splits_at_its_last_tilde():
+    assert parse_ref("job~1~720p-00003") == ("job~1", "720p-00003")
