@@ -182,6 +182,14 @@ def task_result(ref):
                     status_code=202)
 
 
+@route("/jobs/{job_id}/countersign", methods=["POST"])
+def job_countersign(job_id):
+    """An escrow's marketplace payee signs the verified result it is paid for."""
+    request = app.current_request
+    leases.countersign(ports.default(), request.headers, job_id, request.json_body or {})
+    return Response({"job_id": job_id, "countersigned": True}, status_code=202)
+
+
 @route("/tasks/{ref}/release", methods=["POST"])
 def task_release(ref):
     request = app.current_request

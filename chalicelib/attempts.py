@@ -154,7 +154,8 @@ def promote_and_record(ports: Ports, job: Job, output: Output, verdict: Verdict,
     package, already content-addressed): the running job passes submitted → verifying →
     verified, or fails with the verdict's reason; one transaction."""
     worker = job.worker or "unknown"
-    if job.escrow:
+    awaiting_countersign = worker.startswith("did:pkh:") and signature is None
+    if job.escrow and not awaiting_countersign:
         claimed = AttemptResult(job_id=job.job_id, attempt=job.attempt, worker=worker,
                                 output=output, duration_ms=0, signature=signature)
         verdict = _with_signature_check(ports, job, claimed, verdict)
@@ -189,8 +190,11 @@ def promote_and_record(ports: Ports, job: Job, output: Output, verdict: Verdict,
 def _with_signature_check(ports: Ports, job: Job, result: AttemptResult, verdict: Verdict) -> Verdict:
     """An escrow job pays only a result its worker signed, so check it before the chain does."""
     from .chain import domain, result_hash, result_signer
-    expected = (ports.chain.pool_payout.get(job.worker.removeprefix("pool:"))
-                if ports.chain else None)
+    from .payments import payee
+    try:
+        expected = payee(ports, job.worker) if ports.chain and job.worker else None
+    except KeyError:
+        expected = None
     signer = None
     if result.signature:
         try:

@@ -249,8 +249,8 @@ def _nonce_taken(exc: Exception) -> bool:
 def pool_signature(job, output) -> str | None:
     """A built-in pool's signature over an escrow job's result (EIP-712 over the job key and
     the output's hash): what `release` checks. None for jobs without escrow."""
-    if job.escrow is None:
-        return None
+    if job.escrow is None or not (job.worker or "").startswith("pool:"):
+        return None                  # a marketplace payee signs for itself (countersign)
     from .config import secret
     signature = sign_result(Account.from_key(secret("PROOFLINE_POOL_KEY")),
                             domain(job.escrow.chain_id, job.escrow.contract),

@@ -347,9 +347,10 @@ def _overdue(job: Job, now: datetime) -> bool:
     return job.next_deadline is not None and job.next_deadline <= now
 
 
-def assign(job: Job, job_class: JobClass, at: datetime) -> tuple[Job, Attempt, Event]:
+def assign(job: Job, job_class: JobClass, at: datetime,
+           **routing_inputs) -> tuple[Job, Attempt, Event]:
     """Route the job and open its next attempt."""
-    assignment = route(job_class, job, now=at.timestamp())
+    assignment = route(job_class, job, now=at.timestamp(), **routing_inputs)
     number = job.attempt + 1
     moved, event = states.transition(job, State.ASSIGNED, at=at,
                                      data={"attempt": number, **assignment.as_event()},

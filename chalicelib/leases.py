@@ -59,6 +59,11 @@ def lease(ports: Ports, headers, did: str, body: dict) -> dict | None:
     _body_names(body, did)
     did = signed(ports, headers, action="lease", body=body, did=did)
     ports.workers.get(did)                                   # registered, or 404
+    for job_id in ports.tasks.signatures_asked(did):
+        request = _signature_request(ports, did, job_id)
+        if request is not None:
+            return request
+        ports.tasks.signature_given(did, job_id)             # stale: settled or moved on
     for job_id, task_id in ports.tasks.offers(did):
         leased = _take(ports, did, job_id, task_id)
         ports.tasks.withdraw(did, job_id, task_id)
@@ -87,7 +92,8 @@ def document(ports: Ports, job: Job, task: Task) -> dict:
     """What a worker needs to run one task, and nothing of anyone else's."""
     ttl = ports.settings.presign_seconds
     name = output_name(task)
-    return {"task_ref": task_ref(task), "job_id": task.job_id, "task_id": task.task_id,
+    return {"kind": "task", "task_ref": task_ref(task), "job_id": task.job_id,
+            "task_id": task.task_id,
             "attempt": task.attempt, "kind": task.kind, "lease_expires_at": task.deadline.isoformat(),
             "task": task.model_dump(mode="json", include={
                 "job_id", "task_id", "kind", "rendition", "index", "start_s", "duration_s",
@@ -97,6 +103,72 @@ def document(ports: Ports, job: Job, task: Task) -> dict:
                       "sha256": task.input_hash},
             "outputs": [{"name": name,
                          "url": ports.blobs.presign_put(output_uri(ports, task, name), ttl)}]}
+
+
+# -- countersignature: an escrow's payee signs the verified package ------------------------------
+def _signature_request(ports: Ports, did: str, job_id: str) -> dict | None:
+    from .chain import domain
+    from .settlement import ReleaseBlocked, release_evidence
+    view = ports.store.view(job_id)
+    job = view.job
+    if job.worker != did or job.escrow is None or job.state.value != "verified":
+        return None
+    try:
+        hashes = release_evidence(job, view.events)
+    except ReleaseBlocked:
+        return None
+    from .chain import result_hash
+    mine = sorted({o.sha256 for t in view.tasks if t.worker == did for o in t.outputs})
+    return {"kind": "countersign", "job_id": job_id, "job_key": job.escrow.job_key,
+            "outputs": hashes, "result_hash": "0x" + result_hash(hashes).hex(),
+            "domain": domain(job.escrow.chain_id, job.escrow.contract),
+            "your_segments": mine,
+            "package_url": ports.blobs.presign_get(S3Uri.parse(job.outputs[0].uri),
+                                                   ports.settings.presign_seconds)}
+
+
+def countersign(ports: Ports, headers, job_id: str, body: dict) -> None:
+    """The payee's EIP-712 signature over (job key, result hash): checked here as the
+    contract will check it, kept on the job's attempt, and the release sent again."""
+    from .chain import domain, result_hash, result_signer
+    from .models import State
+    from .settlement import release_evidence
+    from .signing import address_of
+    did = body.get("did") if isinstance(body, dict) else None
+    if not isinstance(did, str) or body.get("job_id") != job_id:
+        raise InvalidRequest("a countersignature names its did and job_id", reason="did_mismatch")
+    did = signed(ports, headers, action="countersign", body=body, did=did)
+    view = ports.store.view(job_id)
+    job = view.job
+    if job.worker != did:
+        raise Forbidden(f"job {job_id} does not pay {did}", reason="not_your_job")
+    if job.state != State.VERIFIED or job.escrow is None:
+        raise Conflict(f"job {job_id} is {job.state.value}; nothing to countersign",
+                       reason="not_awaiting_signature")
+    expected = result_hash(release_evidence(job, view.events))
+    try:
+        signature = bytes.fromhex(str(body.get("signature", "")).removeprefix("0x"))
+        signer = result_signer(domain(job.escrow.chain_id, job.escrow.contract),
+                               bytes.fromhex(job.escrow.job_key[2:]), expected, signature)
+    except (ValueError, TypeError):
+        signer = None
+    if signer != address_of(did):
+        raise InvalidRequest("the signature is not the payee's over this job's result hash "
+                             f"(0x{expected.hex()})", reason="bad_result_signature")
+    attempt = next(a for a in view.attempts if a.number == job.attempt)
+    now = ports.clock()
+
+    def plan(j):
+        if j.state != State.VERIFIED:
+            return None
+        from . import states
+        noted, event = states.note(j, "result.countersigned", at=now, data={
+            "worker": did, "result_hash": "0x" + expected.hex()})
+        return noted, [event], [attempt.model_copy(update={"signature": "0x" + signature.hex()})]
+    from .jobs import apply
+    apply(ports, job, plan)
+    ports.tasks.signature_given(did, job_id)
+    ports.queues.send("settlement", {"action": "release", "job_id": job_id})
 
 
 # -- result -----------------------------------------------------------------------------------
@@ -207,7 +279,7 @@ def _lapse(ports: Ports, task: Task, now: datetime) -> str | None:
     if task.state == TaskState.ASSIGNED:
         ports.tasks.withdraw(task.worker, task.job_id, task.task_id)
         transcode.observe(ports, task, "lost")
-        if ports.store.get(task.job_id).challenge:     # a challenge goes to its worker only
+        if transcode.pinned(ports.store.get(task.job_id)):    # only that worker may do it
             moved = transcode.retry_or_fail(ports, task, reason="offer_lapsed",
                                             event="segment.offer_lapsed", data={})
             return "offer_lapsed" if moved else None

@@ -89,6 +89,8 @@ def on_funded(ports: Ports, job: Job, log) -> Job | None:
 
     late = []
 
+    marketplace = _marketplace_inputs(ports, job_class, now)
+
     def plan(j: Job):
         terms = j.escrow.model_copy(update={"funded_by": args["client"],
                                             "funded_tx": funding["tx_hash"]})
@@ -106,7 +108,7 @@ def on_funded(ports: Ports, job: Job, log) -> Job | None:
                                                     "message": problem})
             return failed, [event], []
         funded, e1 = states.transition(j, State.FUNDED, at=now, escrow=terms, data=funding)
-        assigned, attempt, e2 = assign(funded, job_class, now)
+        assigned, attempt, e2 = assign(funded, job_class, now, **marketplace)
         return assigned, [e1, e2], [attempt]
 
     moved = apply(ports, job, plan)
@@ -128,16 +130,47 @@ def settle(ports: Ports, action: str, job_id: str) -> str:
     return ACTIONS[action](ports, ports.store.view(job_id))
 
 
+def _marketplace_inputs(ports: Ports, job_class, now) -> dict:
+    """Marketplace workers compete for escrow jobs of the classes they can lease."""
+    from . import profiles
+    from .routing import MARKETPLACE_CLASSES
+    if job_class.name not in MARKETPLACE_CLASSES or ports.workers is None:
+        return {}
+    return {"candidates": ports.workers.candidates(now),
+            "pool_price": profiles.default_profiles().pricing.compute_per_megapixel_second,
+            "heartbeat_ttl_s": ports.settings.heartbeat_ttl_s}
+
+
+def payee(ports: Ports, worker: str) -> str:
+    """The address an escrow pays: a pool's payout address, or a worker's DID address."""
+    if worker.startswith("did:pkh:"):
+        from .signing import address_of
+        return address_of(worker)
+    return ports.chain.pool_payout[worker.removeprefix("pool:")]
+
+
 def _assign_on_chain(ports: Ports, view) -> str:
     job, chain = view.job, ports.chain
     key = job_key_bytes(job)
     if chain.escrow.job(key).state != EscrowState.FUNDED:
         return "already assigned or settled"
-    worker = chain.pool_payout[job.worker.removeprefix("pool:")]
+    worker = payee(ports, job.worker)
     receipt = chain.escrow.send(chain.control, "assign", key, worker)
     apply(ports, ports.store.get(job.job_id), lambda j: _noted(
         j, ports, "escrow.assigned", {**receipt.as_event(), "worker": worker}))
     return "assigned"
+
+
+def _ask_countersignature(ports: Ports, view, hashes: list[str]) -> str:
+    """A marketplace payee signs the verified package itself (it holds its own key): offer
+    it the signature with its next lease; its countersign re-sends this release."""
+    job = view.job
+    ports.tasks.ask_signature(job.worker, job.job_id)
+    if not any(e.type == "settlement.awaiting_signature" for e in view.events):
+        apply(ports, job, lambda j: _noted(j, ports, "settlement.awaiting_signature", {
+            "worker": job.worker, "outputs": hashes,
+            "result_hash": "0x" + result_hash(hashes).hex()}))
+    return "awaiting signature"
 
 
 def _release(ports: Ports, view) -> str:
@@ -162,6 +195,8 @@ def _release(ports: Ports, view) -> str:
         on_chain = EscrowState.ASSIGNED
     if on_chain == EscrowState.ASSIGNED:
         attempt = next(a for a in view.attempts if a.number == job.attempt)
+        if attempt.signature is None:
+            return _ask_countersignature(ports, view, hashes)
         receipt = chain.escrow.send(chain.control, "release", key, result_hash(hashes),
                                     bytes.fromhex(attempt.signature.removeprefix("0x")))
         data = {**receipt.as_event(), "result_hash": "0x" + result_hash(hashes).hex(),

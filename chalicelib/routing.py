@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Sequence
 
 from .catalog import JobClass
 from .models import Job, Task
@@ -42,14 +43,29 @@ def pool_candidate(job_class: JobClass, *, now: float, price: Decimal = Decimal(
                      trusted=True)
 
 
-def route(job_class: JobClass, job: Job, *, now: float | None = None) -> Assignment:
-    """Rank the candidates for `job`; the class's pool is also the fallback."""
+def route(job_class: JobClass, job: Job, *, now: float | None = None,
+          candidates: Sequence[Candidate] = (), pool_price: Decimal = Decimal(0),
+          heartbeat_ttl_s: float = 60.0) -> Assignment:
+    """Rank the candidates for `job`; the class's pool is also the fallback. Marketplace
+    `candidates` compete for whole jobs only where an escrow must name one payee (a
+    transcode with escrow); once chosen, that payee stays through the job's retries, since
+    the chain has it."""
     now = time.time() if now is None else now
-    pool = pool_candidate(job_class, now=now)
-    ranking = rank(JobRequirements.of(job_class, job.manifest), [pool],
-                   RoutingPolicy(fallback=pool.worker), now=now)
+    if job.escrow and job.worker and job.worker.startswith("did:pkh:"):
+        return Assignment(worker=job.worker, queue=job_class.pool,
+                          reason=f"{job.worker} is the escrow's payee; it keeps the job.",
+                          ranking={"worker": job.worker, "chosen": [job.worker],
+                                   "reason": "escrow payee", "ranked": [], "excluded": {}})
+    pool = pool_candidate(job_class, now=now, price=pool_price)
+    ranking = rank(JobRequirements.of(job_class, job.manifest), [pool, *candidates],
+                   RoutingPolicy(fallback=pool.worker, heartbeat_ttl_s=heartbeat_ttl_s),
+                   now=now)
     return Assignment(worker=ranking.chosen[0], queue=job_class.pool, reason=ranking.reason,
                       ranking=ranking.as_event())
+
+
+# Job classes whose work marketplace workers can lease (their video tasks).
+MARKETPLACE_CLASSES = frozenset({"ffmpeg_hls"})
 
 
 def task_units(job: Job, task: Task) -> Decimal:

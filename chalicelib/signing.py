@@ -25,7 +25,8 @@ from eth_utils.exceptions import ValidationError
 
 from .errors import Forbidden, Unauthorized
 
-ACTIONS = frozenset({"submit", "cancel", "register", "heartbeat", "lease", "result", "release"})
+ACTIONS = frozenset({"submit", "cancel", "register", "heartbeat", "lease", "result", "release",
+                     "countersign"})
 
 DID_HEADER = "X-Proofline-Did"
 NONCE_HEADER = "X-Proofline-Nonce"

@@ -21,6 +21,7 @@ from .store import _pk, stamp
 TASK_PREFIX = "TASK#"
 PROGRESS_SK = "PROGRESS"
 OFFER_PREFIX = "OFFER#"
+SIGN_PREFIX = "SIGN#"
 DUE_STATES = tuple(f"task:{s.value}" for s in (TaskState.ASSIGNED, TaskState.RUNNING))
 
 
@@ -97,6 +98,24 @@ class TaskStore:
     def withdraw(self, did: str, job_id: str, task_id: str) -> None:
         self._db.delete_item(TableName=self._table, Key={
             "pk": {"S": _worker_pk(did)}, "sk": {"S": f"{OFFER_PREFIX}{job_id}#{task_id}"}})
+
+    def ask_signature(self, did: str, job_id: str) -> None:
+        """Point the worker's partition at an escrow job waiting for its countersignature."""
+        self._db.put_item(TableName=self._table, Item={
+            "pk": {"S": _worker_pk(did)}, "sk": {"S": SIGN_PREFIX + job_id},
+            "job_id": {"S": job_id}})
+
+    def signatures_asked(self, did: str, limit: int = 10) -> list[str]:
+        response = self._db.query(
+            TableName=self._table, ConsistentRead=True, Limit=limit,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": {"S": _worker_pk(did)},
+                                       ":prefix": {"S": SIGN_PREFIX}})
+        return [i["job_id"]["S"] for i in response["Items"]]
+
+    def signature_given(self, did: str, job_id: str) -> None:
+        self._db.delete_item(TableName=self._table, Key={
+            "pk": {"S": _worker_pk(did)}, "sk": {"S": SIGN_PREFIX + job_id}})
 
     def lapsed(self, now, limit: int = 100) -> list[Task]:
         """Offered or leased tasks whose deadline passed (sparse index, no scans)."""

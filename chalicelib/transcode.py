@@ -87,16 +87,22 @@ def send_task(ports: Ports, task: Task) -> None:
 
 
 def _route(ports: Ports, job: Job, task: Task) -> tuple[str, dict]:
-    """(worker, what to record). Marketplace workers take video tasks of jobs without escrow
-    (an escrow pays the one signer of the package, the pool that assembles it); a challenge
-    job's go to the worker it challenges."""
+    """(worker, what to record). Marketplace workers take video tasks; each task is routed
+    on its own, except where one worker must do them all: a challenge job's go to the worker
+    it tests, and an escrow job's to its payee (the router chose it when the job was funded;
+    the escrow pays one signer)."""
     job_class = ports.catalog.job_class(job.kind)
     pool = f"pool:{job_class.pool}"
-    if task.kind != "video" or job.escrow or ports.workers is None:
+    if task.kind != "video" or ports.workers is None:
         return pool, {}
     if job.challenge:
         return job.challenge, {"challenge": True,
                                "reason": "a challenge job's tasks go to the worker it tests"}
+    if job.escrow:
+        if _marketplace(job.worker):
+            return job.worker, {"reason": "the escrow pays this worker: it does every video "
+                                          "task, or the client is refunded"}
+        return pool, {}
     now = ports.clock()
     candidates = ports.workers.candidates(now)
     if not candidates:
@@ -110,6 +116,11 @@ def _route(ports: Ports, job: Job, task: Task) -> tuple[str, dict]:
 
 def _marketplace(worker: str | None) -> bool:
     return bool(worker) and worker.startswith("did:pkh:")
+
+
+def pinned(job: Job) -> bool:
+    """Whether every video task of `job` must go to one worker (see `_route`)."""
+    return bool(job.challenge) or (job.escrow is not None and _marketplace(job.worker))
 
 
 def observe(ports: Ports, task: Task, outcome: str) -> None:

@@ -91,8 +91,10 @@ class Agent:
                 lease = self.lease()
                 if lease is None:
                     self._stop.wait(self.poll_s)
-                    continue
-                self.work(lease)
+                elif lease.get("kind") == "countersign":
+                    self.countersign(lease)
+                else:
+                    self.work(lease)
         finally:
             self._stop.set()
             self._safely(lambda: self.heartbeat(accepting=False))
@@ -186,6 +188,36 @@ class Agent:
             return
         self.stats.submitted += 1
         self.log(f"submitted {ref}: {outputs[0]['sha256']}")
+
+    def countersign(self, request: dict) -> None:
+        """Sign the escrow's result hash for a verified job this worker is paid for, once
+        the package is seen to hold the segments it made."""
+        from chalicelib.chain import result_hash, sign_result
+        job_id = request["job_id"]
+        package = requests.get(request["package_url"], timeout=60)
+        package.raise_for_status()
+        listing = package.json()
+        listed = {f["sha256"] for f in listing.get("files", [])}
+        # An HLS package keeps each segment's bytes; an MP4 joins them into one file.
+        hls = str(listing.get("entry", "")).endswith(".m3u8")
+        missing = set(request["your_segments"]) - listed if hls else set()
+        if (result_hash(request["outputs"]).hex() != request["result_hash"].removeprefix("0x")
+                or missing):
+            self.stats.errors += 1
+            self.log(f"not countersigning {job_id}: the package does not hold {sorted(missing)} "
+                     "or the hash does not match")
+            return
+        signature = sign_result(self.account, request["domain"],
+                                bytes.fromhex(request["job_key"][2:]),
+                                bytes.fromhex(request["result_hash"][2:]))
+        body = {"did": self.did, "job_id": job_id, "signature": "0x" + signature.hex()}
+        try:
+            self.api.countersign(job_id, body, self._signed("countersign", body))
+        except ApiError as error:
+            self.stats.errors += 1
+            self.log(f"countersignature for {job_id} refused: {error.reason}: {error}")
+            return
+        self.log(f"countersigned {job_id}: {request['result_hash']}")
 
     def encode(self, plan, task, source: Path, out: Path) -> tuple[list[Path], dict]:
         from media_worker.transcode import encode_segment

@@ -303,6 +303,45 @@ def test_max_jobs_ends_the_agent_by_itself(stack, api, tmp_path):
     assert worker["health"]["accepting"] is False              # it said it was leaving
 
 
+def test_an_escrow_transcode_pays_the_worker_that_did_it(stack, api, market, media_dir):
+    from web3 import Web3
+    from chalicelib.chain import Escrow, result_hash
+    honest_did = market.agents["honest"][0]
+    market.cheat.stop()                                       # the cheaper ones are gone
+    leave(api, *reversed(market.agents["killed"]))
+    wait_until(lambda: api.worker(market.cheat.did)["health"]["accepting"] is False, 30,
+               "the cheat to leave")
+    w3 = Web3(Web3.HTTPProvider(stack.info.rpc_url))
+    escrow = Escrow(w3, stack.info.escrow_address)
+    source = clips.make_gop_clip(media_dir / "paid.mp4", seconds=4.0, gop=100, width=320,
+                                 height=240, fps=25)
+    slot = api.upload(source)
+    job, _ = api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
+                         "input_hash": slot["input_hash"], "profile": "hls-720p",
+                         "payment_policy": "escrow_before_start", "max_price": "0.02"},
+                        idempotency_key=str(uuid.uuid4()))
+    payee = Web3.to_checksum_address(honest_did.split(":")[-1])
+    before = w3.eth.get_balance(payee)
+    escrow.fund(Account.from_key(stack.info.dev_keys["client"]),
+                bytes.fromhex(job["escrow"]["job_key"][2:]), 2 * 10**16,
+                w3.eth.get_block("latest")["timestamp"] + 3600)
+    final = wait_for(api, job["job_id"], timeout=180)
+    events = api.events(job["job_id"])["events"]
+    assert final["state"] == "settled", [(e["type"], e["data"].get("reason")) for e in events]
+    assert final["worker"] == honest_did                       # the router chose it at funding
+    [assigned] = [e for e in events if e["type"] == "escrow.assigned"]
+    assert assigned["data"]["worker"] == payee                 # the chain names its address
+    video = {e["task"]: e["data"]["worker"] for e in events
+             if e["type"] == "segment.verified" and e["task"] != "audio"}
+    assert set(video.values()) == {honest_did}
+    [signed] = [e for e in events if e["type"] == "result.countersigned"]
+    [released] = [e for e in events if e["type"] == "settlement.released"]
+    package = final["outputs"][0]["sha256"]
+    assert signed["data"]["result_hash"] == released["data"]["result_hash"] \
+        == "0x" + result_hash([package]).hex()
+    assert w3.eth.get_balance(payee) - before == 2 * 10**16   # paid to the worker's DID
+
+
 def test_sigterm_lets_the_agent_leave_cleanly(api, market):
     market.honest.send_signal(signal.SIGTERM)
     market.honest.wait(timeout=60)
