@@ -45,9 +45,10 @@ def health():
 def submit_job():
     request = app.current_request
     intake.bind_lambda_context(app.lambda_context)
-    manifest = intake.parse_manifest(request.raw_body or b"",
-                                     max_bytes=config.settings().max_manifest_bytes,
-                                     yaml_ok="yaml" in request.headers.get("content-type", ""))
+    fields = intake.parse_fields(request.raw_body or b"",
+                                 max_bytes=config.settings().max_manifest_bytes,
+                                 yaml_ok="yaml" in request.headers.get("content-type", ""))
+    manifest = intake.signed_manifest(ports.default(), request.headers, fields)
     job, created = intake.submit(ports.default(), manifest,
                                  idempotency_key=request.headers.get("idempotency-key"),
                                  correlation_id=request.headers.get("x-correlation-id"))
@@ -86,7 +87,8 @@ def job_events(job_id):
 
 @route("/jobs/{job_id}/cancel", methods=["POST"])
 def cancel_job(job_id):
-    return jobs.cancel(ports.default(), job_id).model_dump(mode="json")
+    return jobs.cancel_signed(ports.default(), app.current_request.headers,
+                              job_id).model_dump(mode="json")
 
 
 @route("/uploads", methods=["POST"])

@@ -40,6 +40,7 @@ class Settings:
     worker_lease_s: int = 120         # a marketplace lease lives this long past a heartbeat
     offer_s: int = 60                 # an offered task not leased by then goes elsewhere
     capability_ttl_s: int = 7 * 86_400   # a passed challenge verifies a class this long
+    allow_unsigned: bool = False      # unsigned submit/cancel: a local-demo convenience only
 
     @property
     def queues(self) -> dict[str, str]:
@@ -123,4 +124,5 @@ def settings() -> Settings:
         worker_lease_s=int(env.get("PROOFLINE_WORKER_LEASE_SECONDS", 120)),
         offer_s=int(env.get("PROOFLINE_OFFER_SECONDS", 60)),
         capability_ttl_s=int(env.get("PROOFLINE_CAPABILITY_TTL_SECONDS", 7 * 86_400)),
+        allow_unsigned=env.get("PROOFLINE_ALLOW_UNSIGNED", "false").lower() in ("1", "true"),
     )

@@ -60,6 +60,48 @@ def parse_fields(body: bytes | str, *, max_bytes: int, yaml_ok: bool = False) ->
     return data
 
 
+def authenticate(ports: Ports, headers, *, action: str, body: Any,
+                 owner: str | None = None) -> str | None:
+    """The client DID that signed this request (EIP-712, see signing.py), or None for an
+    unsigned one where the stage allows it (`PROOFLINE_ALLOW_UNSIGNED`, local only). A
+    request about a job that names its client must be signed by that client, always."""
+    import time
+    from .errors import Unauthorized
+    from .signing import DID_HEADER, HEADERS, parse_did, verify_request
+    given = {k.lower() for k in dict(headers)}
+    if not given & {h.lower() for h in HEADERS}:
+        if ports.settings.allow_unsigned and owner is None:
+            return None
+        raise Unauthorized(f"{action} must be signed by "
+                           f"{owner or 'the client'} (EIP-712 headers {', '.join(HEADERS)})",
+                           reason="missing_signature", details={"missing": list(HEADERS)})
+    try:
+        chain_id = ports.settings.chain_id or parse_did(dict(
+            (k.lower(), v) for k, v in dict(headers).items())[DID_HEADER.lower()])[0]
+    except (KeyError, ValueError):
+        chain_id = 0                 # verify_request names what is wrong with the headers
+    try:
+        return verify_request(headers, action=action, body=body, chain_id=chain_id,
+                              now=time.time(), nonces=ports.nonces, expected_did=owner)
+    except TypeError:
+        raise InvalidManifest("a signed manifest must be plain JSON values",
+                              reason="malformed_json") from None
+
+
+def signed_manifest(ports: Ports, headers, fields: dict[str, Any]) -> Manifest:
+    """The manifest of a submission, its `client_did` the DID that signed it."""
+    manifest = manifest_from_dict(fields)
+    signer = authenticate(ports, headers, action="submit", body=fields)
+    if signer is None:
+        return manifest
+    from .errors import Forbidden
+    from .signing import canonical_did
+    if manifest.client_did and canonical_did(manifest.client_did) != signer:
+        raise Forbidden(f"the manifest names client {manifest.client_did} but {signer} signed "
+                        "it", reason="wrong_signer")
+    return manifest.model_copy(update={"client_did": signer})
+
+
 def manifest_from_dict(data: dict[str, Any]) -> Manifest:
     try:
         return Manifest.model_validate(data)

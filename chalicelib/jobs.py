@@ -145,6 +145,14 @@ def reject(ports: Ports, *, key: str, uri: str, error: ProoflineError,
     return rejected
 
 
+def cancel_signed(ports: Ports, headers, job_id: str) -> Job:
+    """A client's cancel: signed by the job's client where the job names one."""
+    from .intake import authenticate
+    owner = ports.store.get(job_id).manifest.client_did
+    by = authenticate(ports, headers, action="cancel", body={"job_id": job_id}, owner=owner)
+    return cancel(ports, job_id, by=by or "client")
+
+
 def cancel(ports: Ports, job_id: str, *, by: str = "client") -> Job:
     def plan(job: Job):
         moved, event = states.transition(job, State.CANCELLED, at=ports.clock(),

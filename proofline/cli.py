@@ -29,9 +29,17 @@ MANIFEST_FLAGS = ("kind", "input_uri", "profile", "model", "max_attempts", "paym
 
 def _api(ctx: click.Context) -> api_client.Api:
     try:
-        return api_client.Api(api_client.resolve_api_url(ctx.obj["api"], STATE_DIR))
+        url = api_client.resolve_api_url(ctx.obj["api"], STATE_DIR)
     except api_client.NoStack as exc:
         raise click.ClickException(str(exc)) from None
+    signer = None
+    if ctx.obj.get("sign"):
+        from . import identity as ids
+        from .identity_cli import _passphrase, _run
+        opened = _run(lambda: ids.load_identity(ctx.obj.get("keystore"),
+                                                _passphrase(confirm=False)))
+        signer = (opened.account, opened.did)
+    return api_client.Api(url, signer=signer)
 
 
 def _emit(data, as_json: bool, render) -> None:
@@ -55,10 +63,15 @@ class Cli(click.Group):
 
 @click.group(cls=Cli)
 @click.option("--api", envvar="PROOFLINE_API_URL", help="API base URL (default: the local stack).")
+@click.option("--sign/--no-sign", envvar="PROOFLINE_SIGN", default=False,
+              help="Sign submit and cancel with your identity (EIP-712); required by "
+                   "stages that refuse unsigned requests. The job's client is then your DID.")
+@click.option("--keystore", type=click.Path(dir_okay=False, path_type=Path),
+              help="Identity keystore for --sign (default: ~/.proofline/identity.json).")
 @click.pass_context
-def main(ctx, api):
+def main(ctx, api, sign, keystore):
     """Proofline: verifiable compute jobs, paid only after verification."""
-    ctx.obj = {"api": api}
+    ctx.obj = {"api": api, "sign": sign, "keystore": keystore}
 
 
 # -- jobs ----------------------------------------------------------------------------------

@@ -39,9 +39,11 @@ def resolve_api_url(explicit: str | None = None, state_dir: Path = Path(".proofl
 
 
 class Api:
-    def __init__(self, base_url: str, timeout: float = 30):
+    def __init__(self, base_url: str, timeout: float = 30, signer=None):
+        """`signer`: (eth-account LocalAccount, its did:pkh) to sign submit and cancel."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.signer = signer
         self._http = requests.Session()
         # Connection failures only: a POST is safe to resend because it carries its
         # Idempotency-Key; an answer from the server is never retried here.
@@ -51,11 +53,21 @@ class Api:
 
     def submit(self, manifest: dict, *, idempotency_key: str | None = None) -> tuple[dict, bool]:
         """POST /jobs; returns (job, created). One key per logical submission, reused on
-        retries, so a retried request can never make a second job."""
+        retries, so a retried request can never make a second job. Signed (EIP-712) when
+        the client has a `signer`: the job's client is then the signer's DID."""
         key = idempotency_key or str(uuid.uuid4())
         response = self._request("POST", "/jobs", json=manifest,
-                                 headers={"Idempotency-Key": key})
+                                 headers={"Idempotency-Key": key,
+                                          **self._signature("submit", manifest)})
         return response.json(), response.status_code == 201
+
+    def _signature(self, action: str, body: dict) -> dict[str, str]:
+        if self.signer is None:
+            return {}
+        from chalicelib.signing import sign_request
+        account, did = self.signer
+        return sign_request(account, action=action, did=did, body=body,
+                            chain_id=int(did.split(":")[3]))
 
     # -- workers: every call that acts for a worker carries its EIP-712 signature headers
     def register_worker(self, body: dict, signature: dict[str, str]) -> dict:
@@ -101,7 +113,8 @@ class Api:
         return self._request("GET", "/jobs", params=params).json()["jobs"]
 
     def cancel(self, job_id: str) -> dict:
-        return self._request("POST", f"/jobs/{job_id}/cancel").json()
+        return self._request("POST", f"/jobs/{job_id}/cancel",
+                             headers=self._signature("cancel", {"job_id": job_id})).json()
 
     def settlement_drift(self) -> list[dict]:
         return self._request("GET", "/settlement/drift").json()["drift"]

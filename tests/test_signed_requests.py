@@ -1,0 +1,103 @@
+"""Submit and cancel signed by the client's did:pkh key: the signer becomes the job's client,
+only that client may cancel it, and a stage that refuses unsigned requests refuses them."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from eth_account import Account
+
+from chalicelib.signing import did_for, sign_request
+from proofline.client import Api, ApiError
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def client(stack):
+    account = Account.create()
+    did = did_for(account.address, stack.info.chain_id)
+    return Api(stack.info.api_url, signer=(account, did)), account, did
+
+
+def probe_manifest(api, clip) -> dict:
+    slot = api.upload(clip)
+    return {"kind": "media_probe", "input_uri": slot["input_uri"],
+            "input_hash": slot["input_hash"], "job_id": f"job-{uuid.uuid4().hex[:12]}"}
+
+
+def test_a_signed_submission_makes_the_signer_the_client_and_only_it_may_cancel(
+        api, client, clip):
+    signed_api, _, did = client
+    job, created = signed_api.submit(probe_manifest(api, clip))
+    assert created and job["manifest"]["client_did"] == did
+    with pytest.raises(ApiError) as unsigned:
+        api.cancel(job["job_id"])                              # no signature at all
+    assert (unsigned.value.status, unsigned.value.reason) == (401, "missing_signature")
+    stranger = Account.create()
+    with pytest.raises(ApiError) as foreign:
+        Api(api.base_url, signer=(stranger, did_for(stranger.address, int(did.split(":")[3])))
+            ).cancel(job["job_id"])
+    assert (foreign.value.status, foreign.value.reason) == (403, "wrong_signer")
+    try:
+        cancelled = signed_api.cancel(job["job_id"])
+    except ApiError as error:                   # it may have run already; then it is too late
+        assert error.reason == "illegal_transition"
+    else:
+        assert cancelled["state"] == "cancelled"
+
+
+def test_a_manifest_naming_another_client_or_a_replayed_signature_is_refused(
+        api, client, clip, stack):
+    _, account, did = client
+    other = did_for(Account.create().address, stack.info.chain_id)
+    manifest = {**probe_manifest(api, clip), "client_did": other}
+    headers = sign_request(account, action="submit", did=did, body=manifest,
+                           chain_id=stack.info.chain_id)
+    with pytest.raises(ApiError) as impersonating:
+        api._request("POST", "/jobs", json=manifest, headers=headers)
+    assert (impersonating.value.status, impersonating.value.reason) == (403, "wrong_signer")
+
+    manifest = probe_manifest(api, clip)
+    headers = sign_request(account, action="submit", did=did, body=manifest,
+                           chain_id=stack.info.chain_id)
+    api._request("POST", "/jobs", json=manifest, headers=headers)
+    with pytest.raises(ApiError) as replayed:
+        api._request("POST", "/jobs", json=manifest, headers=headers)
+    assert (replayed.value.status, replayed.value.reason) == (401, "replayed_nonce")
+    tampered = {**manifest, "max_attempts": 3}
+    with pytest.raises(ApiError) as changed:
+        api._request("POST", "/jobs", json=tampered, headers=sign_request(
+            account, action="submit", did=did, body=manifest, chain_id=stack.info.chain_id))
+    assert (changed.value.status, changed.value.reason) == (403, "wrong_signer")
+
+
+def test_a_stage_that_refuses_unsigned_requests_refuses_them(api, client, clip, monkeypatch):
+    from chalicelib import ports
+    p = ports.default()
+    monkeypatch.setattr(p, "settings", dataclasses.replace(p.settings, allow_unsigned=False))
+    with pytest.raises(ApiError) as unsigned:
+        api.submit(probe_manifest(api, clip))
+    assert (unsigned.value.status, unsigned.value.reason) == (401, "missing_signature")
+    signed_api, _, did = client
+    job, created = signed_api.submit(probe_manifest(api, clip))
+    assert created and job["manifest"]["client_did"] == did
+
+
+def test_the_cli_signs_with_the_identity_it_is_given(api, stack, clip, tmp_path):
+    from proofline import identity
+    created = identity.create_identity(tmp_path / "me.json", "pw", chain_id=stack.info.chain_id)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PROOFLINE_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "proofline.cli", "--api", stack.info.api_url, "--sign",
+         "--keystore", str(tmp_path / "me.json"), "submit", "--kind", "media_probe",
+         "--input", str(clip), "--json"],
+        env={**env, "PROOFLINE_PASSPHRASE": "pw"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = json.loads(done.stdout)
+    assert job["manifest"]["client_did"] == created.did
