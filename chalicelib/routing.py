@@ -31,11 +31,12 @@ class Assignment:
                 "ranking": self.ranking}
 
 
-def pool_candidate(job_class: JobClass, *, now: float, price: Decimal = Decimal(0)) -> Candidate:
+def pool_candidate(job_class: JobClass, *, now: float, price: Decimal = Decimal(0),
+                   region: str = "pool") -> Candidate:
     tokens = {capability("class", job_class.name)}
     if job_class.model:
         tokens.add(capability("model", job_class.model))
-    return Candidate(worker=f"pool:{job_class.pool}", region="pool",
+    return Candidate(worker=f"pool:{job_class.pool}", region=region,
                      price_per_unit={job_class.name: price}, last_heartbeat=now,
                      verified=frozenset(tokens),
                      warm_models=frozenset({job_class.model}) if job_class.model else frozenset(),
@@ -76,13 +77,18 @@ def task_units(job: Job, task: Task) -> Decimal:
 
 
 def route_task(job_class: JobClass, job: Job, task: Task, candidates: list[Candidate], *,
-               pool_price: Decimal, heartbeat_ttl_s: float, now: float) -> Assignment:
+               pool_price: Decimal, heartbeat_ttl_s: float, now: float,
+               region: str | None = None) -> Assignment:
     """Rank the pool and the marketplace workers for one video task. Workers whose attempt
-    at this task already failed are not asked again."""
-    pool = pool_candidate(job_class, now=now, price=pool_price)
+    at this task already failed are not asked again. The segment lives in the stage's
+    `region`, as does the pool: a worker elsewhere has its transfer counted in its price."""
+    pool = pool_candidate(job_class, now=now, price=pool_price, region=region or "pool")
     others = [c for c in candidates if c.worker not in task.tried]
     policy = RoutingPolicy(fallback=pool.worker, heartbeat_ttl_s=heartbeat_ttl_s)
-    ranking = rank(JobRequirements.of(job_class, job.manifest, units=task_units(job, task)),
+    segment = next((s for s in job.plan.segments if s.get("index") == task.index), {})
+    ranking = rank(JobRequirements.of(job_class, job.manifest, units=task_units(job, task),
+                                      input_region=region,
+                                      input_bytes=int(segment.get("size_bytes", 0))),
                    [pool, *others], policy, now=now)
     return Assignment(worker=ranking.chosen[0], queue=job_class.pool, reason=ranking.reason,
                       ranking=ranking.as_event())

@@ -110,7 +110,8 @@ def _route(ports: Ports, job: Job, task: Task) -> tuple[str, dict]:
     assignment = routing.route_task(
         job_class, job, task, candidates,
         pool_price=profiles.default_profiles().pricing.compute_per_megapixel_second,
-        heartbeat_ttl_s=ports.settings.heartbeat_ttl_s, now=now.timestamp())
+        heartbeat_ttl_s=ports.settings.heartbeat_ttl_s, now=now.timestamp(),
+        region=ports.settings.region)
     return assignment.worker, {"reason": assignment.reason, "ranking": assignment.ranking}
 
 

@@ -51,7 +51,8 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
         if p.blobs.head(uri) is None:
             p.blobs.upload(uri, piece.path)
         stored.append({"index": piece.index, "start_s": piece.start_s,
-                       "duration_s": piece.duration_s, "uri": str(uri), "sha256": piece.sha256})
+                       "duration_s": piece.duration_s, "uri": str(uri), "sha256": piece.sha256,
+                       "size_bytes": piece.path.stat().st_size})
     now = p.clock()
     task_attempts = 1 if job.challenge else job.max_attempts   # a challenge has one try
     tasks = [Task(job_id=job.job_id, task_id=f"{r.name}-{s['index']:05d}", kind="video",

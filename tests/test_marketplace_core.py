@@ -117,3 +117,17 @@ def test_task_references_are_checked(ref):
 
 def test_a_task_reference_splits_at_its_last_tilde():
     assert parse_ref("job~1~720p-00003") == ("job~1", "720p-00003")
+
+
+def test_a_worker_far_from_the_segment_pays_for_moving_it():
+    job, task = job_and_task()
+    job.plan.segments.append({"index": 0, "size_bytes": 2 * 10**9})
+    near, far = worker(1, price="0.00003"), worker(2, price="0.00001")
+    far.claims.region = "ap-south-1"
+    candidates = [c for w in (near, far) if (c := w.candidate(NOW)) is not None]
+    chosen = routing.route_task(catalog.default().job_class("ffmpeg_hls"), job, task,
+                                candidates, pool_price=POOL_PRICE, heartbeat_ttl_s=60,
+                                now=NOW.timestamp(), region="us-east-1")
+    prices = {r["worker"]: Decimal(r["price"]) for r in chosen.ranking["ranked"]}
+    assert prices[far.did] == Decimal("0.00001") * Decimal("3.6864") + Decimal("0.04")
+    assert chosen.worker == near.did                      # cheaper per unit, dearer to reach
