@@ -50,8 +50,12 @@ def on_dispute_opened(ports: Ports, job: Job, log) -> Job | None:
     """The client contests a verified result inside its window: nothing is paid until the
     arbiter resolves it on chain."""
     data = {**_log_data(log), "client": log["args"]["client"]}
-    return apply(ports, job, lambda j: _moved(ports, j, State.VERIFIED, State.DISPUTED,
-                                              "dispute.opened", data))
+    moved = apply(ports, job, lambda j: _moved(ports, j, State.VERIFIED, State.DISPUTED,
+                                               "dispute.opened", data))
+    if moved is not None and (moved.worker or "").startswith("did:pkh:"):
+        from .workers import record_outcome
+        record_outcome(ports.workers, moved.worker, moved.kind, "disputed", now=ports.clock())
+    return moved
 
 
 def on_dispute_resolved(ports: Ports, job: Job, log) -> Job | None:

@@ -366,3 +366,31 @@ def _forge(account, did, body, chain_id, action="lease") -> dict:
                                        expiry=int(headers[signing.EXPIRY_HEADER]))
     signature = Account.sign_typed_data(account.key, full_message=typed).signature
     return {**headers, signing.DID_HEADER: did, signing.SIGNATURE_HEADER: "0x" + signature.hex()}
+
+
+def test_a_dispute_opened_on_chain_counts_against_the_paid_worker(ports, stack):
+    """Disputes join the payee's reputation from the chain's DisputeOpened log."""
+    import dataclasses
+    from datetime import datetime, timezone
+    from hexbytes import HexBytes
+    from chalicelib import payments, workers
+    from chalicelib.models import Event, Job, Manifest, State
+    from tests.test_transcode import RecordingQueues
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    account = Account.create()
+    did = did_for(account.address, stack.info.chain_id)
+    now = datetime.now(timezone.utc)
+    workers.register(held.workers, did, account.address,
+                     workers.Claims.model_validate(claims("0.00003")), now=now)
+    job = Job(job_id=f"job-{uuid.uuid4().hex[:16]}", kind="ffmpeg_hls", state=State.VERIFIED,
+              version=1, manifest=Manifest(kind="ffmpeg_hls", input_uri="s3://intake/x.mp4"),
+              payment_policy="none", max_attempts=3, timeouts_s={}, worker=did,
+              correlation_id="c", source="http", created_at=now, updated_at=now)
+    held.store.create(job, [Event(job_id=job.job_id, seq=1, type="job.created", at=now,
+                                  state=job.state, correlation_id="c")], [])
+    log = {"transactionHash": HexBytes(b"\x01" * 32), "blockNumber": 7,
+           "args": {"client": Account.create().address}}
+    assert payments.on_dispute_opened(held, job, log).state == State.DISPUTED
+    assert held.workers.get(did).reputation["ffmpeg_hls"]["disputes"] == 1
+    assert payments.on_dispute_opened(held, held.store.get(job.job_id), log) is None
+    assert held.workers.get(did).reputation["ffmpeg_hls"]["disputes"] == 1   # read once
