@@ -7,7 +7,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from chalice import Chalice, Rate, Response
 
-from chalicelib import attempts, challenges, config, intake, jobs, leases, payments, ports, workers
+from chalicelib import (attempts, challenges, config, intake, job_leases, jobs, leases, payments,
+                        ports, workers)
 from chalicelib.api import job_document, package_document, upload_slot
 from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.models import AttemptResult, Job, State
@@ -181,6 +182,16 @@ def task_result(ref):
     request = app.current_request
     task = leases.submit_result(ports.default(), request.headers, ref, request.json_body or {})
     return Response({"task_ref": ref, "state": task.state.value, "attempt": task.attempt},
+                    status_code=202)
+
+
+@route("/jobs/{job_id}/result", methods=["POST"])
+def job_result(job_id):
+    """A marketplace worker's signed result for a job it leased whole (inference)."""
+    request = app.current_request
+    job = job_leases.submit_result(ports.default(), request.headers, job_id,
+                                   request.json_body or {})
+    return Response({"job_id": job_id, "state": job.state.value if job else None},
                     status_code=202)
 
 

@@ -143,6 +143,14 @@ def verify(ports: Ports, job: Job, result: AttemptResult,
         return settled, [e1, e2, e3, e4], [passed]
 
     moved = apply(ports, job, plan)
+    if moved is not None and result.worker.startswith("did:pkh:"):
+        from .workers import WorkerNotFound, record_outcome
+        try:
+            record_outcome(ports.workers, result.worker, job.kind,
+                           "passed" if verdict.passed else "validation_failed", now=now,
+                           runtime_s=result.duration_ms / 1000 if verdict.passed else None)
+        except WorkerNotFound:
+            pass
     if moved and moved.state == State.ASSIGNED:
         dispatch(ports, moved)
     return moved

@@ -58,6 +58,8 @@ class JobClass(_Strict):
     requires_gpu: bool = False
     limits: Limits = Limits()
     price_per_second: Decimal | None = None   # USD per second of model time, for job cost
+    # Patterns (inference_inputs.PATTERNS) stripped from inputs sent to untrusted workers.
+    redact: tuple[Literal["email", "secret_key"], ...] = ()
 
 
 class PaymentPolicy(_Strict):

@@ -17,6 +17,7 @@ from aws_lambda_powertools import Logger
 from .blobs import S3Uri
 from .models import Job, Manifest
 from .ports import Ports
+from .router import capability
 from .workers import Challenge, Worker, challenged
 
 logger = Logger(child=True)
@@ -24,11 +25,24 @@ logger = Logger(child=True)
 
 @dataclass(frozen=True)
 class ChallengeSpec:
-    key: str                          # in the artifacts bucket; `proofline ops seed-challenges`
+    key: str | None = None            # an input kept in the artifacts bucket
     profile: str | None = None
+    texts: tuple[str, ...] = ()       # or inline inputs
+    prompt: str | None = None
 
 
-CHALLENGES = {"ffmpeg_hls": ChallengeSpec(key="challenges/ffmpeg_hls.mp4", profile="hls-720p")}
+CHALLENGES = {
+    "ffmpeg_hls": ChallengeSpec(key="challenges/ffmpeg_hls.mp4", profile="hls-720p"),
+    # Re-executed in full on the trusted pool, so every vector must match.
+    "embed_batch": ChallengeSpec(texts=(
+        "A verifiable compute job is paid only after its output is checked.",
+        "The quick brown fox jumps over the lazy dog.",
+        "Segments are encoded in parallel and verified against the source.",
+        "Escrow releases payment to the worker once verification passes.",
+        "A heartbeat keeps a worker's lease alive while it runs a task.",
+        "Cosine similarity compares two embedding vectors.")),
+    "generate_small": ChallengeSpec(prompt="Proofline verifies work before it pays for it."),
+}
 RECHECK_FRACTION = 0.1                # re-challenge in the last tenth of a verification
 ABSENCE = frozenset({"offer_lapsed", "lease_expired", "lease_released", "lease_lost"})
 
@@ -52,14 +66,16 @@ def start(ports: Ports, worker: Worker, job_class: str) -> Challenge:
     from . import jobs
     now = ports.clock()
     spec = CHALLENGES.get(job_class)
-    uri = S3Uri(ports.settings.artifacts_bucket, spec.key) if spec else None
-    if uri is None or ports.blobs.head(uri) is None:
+    uri = S3Uri(ports.settings.artifacts_bucket, spec.key) if spec and spec.key else None
+    if spec is None or (uri is not None and ports.blobs.head(uri) is None):
         outcome = Challenge(state="unavailable", at=now,
                             reason=f"no challenge is kept for {job_class}")
     else:
         job_id = f"challenge-{worker.address[2:10].lower()}-{int(now.timestamp() * 1000)}"
-        manifest = Manifest(kind=job_class, input_uri=str(uri), profile=spec.profile,
-                            payment_policy="none")
+        inputs = ({"input_uri": str(uri)} if uri else {"texts": list(spec.texts)} if spec.texts
+                  else {"prompt": spec.prompt, "max_tokens": 16, "seed": 7})
+        manifest = Manifest(kind=job_class, profile=spec.profile, payment_policy="none",
+                            **inputs, **({} if uri else {"max_attempts": 1}))
         job, _ = jobs.accept(ports, manifest, job_id=job_id, source="challenge",
                              challenge=worker.did)
         outcome = Challenge(job_id=job.job_id, state="pending", at=now)
@@ -83,12 +99,15 @@ def settle(ports: Ports, job: Job, *, passed: bool, reason: str | None = None,
            task: str | None = None) -> None:
     """A challenge job ended: verify the class, or record why not. A worker that was away
     (offer or lease lapsed, lease given back) is challenged again at its next heartbeat; one
-    whose output failed verification is not; nor is a challenge that failed before any task
-    of the worker's did (the control plane's fault, not the worker's)."""
+    whose output failed verification is not. A challenge that failed while a pool held the
+    job (planning a transcode) was the control plane's fault, and is retried too."""
     if not job.challenge:
         return
     outcome = Challenge(job_id=job.job_id, state="passed" if passed else "failed",
                         at=ports.clock(), reason=reason, task=task,
-                        retryable=not passed and (reason in ABSENCE or task is None))
+                        retryable=not passed and (reason in ABSENCE or (
+                            task is None and job.worker != job.challenge)))
+    model = ports.catalog.job_class(job.kind).model
     challenged(ports.workers, job.challenge, job.kind, outcome, now=outcome.at,
-               ttl_s=ports.settings.capability_ttl_s)
+               ttl_s=ports.settings.capability_ttl_s,
+               tokens=[capability("model", model)] if model else [])

@@ -167,8 +167,12 @@ def view(ports: Ports, job_id: str) -> JobView:
 
 
 def dispatch(ports: Ports, job: Job) -> None:
-    """Hand an assigned attempt to its pool. Safe to repeat: a stale copy loses its race."""
+    """Hand an assigned attempt to its pool, or offer it to the marketplace worker the
+    router prefers (`leases.offer_job`). Safe to repeat: a stale copy loses its race."""
     job_class = ports.catalog.job_class(job.kind)
+    from .job_leases import offer_job
+    if offer_job(ports, job, job_class):
+        return
     ports.queues.send(job_class.pool, {"job": job.model_dump(mode="json"),
                                        "attempt": job.attempt})
 
@@ -307,6 +311,13 @@ def _sweep_one(ports: Ports, job: Job, now: datetime) -> str | None:
                                  data={"attempt": j.attempt, "state": j.state.value},
                                  failed_attempt=lost)
         moved = apply(ports, job, plan)
+        if moved is not None and (job.worker or "").startswith("did:pkh:"):
+            from .workers import WorkerNotFound, record_outcome
+            try:         # an offer left lapsing, or a lease that went quiet
+                record_outcome(ports.workers, job.worker, job.kind,
+                               "lost" if job.state == State.ASSIGNED else "timeout", now=now)
+            except WorkerNotFound:
+                pass
         if moved and moved.state == State.ASSIGNED:
             dispatch(ports, moved)
         return moved.state.value if moved else None

@@ -65,7 +65,11 @@ def lease(ports: Ports, headers, did: str, body: dict) -> dict | None:
             return request
         ports.tasks.signature_given(did, job_id)             # stale: settled or moved on
     for job_id, task_id in ports.tasks.offers(did):
-        leased = _take(ports, did, job_id, task_id)
+        if not task_id:                                      # a whole job (inference)
+            from .job_leases import take
+            leased = take(ports, did, job_id)
+        else:
+            leased = _take(ports, did, job_id, task_id)
         ports.tasks.withdraw(did, job_id, task_id)
         if leased is not None:
             return leased

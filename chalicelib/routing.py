@@ -65,8 +65,10 @@ def route(job_class: JobClass, job: Job, *, now: float | None = None,
                       ranking=ranking.as_event())
 
 
-# Job classes whose work marketplace workers can lease (their video tasks).
-MARKETPLACE_CLASSES = frozenset({"ffmpeg_hls"})
+# Job classes whose work marketplace workers can lease: a transcode's video tasks, and
+# inference jobs whole.
+MARKETPLACE_JOB_CLASSES = frozenset({"embed_batch", "generate_small"})
+MARKETPLACE_CLASSES = frozenset({"ffmpeg_hls"}) | MARKETPLACE_JOB_CLASSES
 
 
 def task_units(job: Job, task: Task) -> Decimal:

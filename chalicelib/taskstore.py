@@ -86,8 +86,15 @@ class TaskStore:
             "pk": {"S": _worker_pk(task.worker)}, "sk": {"S": _offer_sk(task)},
             "job_id": {"S": task.job_id}, "task_id": {"S": task.task_id}})
 
+    def offer_job(self, did: str, job_id: str) -> None:
+        """Point the worker's partition at a whole job offered to it (task id "")."""
+        self._db.put_item(TableName=self._table, Item={
+            "pk": {"S": _worker_pk(did)}, "sk": {"S": f"{OFFER_PREFIX}{job_id}#"},
+            "job_id": {"S": job_id}, "task_id": {"S": ""}})
+
     def offers(self, did: str, limit: int = 25) -> list[tuple[str, str]]:
-        """(job id, task id) of the tasks offered to `did`, oldest job first."""
+        """(job id, task id) of the tasks offered to `did`, oldest job first; a task id of
+        "" is a whole job."""
         response = self._db.query(
             TableName=self._table, ConsistentRead=True, Limit=limit,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",

@@ -69,6 +69,7 @@ class VerifiedCapability(BaseModel):
     expires_at: datetime
     how: str                                  # e.g. "challenge job-… passed validation"
     challenge_job: str | None = None
+    tokens: list[str] = Field(default_factory=list)   # more it proved, e.g. `model:<id>`
 
 
 class Challenge(BaseModel):
@@ -126,8 +127,9 @@ class Worker(BaseModel):
             worker=self.did, region=self.claims.region,
             price_per_unit=dict(self.claims.price_per_unit),
             last_heartbeat=self.last_heartbeat.timestamp(),
-            verified=frozenset(capability("class", c) for c in self.verified
-                               if self.verified_for(c, now)),
+            verified=frozenset(token for c, v in self.verified.items()
+                               if self.verified_for(c, now)
+                               for token in (capability("class", c), *v.tokens)),
             claimed=frozenset(capability("class", c) for c in self.claims.job_classes),
             standing={c: Standing.of(Reputation.from_dict(r), now)
                       for c, r in self.reputation.items()},
@@ -251,7 +253,7 @@ def record_outcome(store: WorkerStore, did: str, job_class: str, outcome: Outcom
 
 
 def challenged(store: WorkerStore, did: str, job_class: str, challenge: Challenge, *,
-               now: datetime, ttl_s: int) -> Worker:
+               now: datetime, ttl_s: int, tokens: list[str] | None = None) -> Worker:
     """Record a challenge's progress; a pass verifies the class until `ttl_s` from now, a
     failure withdraws any earlier verification of it."""
     def change(worker: Worker) -> dict:
@@ -260,7 +262,7 @@ def challenged(store: WorkerStore, did: str, job_class: str, challenge: Challeng
             verified[job_class] = VerifiedCapability(
                 job_class=job_class, verified_at=now, expires_at=now + timedelta(seconds=ttl_s),
                 how=f"challenge job {challenge.job_id} passed verification",
-                challenge_job=challenge.job_id)
+                challenge_job=challenge.job_id, tokens=tokens or [])
         elif challenge.state == "failed":
             verified.pop(job_class, None)
         return {"verified": verified, "challenges": {**worker.challenges, job_class: challenge}}

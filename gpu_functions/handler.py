@@ -19,6 +19,7 @@ from decimal import Decimal
 from aws_lambda_powertools import Logger
 
 from chalicelib import attempts, inference_checks, media, ports
+from chalicelib.inference_inputs import dispatched_prompt, dispatched_texts, texts_of
 from chalicelib.blobs import S3Uri, attempt_key
 from chalicelib.chain import pool_signature
 from chalicelib.errors import InputError
@@ -79,7 +80,7 @@ def _batches(p: Ports, jobs: list[tuple[Job, float]]) -> list[list[tuple[Job, fl
     groups, current, size = [], [], 0
     for job, queued_s in jobs:
         try:
-            texts = _texts(p, job)
+            texts = texts_of(p, job)
         except InputError as error:
             attempts.fail(p, job, job.attempt, error)
             continue
@@ -231,32 +232,6 @@ def _guarded(p: Ports, job: Job, work) -> None:
         attempts.fail(p, job, job.attempt, error)
 
 
-def _texts(p: Ports, job: Job) -> list[str]:
-    """Inline texts, or a JSONL object: one JSON string or {"text": …} per line."""
-    if job.manifest.texts:
-        return list(job.manifest.texts)
-    job_class = p.catalog.job_class(job.kind)
-    raw = p.blobs.read(S3Uri.parse(job.input_uri), job_class.max_input_bytes)
-    if job.manifest.input_hash and media.sha256_bytes(raw) != job.manifest.input_hash:
-        raise InputError("input does not match its hash", reason="input_hash_mismatch")
-    texts = []
-    try:
-        for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-            if line.strip():
-                item = json.loads(line)
-                texts.append(item["text"] if isinstance(item, dict) else item)
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"input is not JSONL of texts (line {number}): {error}",
-                         reason="invalid_jsonl") from error
-    if not texts or not all(isinstance(t, str) and t for t in texts):
-        raise InputError("input holds no texts, or a line that is not a non-empty string",
-                         reason="invalid_jsonl")
-    if len(texts) > (job_class.limits.max_texts or len(texts)):
-        raise InputError(f"{len(texts)} texts; the class takes {job_class.limits.max_texts}",
-                         reason="too_many_texts")
-    return texts
-
-
 def _sha(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -276,8 +251,9 @@ def check(p: Ports, body: dict) -> None:
         from chalicelib.verification import Verdict
         verdict = Verdict(job_class.verification.policy, {"output_readable": False})
     elif job.kind == "embed_batch":
-        texts = _texts(p, job)
-        rows = inference_checks.sample_rows(len(texts), job_class.verification.sample_rate,
+        texts = dispatched_texts(p, job)     # what the worker was given (redacted or not)
+        rate = 1.0 if job.challenge else job_class.verification.sample_rate
+        rows = inference_checks.sample_rows(len(texts), rate,
                                             seed=f"{job.job_id}:{result.attempt}")
         trusted = (remote("embed_batch").embed.remote if modal_enabled()
                    else model("embed_batch").embed.local)
@@ -289,7 +265,7 @@ def check(p: Ports, body: dict) -> None:
     else:
         trusted = (remote(job.kind, job_class.model).generate.remote if modal_enabled()
                    else model(job.kind, job_class.model).generate.local)
-        reference = trusted(job.manifest.prompt, job.manifest.max_tokens or 64,
+        reference = trusted(dispatched_prompt(p, job), job.manifest.max_tokens or 64,
                             job.manifest.seed or 0)
         verdict = inference_checks.generation(
             data=data, reported_sha256=result.output.sha256,

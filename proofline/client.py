@@ -85,6 +85,10 @@ class Api:
         return self._request("POST", f"/tasks/{task_ref}/result", json=body,
                              headers=signature).json()
 
+    def submit_job_result(self, job_id: str, body: dict, signature: dict[str, str]) -> dict:
+        return self._request("POST", f"/jobs/{job_id}/result", json=body,
+                             headers=signature).json()
+
     def countersign(self, job_id: str, body: dict, signature: dict[str, str]) -> dict:
         return self._request("POST", f"/jobs/{job_id}/countersign", json=body,
                              headers=signature).json()

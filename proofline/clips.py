@@ -149,6 +149,8 @@ def seed_challenges(blobs, bucket: str, workdir) -> list[str]:
     from chalicelib.challenges import CHALLENGES
     written = []
     for job_class, spec in CHALLENGES.items():
+        if spec.key is None:                 # an inline challenge: nothing to store
+            continue
         uri = S3Uri(bucket, spec.key)
         if blobs.head(uri) is not None:
             continue

@@ -93,6 +93,8 @@ class Agent:
                     self._stop.wait(self.poll_s)
                 elif lease.get("kind") == "countersign":
                     self.countersign(lease)
+                elif lease.get("kind") == "job":
+                    self.infer(lease)
                 else:
                     self.work(lease)
         finally:
@@ -132,6 +134,7 @@ class Agent:
 
     def heartbeat(self, accepting: bool = True) -> dict:
         self._health = health(accepting=accepting)
+        self._health["models_loaded"] = self.models_loaded()
         body = {"did": self.did, "health": self._health}
         return self.api.heartbeat(self.did, body, self._signed("heartbeat", body))
 
@@ -188,6 +191,77 @@ class Agent:
             return
         self.stats.submitted += 1
         self.log(f"submitted {ref}: {outputs[0]['sha256']}")
+
+    # -- a whole inference job ------------------------------------------------------------
+    def infer(self, lease: dict) -> None:
+        """Run the job's model, the same class the pool runs (`gpu_functions.inference`),
+        loaded once and kept warm; upload and submit the signed result."""
+        import hashlib
+        self.stats.leased += 1
+        job_id = lease["job_id"]
+        self.log(f"leased job {job_id} ({lease['job_class']}, attempt {lease['attempt']})")
+        try:
+            body, execution = self.run_model(lease)
+            response = requests.put(lease["output"]["url"], data=body, timeout=300)
+            response.raise_for_status()
+        except Exception as error:  # noqa: BLE001 - the lease lapses and the job goes on
+            self.stats.errors += 1
+            self.log(f"job {job_id} failed here: {error!r}")
+            return
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        result = {"did": self.did, "job_id": job_id, "attempt": lease["attempt"],
+                  "output": {"name": lease["output"]["name"], "sha256": digest,
+                             "size_bytes": len(body)}, "execution": execution}
+        if lease.get("escrow"):
+            from chalicelib.chain import result_hash, sign_result
+            escrow = lease["escrow"]
+            result["signature"] = "0x" + sign_result(
+                self.account, escrow["domain"], bytes.fromhex(escrow["job_key"][2:]),
+                result_hash([digest])).hex()
+        try:
+            self.api.submit_job_result(job_id, result, self._signed("result", result))
+        except ApiError as error:
+            self.stats.errors += 1
+            self.log(f"job {job_id} result refused: {error.reason}: {error}")
+            return
+        self.stats.submitted += 1
+        self.log(f"submitted job {job_id}: {digest}")
+
+    def run_model(self, lease: dict) -> tuple[bytes, dict]:
+        import json
+        import time as clock
+        from gpu_functions import inference
+        inputs, started = lease["inputs"], clock.perf_counter()
+        del inference
+        if lease["job_class"] == "embed_batch":
+            out = self._model("embed_batch").embed.local(inputs["texts"])
+            body = out["npy"]
+            extra = {"count": out.get("count", len(inputs["texts"])), "dim": out.get("dim")}
+        else:
+            out = self._model("generate_small").generate.local(
+                inputs["prompt"], inputs["max_tokens"], inputs["seed"])
+            body = json.dumps({k: out[k] for k in ("text", "tokens", "token_ids", "model",
+                                                    "seed", "greedy")},
+                              ensure_ascii=False).encode("utf-8")
+            extra = {"tokens": out["tokens"]}
+        return body, {"model": out["model"], "model_s": round(clock.perf_counter() - started, 4),
+                      "cold_start_s": out.get("cold_start_s"),
+                      "warm": out.get("cold_start_s") is None, **extra}
+
+    def models_loaded(self) -> list[str]:
+        """Model ids this agent holds in memory: the router prefers warm workers."""
+        from gpu_functions import inference
+        ids = {"embed_batch": inference.EMBED_MODEL, "generate_small": inference.TINY_GENERATOR}
+        return sorted(ids[k] for k in getattr(self, "_models", {}))
+
+    def _model(self, kind: str):
+        from gpu_functions import inference
+        if not hasattr(self, "_models"):
+            self._models = {}
+        if kind not in self._models:
+            self._models[kind] = (inference.Embedder() if kind == "embed_batch"
+                                  else inference.Generator(model_id=inference.TINY_GENERATOR))
+        return self._models[kind]
 
     def countersign(self, request: dict) -> None:
         """Sign the escrow's result hash for a verified job this worker is paid for, once

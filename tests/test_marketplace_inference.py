@@ -1,0 +1,135 @@
+"""Inference jobs on marketplace workers: leased whole after an embedding challenge, their
+inputs redacted for untrusted hands, re-executed on the trusted pool before anything
+counts, and private jobs kept off untrusted workers altogether."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+from eth_account import Account
+
+from chalicelib.signing import did_for
+from proofline.client import ApiError
+from proofline.worker_agent import Agent
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.stack
+SECRET_MAIL = "alice.secret@example.com"
+
+
+class Recording(Agent):
+    """Keeps every input it was given, to show what reached it."""
+
+    def run_model(self, lease):
+        self.seen = getattr(self, "seen", []) + [(lease["job_id"], lease["inputs"])]
+        return super().run_model(lease)
+
+
+class Perturbing(Recording):
+    """Passes its challenge, then returns vectors nudged off the model's."""
+
+    def run_model(self, lease):
+        body, execution = super().run_model(lease)
+        if lease["job_id"].startswith("challenge-"):
+            return body, execution
+        vectors = np.load(io.BytesIO(body))
+        noisy = vectors + np.random.default_rng(1).normal(0, 0.08, vectors.shape)
+        noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+        out = io.BytesIO()
+        np.save(out, noisy, allow_pickle=False)
+        return out.getvalue(), execution
+
+
+def claims(price: str) -> dict:
+    return {"job_classes": ["embed_batch"], "region": "us-east-1",
+            "price_per_unit": {"embed_batch": price},
+            "models_cached": ["sentence-transformers/all-MiniLM-L6-v2"]}
+
+
+def start(api, chain_id, kind, price):
+    account = Account.create()
+    agent = kind(api=api, account=account, did=did_for(account.address, chain_id),
+                 claims=claims(price), heartbeat_every_s=1, poll_s=0.3, log=lambda _: None)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    return agent, thread
+
+
+def wait_verified(api, did, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            worker = api.worker(did)
+        except ApiError:                     # not registered yet
+            time.sleep(0.3)
+            continue
+        if worker["routable_for"] == ["embed_batch"]:
+            return worker
+        challenge = worker.get("challenges", {}).get("embed_batch")
+        assert not challenge or challenge["state"] != "failed", challenge
+        time.sleep(0.3)
+    raise AssertionError(f"{did} was not verified: {api.worker(did)}")
+
+
+@pytest.fixture(scope="module")
+def inference_market(stack, api):
+    honest, t1 = start(api, stack.info.chain_id, Recording, "0.0001")
+    cheat, t2 = start(api, stack.info.chain_id, Perturbing, "0.00001")
+    try:
+        for agent in (honest, cheat):
+            wait_verified(api, agent.did)
+        yield honest, cheat
+    finally:
+        for agent, thread in ((honest, t1), (cheat, t2)):
+            agent.stop()
+            thread.join(timeout=60)
+
+
+def test_a_verified_worker_gets_the_model_token_and_not_just_the_class(api, inference_market):
+    honest, _ = inference_market
+    verified = api.worker(honest.did)["verified"]["embed_batch"]
+    assert verified["tokens"] == ["model:sentence-transformers/all-MiniLM-L6-v2"]
+    assert api.job(verified["challenge_job"])["state"] == "settled"
+
+
+def test_perturbed_vectors_are_caught_and_the_job_is_redone_by_an_honest_worker(
+        api, inference_market):
+    honest, cheat = inference_market
+    before = api.worker(cheat.did)["reputation"]["embed_batch"]["score"]
+    texts = ["Write to " + SECRET_MAIL + " about the invoice.", "A cat sits on the mat.",
+             "Verification comes before payment."]
+    job, _ = api.submit({"kind": "embed_batch", "texts": texts},
+                        idempotency_key=str(uuid.uuid4()))
+    final = wait_for(api, job["job_id"], timeout=180)
+    events = api.events(job["job_id"])["events"]
+    assert final["state"] == "settled", [(e["type"], e["data"].get("reason")) for e in events]
+    offered = [e["data"]["worker"] for e in events if e["type"] == "job.offered"]
+    assert offered == [cheat.did, honest.did]                  # cheapest first, then not again
+    [rejected] = [e for e in events if e["type"] == "validation.failed"]
+    assert rejected["data"]["checks"]["reexecution_matches"] is False
+    assert api.worker(cheat.did)["reputation"]["embed_batch"]["score"] < before
+    assert final["attempts"][-1]["worker"] == honest.did
+
+    # What reached the untrusted workers was redacted; the timeline keeps only its hash.
+    given = [inputs["texts"] for job_id, inputs in honest.seen if job_id == job["job_id"]]
+    assert given and all(SECRET_MAIL not in t for t in given[0])
+    assert given[0][0] == "Write to [redacted] about the invoice."
+    assert all(SECRET_MAIL not in str(e["data"]) for e in events)
+    assert all("input_sha256" in e["data"] for e in events if e["type"] == "job.offered")
+
+
+def test_private_jobs_never_reach_an_untrusted_worker(api, inference_market):
+    honest, cheat = inference_market
+    job, _ = api.submit({"kind": "embed_batch", "texts": ["patient record 4411: stable"],
+                         "data_sensitivity": "private"}, idempotency_key=str(uuid.uuid4()))
+    final = wait_for(api, job["job_id"], timeout=120)
+    assert final["state"] == "settled"
+    events = api.events(job["job_id"])["events"]
+    assert not [e for e in events if e["type"] == "job.offered"]
+    assert {a["worker"] for a in final["attempts"]} == {"pool:inference"}
+    for agent in (honest, cheat):
+        assert all(job_id != job["job_id"] for job_id, _ in getattr(agent, "seen", []))
