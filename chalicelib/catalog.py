@@ -34,6 +34,8 @@ class Verification(_Strict):
     queue: str = "verify"             # where checks run: re-execution needs the model's pool
     sample_rate: Annotated[float, Field(gt=0, le=1)] = 1.0
     cosine_min: Annotated[float, Field(gt=0, le=1)] | None = None
+    # 2: the trusted pool runs the whole job again and every row is compared (no sampling)
+    redundancy: Literal[1, 2] = 1
 
 
 class Limits(_Strict):

@@ -41,6 +41,7 @@ class Settings:
     offer_s: int = 60                 # an offered task not leased by then goes elsewhere
     capability_ttl_s: int = 7 * 86_400   # a passed challenge verifies a class this long
     allow_unsigned: bool = False      # unsigned submit/cancel: a local-demo convenience only
+    trusted_workers: frozenset[str] = frozenset()   # marketplace DIDs cleared for private data
 
     @property
     def queues(self) -> dict[str, str]:
@@ -125,4 +126,6 @@ def settings() -> Settings:
         offer_s=int(env.get("PROOFLINE_OFFER_SECONDS", 60)),
         capability_ttl_s=int(env.get("PROOFLINE_CAPABILITY_TTL_SECONDS", 7 * 86_400)),
         allow_unsigned=env.get("PROOFLINE_ALLOW_UNSIGNED", "false").lower() in ("1", "true"),
+        trusted_workers=frozenset(d.strip() for d in env.get("PROOFLINE_TRUSTED_WORKERS", "")
+                                  .split(",") if d.strip()),
     )

@@ -35,9 +35,10 @@ def redact(text: str, names: list[str]) -> tuple[str, int]:
 
 def redacts_for(p: Ports, job: Job) -> list[str]:
     """The patterns to strip before this job's input reaches its worker: the class's, when
-    the worker is an untrusted marketplace worker; none for the trusted pools."""
+    the worker is an untrusted marketplace worker; none for the trusted pools and the
+    workers cleared by `PROOFLINE_TRUSTED_WORKERS`."""
     worker = job.worker or ""
-    if not worker.startswith("did:pkh:"):
+    if not worker.startswith("did:pkh:") or worker in p.settings.trusted_workers:
         return []
     return list(p.catalog.job_class(job.kind).redact)
 

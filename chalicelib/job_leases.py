@@ -18,7 +18,7 @@ from .attempts import start, submit
 from .blobs import S3Uri, attempt_key
 from .catalog import JobClass
 from .errors import Conflict, Forbidden, InvalidRequest
-from .inference_inputs import digest, dispatched_prompt, dispatched_texts
+from .inference_inputs import digest, dispatched_prompt, dispatched_texts, redacts_for
 from .jobs import apply
 from .models import AttemptResult, Job, Output, State
 from .ports import Ports
@@ -50,7 +50,8 @@ def offer_job(ports: Ports, job: Job, job_class: JobClass) -> bool:
         assignment = route(job_class, job.model_copy(update={"worker": None}),
                            now=now.timestamp(), candidates=candidates,
                            pool_price=job_class.price_per_second or 0,
-                           heartbeat_ttl_s=ports.settings.heartbeat_ttl_s)
+                           heartbeat_ttl_s=ports.settings.heartbeat_ttl_s,
+                           allow_list=ports.settings.trusted_workers)
         if not _marketplace(assignment.worker):
             return False
         worker, data = assignment.worker, {"reason": assignment.reason,
@@ -66,7 +67,7 @@ def offer_job(ports: Ports, job: Job, job_class: JobClass) -> bool:
         noted, event = states.note(j, "job.offered", at=now, data={
             "attempt": j.attempt, "worker": worker, "offer_expires_at": deadline.isoformat(),
             "input_sha256": digest(sent),
-            "redacted": list(ports.catalog.job_class(j.kind).redact) if worker else [],
+            "redacted": redacts_for(ports, offered),
             **data})
         return noted.model_copy(update={"worker": worker, "next_deadline": deadline}), [event], []
     if apply(ports, job, plan) is not None:

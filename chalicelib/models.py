@@ -56,6 +56,7 @@ class Manifest(BaseModel):
     max_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None
     data_sensitivity: Literal["public", "private"] | None = None
+    redundancy: Literal[1, 2] | None = None   # 2: run twice (the second on a trusted pool), compare all
     input_hash: ContentHash | None = None
     profile: Annotated[str, Field(max_length=64)] | None = None
     model: Annotated[str, Field(max_length=128)] | None = None

@@ -46,7 +46,7 @@ def pool_candidate(job_class: JobClass, *, now: float, price: Decimal = Decimal(
 
 def route(job_class: JobClass, job: Job, *, now: float | None = None,
           candidates: Sequence[Candidate] = (), pool_price: Decimal = Decimal(0),
-          heartbeat_ttl_s: float = 60.0) -> Assignment:
+          heartbeat_ttl_s: float = 60.0, allow_list: frozenset[str] = frozenset()) -> Assignment:
     """Rank the candidates for `job`; the class's pool is also the fallback. Marketplace
     `candidates` compete for whole jobs only where an escrow must name one payee (a
     transcode with escrow); once chosen, that payee stays through the job's retries, since
@@ -59,8 +59,8 @@ def route(job_class: JobClass, job: Job, *, now: float | None = None,
                                    "reason": "escrow payee", "ranked": [], "excluded": {}})
     pool = pool_candidate(job_class, now=now, price=pool_price)
     ranking = rank(JobRequirements.of(job_class, job.manifest), [pool, *candidates],
-                   RoutingPolicy(fallback=pool.worker, heartbeat_ttl_s=heartbeat_ttl_s),
-                   now=now)
+                   RoutingPolicy(fallback=pool.worker, heartbeat_ttl_s=heartbeat_ttl_s,
+                                 allow_list=allow_list), now=now)
     return Assignment(worker=ranking.chosen[0], queue=job_class.pool, reason=ranking.reason,
                       ranking=ranking.as_event())
 

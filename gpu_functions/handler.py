@@ -252,7 +252,9 @@ def check(p: Ports, body: dict) -> None:
         verdict = Verdict(job_class.verification.policy, {"output_readable": False})
     elif job.kind == "embed_batch":
         texts = dispatched_texts(p, job)     # what the worker was given (redacted or not)
-        rate = 1.0 if job.challenge else job_class.verification.sample_rate
+        full = job.challenge or (job.manifest.redundancy
+                                 or job_class.verification.redundancy) >= 2
+        rate = 1.0 if full else job_class.verification.sample_rate
         rows = inference_checks.sample_rows(len(texts), rate,
                                             seed=f"{job.job_id}:{result.attempt}")
         trusted = (remote("embed_batch").embed.remote if modal_enabled()

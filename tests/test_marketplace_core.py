@@ -131,3 +131,57 @@ def test_a_worker_far_from_the_segment_pays_for_moving_it():
     prices = {r["worker"]: Decimal(r["price"]) for r in chosen.ranking["ranked"]}
     assert prices[far.did] == Decimal("0.00001") * Decimal("3.6864") + Decimal("0.04")
     assert chosen.worker == near.did                      # cheaper per unit, dearer to reach
+
+
+def embed_route(workers: list[Worker], *, private=False, allow=frozenset(),
+                cold=()) -> routing.Assignment:
+    """Workers verified for embed_batch and its model, the model loaded unless `cold`."""
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    for w in workers:
+        w.claims.price_per_unit["embed_batch"] = Decimal("0.0001")
+        w.health = Health(models_loaded=[] if w.did in cold else [model])
+        w.verified["embed_batch"] = VerifiedCapability(
+            job_class="embed_batch", verified_at=NOW, expires_at=NOW + timedelta(days=1),
+            how="challenge", tokens=[f"model:{model}"])
+    manifest = Manifest(kind="embed_batch", texts=["a"],
+                        data_sensitivity="private" if private else None)
+    job = Job(job_id="job-2", kind="embed_batch", state=State.ASSIGNED, version=2,
+              manifest=manifest, payment_policy="none", max_attempts=3, timeouts_s={},
+              correlation_id="job-2", source="http", created_at=NOW, updated_at=NOW)
+    return routing.route(catalog.default().job_class("embed_batch"), job, now=NOW.timestamp(),
+                         candidates=[w.candidate(NOW) for w in workers],
+                         pool_price=Decimal("0.000164"), allow_list=allow)
+
+
+def test_a_worker_with_the_model_loaded_beats_a_cold_one():
+    cold, warm = worker(1), worker(2)
+    chosen = embed_route([cold, warm], cold={cold.did})
+    assert chosen.worker == warm.did
+    factors = {r["worker"]: r["factors"]["warm"] for r in chosen.ranking["ranked"]}
+    assert factors[warm.did] == 1.0 and factors[cold.did] == 0.0
+
+
+def test_private_jobs_go_only_to_trusted_or_allow_listed_workers():
+    stranger, cleared = worker(1), worker(2, price="0.00003")
+    chosen = embed_route([stranger, cleared], private=True)
+    assert chosen.worker == "pool:inference"
+    assert chosen.ranking["excluded"]["untrusted_for_private"]["count"] == 2
+    assert embed_route([stranger, cleared], private=True,
+                       allow=frozenset({cleared.did})).worker == cleared.did
+
+
+def test_a_claimed_model_without_a_verified_model_token_is_not_enough():
+    unproven = worker(1)
+    unproven.claims.models_cached = ["sentence-transformers/all-MiniLM-L6-v2"]
+    chosen = embed_route([unproven])
+    assert chosen.worker == unproven.did              # verified by its challenge
+    unproven.verified["embed_batch"].tokens.clear()
+    model_free = routing.route(
+        catalog.default().job_class("embed_batch"),
+        Job(job_id="job-3", kind="embed_batch", state=State.ASSIGNED, version=2,
+            manifest=Manifest(kind="embed_batch", texts=["a"]), payment_policy="none",
+            max_attempts=3, timeouts_s={}, correlation_id="c", source="http",
+            created_at=NOW, updated_at=NOW),
+        now=NOW.timestamp(), candidates=[unproven.candidate(NOW)], pool_price=Decimal("1"))
+    assert model_free.worker == "pool:inference"
+    assert "no_verified_capability" in model_free.ranking["excluded"]

@@ -30,14 +30,19 @@ class Recording(Agent):
 
 
 class Perturbing(Recording):
-    """Passes its challenge, then returns vectors nudged off the model's."""
+    """Passes its challenge, then returns vectors nudged off the model's (every row, or
+    only the last: a sample would likely miss that)."""
+    only_last = False
 
     def run_model(self, lease):
         body, execution = super().run_model(lease)
         if lease["job_id"].startswith("challenge-"):
             return body, execution
         vectors = np.load(io.BytesIO(body))
-        noisy = vectors + np.random.default_rng(1).normal(0, 0.08, vectors.shape)
+        noise = np.random.default_rng(1).normal(0, 0.08, vectors.shape)
+        if self.only_last:
+            noise[:-1] = 0
+        noisy = vectors + noise
         noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
         out = io.BytesIO()
         np.save(out, noisy, allow_pickle=False)
@@ -133,3 +138,29 @@ def test_private_jobs_never_reach_an_untrusted_worker(api, inference_market):
     assert {a["worker"] for a in final["attempts"]} == {"pool:inference"}
     for agent in (honest, cheat):
         assert all(job_id != job["job_id"] for job_id, _ in getattr(agent, "seen", []))
+
+
+def test_redundancy_two_reruns_every_row_and_catches_a_single_bad_vector(
+        api, stack, inference_market):
+    honest, _ = inference_market
+    subtle, thread = start(api, stack.info.chain_id, Perturbing, "0.000001")
+    subtle.only_last = True
+    try:
+        wait_verified(api, subtle.did)
+        texts = [f"Sentence number {i} about verifiable compute." for i in range(20)]
+        job, _ = api.submit({"kind": "embed_batch", "texts": texts, "redundancy": 2},
+                            idempotency_key=str(uuid.uuid4()))
+        final = wait_for(api, job["job_id"], timeout=180)
+    finally:
+        subtle.stop()
+        thread.join(timeout=60)
+    events = api.events(job["job_id"])["events"]
+    assert final["state"] == "settled", [(e["type"], e["data"].get("reason")) for e in events]
+    offered = [e["data"]["worker"] for e in events if e["type"] == "job.offered"]
+    assert offered[0] == subtle.did
+    failed = [e for e in events if e["type"] == "validation.failed"]
+    assert failed[0]["data"]["measured"]["rows_reexecuted"] == 20     # all of them, not 2
+    assert failed[0]["data"]["checks"]["reexecution_matches"] is False
+    assert final["attempts"][-1]["worker"] == honest.did
+    reputation = api.worker(subtle.did)["reputation"]["embed_batch"]
+    assert reputation["validation_failures"] == 1 and reputation["completions"] == 1
