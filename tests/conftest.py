@@ -88,3 +88,17 @@ def wait_for(api: Api, job_id: str, states=TERMINAL, timeout: float = 60) -> dic
 
 def event_types(api: Api, job_id: str) -> list[str]:
     return [e["type"] for e in api.events(job_id)["events"]]
+
+
+def forged_headers(account, did: str, body, *, action: str, chain_id: int = 31337) -> dict:
+    """Signature headers that name `did` but are signed by `account`, someone else's key."""
+    from eth_account import Account
+    from chalicelib import signing
+    own = signing.did_for(account.address, chain_id)
+    headers = signing.sign_request(account, action=action, did=own, body=body,
+                                   chain_id=chain_id)
+    typed = signing.request_typed_data(action=action, did=did, body=body, chain_id=chain_id,
+                                       nonce=int(headers[signing.NONCE_HEADER]),
+                                       expiry=int(headers[signing.EXPIRY_HEADER]))
+    signature = Account.sign_typed_data(account.key, full_message=typed).signature
+    return {**headers, signing.DID_HEADER: did, signing.SIGNATURE_HEADER: "0x" + signature.hex()}

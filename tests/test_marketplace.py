@@ -26,7 +26,7 @@ from chalicelib.signing import did_for, sign_request
 from proofline import clips
 from proofline.client import ApiError
 from proofline.worker_agent import Agent
-from tests.conftest import wait_for
+from tests.conftest import forged_headers, wait_for
 
 pytestmark = pytest.mark.stack
 PASSPHRASE = "correct horse battery staple"
@@ -261,7 +261,8 @@ def test_a_worker_cannot_lease_or_submit_for_another_and_forged_or_replayed_call
     chain_id = int(cheat_did.split(":")[3])
     body = {"did": honest_did}
     with pytest.raises(ApiError) as foreign:                  # the cheat leases as honest
-        api.lease(honest_did, body, _forge(cheat_account, honest_did, body, chain_id))
+        api.lease(honest_did, body, forged_headers(cheat_account, honest_did, body,
+                                                   action="lease", chain_id=chain_id))
     assert (foreign.value.status, foreign.value.reason) == (403, "wrong_signer")
 
     honest_task = _a_task_of(api, honest_did)
@@ -356,16 +357,6 @@ def _a_task_of(api, did: str) -> dict:
     return next(e for e in api.events(challenge)["events"] if e["type"] == "segment.verified")
 
 
-def _forge(account, did, body, chain_id, action="lease") -> dict:
-    """Headers naming `did`, signed by `account`'s key."""
-    from chalicelib import signing
-    headers = sign_request(account, action=action, did=did_for(account.address, chain_id),
-                           body=body, chain_id=chain_id)
-    typed = signing.request_typed_data(action=action, did=did, body=body, chain_id=chain_id,
-                                       nonce=int(headers[signing.NONCE_HEADER]),
-                                       expiry=int(headers[signing.EXPIRY_HEADER]))
-    signature = Account.sign_typed_data(account.key, full_message=typed).signature
-    return {**headers, signing.DID_HEADER: did, signing.SIGNATURE_HEADER: "0x" + signature.hex()}
 
 
 def test_a_dispute_opened_on_chain_counts_against_the_paid_worker(ports, stack):

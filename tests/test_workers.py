@@ -7,6 +7,7 @@ from eth_account import Account
 
 from chalicelib.signing import did_for, sign_request
 from proofline.client import ApiError
+from tests.conftest import forged_headers
 
 pytestmark = pytest.mark.stack
 CHAIN = 31337
@@ -88,16 +89,7 @@ def test_a_second_registration_and_bad_claims_are_refused(api):
 
 
 def _forge(account, did, body, action="register"):
-    """Headers signed by `account` while naming someone else's did."""
-    from chalicelib import signing
-    own = did_for(account.address, CHAIN)
-    headers = sign_request(account, action=action, did=own, body=body, chain_id=CHAIN)
-    # Re-sign the typed data for the victim's did with the wrong key.
-    typed = signing.request_typed_data(action=action, did=did, body=body, chain_id=CHAIN,
-                                       nonce=int(headers[signing.NONCE_HEADER]),
-                                       expiry=int(headers[signing.EXPIRY_HEADER]))
-    signature = Account.sign_typed_data(account.key, full_message=typed).signature
-    return {**headers, signing.DID_HEADER: did, signing.SIGNATURE_HEADER: "0x" + signature.hex()}
+    return forged_headers(account, did, body, action=action, chain_id=CHAIN)
 
 
 def test_the_cli_lists_and_shows_workers(api, stack):
