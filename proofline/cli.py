@@ -1,12 +1,9 @@
-"""`proofline`: submit and follow jobs, and run the local stack."""
+"""`proofline`: submit and follow jobs; the other command groups register at the bottom."""
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -19,10 +16,10 @@ from chalicelib.money import from_base_units
 
 from . import client as api_client
 from .devstack import read_state
+from .stack_cli import STATE_DIR
 
 console = Console()
 err = Console(stderr=True)
-STATE_DIR = Path(".proofline")
 MANIFEST_FLAGS = ("kind", "input_uri", "profile", "model", "max_attempts", "payment_policy",
                   "deadline", "max_price", "client_did", "job_id")
 
@@ -318,141 +315,12 @@ def _state(state: str) -> str:
     return f"[{color[state]}]{state}[/{color[state]}]" if state in color else state
 
 
-# -- settlement ----------------------------------------------------------------------------
-# -- local stack ---------------------------------------------------------------------------
-@main.group()
-def dev():
-    """Run the embedded local stack (moto, API, event pump) on 127.0.0.1."""
-
-
-@dev.command("up")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--workers", default=2, show_default=True, help="Media worker processes.")
-@click.option("--timeout", default=90.0, show_default=True)
-def dev_up(as_json, workers, timeout):
-    """Start the stack in the background and return once it is healthy."""
-    info = _running()
-    if info is None:
-        STATE_DIR.mkdir(exist_ok=True)
-        log = open(STATE_DIR / "stack.log", "ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "proofline.devstack", "--state-dir", str(STATE_DIR),
-             "--workers", str(workers)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        info = _await_healthy(process, timeout)
-        started = True
-    else:
-        started = False
-    _emit({**info.__dict__, "started": started}, as_json, lambda d: console.print(
-        f"{'started' if started else 'already running'}: API {d['api_url']}  "
-        f"AWS {d['aws_endpoint']}  (pid {d['pid']}, logs {STATE_DIR / 'stack.log'})"))
-
-
-@dev.command("status")
-@click.option("--json", "as_json", is_flag=True)
-def dev_status(as_json):
-    info = _running()
-    data = {"running": info is not None, **(info.__dict__ if info else {})}
-    _emit(data, as_json, lambda d: console.print(
-        f"running: API {d['api_url']}  AWS {d['aws_endpoint']}  pid {d['pid']}" if d["running"]
-        else "not running"))
-    sys.exit(0 if info else 3)
-
-
-@dev.command("down")
-def dev_down():
-    info = read_state(STATE_DIR)
-    if info is None or not _alive(info.pid):
-        (STATE_DIR / "stack.json").unlink(missing_ok=True)
-        console.print("not running")
-        return
-    os.kill(info.pid, signal.SIGTERM)
-    for _ in range(100):
-        if not _alive(info.pid):
-            break
-        time.sleep(0.2)
-    else:
-        os.kill(info.pid, signal.SIGKILL)
-    (STATE_DIR / "stack.json").unlink(missing_ok=True)
-    console.print(f"stopped (pid {info.pid})")
-
-
-def _running():
-    info = read_state(STATE_DIR)
-    if info is None or not _alive(info.pid):
-        return None
-    try:
-        api_client.Api(info.api_url, timeout=5).health()
-    except Exception:
-        return None
-    return info
-
-
-def _await_healthy(process: subprocess.Popen, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = (STATE_DIR / "stack.log").read_text(errors="replace")[-3000:]
-            raise click.ClickException(f"the stack exited with {process.returncode}:\n{tail}")
-        info = _running()
-        if info is not None:
-            return info
-        time.sleep(0.3)
-    process.terminate()
-    raise click.ClickException(f"the stack was not healthy after {timeout}s; see {STATE_DIR / 'stack.log'}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:   # a zombie child of ours is not alive
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return True
-
-
-# -- operations ----------------------------------------------------------------------------
-@main.group()
-def ops():
-    """Deployment chores."""
-
-
-@ops.command("seed-challenges")
-def ops_seed_challenges():
-    """Upload the clips that challenge jobs transcode into the stage's artifacts bucket
-    (workers claiming a class without one stay unverified for it)."""
-    import tempfile
-    from chalicelib import config, ports
-    from .clips import seed_challenges
-    with tempfile.TemporaryDirectory() as workdir:
-        written = seed_challenges(ports.default().blobs, config.settings().artifacts_bucket,
-                                  workdir)
-    console.print("\n".join(written) or "every challenge clip is in place")
-
-
-@ops.command("enable-batch-failures")
-@click.argument("functions", nargs=-1, required=True)
-@click.option("--region")
-def ops_enable_batch_failures(functions, region):
-    """Turn on ReportBatchItemFailures for the SQS triggers Chalice deployed (it can't)."""
-    import boto3
-    from chalicelib.deploy import enable_partial_batch_responses
-    rows = enable_partial_batch_responses(boto3.client("lambda", region_name=region), functions)
-    for row in rows:
-        console.print(f"{row['function']} ← {row['queue_arn']}: "
-                      f"{'enabled' if row['changed'] else 'already on'}")
-
-
 from .transcode_cli import transcode  # noqa: E402  (its commands reach back into this module)
 from .infer_cli import infer  # noqa: E402  (its commands reach back into this module)
 from .identity_cli import identity  # noqa: E402
 from .settle_cli import settle  # noqa: E402  (its commands reach back into this module)
 from .workers_cli import worker, workers  # noqa: E402  (its commands reach back into this module)
+from .stack_cli import dev, ops  # noqa: E402  (its commands reach back into this module)
 
 main.add_command(transcode)
 main.add_command(infer)
@@ -460,6 +328,8 @@ main.add_command(identity)
 main.add_command(settle)
 main.add_command(workers)
 main.add_command(worker)
+main.add_command(dev)
+main.add_command(ops)
 
 
 if __name__ == "__main__":
