@@ -42,6 +42,7 @@ class Settings:
     capability_ttl_s: int = 7 * 86_400   # a passed challenge verifies a class this long
     allow_unsigned: bool = False      # unsigned submit/cancel: a local-demo convenience only
     trusted_workers: frozenset[str] = frozenset()   # marketplace DIDs cleared for private data
+    countersign_s: int = 3600         # an escrow payee that has not countersigned by then forfeits
 
     @property
     def queues(self) -> dict[str, str]:
@@ -126,6 +127,7 @@ def settings() -> Settings:
         offer_s=int(env.get("PROOFLINE_OFFER_SECONDS", 60)),
         capability_ttl_s=int(env.get("PROOFLINE_CAPABILITY_TTL_SECONDS", 7 * 86_400)),
         allow_unsigned=env.get("PROOFLINE_ALLOW_UNSIGNED", "false").lower() in ("1", "true"),
+        countersign_s=int(env.get("PROOFLINE_COUNTERSIGN_SECONDS", 3600)),
         trusted_workers=frozenset(d.strip() for d in env.get("PROOFLINE_TRUSTED_WORKERS", "")
                                   .split(",") if d.strip()),
     )

@@ -167,14 +167,44 @@ def _assign_on_chain(ports: Ports, view) -> str:
 
 def _ask_countersignature(ports: Ports, view, hashes: list[str]) -> str:
     """A marketplace payee signs the verified package itself (it holds its own key): offer
-    it the signature with its next lease; its countersign re-sends this release."""
-    job = view.job
-    ports.tasks.ask_signature(job.worker, job.job_id)
-    if not any(e.type == "settlement.awaiting_signature" for e in view.events):
+    it the signature with its next lease; its countersign re-sends this release. A payee
+    silent for `countersign_s` forfeits: the client is refunded (the chain pays only the
+    payee's signature, so nobody else can be paid instead)."""
+    job, now = view.job, ports.clock()
+    asked = next((e for e in view.events if e.type == "settlement.awaiting_signature"), None)
+    if asked is None:
+        ports.tasks.ask_signature(job.worker, job.job_id)
+        due = now + timedelta(seconds=ports.settings.countersign_s)
         apply(ports, job, lambda j: _noted(j, ports, "settlement.awaiting_signature", {
-            "worker": job.worker, "outputs": hashes,
-            "result_hash": "0x" + result_hash(hashes).hex()}))
-    return "awaiting signature"
+            "worker": job.worker, "outputs": hashes, "until": due.isoformat(),
+            "result_hash": "0x" + result_hash(hashes).hex()}, next_deadline=due))
+        return "awaiting signature"
+    if (now - asked.at).total_seconds() < ports.settings.countersign_s:
+        ports.tasks.ask_signature(job.worker, job.job_id)
+        return "awaiting signature"
+    return _forfeit(ports, job)
+
+
+def _forfeit(ports: Ports, job: Job) -> str:
+    chain = ports.chain
+    receipt = chain.escrow.send(chain.control, "refund", job_key_bytes(job))
+    ports.tasks.signature_given(job.worker, job.job_id)
+    data = {**receipt.as_event(), "amount": str(job.escrow.amount), "worker": job.worker,
+            "reason": "payee_did_not_countersign"}
+
+    def plan(j: Job):
+        if j.state != State.VERIFIED:
+            return None
+        settled, event = states.transition(j, State.SETTLED, at=ports.clock(),
+                                           event="settlement.forfeited", data=data)
+        return settled, [event], []
+    if apply(ports, job, plan) is not None:
+        from .workers import WorkerNotFound, record_outcome
+        try:
+            record_outcome(ports.workers, job.worker, job.kind, "timeout", now=ports.clock())
+        except WorkerNotFound:
+            pass
+    return "forfeited"
 
 
 def _release(ports: Ports, view) -> str:

@@ -21,6 +21,7 @@ def stack(tmp_path_factory):
     # Marketplace leases and offers lapse in seconds here, so lost workers are noticed fast.
     os.environ.setdefault("PROOFLINE_WORKER_LEASE_SECONDS", "5")
     os.environ.setdefault("PROOFLINE_OFFER_SECONDS", "8")
+    os.environ.setdefault("PROOFLINE_COUNTERSIGN_SECONDS", "6")
     dev = DevStack(tmp_path_factory.mktemp("stack"), visibility_cap=2, schedule_every_s=1,
                    pool_workers=2)
     dev.start()

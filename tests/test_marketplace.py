@@ -343,6 +343,53 @@ def test_an_escrow_transcode_pays_the_worker_that_did_it(stack, api, market, med
     assert w3.eth.get_balance(payee) - before == 2 * 10**16   # paid to the worker's DID
 
 
+class Mute(Agent):
+    """Does the work, then never signs for its pay."""
+
+    def countersign(self, request):
+        self.asked = getattr(self, "asked", 0) + 1
+
+
+def test_a_payee_that_never_countersigns_forfeits_and_the_client_is_refunded(
+        stack, api, market, media_dir):
+    from web3 import Web3
+    from chalicelib.chain import Escrow
+    chain_id = stack.info.chain_id
+    account = Account.create()
+    mute = Mute(api=api, account=account, did=did_for(account.address, chain_id),
+                claims=claims("0.000005"), heartbeat_every_s=1, poll_s=0.3, log=lambda _: None)
+    thread = in_thread(mute)
+    try:
+        wait_until(lambda: challenge_state(api, mute.did) == "passed", 120, "its challenge")
+        w3 = Web3(Web3.HTTPProvider(stack.info.rpc_url))
+        client = Account.from_key(stack.info.dev_keys["client"])
+        source = clips.make_gop_clip(media_dir / "unsigned.mp4", seconds=4.0, gop=100,
+                                     width=320, height=240, fps=25)
+        slot = api.upload(source)
+        job, _ = api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
+                             "input_hash": slot["input_hash"], "profile": "hls-720p",
+                             "payment_policy": "escrow_before_start", "max_price": "0.02"},
+                            idempotency_key=str(uuid.uuid4()))
+        escrow = Escrow(w3, stack.info.escrow_address)
+        escrow.fund(client, bytes.fromhex(job["escrow"]["job_key"][2:]), 2 * 10**16,
+            w3.eth.get_block("latest")["timestamp"] + 3600)
+        final = wait_for(api, job["job_id"], timeout=180)
+    finally:
+        mute.stop()
+        thread.join(timeout=30)
+    events = api.events(job["job_id"])["events"]
+    assert final["state"] == "settled" and final["worker"] == mute.did
+    types = [e["type"] for e in events]
+    assert "settlement.awaiting_signature" in types and "settlement.released" not in types
+    [forfeited] = [e for e in events if e["type"] == "settlement.forfeited"]
+    assert forfeited["data"]["reason"] == "payee_did_not_countersign"
+    assert mute.asked >= 1                                    # it was asked, and kept quiet
+    from chalicelib.chain import EscrowState
+    on_chain = escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:]))
+    assert on_chain.state == EscrowState.REFUNDED              # the client has its money back
+    assert api.worker(mute.did)["reputation"]["ffmpeg_hls"]["timeouts"] == 1
+
+
 def test_sigterm_lets_the_agent_leave_cleanly(api, market):
     market.honest.send_signal(signal.SIGTERM)
     market.honest.wait(timeout=60)
