@@ -6,8 +6,9 @@ that wins gets an offer in its partition, leases it (the attempt starts under it
 submits a signed result whose output is then re-executed on the trusted pool like the
 pool's own. Inputs reach an untrusted worker redacted of the class's patterns; the timeline
 keeps how many were removed and the hash of what was sent, never the inputs. Workers whose
-attempt at a job failed are not offered it again. An unleased offer or an unanswered lease
-lapses at its deadline and the sweeper retries the attempt.
+attempt at a job failed are not offered it again. An unleased offer lapses at its deadline;
+a lease lives `worker_lease_s` past the worker's latest heartbeat (up to the class's
+`running` timeout), and the sweeper retries the attempt of a worker gone quiet.
 """
 from __future__ import annotations
 
@@ -88,7 +89,47 @@ def take(ports: Ports, did: str, job_id: str) -> dict | None:
     if job.state != State.ASSIGNED or job.worker != did:
         return None
     running = start(ports, job, job.attempt, did, redelivered=False)
-    return document(ports, running) if running is not None else None
+    if running is None:
+        return None
+    now = ports.clock()
+    expires = min(now + timedelta(seconds=ports.settings.worker_lease_s), running.next_deadline)
+
+    def lease(j: Job):
+        if j.state != State.RUNNING or j.attempt != running.attempt:
+            return None
+        noted, event = states.note(j, "job.leased", at=now, data={
+            "attempt": j.attempt, "worker": did, "lease_expires_at": expires.isoformat()})
+        return noted.model_copy(update={"next_deadline": expires}), [event], []
+    leased = apply(ports, running, lease)
+    return document(ports, leased) if leased is not None else None
+
+
+def extend(ports: Ports, job: Job, now) -> Job | None:
+    """At a leased job's deadline: a worker that still beats keeps it, for another lease
+    past its latest heartbeat, up to the class's `running` timeout from the lease's start."""
+    if job.state != State.RUNNING or not _marketplace(job.worker):
+        return None
+    try:
+        worker = ports.workers.get(job.worker)
+    except Exception:  # noqa: BLE001 - an unknown worker keeps nothing
+        return None
+    lease_s = ports.settings.worker_lease_s
+    until = (worker.last_heartbeat + timedelta(seconds=lease_s)) if worker.last_heartbeat else None
+    started = next((e.at for e in reversed(ports.store.view(job.job_id).events)
+                    if e.type == "job.leased" and e.data.get("attempt") == job.attempt), None)
+    cap = started + timedelta(seconds=ports.catalog.job_class(job.kind).timeouts_s.get(
+        State.RUNNING, lease_s)) if started else now
+    if until is None or until <= now or now >= cap or not worker.fresh(
+            now, ports.settings.heartbeat_ttl_s):
+        return None
+
+    def longer(j: Job):
+        if j.state != State.RUNNING or j.attempt != job.attempt:
+            return None
+        noted, event = states.note(j, "lease.extended", at=now, data={
+            "attempt": j.attempt, "worker": j.worker, "until": min(until, cap).isoformat()})
+        return noted.model_copy(update={"next_deadline": min(until, cap)}), [event], []
+    return apply(ports, job, longer)
 
 
 def document(ports: Ports, job: Job) -> dict:

@@ -301,6 +301,10 @@ def _sweep_one(ports: Ports, job: Job, now: datetime) -> str | None:
             return failed, [event], []
         return "failed" if apply(ports, job, expire) else None
     if job.state in (State.ASSIGNED, State.RUNNING):
+        from .job_leases import extend
+        if extend(ports, job, now) is not None:
+            return "lease_extended"
+
         def plan(j: Job):
             if j.state not in (State.ASSIGNED, State.RUNNING) or not _overdue(j, now):
                 return None

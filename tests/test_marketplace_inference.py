@@ -164,3 +164,57 @@ def test_redundancy_two_reruns_every_row_and_catches_a_single_bad_vector(
     assert final["attempts"][-1]["worker"] == honest.did
     reputation = api.worker(subtle.did)["reputation"]["embed_batch"]
     assert reputation["validation_failures"] == 1 and reputation["completions"] == 1
+
+
+class Slow(Recording):
+    """Takes longer than one lease, heartbeating all along."""
+
+    def run_model(self, lease):
+        if not lease["job_id"].startswith("challenge-"):
+            time.sleep(8)
+        return super().run_model(lease)
+
+
+def test_heartbeats_keep_a_long_lease_alive(api, stack, inference_market):
+    slow, thread = start(api, stack.info.chain_id, Slow, "0.0000005")
+    try:
+        wait_verified(api, slow.did)
+        job, _ = api.submit({"kind": "embed_batch", "texts": ["slow but alive"]},
+                            idempotency_key=str(uuid.uuid4()))
+        final = wait_for(api, job["job_id"], timeout=120)
+    finally:
+        slow.stop()
+        thread.join(timeout=60)
+    events = api.events(job["job_id"])["events"]
+    assert final["state"] == "settled", [(e["type"], e["data"].get("reason")) for e in events]
+    assert [a["worker"] for a in final["attempts"]] == [slow.did]     # one attempt, its own
+    assert any(e["type"] == "lease.extended" for e in events)          # past the 5 s lease
+
+
+class Vanishing(Recording):
+    """Leases a client's job, then goes silent mid-run: no heartbeat, no result."""
+
+    def run_model(self, lease):
+        if lease["job_id"].startswith("challenge-"):
+            return super().run_model(lease)
+        self.seen = getattr(self, "seen", []) + [(lease["job_id"], lease["inputs"])]
+        self._stop.set()                      # the heartbeat thread ends with it
+        time.sleep(30)
+        raise RuntimeError("gone")
+
+
+def test_a_worker_that_goes_quiet_loses_its_lease_and_the_job_finishes_elsewhere(
+        api, stack, inference_market):
+    honest, cheat = inference_market
+    cheat.stop()                              # leave the quiet one as the cheapest
+    gone, thread = start(api, stack.info.chain_id, Vanishing, "0.0000001")
+    wait_verified(api, gone.did)
+    job, _ = api.submit({"kind": "embed_batch", "texts": ["one", "two"]},
+                        idempotency_key=str(uuid.uuid4()))
+    final = wait_for(api, job["job_id"], timeout=120)
+    events = api.events(job["job_id"])["events"]
+    assert final["state"] == "settled", [(e["type"], e["data"].get("reason")) for e in events]
+    leased = [e["data"]["worker"] for e in events if e["type"] == "job.leased"]
+    assert leased[0] == gone.did and leased[-1] != gone.did
+    assert any(e["type"] == "lease.expired" for e in events)
+    assert api.worker(gone.did)["reputation"]["embed_batch"]["timeouts"] == 1
