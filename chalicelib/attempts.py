@@ -12,7 +12,7 @@ from . import states
 from .blobs import S3Uri, output_key
 from .errors import InputError, ProoflineError
 from .jobs import apply, dispatch, request_verification, retry_or_fail
-from .models import Attempt, AttemptResult, Job, Output, State
+from .models import Attempt, AttemptResult, Job, Output, State, is_marketplace
 from .ports import Ports
 from .verification import POLICIES, Evidence, Verdict
 
@@ -143,14 +143,11 @@ def verify(ports: Ports, job: Job, result: AttemptResult,
         return settled, [e1, e2, e3, e4], [passed]
 
     moved = apply(ports, job, plan)
-    if moved is not None and result.worker.startswith("did:pkh:"):
-        from .workers import WorkerNotFound, record_outcome
-        try:
-            record_outcome(ports.workers, result.worker, job.kind,
-                           "passed" if verdict.passed else "validation_failed", now=now,
-                           runtime_s=result.duration_ms / 1000 if verdict.passed else None)
-        except WorkerNotFound:
-            pass
+    if moved is not None:
+        from .workers import observe
+        observe(ports.workers, result.worker, job.kind,
+                "passed" if verdict.passed else "validation_failed", now=now,
+                runtime_s=result.duration_ms / 1000 if verdict.passed else None)
     if moved and moved.state == State.ASSIGNED:
         dispatch(ports, moved)
     return moved
@@ -162,7 +159,7 @@ def promote_and_record(ports: Ports, job: Job, output: Output, verdict: Verdict,
     package, already content-addressed): the running job passes submitted → verifying →
     verified, or fails with the verdict's reason; one transaction."""
     worker = job.worker or "unknown"
-    awaiting_countersign = worker.startswith("did:pkh:") and signature is None
+    awaiting_countersign = is_marketplace(worker) and signature is None
     if job.escrow and not awaiting_countersign:
         claimed = AttemptResult(job_id=job.job_id, attempt=job.attempt, worker=worker,
                                 output=output, duration_ms=0, signature=signature)

@@ -48,8 +48,8 @@ ABSENCE = frozenset({"offer_lapsed", "lease_expired", "lease_released", "lease_l
 
 
 def due(worker: Worker, now: datetime, ttl_s: int) -> list[str]:
-    """The claimed classes that need a challenge now: never tried, or verified but close to
-    expiry. A failed or pending challenge is not repeated."""
+    """The claimed classes that need a challenge now: never tried, failed by absence, or
+    verified but close to expiry. A pending one, or one failed by a wrong output, is not."""
     classes = []
     for job_class in worker.claims.job_classes:
         last = worker.challenges.get(job_class)

@@ -13,7 +13,7 @@ import re
 
 from .blobs import S3Uri
 from .errors import InputError
-from .models import Job
+from .models import Job, is_marketplace
 from .ports import Ports
 from . import media
 
@@ -37,8 +37,7 @@ def redacts_for(p: Ports, job: Job) -> list[str]:
     """The patterns to strip before this job's input reaches its worker: the class's, when
     the worker is an untrusted marketplace worker; none for the trusted pools and the
     workers cleared by `PROOFLINE_TRUSTED_WORKERS`."""
-    worker = job.worker or ""
-    if not worker.startswith("did:pkh:") or worker in p.settings.trusted_workers:
+    if not is_marketplace(job.worker) or job.worker in p.settings.trusted_workers:
         return []
     return list(p.catalog.job_class(job.kind).redact)
 

@@ -68,16 +68,15 @@ def authenticate(ports: Ports, headers, *, action: str, body: Any,
     import time
     from .errors import Unauthorized
     from .signing import DID_HEADER, HEADERS, parse_did, verify_request
-    given = {k.lower() for k in dict(headers)}
-    if not given & {h.lower() for h in HEADERS}:
+    given = {k.lower(): v for k, v in dict(headers).items()}
+    if not given.keys() & {h.lower() for h in HEADERS}:
         if ports.settings.allow_unsigned and owner is None:
             return None
         raise Unauthorized(f"{action} must be signed by "
                            f"{owner or 'the client'} (EIP-712 headers {', '.join(HEADERS)})",
                            reason="missing_signature", details={"missing": list(HEADERS)})
     try:
-        chain_id = ports.settings.chain_id or parse_did(dict(
-            (k.lower(), v) for k, v in dict(headers).items())[DID_HEADER.lower()])[0]
+        chain_id = ports.settings.chain_id or parse_did(given[DID_HEADER.lower()])[0]
     except (KeyError, ValueError):
         chain_id = 0                 # verify_request names what is wrong with the headers
     try:

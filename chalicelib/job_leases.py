@@ -21,14 +21,10 @@ from .catalog import JobClass
 from .errors import Conflict, Forbidden, InvalidRequest
 from .inference_inputs import digest, dispatched_prompt, dispatched_texts, redacts_for
 from .jobs import apply
-from .models import AttemptResult, Job, Output, State
+from .models import AttemptResult, Job, Output, State, is_marketplace
 from .ports import Ports
 from .routing import MARKETPLACE_JOB_CLASSES, route
 from .workers import signed
-
-
-def _marketplace(worker: str | None) -> bool:
-    return bool(worker) and worker.startswith("did:pkh:")
 
 
 def offer_job(ports: Ports, job: Job, job_class: JobClass) -> bool:
@@ -39,7 +35,7 @@ def offer_job(ports: Ports, job: Job, job_class: JobClass) -> bool:
     now = ports.clock()
     if job.challenge:
         worker, data = job.challenge, {"challenge": True}
-    elif _marketplace(job.worker):              # an escrow's payee, chosen at funding
+    elif is_marketplace(job.worker):              # an escrow's payee, chosen at funding
         worker, data = job.worker, {"reason": "the escrow's payee"}
     elif job.escrow:
         return False
@@ -53,7 +49,7 @@ def offer_job(ports: Ports, job: Job, job_class: JobClass) -> bool:
                            pool_price=job_class.price_per_second or 0,
                            heartbeat_ttl_s=ports.settings.heartbeat_ttl_s,
                            allow_list=ports.settings.trusted_workers)
-        if not _marketplace(assignment.worker):
+        if not is_marketplace(assignment.worker):
             return False
         worker, data = assignment.worker, {"reason": assignment.reason,
                                            "ranking": assignment.ranking}
@@ -80,7 +76,7 @@ def _failed_workers(ports: Ports, job: Job) -> set[str]:
     if job.attempt <= 1:
         return set()
     return {a.worker for a in ports.store.view(job.job_id).attempts
-            if a.state in ("failed", "lost") and _marketplace(a.worker)}
+            if a.state in ("failed", "lost") and is_marketplace(a.worker)}
 
 
 def take(ports: Ports, did: str, job_id: str) -> dict | None:
@@ -107,7 +103,7 @@ def take(ports: Ports, did: str, job_id: str) -> dict | None:
 def extend(ports: Ports, job: Job, now) -> Job | None:
     """At a leased job's deadline: a worker that still beats keeps it, for another lease
     past its latest heartbeat, up to the class's `running` timeout from the lease's start."""
-    if job.state != State.RUNNING or not _marketplace(job.worker):
+    if job.state != State.RUNNING or not is_marketplace(job.worker):
         return None
     try:
         worker = ports.workers.get(job.worker)

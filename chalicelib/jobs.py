@@ -315,13 +315,10 @@ def _sweep_one(ports: Ports, job: Job, now: datetime) -> str | None:
                                  data={"attempt": j.attempt, "state": j.state.value},
                                  failed_attempt=lost)
         moved = apply(ports, job, plan)
-        if moved is not None and (job.worker or "").startswith("did:pkh:"):
-            from .workers import WorkerNotFound, record_outcome
-            try:         # an offer left lapsing, or a lease that went quiet
-                record_outcome(ports.workers, job.worker, job.kind,
-                               "lost" if job.state == State.ASSIGNED else "timeout", now=now)
-            except WorkerNotFound:
-                pass
+        if moved is not None:    # an offer left lapsing, or a lease that went quiet
+            from .workers import observe
+            observe(ports.workers, job.worker, job.kind,
+                    "lost" if job.state == State.ASSIGNED else "timeout", now=now)
         if moved and moved.state == State.ASSIGNED:
             dispatch(ports, moved)
         return moved.state.value if moved else None

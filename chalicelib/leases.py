@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 
 from aws_lambda_powertools import Logger
 
-from . import transcode
+from . import states, transcode
 from .blobs import S3Uri
 from .errors import Conflict, Forbidden, InvalidRequest, JobNotFound, StaleVersion
-from .models import Job, Output, Task, TaskState
+from .jobs import apply
+from .models import Job, Output, State, Task, TaskState
 from .ports import Ports
 from .workers import signed
 
@@ -86,7 +87,7 @@ def _take(ports: Ports, did: str, job_id: str, task_id: str) -> dict | None:
         return None
     now = ports.clock()
     expires = now + timedelta(seconds=ports.settings.worker_lease_s)
-    leased = transcode._advance(ports, task, TaskState.RUNNING, "segment.leased",
+    leased = transcode.advance(ports, task, TaskState.RUNNING, "segment.leased",
                                 {"attempt": task.attempt, "worker": did,
                                  "lease_expires_at": expires.isoformat()}, deadline=expires)
     return document(ports, job, leased) if leased else None
@@ -97,8 +98,8 @@ def document(ports: Ports, job: Job, task: Task) -> dict:
     ttl = ports.settings.presign_seconds
     name = output_name(task)
     return {"kind": "task", "task_ref": task_ref(task), "job_id": task.job_id,
-            "task_id": task.task_id,
-            "attempt": task.attempt, "kind": task.kind, "lease_expires_at": task.deadline.isoformat(),
+            "task_id": task.task_id, "attempt": task.attempt,
+            "lease_expires_at": task.deadline.isoformat(),
             "task": task.model_dump(mode="json", include={
                 "job_id", "task_id", "kind", "rendition", "index", "start_s", "duration_s",
                 "input_uri", "input_hash", "attempt", "max_attempts", "updated_at"}),
@@ -111,17 +112,16 @@ def document(ports: Ports, job: Job, task: Task) -> dict:
 
 # -- countersignature: an escrow's payee signs the verified package ------------------------------
 def _signature_request(ports: Ports, did: str, job_id: str) -> dict | None:
-    from .chain import domain
+    from .chain import domain, result_hash
     from .settlement import ReleaseBlocked, release_evidence
     view = ports.store.view(job_id)
     job = view.job
-    if job.worker != did or job.escrow is None or job.state.value != "verified":
+    if job.worker != did or job.escrow is None or job.state != State.VERIFIED:
         return None
     try:
         hashes = release_evidence(job, view.events)
     except ReleaseBlocked:
         return None
-    from .chain import result_hash
     mine = sorted({o.sha256 for t in view.tasks if t.worker == did for o in t.outputs})
     return {"kind": "countersign", "job_id": job_id, "job_key": job.escrow.job_key,
             "outputs": hashes, "result_hash": "0x" + result_hash(hashes).hex(),
@@ -135,7 +135,6 @@ def countersign(ports: Ports, headers, job_id: str, body: dict) -> None:
     """The payee's EIP-712 signature over (job key, result hash): checked here as the
     contract will check it, kept on the job's attempt, and the release sent again."""
     from .chain import domain, result_hash, result_signer
-    from .models import State
     from .settlement import release_evidence
     from .signing import address_of
     did = body.get("did") if isinstance(body, dict) else None
@@ -162,14 +161,12 @@ def countersign(ports: Ports, headers, job_id: str, body: dict) -> None:
     attempt = next(a for a in view.attempts if a.number == job.attempt)
     now = ports.clock()
 
-    def plan(j):
+    def plan(j: Job):
         if j.state != State.VERIFIED:
             return None
-        from . import states
         noted, event = states.note(j, "result.countersigned", at=now, data={
             "worker": did, "result_hash": "0x" + expected.hex()})
         return noted, [event], [attempt.model_copy(update={"signature": "0x" + signature.hex()})]
-    from .jobs import apply
     apply(ports, job, plan)
     ports.tasks.signature_given(did, job_id)
     ports.queues.send("settlement", {"action": "release", "job_id": job_id})
@@ -287,7 +284,7 @@ def _lapse(ports: Ports, task: Task, now: datetime) -> str | None:
             moved = transcode.retry_or_fail(ports, task, reason="offer_lapsed",
                                             event="segment.offer_lapsed", data={})
             return "offer_lapsed" if moved else None
-        moved = transcode._advance(ports, task, TaskState.ASSIGNED, "segment.offer_lapsed",
+        moved = transcode.advance(ports, task, TaskState.ASSIGNED, "segment.offer_lapsed",
                                    {"attempt": task.attempt, "worker": task.worker},
                                    worker=None, deadline=None, tried=[*task.tried, task.worker])
         if moved:

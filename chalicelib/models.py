@@ -15,6 +15,11 @@ Did = Annotated[str, Field(pattern=r"^did:pkh:eip155:[0-9]{1,12}:0x[0-9a-fA-F]{4
 Price = Annotated[Decimal, Field(ge=0, max_digits=36, decimal_places=18)]
 
 
+def is_marketplace(worker: str | None) -> bool:
+    """A marketplace worker (its did:pkh), as opposed to a built-in pool (`pool:<name>`)."""
+    return bool(worker) and worker.startswith("did:pkh:")
+
+
 class State(StrEnum):
     REQUESTED = "requested"
     FUNDED = "funded"

@@ -14,7 +14,7 @@ from aws_lambda_powertools import Logger
 from . import settlement, states
 from .chain import ContractReverted, EscrowState, job_key_bytes, result_hash
 from .jobs import apply, assign, dispatch
-from .models import Job, State
+from .models import Job, State, is_marketplace
 from .ports import Ports
 
 logger = Logger(child=True)
@@ -52,9 +52,9 @@ def on_dispute_opened(ports: Ports, job: Job, log) -> Job | None:
     data = {**_log_data(log), "client": log["args"]["client"]}
     moved = apply(ports, job, lambda j: _moved(ports, j, State.VERIFIED, State.DISPUTED,
                                                "dispute.opened", data))
-    if moved is not None and (moved.worker or "").startswith("did:pkh:"):
-        from .workers import record_outcome
-        record_outcome(ports.workers, moved.worker, moved.kind, "disputed", now=ports.clock())
+    if moved is not None:
+        from .workers import observe
+        observe(ports.workers, moved.worker, moved.kind, "disputed", now=ports.clock())
     return moved
 
 
@@ -147,7 +147,7 @@ def _marketplace_inputs(ports: Ports, job_class, now) -> dict:
 
 def payee(ports: Ports, worker: str) -> str:
     """The address an escrow pays: a pool's payout address, or a worker's DID address."""
-    if worker.startswith("did:pkh:"):
+    if is_marketplace(worker):
         from .signing import address_of
         return address_of(worker)
     return ports.chain.pool_payout[worker.removeprefix("pool:")]
@@ -199,11 +199,8 @@ def _forfeit(ports: Ports, job: Job) -> str:
                                            event="settlement.forfeited", data=data)
         return settled, [event], []
     if apply(ports, job, plan) is not None:
-        from .workers import WorkerNotFound, record_outcome
-        try:
-            record_outcome(ports.workers, job.worker, job.kind, "timeout", now=ports.clock())
-        except WorkerNotFound:
-            pass
+        from .workers import observe
+        observe(ports.workers, job.worker, job.kind, "timeout", now=ports.clock())
     return "forfeited"
 
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Sequence
 
 from .catalog import JobClass
-from .models import Job, Task
+from .models import Job, Task, is_marketplace
 from .router import Candidate, JobRequirements, RoutingPolicy, capability, rank
 
 
@@ -52,7 +52,7 @@ def route(job_class: JobClass, job: Job, *, now: float | None = None,
     transcode with escrow); once chosen, that payee stays through the job's retries, since
     the chain has it."""
     now = time.time() if now is None else now
-    if job.escrow and job.worker and job.worker.startswith("did:pkh:"):
+    if job.escrow and is_marketplace(job.worker):
         return Assignment(worker=job.worker, queue=job_class.pool,
                           reason=f"{job.worker} is the escrow's payee; it keeps the job.",
                           ranking={"worker": job.worker, "chosen": [job.worker],

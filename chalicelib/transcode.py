@@ -14,7 +14,8 @@ from datetime import timedelta
 from . import profiles, routing, states
 from .errors import StaleVersion
 from .jobs import apply
-from .models import Event, Job, Output, State, Task, TaskState, TranscodePlan
+from .models import (Event, Job, Output, State, Task, TaskState, TranscodePlan,
+                     is_marketplace)
 from .ports import Ports
 from .verification import Verdict
 
@@ -53,7 +54,7 @@ def resume(ports: Ports, task: Task) -> None:
     the sweeper): whatever message moved it last may be long gone."""
     if task.state == TaskState.ASSIGNED:
         send_task(ports, task)
-    elif task.state == TaskState.RUNNING and _marketplace(task.worker):
+    elif task.state == TaskState.RUNNING and is_marketplace(task.worker):
         pass                                     # a marketplace lease outlives the attempt
     elif task.state == TaskState.RUNNING:        # its worker is gone with the old attempt
         retry_or_fail(ports, task, reason="lease_lost", event="segment.lost", data={})
@@ -65,21 +66,21 @@ def resume(ports: Ports, task: Task) -> None:
 def send_task(ports: Ports, task: Task) -> None:
     """Hand an assigned task to whoever the router picks: the pool's queue, or an offer the
     chosen marketplace worker takes with a lease (`leases.py`)."""
-    if _marketplace(task.worker) and task.deadline:
+    if is_marketplace(task.worker) and task.deadline:
         ports.tasks.offer(task)                  # offered already; restore its pointer
         return
     job = ports.store.get(task.job_id)
     worker, data = _route(ports, job, task)
-    if _marketplace(worker):
+    if is_marketplace(worker):
         deadline = ports.clock() + timedelta(seconds=ports.settings.offer_s)
-        offered = _advance(ports, task, TaskState.ASSIGNED, "segment.offered",
+        offered = advance(ports, task, TaskState.ASSIGNED, "segment.offered",
                            {"attempt": task.attempt, "worker": worker,
                             "offer_expires_at": deadline.isoformat(), **data},
                            worker=worker, deadline=deadline)
         if offered:
             ports.tasks.offer(offered)
         return
-    if data and not _advance(ports, task, TaskState.ASSIGNED, "segment.routed",
+    if data and not advance(ports, task, TaskState.ASSIGNED, "segment.routed",
                              {"attempt": task.attempt, "worker": worker, **data}):
         return
     ports.queues.send("segments", {"type": "task", "job_id": task.job_id,
@@ -99,7 +100,7 @@ def _route(ports: Ports, job: Job, task: Task) -> tuple[str, dict]:
         return job.challenge, {"challenge": True,
                                "reason": "a challenge job's tasks go to the worker it tests"}
     if job.escrow:
-        if _marketplace(job.worker):
+        if is_marketplace(job.worker):
             return job.worker, {"reason": "the escrow pays this worker: it does every video "
                                           "task, or the client is refunded"}
         return pool, {}
@@ -115,25 +116,18 @@ def _route(ports: Ports, job: Job, task: Task) -> tuple[str, dict]:
     return assignment.worker, {"reason": assignment.reason, "ranking": assignment.ranking}
 
 
-def _marketplace(worker: str | None) -> bool:
-    return bool(worker) and worker.startswith("did:pkh:")
-
-
 def pinned(job: Job) -> bool:
     """Whether every video task of `job` must go to one worker (see `_route`)."""
-    return bool(job.challenge) or (job.escrow is not None and _marketplace(job.worker))
+    return bool(job.challenge) or (job.escrow is not None and is_marketplace(job.worker))
 
 
 def observe(ports: Ports, task: Task, outcome: str) -> None:
-    """What a marketplace worker's attempt came to joins its reputation for the class."""
-    if _marketplace(task.worker):
-        from .workers import WorkerNotFound, record_outcome
-        kind = ports.store.get(task.job_id).kind
-        try:
-            record_outcome(ports.workers, task.worker, kind, outcome, now=ports.clock(),
-                           runtime_s=task.runtime_s if outcome == "passed" else None)
-        except WorkerNotFound:
-            logger.warning("outcome of an unregistered worker", extra={"worker": task.worker})
+    """What a marketplace worker's attempt at a task came to joins its reputation."""
+    if is_marketplace(task.worker):
+        from . import workers
+        workers.observe(ports.workers, task.worker, ports.store.get(task.job_id).kind, outcome,
+                        now=ports.clock(),
+                        runtime_s=task.runtime_s if outcome == "passed" else None)
 
 
 def request_assembly(ports: Ports, job: Job) -> None:
@@ -152,15 +146,15 @@ def start(ports: Ports, job_id: str, task_id: str, attempt: int, worker: str, *,
     if task.state == TaskState.RUNNING and redelivered:
         retry_or_fail(ports, task, reason="lease_lost", event="segment.lost", data={})
         return None
-    if task.state != TaskState.ASSIGNED or _marketplace(task.worker):
+    if task.state != TaskState.ASSIGNED or is_marketplace(task.worker):
         return None                  # offered to a marketplace worker meanwhile
-    running = _advance(ports, task, TaskState.RUNNING, "segment.started",
+    running = advance(ports, task, TaskState.RUNNING, "segment.started",
                        {"attempt": attempt, "worker": worker}, worker=worker)
     return (job, running) if running else None
 
 
 def submit(ports: Ports, task: Task, outputs: list[Output], execution: dict) -> Task | None:
-    submitted = _advance(ports, task, TaskState.SUBMITTED, "segment.submitted",
+    submitted = advance(ports, task, TaskState.SUBMITTED, "segment.submitted",
                          {"attempt": task.attempt, **execution,
                           "outputs": [o.model_dump() for o in outputs]}, outputs=outputs,
                          deadline=None, runtime_s=execution.get("wall_s"))
@@ -182,7 +176,7 @@ def judged(ports: Ports, task: Task, verdict: Verdict, promoted: list[Output]) -
         observe(ports, task, "validation_failed")
         return retry_or_fail(ports, task, reason=verdict.reason or "validation_failed",
                              event="segment.rejected", data=verdict.as_event())
-    passed = _advance(ports, task, TaskState.PASSED, "segment.verified",
+    passed = advance(ports, task, TaskState.PASSED, "segment.verified",
                       {"attempt": task.attempt, "worker": task.worker, **verdict.as_event()},
                       outputs=promoted)
     if passed:
@@ -197,16 +191,16 @@ def retry_or_fail(ports: Ports, task: Task, *, reason: str, event: str, data: di
     remain; otherwise the task fails and takes the job with it."""
     data = {**data, "attempt": task.attempt, "reason": reason, "worker": task.worker}
     tried = task.tried
-    if _marketplace(task.worker) and task.worker not in tried:
+    if is_marketplace(task.worker) and task.worker not in tried:
         tried = [*tried, task.worker]
     if task.attempt < task.max_attempts:
-        retried = _advance(ports, task, TaskState.ASSIGNED, event, data,
+        retried = advance(ports, task, TaskState.ASSIGNED, event, data,
                            attempt=task.attempt + 1, outputs=[], worker=None, reason=reason,
                            tried=tried, deadline=None)
         if retried:
             send_task(ports, retried)
         return retried
-    failed = _advance(ports, task, TaskState.FAILED, event, data, reason=reason, tried=tried,
+    failed = advance(ports, task, TaskState.FAILED, event, data, reason=reason, tried=tried,
                       deadline=None)
     if failed:
         now = ports.clock()
@@ -236,7 +230,7 @@ def _total(ports: Ports, job_id: str) -> int:
     return plan.tasks_total if plan else 1 << 30
 
 
-def _advance(ports: Ports, task: Task, target: TaskState, event: str, data: dict,
+def advance(ports: Ports, task: Task, target: TaskState, event: str, data: dict,
              **changes) -> Task | None:
     """One conditional write of the task and its timeline entry; None when another
     delivery moved it first."""

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import Conflict, JobNotFound, ProoflineError
-from .models import Did
+from .models import Did, is_marketplace
 from .reputation import Outcome, Reputation, record
 from .router import Candidate, Standing, capability
 from .store import stamp
@@ -237,6 +237,18 @@ def _update(store: WorkerStore, did: str, change, now: datetime, tries: int = 3)
         except Conflict:
             continue
     raise ProoflineError(f"worker {did} kept changing", reason="worker_busy")
+
+
+def observe(store: WorkerStore, worker: str | None, job_class: str, outcome: Outcome, *,
+            now: datetime, runtime_s: float | None = None) -> None:
+    """What an attempt of `worker` came to joins its reputation for the class: marketplace
+    workers only (the pools are trusted), and not for a DID that never registered."""
+    if not is_marketplace(worker):
+        return
+    try:
+        record_outcome(store, worker, job_class, outcome, now=now, runtime_s=runtime_s)
+    except WorkerNotFound:
+        pass
 
 
 def record_outcome(store: WorkerStore, did: str, job_class: str, outcome: Outcome, *,

@@ -76,6 +76,7 @@ class Agent:
     def __post_init__(self):
         self.chain_id = parse_did(self.did)[0]
         self._stop = threading.Event()
+        self._models: dict[str, object] = {}          # model id → loaded model class
         self._health = health()
 
     # -- the loop ------------------------------------------------------------------------
@@ -230,9 +231,7 @@ class Agent:
     def run_model(self, lease: dict) -> tuple[bytes, dict]:
         import json
         import time as clock
-        from gpu_functions import inference
         inputs, started = lease["inputs"], clock.perf_counter()
-        del inference
         if lease["job_class"] == "embed_batch":
             out = self._model("embed_batch").embed.local(inputs["texts"])
             body = out["npy"]
@@ -250,18 +249,16 @@ class Agent:
 
     def models_loaded(self) -> list[str]:
         """Model ids this agent holds in memory: the router prefers warm workers."""
-        from gpu_functions import inference
-        ids = {"embed_batch": inference.EMBED_MODEL, "generate_small": inference.TINY_GENERATOR}
-        return sorted(ids[k] for k in getattr(self, "_models", {}))
+        return sorted(self._models)
 
     def _model(self, kind: str):
+        """The job class's model, loaded on first use and kept (by model id)."""
         from gpu_functions import inference
-        if not hasattr(self, "_models"):
-            self._models = {}
-        if kind not in self._models:
-            self._models[kind] = (inference.Embedder() if kind == "embed_batch"
-                                  else inference.Generator(model_id=inference.TINY_GENERATOR))
-        return self._models[kind]
+        model_id = inference.EMBED_MODEL if kind == "embed_batch" else inference.TINY_GENERATOR
+        if model_id not in self._models:
+            self._models[model_id] = (inference.Embedder() if kind == "embed_batch"
+                                      else inference.Generator(model_id=model_id))
+        return self._models[model_id]
 
     def countersign(self, request: dict) -> None:
         """Sign the escrow's result hash for a verified job this worker is paid for, once
