@@ -4,14 +4,20 @@ import json
 import uuid
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
 from chalice import Chalice, Rate, Response
 
-from chalicelib import (attempts, challenges, config, intake, job_leases, jobs, leases, payments,
-                        ports, workers)
-from chalicelib.api import job_document, package_document, upload_slot
+from chalicelib import config, ports
 from chalicelib.errors import InvalidRequest, ProoflineError
+from chalicelib.jobs import attempts, intake, lifecycle, sweeper
+from chalicelib.jobs.documents import job_document, package_document, upload_slot
+from chalicelib.market import challenges, job_leases, leases, workers
 from chalicelib.models import AttemptResult, Job, State
+from chalicelib.settlement import payments
 
 app = Chalice(app_name="proofline")
 logger = Logger(service="proofline")
@@ -65,30 +71,30 @@ def list_jobs():
         limit = min(int(params.get("limit", 50)), 500)
     except ValueError as exc:
         raise InvalidRequest(str(exc), reason="invalid_query") from exc
-    return {"jobs": [j.model_dump(mode="json") for j in jobs.list_jobs(ports.default(), state, limit)]}
+    return {"jobs": [j.model_dump(mode="json") for j in lifecycle.list_jobs(ports.default(), state, limit)]}
 
 
 @route("/jobs/{job_id}")
 def get_job(job_id):
-    view = jobs.view(ports.default(), job_id)
+    view = lifecycle.view(ports.default(), job_id)
     return job_document(ports.default(), view)
 
 
 @route("/jobs/{job_id}/package")
 def job_package(job_id):
-    return package_document(ports.default(), jobs.view(ports.default(), job_id))
+    return package_document(ports.default(), lifecycle.view(ports.default(), job_id))
 
 
 @route("/jobs/{job_id}/events")
 def job_events(job_id):
-    view = jobs.view(ports.default(), job_id)
+    view = lifecycle.view(ports.default(), job_id)
     return {"job_id": job_id, "state": view.job.state,
             "events": [e.model_dump(mode="json") for e in view.events]}
 
 
 @route("/jobs/{job_id}/cancel", methods=["POST"])
 def cancel_job(job_id):
-    return jobs.cancel_signed(ports.default(), app.current_request.headers,
+    return intake.cancel_signed(ports.default(), app.current_request.headers,
                               job_id).model_dump(mode="json")
 
 
@@ -227,10 +233,8 @@ def reconcile(event):
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def sweep(event):
-    for job_id, action in jobs.sweep(ports.default()):
-        logger.info("swept", extra={"job_id": job_id, "action": action})
-    for task, action in leases.sweep(ports.default()):
-        logger.info("swept", extra={"task": task, "action": action})
+    for ref, action in sweeper.sweep(ports.default()):
+        logger.info("swept", extra={"ref": ref, "action": action})
 
 
 def _batch(event, record_handler):

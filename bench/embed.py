@@ -22,8 +22,8 @@ from pathlib import Path
 
 import boto3
 
-from chalicelib import aws
 from bench import event_at, settled_at
+from chalicelib import aws
 from proofline.client import TERMINAL, Api
 from proofline.devstack import DevStack
 

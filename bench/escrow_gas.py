@@ -2,8 +2,9 @@
 in batches of 50."""
 from __future__ import annotations
 
-from chalicelib import chain
-from chalicelib.chain import Escrow, job_key, sign_result
+from chalicelib.settlement import chain
+from chalicelib.settlement.chain import Escrow
+from chalicelib.settlement.escrow import job_key, sign_result
 from proofline.anvil import Anvil
 from proofline.devstack import free_port
 

@@ -8,8 +8,14 @@ import statistics
 import time
 from decimal import Decimal
 
-from chalicelib.router import (Candidate, JobRequirements, RoutingPolicy, Standing, capability,
-                               rank)
+from chalicelib.market.router import (
+    Candidate,
+    JobRequirements,
+    RoutingPolicy,
+    Standing,
+    capability,
+    rank,
+)
 
 WORKERS = 10_000
 DECISIONS = 200

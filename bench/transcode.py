@@ -23,12 +23,12 @@ from pathlib import Path
 
 import boto3
 
-from chalicelib import ffmpeg_args, profiles
-from chalicelib.blobs import S3Uri
+from bench import event_at, settled_at
+from chalicelib.aws.blobs import S3Uri
+from chalicelib.media import ffmpeg_args, profiles
 from media_worker import segments
 from media_worker.ffmpeg import run_ffmpeg
 from media_worker.measure import measure_segment, ssim_sampled
-from bench import event_at, settled_at
 from proofline import clips
 from proofline.client import TERMINAL, Api
 from proofline.devstack import DevStack

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from eth_account import Account
+
 CHALICE_CONFIG = Path(__file__).resolve().parent.parent / ".chalice" / "config.json"
 
 
@@ -83,7 +85,6 @@ def secret(name: str) -> str:
     keystore = os.environ.get(f"{name}_KEYSTORE")
     if not keystore:
         raise KeyError(f"{name} is not set (nor {name}_KEYSTORE)")
-    from eth_account import Account
     passphrase = os.environ.get("PROOFLINE_PASSPHRASE")
     if passphrase is None:
         raise KeyError(f"{name}_KEYSTORE needs PROOFLINE_PASSPHRASE to open it")

@@ -1,77 +1,47 @@
-"""The adapters a service function needs, built once per process from Settings."""
+"""The composition root: the adapters built once per process from Settings, and the
+after-commit handlers each capability contributes to the message bus."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable
 
-from . import aws, catalog
-from .blobs import Blobs
-from .catalog import Catalog
-from .config import Settings, settings
-from .models import utcnow
-from .queues import Queues
-from .store import JobStore
-from .taskstore import TaskStore
-from .workers import DynamoNonceStore, WorkerStore
+from eth_account import Account
 
-if TYPE_CHECKING:
-    from eth_account.signers.local import LocalAccount
+from chalicelib import aws, catalog
+from chalicelib.aws.blobs import Blobs
+from chalicelib.aws.queues import Queues
+from chalicelib.aws.store import JobStore
+from chalicelib.aws.taskstore import TaskStore
+from chalicelib.aws.workerstore import DynamoNonceStore, WorkerStore
+from chalicelib.bus import MessageBus
+from chalicelib.config import Settings, secret, settings
+from chalicelib.context import ChainPorts, Ports
+from chalicelib.jobs.lifecycle import count_outcomes
+from chalicelib.market.challenges import close_challenge
+from chalicelib.market.dispatch import dispatch_assigned
+from chalicelib.settlement.chain import Escrow, connect
+from chalicelib.settlement.payments import request_settlement
 
-    from .chain import Escrow
-
-
-@dataclass
-class ChainPorts:
-    """The escrow, the control plane's signer (router, verifier and operator roles) and
-    where each built-in pool is paid."""
-    escrow: "Escrow"
-    control: "LocalAccount"
-    pool_payout: dict[str, str]
-
-
-@dataclass
-class Ports:
-    settings: Settings
-    store: JobStore
-    blobs: Blobs
-    queues: Queues
-    catalog: Catalog
-    clock: Callable[[], datetime] = field(default=utcnow)
-    chain: ChainPorts | None = None
-    tasks: TaskStore | None = None
-    workers: "WorkerStore | None" = None
-    nonces: "DynamoNonceStore | None" = None
+# In order: where the work goes next, then money, then bookkeeping.
+AFTER_COMMIT = (dispatch_assigned, request_settlement, close_challenge, count_outcomes)
 
 
 @lru_cache(maxsize=1)
 def default() -> Ports:
     s = settings()
-    return Ports(settings=s, store=JobStore(aws.client("dynamodb"), s.jobs_table),
+    dynamodb = aws.client("dynamodb")
+    return Ports(settings=s, store=JobStore(dynamodb, s.jobs_table),
                  blobs=Blobs(aws.client("s3")), queues=Queues(aws.client("sqs"), s.queues),
                  catalog=catalog.default(), chain=_chain(s),
-                 tasks=TaskStore(aws.client("dynamodb"), s.jobs_table),
-                 workers=WorkerStore(aws.client("dynamodb"), s.jobs_table),
-                 nonces=DynamoNonceStore(aws.client("dynamodb"), s.idempotency_table))
+                 tasks=TaskStore(dynamodb, s.jobs_table),
+                 workers=WorkerStore(dynamodb, s.jobs_table),
+                 nonces=DynamoNonceStore(dynamodb, s.idempotency_table),
+                 bus=MessageBus(AFTER_COMMIT))
 
 
 def _chain(s: Settings) -> ChainPorts | None:
     if not s.settlement_enabled:
         return None
-    from eth_account import Account
-    from web3 import Web3
-    from .chain import Escrow
-    from .config import secret
-    import requests
-    from web3.providers.rpc.utils import ExceptionRetryConfiguration
-    # Backs off 0.5, 1, 2, 4, 8 s while the RPC is down; the queue redelivers after that.
-    retries = ExceptionRetryConfiguration(
-        errors=(ConnectionError, requests.ConnectionError, requests.HTTPError, requests.Timeout),
-        retries=5, backoff_factor=0.5)
-    w3 = Web3(Web3.HTTPProvider(s.chain_rpc_url, request_kwargs={"timeout": 30},
-                                exception_retry_configuration=retries))
-    return ChainPorts(escrow=Escrow(w3, s.escrow_address),
+    return ChainPorts(escrow=Escrow(connect(s.chain_rpc_url), s.escrow_address),
                       control=Account.from_key(secret("PROOFLINE_CONTROL_KEY")),
                       pool_payout={pool: secret("PROOFLINE_POOL_ADDRESS")
                                    for pool in ("media", "inference")})

@@ -10,21 +10,28 @@ same classes run here through `.local()`, warm across invocations of this proces
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import numpy as np
 from aws_lambda_powertools import Logger
 
-from chalicelib import attempts, inference_checks, media, ports
-from chalicelib.inference_inputs import dispatched_prompt, dispatched_texts, texts_of
-from chalicelib.blobs import S3Uri, attempt_key
-from chalicelib.chain import pool_signature
+from chalicelib import ports
+from chalicelib.aws.blobs import S3Uri, attempt_key
+from chalicelib.context import Ports
 from chalicelib.errors import InputError
+from chalicelib.jobs import attempts, states
+from chalicelib.jobs.lifecycle import apply
+from chalicelib.market.inference_inputs import dispatched_prompt, dispatched_texts, texts_of
+from chalicelib.media import probe as media
 from chalicelib.models import AttemptResult, Job, Output, State
-from chalicelib.ports import Ports
+from chalicelib.settlement.chain import pool_signature
+from chalicelib.verification import inference as inference_checks
+from chalicelib.verification.policies import Verdict
 
 from . import inference
 
@@ -121,8 +128,7 @@ def _run_embeds(p: Ports, group: list[tuple[Job, float, list[str]]]) -> None:
 def _finish_embed(p: Ports, job: Job, out: dict, queued_s: float, start: int, count: int,
                   model_s: float, **extra) -> None:
     """This job's rows of a shared model call, as its own .npy."""
-    import io
-    import numpy as np
+
     buffer = io.BytesIO()
     np.save(buffer, inference_checks.load_vectors(out["npy"])[start:start + count],
             allow_pickle=False)
@@ -157,8 +163,6 @@ SPAWNED = "inference.spawned"
 
 def _spawned(p: Ports, job: Job, call_id: str, queued_s: float, **share) -> None:
     """Keep the call id on the timeline; `collect` finishes the attempt when it is done."""
-    from chalicelib import states
-    from chalicelib.jobs import apply
 
     def note(j: Job):
         if j.state != State.RUNNING or j.attempt != job.attempt:
@@ -248,7 +252,6 @@ def check(p: Ports, body: dict) -> None:
     except InputError:
         data = None
     if data is None:
-        from chalicelib.verification import Verdict
         verdict = Verdict(job_class.verification.policy, {"output_readable": False})
     elif job.kind == "embed_batch":
         texts = dispatched_texts(p, job)     # what the worker was given (redacted or not)

@@ -7,9 +7,11 @@ run in-process on the CPU through `.local()`, so there is one inference code pat
 
 import io
 import os
+import shutil
 import time
 
 import modal
+import numpy as np
 
 EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TINY_GENERATOR = "proofline/tiny-gpt2"
@@ -43,7 +45,6 @@ class Embedder:
     @modal.method()
     def embed(self, texts: list[str], batch_size: int = 64) -> dict:
         """Unit-norm float32 vectors as .npy bytes, with what produced them."""
-        import numpy as np
         started = time.perf_counter()
         vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True).astype(np.float32)
@@ -119,6 +120,5 @@ def tiny_generator(path: str = TINY_GENERATOR_DIR) -> str:
     try:
         os.rename(staging, path)                 # atomic: racing builders keep one copy
     except OSError:
-        import shutil
         shutil.rmtree(staging, ignore_errors=True)
     return path

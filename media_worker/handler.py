@@ -12,15 +12,22 @@ from pathlib import Path
 from typing import Callable
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from chalicelib import attempts, media, ports
-from chalicelib import transcode as tasks
-from chalicelib.blobs import S3Uri, attempt_key
-from chalicelib.chain import pool_signature
+from chalicelib import ports
+from chalicelib.aws.blobs import S3Uri, attempt_key
+from chalicelib.context import Ports
+from chalicelib.jobs import attempts
+from chalicelib.media import probe as media
+from chalicelib.media import tasks
 from chalicelib.models import AttemptResult, Job, Output, State, TaskState
-from chalicelib.ports import Ports
+from chalicelib.settlement.chain import pool_signature
+from media_worker.probe import probe
 
 from . import transcode
 from .inputs import fetch_input
@@ -34,7 +41,7 @@ def probe_input(p: Ports, job: Job, workdir: Path) -> AttemptResult:
     job_class = p.catalog.job_class(job.kind)
     local = workdir / "input"
     digest = fetch_input(p, job, local)
-    report = media.probe(local).model_dump_json(indent=2).encode()
+    report = probe(local).model_dump_json(indent=2).encode()
     name = job_class.output
     target = S3Uri(p.settings.artifacts_bucket, attempt_key(job.job_id, job.attempt, name))
     p.blobs.put(target, report, content_type="application/json")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chalicelib import media
-from chalicelib.blobs import S3Uri
+from chalicelib.aws.blobs import S3Uri
+from chalicelib.context import Ports
 from chalicelib.errors import InputError
+from chalicelib.media import probe as media
 from chalicelib.models import Job
-from chalicelib.ports import Ports
 
 
 def fetch_input(p: Ports, job: Job, path: Path) -> str:

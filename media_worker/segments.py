@@ -17,12 +17,22 @@ from typing import Literal
 from pydantic import Field
 
 from chalicelib.errors import ExecutionError, FfmpegTimeout, MediaError
-from chalicelib.media import sha256_file
+from chalicelib.media.probe import sha256_file
 
 from .ffmpeg import run_ffmpeg
 from .measure import measure_segment
-from .reading import (Model, Packets, PathLike, demux, display_rotation, is_still, is_vfr,
-                      open_media, span_s, video_stream)
+from .reading import (
+    Model,
+    Packets,
+    PathLike,
+    demux,
+    display_rotation,
+    is_still,
+    is_vfr,
+    open_media,
+    span_s,
+    video_stream,
+)
 
 # Matroska segments start at 0 after -reset_timestamps and keep frame durations. MPEG-TS
 # shifts every segment by its 1.4 s mux delay (B-frame streams by their decode delay on top),

@@ -12,13 +12,18 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import m3u8
 
-from chalicelib import ffmpeg_args, hls, media, profiles, segment_checks, transcode
-from chalicelib.blobs import S3Uri, output_key
+from chalicelib.aws.blobs import S3Uri, output_key
+from chalicelib.context import Ports
 from chalicelib.errors import InputError, MediaError, ProoflineError
+from chalicelib.media import ffmpeg_args, hls, profiles
+from chalicelib.media import probe as media
+from chalicelib.media import tasks as transcode
 from chalicelib.models import Job, Output, Task, TranscodePlan
-from chalicelib.ports import Ports
-from chalicelib.verification import Verdict
+from chalicelib.verification import segments as segment_checks
+from chalicelib.verification.package import check_package
+from chalicelib.verification.policies import Verdict
 
 from . import segments
 from .ffmpeg import decode_check, run_ffmpeg
@@ -165,7 +170,6 @@ def _check_audio(job: Job, task: Task, local: dict, actual: dict) -> Verdict:
     try:
         if job.plan.container == "hls":
             playlist = local.get("audio/audio.m3u8")
-            import m3u8
             parsed = m3u8.loads(playlist.read_text())
             duration = sum(s.duration for s in parsed.segments)
             missing = [s.uri for s in parsed.segments if f"audio/{s.uri}" not in local]
@@ -258,7 +262,7 @@ def _write_hls(plan: TranscodePlan, profile, tasks: dict, root: Path, fps: Fract
     (root / hls.MASTER).write_text(hls.master_playlist(variants, audio=audio))
     files = {f.relative_to(root).as_posix(): f.read_bytes()
              for f in root.rglob("*") if f.is_file()}
-    report = hls.check_package(files, expected_duration_s=plan.duration_s,
+    report = check_package(files, expected_duration_s=plan.duration_s,
                                tolerance_s=PACKAGE_TOLERANCE_S,
                                expected_segments=len(plan.segments))
     return dict(report.checks), dict(report.measured), hls.MASTER

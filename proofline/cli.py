@@ -1,61 +1,36 @@
-"""`proofline`: submit and follow jobs; the other command groups register at the bottom."""
+"""`proofline`: submit and follow jobs; every other command group is added here from its own
+module."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
 import yaml
-from rich.console import Console
 from rich.table import Table
 
-from chalicelib.money import from_base_units
+from chalicelib.settlement.money import from_base_units
 
-from . import client as api_client
-from .devstack import read_state
-from .stack_cli import STATE_DIR
+from .common import (
+    Cli,
+    api_for,
+    console,
+    emit,
+    err,
+    print_event,
+    state_label,
+    watch,
+)
+from .identity_cli import identity
+from .infer_cli import infer
+from .settle_cli import settle
+from .stack_cli import dev, ops
+from .transcode_cli import transcode
+from .workers_cli import worker, workers
 
-console = Console()
-err = Console(stderr=True)
 MANIFEST_FLAGS = ("kind", "input_uri", "profile", "model", "max_attempts", "payment_policy",
                   "deadline", "max_price", "client_did", "job_id")
-
-
-def _api(ctx: click.Context) -> api_client.Api:
-    try:
-        url = api_client.resolve_api_url(ctx.obj["api"], STATE_DIR)
-    except api_client.NoStack as exc:
-        raise click.ClickException(str(exc)) from None
-    signer = None
-    if ctx.obj.get("sign"):
-        from . import identity as ids
-        from .identity_cli import _passphrase, _run
-        opened = _run(lambda: ids.load_identity(ctx.obj.get("keystore"),
-                                                _passphrase(confirm=False)))
-        signer = (opened.account, opened.did)
-    return api_client.Api(url, signer=signer)
-
-
-def _emit(data, as_json: bool, render) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        render(data)
-
-
-class Cli(click.Group):
-    """Turn API errors into one readable line and a non-zero exit."""
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except api_client.ApiError as exc:
-            err.print(f"[red]error[/red] {exc.status} [bold]{exc.reason}[/bold]: {exc.message}")
-            for detail in exc.details if isinstance(exc.details, list) else []:
-                err.print(f"  - {detail.get('field', '')}: {detail.get('message', detail)}")
-            sys.exit(2)
 
 
 @click.group(cls=Cli)
@@ -97,7 +72,7 @@ def submit(ctx, manifest, idempotency_key, fund, wait, as_json, **flags):
     if not isinstance(fields, dict):
         raise click.ClickException(f"{manifest} does not hold a mapping of manifest fields")
     fields.update({k: v for k, v in flags.items() if v is not None})
-    api = _api(ctx)
+    api = api_for(ctx)
     source = fields.get("input_uri")
     if source and not str(source).startswith("s3://"):
         path = (manifest.parent if manifest else Path()) / source
@@ -113,56 +88,17 @@ def submit(ctx, manifest, idempotency_key, fund, wait, as_json, **flags):
         console.print(f"{'created' if created else 'existing'} job [bold]{job['job_id']}[/bold] "
                       f"({job['kind']}, {job['state']})")
     if fund and job.get("escrow") and job["state"] == "requested":
-        receipt = _fund(job)
+        receipt = fund(job)
         if not as_json:
             terms = job["escrow"]
             err.print(f"funded escrow {terms['job_key'][:18]}… with "
                       f"{from_base_units(terms['amount'], terms['decimals'])} {terms['symbol']} "
                       f"in tx {receipt.tx_hash} (block {receipt.block}, gas {receipt.gas_used})")
     if wait:
-        final = _watch(api, job["job_id"], as_json)
+        final = watch(api, job["job_id"], as_json)
         sys.exit(0 if final["state"] == "settled" else 1)
     if as_json:
         click.echo(json.dumps({**job, "created": created}, indent=2))
-
-
-def _fund(job: dict):
-    """Fund a job's escrow with the client's key (ETH, or approve-then-fund for an ERC-20)."""
-    w3, client = _signer("PROOFLINE_CLIENT_KEY", "client")
-    deadline = job["manifest"].get("deadline")
-    deadline = (int(datetime.fromisoformat(deadline.replace("Z", "+00:00")).timestamp()) if deadline
-                else w3.eth.get_block("latest")["timestamp"] + 86_400)
-    terms = job["escrow"]
-    return _escrow_call(lambda escrow: escrow.fund(client, bytes.fromhex(terms["job_key"][2:]),
-                                                   terms["amount"], deadline,
-                                                   token=terms["token"]), w3, terms)
-
-
-def _signer(key_env: str, dev_key: str):
-    """(web3, account) for a command that signs on chain: the key from `key_env` (or the
-    keystore `<key_env>_KEYSTORE`), else on the local stack its development account."""
-    from eth_account import Account
-    from web3 import Web3
-    from chalicelib.config import secret
-    info = read_state(STATE_DIR)
-    try:
-        key = secret(key_env)
-    except KeyError:
-        key = (info.dev_keys or {}).get(dev_key) if info else None
-    rpc = os.environ.get("PROOFLINE_RPC_URL") or (info.rpc_url if info else None)
-    if not key or not rpc:
-        raise click.ClickException(f"this needs {key_env} (or {key_env}_KEYSTORE) and "
-                                   "PROOFLINE_RPC_URL, or a local stack")
-    return Web3(Web3.HTTPProvider(rpc)), Account.from_key(key)
-
-
-def _escrow_call(call, w3, terms: dict):
-    from chalicelib.chain import Escrow
-    from chalicelib.errors import ProoflineError
-    try:
-        return call(Escrow(w3, terms["contract"]))
-    except ProoflineError as error:
-        raise click.ClickException(f"{error.reason}: {error}") from error
 
 
 @main.group()
@@ -179,10 +115,10 @@ def jobs_list(ctx, state, limit, as_json):
     def render(rows):
         table = Table("job", "kind", "state", "attempt", "source", "created", "reason")
         for j in rows:
-            table.add_row(j["job_id"], j["kind"], _state(j["state"]), str(j["attempt"]),
+            table.add_row(j["job_id"], j["kind"], state_label(j["state"]), str(j["attempt"]),
                           j["source"], j["created_at"][:19], j.get("reason") or "")
         console.print(table)
-    _emit(_api(ctx).jobs(state, limit), as_json, render)
+    emit(api_for(ctx).jobs(state, limit), as_json, render)
 
 
 @jobs.command("show")
@@ -194,7 +130,7 @@ def jobs_show(ctx, job_id, as_json):
         table = Table(show_header=False, box=None)
         for key in ("job_id", "kind", "state", "reason", "attempt", "max_attempts", "worker",
                     "payment_policy", "correlation_id", "created_at", "updated_at"):
-            table.add_row(f"[dim]{key}[/dim]", _state(str(job.get(key))) if key == "state"
+            table.add_row(f"[dim]{key}[/dim]", state_label(str(job.get(key))) if key == "state"
                           else str(job.get(key) if job.get(key) is not None else "—"))
         manifest = job["manifest"]
         source = manifest.get("input_uri") or (f"{len(manifest['texts'])} inline texts"
@@ -217,7 +153,7 @@ def jobs_show(ctx, job_id, as_json):
                           f"validation failure rate {stats.get('validation_failure_rate')}, "
                           f"retry rate {stats.get('retry_rate')}")
         console.print(table)
-    _emit(_api(ctx).job(job_id), as_json, render)
+    emit(api_for(ctx).job(job_id), as_json, render)
 
 
 @jobs.command("explain")
@@ -230,7 +166,7 @@ def jobs_explain(ctx, job_id, as_json):
     routed = ("job.assigned", "segment.offered", "segment.routed")
     rankings = [{"attempt": e["data"].get("attempt"), "task": e.get("task"),
                  **e["data"]["ranking"]}
-                for e in _api(ctx).events(job_id)["events"]
+                for e in api_for(ctx).events(job_id)["events"]
                 if e["type"] in routed and "ranking" in e["data"]]
 
     def render(rows):
@@ -247,7 +183,7 @@ def jobs_explain(ctx, job_id, as_json):
             for why, seen in row["excluded"].items():
                 console.print(f"  not considered, {why}: {seen['count']} "
                               f"(e.g. {', '.join(seen['first'])})")
-    _emit(rankings, as_json, render)
+    emit(rankings, as_json, render)
 
 
 @jobs.command("events")
@@ -255,12 +191,12 @@ def jobs_explain(ctx, job_id, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def jobs_events(ctx, job_id, as_json):
-    timeline = _api(ctx).events(job_id)
+    timeline = api_for(ctx).events(job_id)
     if as_json:
         click.echo(json.dumps(timeline, indent=2))
         return
     for event in timeline["events"]:
-        _print_event(event)
+        print_event(event)
 
 
 @jobs.command("watch")
@@ -270,7 +206,7 @@ def jobs_events(ctx, job_id, as_json):
 @click.pass_context
 def jobs_watch(ctx, job_id, timeout, as_json):
     """Follow a job's timeline live until it ends; exit 0 only if it settled."""
-    final = _watch(_api(ctx), job_id, as_json, timeout)
+    final = watch(api_for(ctx), job_id, as_json, timeout)
     sys.exit(0 if final["state"] == "settled" else 1)
 
 
@@ -279,48 +215,9 @@ def jobs_watch(ctx, job_id, timeout, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def jobs_cancel(ctx, job_id, as_json):
-    _emit(_api(ctx).cancel(job_id), as_json,
-          lambda job: console.print(f"job {job['job_id']} is {_state(job['state'])}"))
+    emit(api_for(ctx).cancel(job_id), as_json,
+          lambda job: console.print(f"job {job['job_id']} is {state_label(job['state'])}"))
 
-
-def _watch(api: api_client.Api, job_id: str, as_json: bool, timeout: float = 600) -> dict:
-    for event in api.follow(job_id, timeout_s=timeout):
-        if as_json:
-            click.echo(json.dumps(event))
-        else:
-            _print_event(event)
-    job = api.job(job_id)
-    if not as_json:
-        for out in job["outputs"]:
-            console.print(f"[green]output[/green] {out['name']}: {out['uri']}")
-        if job.get("reason"):
-            console.print(f"[red]reason[/red] {job['reason']}")
-    return job
-
-
-def _print_event(event: dict) -> None:
-    at = datetime.fromisoformat(event["at"].replace("Z", "+00:00")).strftime("%H:%M:%S")
-    console.print(f"{at} [bold]{event['type']:<22}[/bold] {_state(event['state']):<10} "
-                  f"[dim]{_summary(event['data'])}[/dim]", highlight=False)
-
-
-def _summary(data: dict) -> str:
-    keys = ("attempt", "worker", "reason", "message", "passed", "source", "name", "duration_ms")
-    parts = [f"{k}={data[k]}" for k in keys if data.get(k) not in (None, "")]
-    return " ".join(parts)[:160]
-
-
-def _state(state: str) -> str:
-    color = {"settled": "green", "failed": "red", "rejected": "red", "cancelled": "yellow"}
-    return f"[{color[state]}]{state}[/{color[state]}]" if state in color else state
-
-
-from .transcode_cli import transcode  # noqa: E402  (its commands reach back into this module)
-from .infer_cli import infer  # noqa: E402  (its commands reach back into this module)
-from .identity_cli import identity  # noqa: E402
-from .settle_cli import settle  # noqa: E402  (its commands reach back into this module)
-from .workers_cli import worker, workers  # noqa: E402  (its commands reach back into this module)
-from .stack_cli import dev, ops  # noqa: E402  (its commands reach back into this module)
 
 main.add_command(transcode)
 main.add_command(infer)

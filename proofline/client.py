@@ -11,7 +11,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from chalicelib.media import sha256_file
+from chalicelib.identity.signing import sign_request
+from chalicelib.media.probe import sha256_file
 
 from .devstack import read_state
 
@@ -64,7 +65,6 @@ class Api:
     def _signature(self, action: str, body: dict) -> dict[str, str]:
         if self.signer is None:
             return {}
-        from chalicelib.signing import sign_request
         account, did = self.signer
         return sign_request(account, action=action, did=did, body=body,
                             chain_id=int(did.split(":")[3]))

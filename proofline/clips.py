@@ -11,6 +11,9 @@ from pathlib import Path
 
 import imageio_ffmpeg
 
+from chalicelib.aws.blobs import S3Uri
+from chalicelib.market.challenges import CHALLENGES
+
 _TIMEOUT_S = 120
 _BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
 
@@ -144,9 +147,7 @@ def _ffmpeg(args: list[str], path) -> Path:
 def seed_challenges(blobs, bucket: str, workdir) -> list[str]:
     """Put the clips challenge jobs transcode (chalicelib.challenges.CHALLENGES) into the
     artifacts bucket, where they are missing; returns the URIs written."""
-    from pathlib import Path
-    from chalicelib.blobs import S3Uri
-    from chalicelib.challenges import CHALLENGES
+
     written = []
     for job_class, spec in CHALLENGES.items():
         if spec.key is None:                 # an inline challenge: nothing to store

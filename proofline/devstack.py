@@ -19,11 +19,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import boto3
+from chalice.app import Rate, ScheduledEventConfig
+from chalice.config import Config
+from chalice.local import create_local_server
 
 from chalicelib import aws, config, ports
 from chalicelib.config import stage_environment
+from chalicelib.settlement.chain import Escrow, artifact, deploy
 
 from .anvil import Anvil
+from .awsendpoint import AwsEndpoint
+from .clips import seed_challenges
 from .provision import provision
 from .pump import EventPump
 
@@ -87,7 +93,6 @@ class DevStack:
         self._moto = self._api = None
 
     def start(self) -> StackInfo:
-        from .awsendpoint import AwsEndpoint
         logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one line per AWS request
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._moto = AwsEndpoint(ip_address=HOST, port=self.aws_port, verbose=False)
@@ -103,7 +108,6 @@ class DevStack:
             cached.cache_clear()
         aws.reset_clients()
         provision(boto3.session.Session(), config.settings(), visibility_cap=self.visibility_cap)
-        from .clips import seed_challenges
         seed_challenges(ports.default().blobs, config.settings().artifacts_bucket, self.state_dir)
         app = _load_app()
         self._serve_api(app)
@@ -123,8 +127,6 @@ class DevStack:
             self.anvil.stop()
 
     def _serve_api(self, app) -> None:
-        from chalice.config import Config
-        from chalice.local import create_local_server
         server = create_local_server(app.app, Config.create(chalice_stage="local",
                                                             app_name="proofline"),
                                      HOST, self.api_port)
@@ -141,7 +143,6 @@ def _deploy_escrow(anvil: Anvil) -> dict:
     """Deploy the escrow and a test ERC-20 (allow-listed, the client holds a million);
     give the control plane its roles. Accounts: 0 admin, 1 control plane, 2 media pool,
     3 client, 9 treasury."""
-    from chalicelib.chain import Escrow, artifact, deploy
     w3 = anvil.web3()
     admin, control, pool, client, treasury = (anvil.accounts[i] for i in (0, 1, 2, 3, 9))
     escrow = Escrow(w3, deploy(w3, admin, "ProoflineEscrow", admin.address, treasury.address))
@@ -168,7 +169,6 @@ def _load_app():
 
 def _schedules(app) -> dict[str, tuple[str, float]]:
     """Each `@app.schedule` handler with its period in minutes (Rate expressions)."""
-    from chalice.app import Rate, ScheduledEventConfig
     minutes = {Rate.MINUTES: 1, Rate.HOURS: 60, Rate.DAYS: 1440}
     return {s.name: (f"app:{s.name}", s.schedule_expression.value * minutes[s.schedule_expression.unit])
             for s in app.app.event_sources if isinstance(s, ScheduledEventConfig)}

@@ -17,7 +17,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from chalicelib.signing import address_of, did_for, parse_did  # noqa: F401  (part of this API)
+from chalicelib.identity.signing import did_for
 
 DEFAULT_CHAIN_ID = 31337
 PASSPHRASE_ENV = "PROOFLINE_PASSPHRASE"

@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import requests
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import common
 from .client import TERMINAL, ApiError
 
 EMBED, GENERATE = "embed_batch", "generate_small"
@@ -37,14 +39,6 @@ _MEASURED = {EMBED: ("rows_reexecuted", "cosine_min", "cosine_min_required"),
              GENERATE: ("tokens", "max_tokens")}
 
 
-def _cli():
-    # Imported late: `python -m proofline.cli` runs cli.py as __main__, and it imports this
-    # module at its end, so a top-level import of .cli here would run cli.py a second time
-    # halfway through and find this module without its `infer` group.
-    from . import cli
-    return cli
-
-
 class _Group(click.Group):
     """A refusal from the API exits 1 here, as a failed job does: exit 2 means the wait
     timed out while the job goes on."""
@@ -53,7 +47,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ApiError as exc:
-            err = _cli().err
+            err = common.err
             err.print(f"[red]error[/red] {exc.status} [bold]{exc.reason}[/bold]: "
                       f"{escape(exc.message)}", soft_wrap=True)
             for detail in exc.details if isinstance(exc.details, list) else []:
@@ -96,24 +90,23 @@ def infer_embed(ctx, source, output, inline, idempotency_key, timeout, as_json):
 
     One 384-dimension unit vector per text, a sample of them re-embedded on the trusted pool
     before the job settles."""
-    cli = _cli()
     texts = read_texts(source)
     manifest = {"kind": EMBED, "texts": texts}
     if inline is None:
         inline = (len(json.dumps(manifest)) <= INLINE_LIMIT_BYTES
                   and all(len(t) <= INLINE_TEXT_MAX_CHARS for t in texts))
-    api = cli._api(ctx)
+    api = common.api_for(ctx)
     if inline:
         input_uri = None
         if not as_json:
-            cli.err.print(f"{len(texts)} texts from {escape(str(source))}, sent inline",
+            common.err.print(f"{len(texts)} texts from {escape(str(source))}, sent inline",
                           highlight=False, soft_wrap=True)
     else:
         slot = api.upload(source)
         input_uri = slot["input_uri"]
         manifest = {"kind": EMBED, "input_uri": input_uri, "input_hash": slot["input_hash"]}
         if not as_json:
-            cli.err.print(f"uploaded {escape(str(source))} ({len(texts)} texts) → {input_uri}"
+            common.err.print(f"uploaded {escape(str(source))} ({len(texts)} texts) → {input_uri}"
                           if slot["upload_url"] else f"texts already stored at {input_uri}",
                           highlight=False, soft_wrap=True)
     job = _submit(api, manifest, idempotency_key, as_json)
@@ -179,7 +172,6 @@ def read_texts(path: Path) -> list[str]:
 
 
 def _shape(path: Path) -> tuple[int, int]:
-    import numpy as np
     try:
         vectors = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError) as error:
@@ -191,7 +183,7 @@ def _shape(path: Path) -> tuple[int, int]:
 
 
 def _print_embed(result: dict, output: Path) -> None:
-    console = _cli().console
+    console = common.console
     console.print(f"[green]{result['state']}[/green] {escape(str(output))}", soft_wrap=True,
                   highlight=False)
     table = Table(show_header=False, box=None)
@@ -222,7 +214,7 @@ def infer_generate(ctx, prompt, max_tokens, seed, idempotency_key, timeout, as_j
 
     The text goes to stdout and everything else to stderr; the whole generation is run again
     on the trusted pool and must match before the job settles."""
-    api = _cli()._api(ctx)
+    api = common.api_for(ctx)
     manifest = {"kind": GENERATE, "prompt": prompt, "max_tokens": max_tokens, "seed": seed}
     job = _submit(api, manifest, idempotency_key, as_json)
     final = _await(api, job, timeout=timeout, show=not as_json)
@@ -256,7 +248,7 @@ def infer_generate(ctx, prompt, max_tokens, seed, idempotency_key, timeout, as_j
 
 
 def _print_generate(result: dict, max_tokens: int) -> None:
-    err = _cli().err
+    err = common.err
     table = Table(show_header=False, box=None)
     table.add_row("[dim]job[/dim]", f"{result['job_id']} [green]{result['state']}[/green]")
     table.add_row("[dim]model[/dim]", escape(result["model"] or "?"))
@@ -279,13 +271,13 @@ class _StillRunning(Exception):
 def _submit(api, manifest: dict, idempotency_key: str | None, as_json: bool) -> dict:
     job, created = api.submit(manifest, idempotency_key=idempotency_key)
     if not as_json:
-        _cli().err.print(f"{'created' if created else 'existing'} job "
+        common.err.print(f"{'created' if created else 'existing'} job "
                          f"[bold]{job['job_id']}[/bold] ({job['kind']}, {job['state']})")
     return job
 
 
 def _await(api, job: dict, *, timeout: float, show: bool) -> dict:
-    err = _cli().err
+    err = common.err
     try:
         return _follow(api, job, timeout=timeout, show=show)
     except _StillRunning as late:
@@ -302,7 +294,7 @@ def _await(api, job: dict, *, timeout: float, show: bool) -> dict:
 def _follow(api, job: dict, *, timeout: float, show: bool) -> dict:
     deadline = time.monotonic() + timeout
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                        console=_cli().err, disable=not show)
+                        console=common.err, disable=not show)
     with progress:
         task = progress.add_task(job["job_id"], total=None)
         while True:
@@ -390,7 +382,7 @@ def _metric_rows(table: Table, metrics: dict) -> None:
 
 def _fail(job: dict, events: list[dict], result: dict | None) -> None:
     """Say why the job ended without a result (the summary too, under --json); exit 1."""
-    err = _cli().err
+    err = common.err
     err.print(f"[red]{job['state']}[/red] job {job['job_id']}: "
               f"[bold]{job.get('reason') or 'no reason given'}[/bold]")
     cause = (next((e for e in reversed(events) if e["type"] in _CAUSES), None)

@@ -6,8 +6,8 @@ import json
 
 from botocore.exceptions import ClientError
 
+from chalicelib.aws.resources import RESOURCES, Bucket, Queue, Resources, Table
 from chalicelib.config import Settings
-from chalicelib.resources import RESOURCES, Bucket, Queue, Resources, Table
 
 
 def provision(session, settings: Settings, *, resources: Resources = RESOURCES,

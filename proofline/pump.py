@@ -27,8 +27,8 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from chalicelib import aws
+from chalicelib.aws.resources import RESOURCES, Queue, Resources
 from chalicelib.config import Settings
-from chalicelib.resources import RESOURCES, Queue, Resources
 
 logger = Logger(service="proofline-pump")
 

@@ -6,11 +6,7 @@ import sys
 import click
 from rich.table import Table
 
-
-def _cli():
-    # Late: proofline.cli registers this group at its bottom (see transcode_cli).
-    from . import cli
-    return cli
+from . import common
 
 
 @click.group()
@@ -23,18 +19,18 @@ def settle():
 @click.pass_context
 def settle_reconcile(ctx, as_json):
     """Compare every escrow job with the chain; exit 1 when anything drifted."""
-    rows = _cli()._api(ctx).settlement_drift()
+    rows = common.api_for(ctx).settlement_drift()
 
     def render(drift):
         if not drift:
-            _cli().console.print("[green]no drift[/green]: every escrow job matches the chain")
+            common.console.print("[green]no drift[/green]: every escrow job matches the chain")
             return
         table = Table("job", "job state", "chain state", "drift", "repair")
         for row in drift:
             table.add_row(row["job_id"], row["job_state"], row["chain_state"], row["kind"],
                           row["repair"] or "manual")
-        _cli().console.print(table)
-    _cli()._emit(rows, as_json, render)
+        common.console.print(table)
+    common.emit(rows, as_json, render)
     sys.exit(1 if rows else 0)
 
 
@@ -43,13 +39,13 @@ def settle_reconcile(ctx, as_json):
 @click.pass_context
 def settle_dispute(ctx, job_id):
     """Contest a verified result while its dispute window is open (client key)."""
-    job = _cli()._api(ctx).job(job_id)
+    job = common.api_for(ctx).job(job_id)
     if not job.get("escrow"):
         raise click.ClickException(f"job {job_id} has no escrow")
-    w3, client = _cli()._signer("PROOFLINE_CLIENT_KEY", "client")
-    receipt = _cli()._escrow_call(lambda escrow: escrow.send(
+    w3, client = common.signer("PROOFLINE_CLIENT_KEY", "client")
+    receipt = common.escrow_call(lambda escrow: escrow.send(
         client, "openDispute", bytes.fromhex(job["escrow"]["job_key"][2:])), w3, job["escrow"])
-    _cli().console.print(f"dispute opened on {job_id} in tx {receipt.tx_hash}; the payment waits "
+    common.console.print(f"dispute opened on {job_id} in tx {receipt.tx_hash}; the payment waits "
                   "for the arbiter")
 
 
@@ -60,12 +56,12 @@ def settle_dispute(ctx, job_id):
 @click.pass_context
 def settle_resolve(ctx, job_id, worker_share_bps):
     """Settle a disputed job on chain (arbiter key)."""
-    job = _cli()._api(ctx).job(job_id)
+    job = common.api_for(ctx).job(job_id)
     if not job.get("escrow"):
         raise click.ClickException(f"job {job_id} has no escrow")
-    w3, arbiter = _cli()._signer("PROOFLINE_ARBITER_KEY", "control")
-    receipt = _cli()._escrow_call(lambda escrow: escrow.send(
+    w3, arbiter = common.signer("PROOFLINE_ARBITER_KEY", "control")
+    receipt = common.escrow_call(lambda escrow: escrow.send(
         arbiter, "resolveDispute", bytes.fromhex(job["escrow"]["job_key"][2:]),
         worker_share_bps), w3, job["escrow"])
-    _cli().console.print(f"dispute on {job_id} resolved ({worker_share_bps / 100:g}% to the worker) "
+    common.console.print(f"dispute on {job_id} resolved ({worker_share_bps / 100:g}% to the worker) "
                   f"in tx {receipt.tx_hash}")

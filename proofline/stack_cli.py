@@ -6,21 +6,21 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from pathlib import Path
 
+import boto3
 import click
 
+from chalicelib import config, ports
+from chalicelib.aws.deploy import enable_partial_batch_responses
+
 from . import client as api_client
+from . import common
+from .clips import seed_challenges
 from .devstack import read_state
 
-STATE_DIR = Path(".proofline")
-
-
-def _cli():
-    # Late: proofline.cli registers these groups at its bottom (see transcode_cli).
-    from . import cli
-    return cli
+STATE_DIR = common.STATE_DIR
 
 
 # -- local stack ---------------------------------------------------------------------------
@@ -47,7 +47,7 @@ def dev_up(as_json, workers, timeout):
         started = True
     else:
         started = False
-    _cli()._emit({**info.__dict__, "started": started}, as_json, lambda d: _cli().console.print(
+    common.emit({**info.__dict__, "started": started}, as_json, lambda d: common.console.print(
         f"{'started' if started else 'already running'}: API {d['api_url']}  "
         f"AWS {d['aws_endpoint']}  (pid {d['pid']}, logs {STATE_DIR / 'stack.log'})"))
 
@@ -57,7 +57,7 @@ def dev_up(as_json, workers, timeout):
 def dev_status(as_json):
     info = _running()
     data = {"running": info is not None, **(info.__dict__ if info else {})}
-    _cli()._emit(data, as_json, lambda d: _cli().console.print(
+    common.emit(data, as_json, lambda d: common.console.print(
         f"running: API {d['api_url']}  AWS {d['aws_endpoint']}  pid {d['pid']}" if d["running"]
         else "not running"))
     sys.exit(0 if info else 3)
@@ -68,7 +68,7 @@ def dev_down():
     info = read_state(STATE_DIR)
     if info is None or not _alive(info.pid):
         (STATE_DIR / "stack.json").unlink(missing_ok=True)
-        _cli().console.print("not running")
+        common.console.print("not running")
         return
     os.kill(info.pid, signal.SIGTERM)
     for _ in range(100):
@@ -78,7 +78,7 @@ def dev_down():
     else:
         os.kill(info.pid, signal.SIGKILL)
     (STATE_DIR / "stack.json").unlink(missing_ok=True)
-    _cli().console.print(f"stopped (pid {info.pid})")
+    common.console.print(f"stopped (pid {info.pid})")
 
 
 def _running():
@@ -130,13 +130,12 @@ def ops():
 def ops_seed_challenges():
     """Upload the clips that challenge jobs transcode into the stage's artifacts bucket
     (workers claiming a class without one stay unverified for it)."""
-    import tempfile
-    from chalicelib import config, ports
-    from .clips import seed_challenges
+
+
     with tempfile.TemporaryDirectory() as workdir:
         written = seed_challenges(ports.default().blobs, config.settings().artifacts_bucket,
                                   workdir)
-    _cli().console.print("\n".join(written) or "every challenge clip is in place")
+    common.console.print("\n".join(written) or "every challenge clip is in place")
 
 
 @ops.command("enable-batch-failures")
@@ -144,11 +143,10 @@ def ops_seed_challenges():
 @click.option("--region")
 def ops_enable_batch_failures(functions, region):
     """Turn on ReportBatchItemFailures for the SQS triggers Chalice deployed (it can't)."""
-    import boto3
-    from chalicelib.deploy import enable_partial_batch_responses
+
     rows = enable_partial_batch_responses(boto3.client("lambda", region_name=region), functions)
     for row in rows:
-        _cli().console.print(f"{row['function']} ← {row['queue_arn']}: "
+        common.console.print(f"{row['function']} ← {row['queue_arn']}: "
                       f"{'enabled' if row['changed'] else 'already on'}")
 
 

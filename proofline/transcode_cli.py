@@ -13,10 +13,22 @@ from pathlib import Path
 import click
 import requests
 from rich.filesize import decimal as human_bytes
-from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
+from chalicelib import catalog
+from chalicelib.errors import InputError, UnknownProfile
+from chalicelib.media import profiles
+from chalicelib.settlement.money import from_base_units
+
+from . import common
 from .client import TERMINAL
 
 KIND = "ffmpeg_hls"
@@ -27,14 +39,6 @@ _CHUNK = 1 << 20
 # The events that say why a transcode failed, most specific first.
 _CAUSES = ("segment.rejected", "segment.failed", "validation.failed", "execution.failed")
 _ENDINGS = ("job.failed", "job.rejected", "job.cancelled")
-
-
-def _cli():
-    # Imported late: `python -m proofline.cli` runs cli.py as __main__, and it imports this
-    # module at its end, so a top-level import of .cli here would run cli.py a second time
-    # halfway through and find this module without its `transcode` group.
-    from . import cli
-    return cli
 
 
 @click.group()
@@ -65,11 +69,10 @@ def transcode():
 def transcode_submit(ctx, source, profile, output, idempotency_key, fund, timeout, as_json,
                      **flags):
     """Upload a video, transcode it, follow every rendition, and download the package."""
-    cli = _cli()
-    api = cli._api(ctx)
+    api = common.api_for(ctx)
     slot = api.upload(source)
     if not as_json:
-        cli.err.print(f"uploaded {source} → {slot['input_uri']}" if slot["upload_url"]
+        common.err.print(f"uploaded {source} → {slot['input_uri']}" if slot["upload_url"]
                       else f"input already stored at {slot['input_uri']}", highlight=False,
                       soft_wrap=True)
     manifest = {"kind": KIND, "input_uri": slot["input_uri"], "input_hash": slot["input_hash"],
@@ -77,25 +80,25 @@ def transcode_submit(ctx, source, profile, output, idempotency_key, fund, timeou
                 **{k: v for k, v in flags.items() if v is not None}}
     job, created = api.submit(manifest, idempotency_key=idempotency_key)
     if not as_json:
-        cli.err.print(f"{'created' if created else 'existing'} job [bold]{job['job_id']}[/bold] "
+        common.err.print(f"{'created' if created else 'existing'} job [bold]{job['job_id']}[/bold] "
                       f"({job.get('profile') or KIND}, {job['state']})")
     if fund and job.get("escrow") and job["state"] == "requested":
-        receipt = cli._fund(job)
+        receipt = common.fund(job)
         if not as_json:
             terms = job["escrow"]
-            cli.err.print(f"funded escrow {terms['job_key'][:18]}… with "
-                          f"{cli.from_base_units(terms['amount'], terms['decimals'])} "
+            common.err.print(f"funded escrow {terms['job_key'][:18]}… with "
+                          f"{from_base_units(terms['amount'], terms['decimals'])} "
                           f"{terms['symbol']} in tx {receipt.tx_hash}")
 
     try:
         final = _follow(api, job, timeout=timeout, show=not as_json)
     except _StillRunning as late:
-        cli.err.print(f"[red]timeout[/red] job {job['job_id']} is still {late.state} after "
+        common.err.print(f"[red]timeout[/red] job {job['job_id']} is still {late.state} after "
                       f"{timeout:g}s; it goes on: `proofline jobs watch {job['job_id']}`",
                       soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        cli.err.print(f"stopped following; job {job['job_id']} goes on: "
+        common.err.print(f"stopped following; job {job['job_id']} goes on: "
                       f"`proofline jobs watch {job['job_id']}`", soft_wrap=True)
         sys.exit(130)
 
@@ -148,7 +151,7 @@ class _Board:
     def __init__(self, show: bool):
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description:<20}"),
                                  BarColumn(), TextColumn("{task.fields[count]:>7}"),
-                                 TimeElapsedColumn(), console=_cli().err, disable=not show)
+                                 TimeElapsedColumn(), console=common.err, disable=not show)
         self.status = self.progress.add_task("planning", total=None, count="")
         self.bars: dict[str, int] = {}
 
@@ -232,7 +235,7 @@ def _download(files: list[dict], target: Path, *, show: bool) -> tuple[int, int]
         partial.replace(path)
 
     progress = Progress(TextColumn("download"), BarColumn(), DownloadColumn(),
-                        console=_cli().err, disable=not show)
+                        console=common.err, disable=not show)
     with progress, ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
         bar = progress.add_task("download", total=total)
         futures = [pool.submit(fetch, f) for f in files]
@@ -246,7 +249,7 @@ def _download(files: list[dict], target: Path, *, show: bool) -> tuple[int, int]
 
 
 def _explain_failure(api, job: dict) -> None:
-    err = _cli().err
+    err = common.err
     err.print(f"[red]{job['state']}[/red] job {job['job_id']}: "
               f"[bold]{job.get('reason') or 'no reason given'}[/bold]")
     events = api.events(job["job_id"])["events"]
@@ -265,7 +268,7 @@ def _explain_failure(api, job: dict) -> None:
 
 
 def _print_summary(job: dict, entry: Path, count: int, size: int) -> None:
-    console = _cli().console
+    console = common.console
     plan = job.get("plan") or {}
     # soft_wrap: the path stays on one line however narrow the terminal, for copy and grep.
     console.print(f"[green]{job['state']}[/green] {entry}", soft_wrap=True, highlight=False)
@@ -290,8 +293,6 @@ def _print_summary(job: dict, entry: Path, count: int, size: int) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def transcode_quote(source, profile, as_json):
     """Price a transcode of a local file before submitting it (no stack needed)."""
-    from chalicelib import catalog, profiles
-    from chalicelib.errors import InputError, UnknownProfile
     from media_worker.segments import inspect_source
 
     name = profile or catalog.default().job_class(KIND).defaults.profile
@@ -314,11 +315,11 @@ def transcode_quote(source, profile, as_json):
                        "rotation": info.rotation, "fps": info.fps,
                        "duration_s": info.duration_s, "bytes": source.stat().st_size,
                        "has_audio": info.has_audio}}
-    _cli()._emit(data, as_json, lambda _: _print_quote(priced, info, chosen))
+    common.emit(data, as_json, lambda _: _print_quote(priced, info, chosen))
 
 
 def _print_quote(priced, info, profile) -> None:
-    console = _cli().console
+    console = common.console
     console.print(f"{profile.name}: {info.width}x{info.height}"
                   f"{f' rotated {info.rotation}°' if info.rotation else ''}, "
                   f"{info.fps:g} fps, {info.duration_s:.2f} s", highlight=False)

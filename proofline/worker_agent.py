@@ -12,18 +12,26 @@ exits. A task it cannot run is released at once rather than left to its lease's 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
+import time as clock
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import imageio_ffmpeg
 import requests
 
-from chalicelib.signing import parse_did, sign_request
+from chalicelib.identity.signing import parse_did, sign_request
+from chalicelib.media.probe import sha256_file
+from chalicelib.models import Task, TranscodePlan
+from chalicelib.settlement.escrow import result_hash, sign_result
 
 from .client import Api, ApiError
 
@@ -51,8 +59,7 @@ def health(accepting: bool = True, queue_depth: int = 0) -> dict:
 
 
 def _ffmpeg_version() -> str:
-    import subprocess
-    import imageio_ffmpeg
+
     try:
         out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-version"], capture_output=True,
                              text=True, timeout=10).stdout
@@ -161,7 +168,6 @@ class Agent:
 
     # -- one task ------------------------------------------------------------------------
     def work(self, lease: dict) -> None:
-        from chalicelib.models import Task, TranscodePlan
         self.stats.leased += 1
         ref = lease["task_ref"]
         self.log(f"leased {ref} (attempt {lease['attempt']}, until {lease['lease_expires_at']})")
@@ -197,7 +203,6 @@ class Agent:
     def infer(self, lease: dict) -> None:
         """Run the job's model, the same class the pool runs (`gpu_functions.inference`),
         loaded once and kept warm; upload and submit the signed result."""
-        import hashlib
         self.stats.leased += 1
         job_id = lease["job_id"]
         self.log(f"leased job {job_id} ({lease['job_class']}, attempt {lease['attempt']})")
@@ -214,7 +219,6 @@ class Agent:
                   "output": {"name": lease["output"]["name"], "sha256": digest,
                              "size_bytes": len(body)}, "execution": execution}
         if lease.get("escrow"):
-            from chalicelib.chain import result_hash, sign_result
             escrow = lease["escrow"]
             result["signature"] = "0x" + sign_result(
                 self.account, escrow["domain"], bytes.fromhex(escrow["job_key"][2:]),
@@ -229,8 +233,6 @@ class Agent:
         self.log(f"submitted job {job_id}: {digest}")
 
     def run_model(self, lease: dict) -> tuple[bytes, dict]:
-        import json
-        import time as clock
         inputs, started = lease["inputs"], clock.perf_counter()
         if lease["job_class"] == "embed_batch":
             out = self._model("embed_batch").embed.local(inputs["texts"])
@@ -263,7 +265,6 @@ class Agent:
     def countersign(self, request: dict) -> None:
         """Sign the escrow's result hash for a verified job this worker is paid for, once
         the package is seen to hold the segments it made."""
-        from chalicelib.chain import result_hash, sign_result
         job_id = request["job_id"]
         package = requests.get(request["package_url"], timeout=60)
         package.raise_for_status()
@@ -295,7 +296,6 @@ class Agent:
         return encode_segment(plan, task, source, out)
 
     def _upload(self, slot: dict, path: Path) -> dict:
-        from chalicelib.media import sha256_file
         with open(path, "rb") as body:
             response = requests.put(slot["url"], data=body, timeout=300)
         response.raise_for_status()

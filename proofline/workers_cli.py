@@ -1,6 +1,7 @@
 """`proofline workers`: the worker registry as the API shows it."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -8,13 +9,11 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from . import common
+from . import identity as ids
 from .client import ApiError
-
-
-def _cli():
-    # Late: proofline.cli registers this group at its bottom (see transcode_cli).
-    from . import cli
-    return cli
+from .identity_cli import _passphrase, _run
+from .worker_agent import Agent
 
 
 @click.group()
@@ -33,8 +32,8 @@ def workers_list(ctx, as_json):
             table.add_row(w["did"], w["claims"]["region"], ", ".join(w["claims"]["job_classes"]),
                           ", ".join(w["routable_for"]) or "none (claims only)",
                           "fresh" if w["heartbeat_fresh"] else "stale", reputation or "—")
-        _cli().console.print(table)
-    _cli()._emit(_cli()._api(ctx).workers(), as_json, render)
+        common.console.print(table)
+    common.emit(common.api_for(ctx).workers(), as_json, render)
 
 
 @workers.command("show")
@@ -58,8 +57,8 @@ def workers_show(ctx, did, as_json):
         table.add_row("[dim]health[/dim]", json.dumps(w["health"]) if w["health"] else "—")
         table.add_row("[dim]last heartbeat[/dim]", str(w["last_heartbeat"] or "never"))
         table.add_row("[dim]reputation[/dim]", json.dumps(w["reputation"]) or "—")
-        _cli().console.print(table)
-    _cli()._emit(_cli()._api(ctx).worker(did), as_json, render)
+        common.console.print(table)
+    common.emit(common.api_for(ctx).worker(did), as_json, render)
 
 
 @click.group()
@@ -86,9 +85,6 @@ def worker():
 def worker_run(ctx, classes, prices, region, keystore, max_jobs, heartbeat_every, poll_every):
     """Register, pass the challenge jobs, then lease, encode and submit signed results until
     stopped (SIGTERM/Ctrl-C finish the task in hand first) or --max-jobs is reached."""
-    from . import identity as ids
-    from .identity_cli import _passphrase, _run
-    from .worker_agent import Agent
     opened = _run(lambda: ids.load_identity(keystore, _passphrase(confirm=False)))
     price_per_unit = {}
     for item in prices:
@@ -101,8 +97,8 @@ def worker_run(ctx, classes, prices, region, keystore, max_jobs, heartbeat_every
               "runtimes": {"ffmpeg": "imageio-ffmpeg", "pyav": av.__version__},
               "codecs": ["h264", "aac"], "region": region, "price_per_unit": price_per_unit,
               "hardware": {"cpu_cores": os.cpu_count() or 1}}
-    console = _cli().console
-    agent = Agent(api=_cli()._api(ctx), account=opened.account, did=opened.did, claims=claims,
+    console = common.console
+    agent = Agent(api=common.api_for(ctx), account=opened.account, did=opened.did, claims=claims,
                   heartbeat_every_s=heartbeat_every, poll_s=poll_every, max_jobs=max_jobs,
                   log=lambda line: console.print(f"[dim]{_now()}[/dim] {line}"))
     agent.install_signal_handlers()
@@ -115,5 +111,4 @@ def worker_run(ctx, classes, prices, region, keystore, max_jobs, heartbeat_every
 
 
 def _now() -> str:
-    import datetime
     return datetime.datetime.now().strftime("%H:%M:%S")

@@ -21,7 +21,7 @@ import requests
 from rich.console import Console
 from web3 import Web3
 
-from chalicelib.jobs import derive_job_id
+from chalicelib.jobs.lifecycle import derive_job_id
 from proofline import clips
 
 console = Console()

@@ -94,7 +94,8 @@ def event_types(api: Api, job_id: str) -> list[str]:
 def forged_headers(account, did: str, body, *, action: str, chain_id: int = 31337) -> dict:
     """Signature headers that name `did` but are signed by `account`, someone else's key."""
     from eth_account import Account
-    from chalicelib import signing
+
+    from chalicelib.identity import signing
     own = signing.did_for(account.address, chain_id)
     headers = signing.sign_request(account, action=action, did=own, body=body,
                                    chain_id=chain_id)

@@ -7,13 +7,16 @@ import uuid
 from datetime import timedelta
 
 import pytest
-
-from chalicelib import attempts, jobs, media, states
-from chalicelib.blobs import S3Uri, attempt_key
-from chalicelib.errors import StaleVersion
-from chalicelib.models import AttemptResult, Job, Manifest, Output, State
 from conftest import event_types, wait_for
+
+from chalicelib.aws.blobs import S3Uri, attempt_key
+from chalicelib.errors import StaleVersion
+from chalicelib.jobs import attempts, states, sweeper
+from chalicelib.jobs import lifecycle as jobs
+from chalicelib.media import probe as media
+from chalicelib.models import AttemptResult, Job, Manifest, Output, State
 from media_worker import handler as media_handler
+from media_worker.probe import probe
 from proofline import clips
 from proofline.pump import LambdaContext, sqs_event
 
@@ -116,7 +119,7 @@ def test_a_lying_worker_is_caught_and_the_job_retried(held, stored_clip, media_d
     job = new_job(held, stored_clip, max_attempts=2)
     running = attempts.start(held, job, 1, "pool:media", redelivered=False)
     other = clips.make_clip(media_dir / "other.mp4", seconds=2.0, width=96, height=64)
-    report = media.probe(other).model_dump_json().encode()     # valid, but of another file
+    report = probe(other).model_dump_json().encode()     # valid, but of another file
     result = upload_report(held, running, 1, report)
     submitted = attempts.submit(held, running, result)
     after = attempts.verify(held, submitted, result)
@@ -129,7 +132,7 @@ def test_a_lying_worker_is_caught_and_the_job_retried(held, stored_clip, media_d
 def test_a_wrong_hash_claim_fails_validation_and_exhausts_attempts(held, stored_clip, clip):
     job = new_job(held, stored_clip, max_attempts=1)
     running = attempts.start(held, job, 1, "pool:media", redelivered=False)
-    report = media.probe(clip).model_dump_json().encode()
+    report = probe(clip).model_dump_json().encode()
     result = upload_report(held, running, 1, report, claimed_sha="sha256:" + "0" * 64)
     after = attempts.verify(held, attempts.submit(held, running, result), result)
     assert after.state == State.FAILED and after.reason == "attempts_exhausted"
@@ -154,7 +157,7 @@ def test_the_sweeper_retries_an_expired_lease_and_fails_a_passed_deadline(held, 
     job = new_job(held, stored_clip, max_attempts=2)
     running = attempts.start(held, job, 1, "pool:media", redelivered=False)
     two_hours_on = running.updated_at + timedelta(hours=2)
-    actions = dict(jobs.sweep(dataclasses.replace(held, clock=lambda: two_hours_on)))
+    actions = dict(sweeper.sweep_jobs(dataclasses.replace(held, clock=lambda: two_hours_on)))
     assert actions[job.job_id] == "assigned"
     swept = held.store.view(job.job_id)
     assert swept.job.attempt == 2 and swept.events[-2].type == "lease.expired"
@@ -164,7 +167,7 @@ def test_the_sweeper_retries_an_expired_lease_and_fails_a_passed_deadline(held, 
     deadline = held.clock() + timedelta(minutes=5)
     doomed = new_job(held, stored_clip, deadline=deadline)
     after = dataclasses.replace(held, clock=lambda: deadline + timedelta(seconds=1))
-    assert dict(jobs.sweep(after))[doomed.job_id] == "failed"
+    assert dict(sweeper.sweep_jobs(after))[doomed.job_id] == "failed"
     assert held.store.get(doomed.job_id).reason == "deadline_passed"
 
 
@@ -182,11 +185,11 @@ def test_a_cancelled_job_ignores_its_late_dispatch(held, stored_clip, api, aws, 
 def test_a_lost_verification_request_is_sent_again_by_the_sweeper(held, stored_clip, clip):
     job = new_job(held, stored_clip)
     running = attempts.start(held, job, 1, "pool:media", redelivered=False)
-    result = upload_report(held, running, 1, media.probe(clip).model_dump_json().encode())
+    result = upload_report(held, running, 1, probe(clip).model_dump_json().encode())
     submitted = attempts.submit(held, running, result)
     held.queues.sent.clear()                                   # the verify message is lost
     later = submitted.updated_at + timedelta(hours=1)
-    assert dict(jobs.sweep(dataclasses.replace(held, clock=lambda: later)))[job.job_id] == \
+    assert dict(sweeper.sweep_jobs(dataclasses.replace(held, clock=lambda: later)))[job.job_id] == \
         "verification.requested"
     [(queue, message)] = [(q, m) for q, m in held.queues.sent if m["job"]["job_id"] == job.job_id]
     assert queue == "verify" and message["result"]["output"] == result.output.model_dump()

@@ -8,7 +8,7 @@ from chalicelib import catalog
 from chalicelib.catalog import CATALOG_DIR, CatalogError, load
 from chalicelib.errors import ProoflineError, UnknownJobClass, UnknownProfile
 from chalicelib.models import State
-from chalicelib.verification import KNOWN_POLICIES
+from chalicelib.verification.policies import KNOWN_POLICIES
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli as run
+
 from proofline import clips
 
 pytestmark = pytest.mark.stack

@@ -3,8 +3,9 @@ events, the ERC-20 path, and a receiver that tries to re-enter."""
 import pytest
 from web3 import Web3
 
-from chalicelib import chain
-from chalicelib.chain import NATIVE, ContractReverted, Escrow, EscrowState, job_key, sign_result
+from chalicelib.settlement import chain
+from chalicelib.settlement.chain import NATIVE, ContractReverted, Escrow, EscrowState
+from chalicelib.settlement.escrow import job_key, sign_result
 from proofline.anvil import Anvil
 from proofline.devstack import free_port
 

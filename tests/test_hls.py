@@ -6,11 +6,11 @@ from fractions import Fraction
 import m3u8
 import pytest
 
-from chalicelib import hls
-from chalicelib.hls import (AudioGroup, audio_group, check_package, master_playlist,
-                            media_playlist, variant)
-from chalicelib.profiles import get_profile, ladder
-from chalicelib.verification import Verdict
+from chalicelib.media import hls
+from chalicelib.media.hls import AudioGroup, audio_group, master_playlist, media_playlist, variant
+from chalicelib.media.profiles import get_profile, ladder
+from chalicelib.verification.package import check_package
+from chalicelib.verification.policies import Verdict
 
 
 # -- media playlists --------------------------------------------------------------------------

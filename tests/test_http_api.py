@@ -4,7 +4,6 @@ import uuid
 
 import pytest
 import requests
-
 from conftest import event_types, wait_for
 
 pytestmark = pytest.mark.stack

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from chalicelib.signing import address_of, did_for
+from chalicelib.identity.signing import address_of, did_for
 from proofline.identity import IdentityError, WrongPassphrase, load_identity, read_public
 
 PASSPHRASE = "correct horse battery staple"

@@ -10,8 +10,7 @@ import uuid
 
 import numpy as np
 import pytest
-
-from conftest import event_types, wait_for
+from conftest import wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -117,8 +116,10 @@ class RecordingQueues:
 def lying_attempt(ports, manifest_fields: dict, body: bytes):
     """A job whose first attempt a dishonest worker takes and submits `body` for; the
     check and any retry then run on the stack's trusted inference pool."""
-    from chalicelib import attempts, jobs, media
-    from chalicelib.blobs import S3Uri, attempt_key
+    from chalicelib.aws.blobs import S3Uri, attempt_key
+    from chalicelib.jobs import attempts
+    from chalicelib.jobs import lifecycle as jobs
+    from chalicelib.media import probe as media
     from chalicelib.models import AttemptResult, Manifest, Output
     held = dataclasses.replace(ports, queues=RecordingQueues())
     job, _ = jobs.accept(held, Manifest(**manifest_fields),
@@ -241,7 +242,8 @@ class FakeModalCloud:
 
 def test_with_modal_credentials_calls_are_spawned_then_collected(ports, monkeypatch):
     import modal
-    from chalicelib import jobs
+
+    from chalicelib.jobs import lifecycle as jobs
     from chalicelib.models import Manifest, State
     from gpu_functions import handler
     cloud = FakeModalCloud()

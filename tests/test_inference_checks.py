@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from chalicelib.inference_checks import embeddings, generation, sample_rows
+from chalicelib.verification.inference import embeddings, generation, sample_rows
 
 SHA = "sha256:" + "a" * 64
 

@@ -8,10 +8,10 @@ import pytest
 
 from chalicelib.catalog import load
 from chalicelib.errors import InvalidManifest, UnknownJobClass
-from chalicelib.jobs import derive_job_id, new_job, retry_or_fail
+from chalicelib.jobs.lifecycle import derive_job_id, new_job, retry_or_fail
+from chalicelib.jobs.states import transition
+from chalicelib.market.routing import route
 from chalicelib.models import Attempt, Job, Manifest, State
-from chalicelib.routing import route
-from chalicelib.states import transition
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{2,63}$")   # models.JobId

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from chalicelib.errors import InvalidManifest, ManifestTooLarge, UnknownProfile
-from chalicelib.intake import Drop, _prefix_name, body_key, drops, parse_manifest
+from chalicelib.jobs.intake import Drop, _prefix_name, body_key, drops, parse_manifest
 from chalicelib.models import Manifest
 
 MAX = 64 * 1024

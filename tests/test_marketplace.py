@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from chalicelib.signing import did_for, sign_request
+from chalicelib.identity.signing import did_for, sign_request
 from proofline import clips
 from proofline.client import ApiError
 from proofline.worker_agent import Agent
@@ -52,7 +52,7 @@ class Cheat(Agent):
 
 
 def clips_hash(path: Path) -> str:
-    from chalicelib.media import sha256_file
+    from chalicelib.media.probe import sha256_file
     return sha256_file(path)
 
 
@@ -306,7 +306,9 @@ def test_max_jobs_ends_the_agent_by_itself(stack, api, tmp_path):
 
 def test_an_escrow_transcode_pays_the_worker_that_did_it(stack, api, market, media_dir):
     from web3 import Web3
-    from chalicelib.chain import Escrow, result_hash
+
+    from chalicelib.settlement.chain import Escrow
+    from chalicelib.settlement.escrow import result_hash
     honest_did = market.agents["honest"][0]
     market.cheat.stop()                                       # the cheaper ones are gone
     leave(api, *reversed(market.agents["killed"]))
@@ -353,7 +355,8 @@ class Mute(Agent):
 def test_a_payee_that_never_countersigns_forfeits_and_the_client_is_refunded(
         stack, api, market, media_dir):
     from web3 import Web3
-    from chalicelib.chain import Escrow
+
+    from chalicelib.settlement.chain import Escrow
     chain_id = stack.info.chain_id
     account = Account.create()
     mute = Mute(api=api, account=account, did=did_for(account.address, chain_id),
@@ -384,7 +387,7 @@ def test_a_payee_that_never_countersigns_forfeits_and_the_client_is_refunded(
     [forfeited] = [e for e in events if e["type"] == "settlement.forfeited"]
     assert forfeited["data"]["reason"] == "payee_did_not_countersign"
     assert mute.asked >= 1                                    # it was asked, and kept quiet
-    from chalicelib.chain import EscrowState
+    from chalicelib.settlement.chain import EscrowState
     on_chain = escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:]))
     assert on_chain.state == EscrowState.REFUNDED              # the client has its money back
     assert api.worker(mute.did)["reputation"]["ffmpeg_hls"]["timeouts"] == 1
@@ -410,9 +413,12 @@ def test_a_dispute_opened_on_chain_counts_against_the_paid_worker(ports, stack):
     """Disputes join the payee's reputation from the chain's DisputeOpened log."""
     import dataclasses
     from datetime import datetime, timezone
+
     from hexbytes import HexBytes
-    from chalicelib import payments, workers
+
+    from chalicelib.market import workers
     from chalicelib.models import Event, Job, Manifest, State
+    from chalicelib.settlement import payments
     from tests.test_transcode import RecordingQueues
     held = dataclasses.replace(ports, queues=RecordingQueues())
     account = Account.create()

@@ -7,11 +7,12 @@ from decimal import Decimal
 
 import pytest
 
-from chalicelib import catalog, challenges, routing
+from chalicelib import catalog
 from chalicelib.errors import InvalidRequest
-from chalicelib.leases import parse_ref
+from chalicelib.market import challenges, routing
+from chalicelib.market.leases import parse_ref
+from chalicelib.market.registry import Challenge, Claims, Health, VerifiedCapability, Worker
 from chalicelib.models import Job, Manifest, State, Task, TranscodePlan
-from chalicelib.workers import Challenge, Claims, Health, VerifiedCapability, Worker
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 POOL_PRICE = Decimal("0.00005")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from eth_account import Account
 
-from chalicelib.signing import did_for
+from chalicelib.identity.signing import did_for
 from proofline.client import ApiError
 from proofline.worker_agent import Agent
 from tests.conftest import wait_for

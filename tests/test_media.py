@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from chalicelib.errors import MediaError
-from chalicelib.media import ProbeReport, StreamInfo, probe, sha256_file
+from chalicelib.media.probe import ProbeReport, StreamInfo, sha256_file
+from media_worker.probe import probe
 from proofline.clips import make_clip, make_corrupt, make_empty, make_still
 
 MEDIA_REASONS = {"input_empty", "media_unreadable", "no_media_streams", "media_undecodable"}

@@ -12,13 +12,26 @@ import imageio_ffmpeg
 import pytest
 import yaml
 
-from chalicelib import ffmpeg_args, profiles
 from chalicelib.catalog import CatalogError
 from chalicelib.errors import InputError, UnknownProfile
-from chalicelib.ffmpeg_args import (audio_args, command_template, mp4_mux_args, raw_ladder_args,
-                                    video_segment_args)
-from chalicelib.profiles import (PROFILES_PATH, PlannedRendition, codecs_string, get_profile,
-                                 ladder, load_profiles, output_fps, quote)
+from chalicelib.media import ffmpeg_args, profiles
+from chalicelib.media.ffmpeg_args import (
+    audio_args,
+    command_template,
+    mp4_mux_args,
+    raw_ladder_args,
+    video_segment_args,
+)
+from chalicelib.media.profiles import (
+    PROFILES_PATH,
+    PlannedRendition,
+    codecs_string,
+    get_profile,
+    ladder,
+    load_profiles,
+    output_fps,
+    quote,
+)
 from proofline.clips import make_clip
 
 

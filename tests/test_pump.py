@@ -4,8 +4,8 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes import SQSEvent as PowertoolsSQSEvent
 from chalice.app import ScheduledEventConfig, SQSEvent, SQSEventConfig
 
+from chalicelib.aws.resources import RESOURCES
 from chalicelib.config import settings
-from chalicelib.resources import RESOURCES
 from proofline.pump import LambdaContext, failed_ids, sqs_event
 
 MESSAGE = {"MessageId": "m-1", "ReceiptHandle": "rh-1", "Body": '{"hello": "world"}',

@@ -7,8 +7,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from chalicelib.reputation import (NEUTRAL_SCORE, RUNTIME_WINDOW, TIMEOUT_HALF_LIFE_DAYS,
-                                   Reputation, record)
+from chalicelib.market.reputation import (
+    NEUTRAL_SCORE,
+    RUNTIME_WINDOW,
+    TIMEOUT_HALF_LIFE_DAYS,
+    Reputation,
+    record,
+)
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -10,12 +10,25 @@ from decimal import Decimal
 import pytest
 
 from chalicelib import catalog
+from chalicelib.market.reputation import Reputation, record
+from chalicelib.market.router import (
+    BELOW_REPUTATION,
+    NO_FREE_GPU,
+    NO_PRICE,
+    NO_VERIFIED_CAPABILITY,
+    NOT_ENOUGH_MEMORY,
+    OVER_PRICE,
+    STALE_HEARTBEAT,
+    UNTRUSTED_FOR_PRIVATE,
+    Candidate,
+    JobRequirements,
+    RoutingPolicy,
+    Standing,
+    Weights,
+    capability,
+    rank,
+)
 from chalicelib.models import Manifest
-from chalicelib.reputation import Reputation, record
-from chalicelib.router import (BELOW_REPUTATION, NO_FREE_GPU, NO_PRICE, NO_VERIFIED_CAPABILITY,
-                               NOT_ENOUGH_MEMORY, OVER_PRICE, STALE_HEARTBEAT,
-                               UNTRUSTED_FOR_PRIVATE, Candidate, JobRequirements, RoutingPolicy,
-                               Standing, Weights, capability, rank)
 
 NOW = 1_750_000_000.0
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"

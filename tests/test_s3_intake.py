@@ -4,9 +4,9 @@ import time
 import uuid
 
 import pytest
-
-from chalicelib.jobs import derive_job_id
 from conftest import wait_for
+
+from chalicelib.jobs.lifecycle import derive_job_id
 
 pytestmark = pytest.mark.stack
 

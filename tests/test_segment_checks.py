@@ -1,7 +1,7 @@
 """Segment verification rules without media: each check fails when its value is off."""
 import pytest
 
-from chalicelib.segment_checks import SSIM_THRESHOLD, audio_track, video_segment
+from chalicelib.verification.segments import SSIM_THRESHOLD, audio_track, video_segment
 
 PLANNED = {"name": "720p", "width": 1280, "height": 720, "h264_profile": "main"}
 GOOD = {"format_name": "mpegts", "codec": "h264", "profile": "Main", "width": 1280,

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from chalicelib.errors import ExecutionError, FfmpegFailed, FfmpegTimeout, MediaError
-from chalicelib.media import sha256_file
+from chalicelib.media.probe import sha256_file
 from media_worker.ffmpeg import decode_check, run_ffmpeg
 from media_worker.measure import measure_segment, ssim_sampled
 from media_worker.segments import Keyframe, SourceInfo, inspect_source, plan_split, split_source

@@ -6,13 +6,16 @@ import time
 import uuid
 
 import pytest
+from conftest import event_types, wait_for
 from eth_account import Account
 from web3 import Web3
 
-from chalicelib import attempts, jobs, payments
-from chalicelib.chain import Escrow, EscrowState, job_key_bytes
+from chalicelib.jobs import attempts
+from chalicelib.jobs import lifecycle as jobs
 from chalicelib.models import Manifest, State
-from conftest import event_types, wait_for
+from chalicelib.settlement import payments
+from chalicelib.settlement.chain import Escrow, EscrowState
+from chalicelib.settlement.escrow import job_key_bytes
 
 pytestmark = pytest.mark.stack
 PRICE = "0.01"
@@ -151,9 +154,10 @@ def verified_but_unpaid(ports, chain, stored_clip):
     log = chain.escrow.contract.events.Funded().get_logs(from_block=receipt.block,
                                                          to_block=receipt.block)[0]
     assigned = payments.on_funded(held, job, log)
-    from media_worker.handler import probe_input
     import tempfile
     from pathlib import Path
+
+    from media_worker.handler import probe_input
     running = attempts.start(held, assigned, 1, "pool:media", redelivered=False)
     with tempfile.TemporaryDirectory() as tmp:
         result = probe_input(held, running, Path(tmp))
@@ -208,7 +212,7 @@ def test_reconcile_finds_planted_drift_and_repairs_what_is_safe(ports, chain, st
 
 # -- ERC-20 payment and dispute windows -------------------------------------------------------
 def token_balance(chain, token, account):
-    from chalicelib.chain import artifact
+    from chalicelib.settlement.chain import artifact
     erc20 = chain.w3.eth.contract(address=token, abi=artifact("TestToken")["abi"])
     return erc20.functions.balanceOf(account).call()
 

@@ -7,10 +7,10 @@ import pytest
 
 from chalicelib.catalog import load
 from chalicelib.errors import InvalidManifest, InvalidRequest, ProoflineError
-from chalicelib.jobs import new_job
+from chalicelib.jobs.lifecycle import new_job
 from chalicelib.models import Event, Manifest, Output, State
-from chalicelib.money import from_base_units, to_base_units
-from chalicelib.settlement import ReleaseBlocked, funding_problem, release_evidence
+from chalicelib.settlement.money import from_base_units, to_base_units
+from chalicelib.settlement.rules import ReleaseBlocked, funding_problem, release_evidence
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -81,8 +81,8 @@ def test_release_needs_validation_of_exactly_the_outputs_paid_for():
 
 
 def test_reconcile_classification():
-    from chalicelib.chain import EscrowState as C
-    from chalicelib.reconcile import classify
+    from chalicelib.settlement.chain import EscrowState as C
+    from chalicelib.settlement.reconcile import classify
     assert classify("j", State.SETTLED, True, False, C.RELEASED) is None
     assert classify("j", State.SETTLED, True, False, C.ASSIGNED).kind == "settled_but_not_released_on_chain"
     assert classify("j", State.FAILED, True, False, C.FUNDED).repair == "refund"
@@ -93,8 +93,8 @@ def test_reconcile_classification():
 
 
 def test_disputes_and_resolutions_on_chain_are_drift_until_recorded():
-    from chalicelib.chain import EscrowState as C
-    from chalicelib.reconcile import classify
+    from chalicelib.settlement.chain import EscrowState as C
+    from chalicelib.settlement.reconcile import classify
     assert classify("j", State.VERIFIED, True, False, C.VERIFIED) is None   # window open: scheduled
     assert classify("j", State.VERIFIED, True, False, C.DISPUTED).kind == "dispute_not_recorded"
     assert classify("j", State.DISPUTED, True, False, C.RESOLVED).kind == "resolution_not_recorded"
@@ -103,7 +103,7 @@ def test_disputes_and_resolutions_on_chain_are_drift_until_recorded():
 
 def test_a_price_is_converted_exactly_in_the_payment_tokens_units():
     from chalicelib.config import NATIVE_TOKEN, PaymentToken
-    from chalicelib.settlement import terms
+    from chalicelib.settlement.rules import terms
     tokens = {"ETH": NATIVE_TOKEN, "PUSD": PaymentToken("PUSD", "0x" + "11" * 20, 6)}
     manifest = Manifest(kind="media_probe", input_uri="s3://bucket/k", max_price="0.000001",
                         payment_token="PUSD")
@@ -117,7 +117,9 @@ def test_a_price_is_converted_exactly_in_the_payment_tokens_units():
 
 def test_keys_open_from_an_encrypted_keystore(tmp_path, monkeypatch):
     import json
+
     from eth_account import Account
+
     from chalicelib.config import secret
     account = Account.create()
     (tmp_path / "control.json").write_text(json.dumps(Account.encrypt(account.key, "s3cret",

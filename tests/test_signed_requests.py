@@ -12,7 +12,7 @@ import uuid
 import pytest
 from eth_account import Account
 
-from chalicelib.signing import did_for, sign_request
+from chalicelib.identity.signing import did_for, sign_request
 from proofline.client import Api, ApiError
 
 pytestmark = pytest.mark.stack

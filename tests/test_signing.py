@@ -2,9 +2,9 @@
 import pytest
 from eth_account import Account
 
-from chalicelib import signing
 from chalicelib.errors import Forbidden, Unauthorized
-from chalicelib.signing import MemoryNonceStore, did_for, sign_request, verify_request
+from chalicelib.identity import signing
+from chalicelib.identity.signing import MemoryNonceStore, did_for, sign_request, verify_request
 
 CHAIN = 31337
 NOW = 1_700_000_000

@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from chalicelib.aws.store import stamp
 from chalicelib.errors import Conflict, IllegalTransition
+from chalicelib.jobs.states import ALLOWED, DEFAULT_EVENT, next_deadline, note, transition
 from chalicelib.models import TERMINAL, Job, Manifest, State
-from chalicelib.states import ALLOWED, DEFAULT_EVENT, next_deadline, note, transition
-from chalicelib.store import stamp
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 TIMEOUTS = {State.ASSIGNED: 3600, State.RUNNING: 300}

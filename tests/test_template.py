@@ -23,9 +23,9 @@ from botocore.stub import Stubber
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from chalicelib.aws.deploy import enable_partial_batch_responses
+from chalicelib.aws.resources import RESOURCES, Bucket, Queue, Table
 from chalicelib.config import CHALICE_CONFIG, stage_environment
-from chalicelib.deploy import enable_partial_batch_responses
-from chalicelib.resources import RESOURCES, Bucket, Queue, Table
 
 TEMPLATE = ROOT / "template.yaml"
 

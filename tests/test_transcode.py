@@ -11,9 +11,9 @@ from pathlib import Path
 import imageio_ffmpeg
 import m3u8
 import pytest
+from conftest import event_types, wait_for
 
 from proofline import clips
-from conftest import event_types, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -101,7 +101,8 @@ def small(media_dir) -> Path:
 def planned_job(ports, api, path: Path, tmp_path: Path, **fields):
     """A transcode planned by hand with its task messages held back: the test decides who
     works on each task. Returns (job, tasks)."""
-    from chalicelib import attempts, jobs
+    from chalicelib.jobs import attempts
+    from chalicelib.jobs import lifecycle as jobs
     from chalicelib.models import Manifest
     from media_worker import transcode as worker
     held = dataclasses.replace(ports, queues=RecordingQueues())
@@ -117,7 +118,7 @@ def planned_job(ports, api, path: Path, tmp_path: Path, **fields):
 def dishonest_submit(ports, job, task, tmp_path: Path, corrupt) -> None:
     """Act as a worker that starts `task` and submits what `corrupt(path)` leaves of an
     honest-looking encode."""
-    from chalicelib import transcode
+    from chalicelib.media import tasks as transcode
     from media_worker import transcode as worker
     started = transcode.start(ports, job.job_id, task.task_id, task.attempt, "worker:mallory",
                               redelivered=False)
@@ -155,7 +156,7 @@ def truncate(segment: Path) -> None:
 
 
 def release_all(ports, tasks, but=()) -> None:
-    from chalicelib import transcode
+    from chalicelib.media import tasks as transcode
     for task in tasks:
         if task.task_id not in but:
             transcode.send_task(ports, task)
@@ -186,7 +187,7 @@ def test_a_lying_worker_is_caught_by_verification_and_the_segment_redone(
 
 
 def test_a_worker_killed_mid_segment_is_recovered_through_redelivery(ports, api, small, tmp_path):
-    from chalicelib import transcode
+    from chalicelib.media import tasks as transcode
     from media_worker import handler
     from proofline.pump import LambdaContext, sqs_event
     job, tasks = planned_job(ports, api, small, tmp_path)
@@ -327,7 +328,9 @@ def test_sources_that_need_normalizing_come_out_as_a_clean_ladder(case, api, med
 def test_an_escrow_transcode_pays_the_pool_for_the_verified_package(api, stack, small):
     from eth_account import Account
     from web3 import Web3
-    from chalicelib.chain import Escrow, result_hash
+
+    from chalicelib.settlement.chain import Escrow
+    from chalicelib.settlement.escrow import result_hash
     w3 = Web3(Web3.HTTPProvider(stack.info.rpc_url))
     escrow = Escrow(w3, stack.info.escrow_address)
     pool = stack.info.dev_keys["pool_address"]
@@ -349,7 +352,8 @@ def test_an_escrow_transcode_pays_the_pool_for_the_verified_package(api, stack, 
 
 def test_a_source_over_the_class_size_limit_fails_before_it_is_downloaded(ports, api, small,
                                                                             tmp_path):
-    from chalicelib import attempts, jobs
+    from chalicelib.jobs import attempts
+    from chalicelib.jobs import lifecycle as jobs
     from chalicelib.models import Manifest
     from media_worker import transcode as worker
     limited = ports.catalog.job_class("ffmpeg_hls").model_copy(update={"max_input_bytes": 1000})
@@ -371,7 +375,7 @@ def test_a_source_over_the_class_size_limit_fails_before_it_is_downloaded(ports,
 def test_a_re_planned_job_drives_tasks_whose_messages_are_gone(ports, api, small, tmp_path):
     """The sweeper retries a transcode whose attempt went quiet; the new plan finds one
     task running on a vanished worker and one never dispatched, and finishes both."""
-    from chalicelib import transcode
+    from chalicelib.media import tasks as transcode
     job, tasks = planned_job(ports, api, small, tmp_path)       # no task message was sent
     stranded = next(t for t in tasks if t.kind == "video")
     assert transcode.start(ports, job.job_id, stranded.task_id, 1, "pool:media",

@@ -8,8 +8,8 @@ from pathlib import Path
 import imageio_ffmpeg
 import m3u8
 import pytest
-
 from conftest import run_cli as run
+
 from proofline import clips
 
 pytestmark = pytest.mark.stack

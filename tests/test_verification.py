@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from chalicelib.media import ProbeReport, StreamInfo, sha256_bytes
+from chalicelib.media.probe import ProbeReport, StreamInfo, sha256_bytes
 from chalicelib.models import AttemptResult, Output
-from chalicelib.verification import POLICIES, Evidence, Verdict, probe_report
+from chalicelib.verification.policies import POLICIES, Evidence, Verdict, probe_report
 
 INPUT_SIZE = 1_048_576
 

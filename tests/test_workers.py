@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from eth_account import Account
 
-from chalicelib.signing import did_for, sign_request
+from chalicelib.identity.signing import did_for, sign_request
 from proofline.client import ApiError
 from tests.conftest import forged_headers
 
@@ -94,7 +94,9 @@ def _forge(account, did, body, action="register"):
 
 def test_the_cli_lists_and_shows_workers(api, stack):
     import json
+
     from click.testing import CliRunner
+
     from proofline.cli import main
     account, did = identity()
     register(api, account, did)
@@ -109,8 +111,10 @@ def test_the_cli_lists_and_shows_workers(api, stack):
 def test_jobs_explain_shows_the_ranking_behind_each_assignment(api, stack, clip):
     import json
     import uuid
+
     from click.testing import CliRunner
     from conftest import wait_for
+
     from proofline.cli import main
     slot = api.upload(clip)
     job, _ = api.submit({"kind": "media_probe", "input_uri": slot["input_uri"]},

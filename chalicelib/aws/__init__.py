@@ -1,0 +1,36 @@
+"""boto3 clients built once per process from Settings, with a count of every API call.
+
+The count (a botocore `before-call` hook) is how the benchmark measures requests per job;
+it costs a dict increment per call.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from functools import lru_cache
+
+import boto3
+from botocore.config import Config
+
+from chalicelib.config import settings
+
+calls: Counter[str] = Counter()
+
+_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32,
+                 connect_timeout=5, read_timeout=30)
+
+
+def _count(model, **_):
+    calls[f"{model.service_model.service_name}.{model.name}"] += 1
+
+
+@lru_cache(maxsize=None)
+def client(service: str):
+    s = settings()
+    made = boto3.session.Session().client(service, region_name=s.region,
+                                          endpoint_url=s.aws_endpoint_url, config=_CONFIG)
+    made.meta.events.register("before-call.*.*", _count)
+    return made
+
+
+def reset_clients() -> None:
+    client.cache_clear()

@@ -1,0 +1,110 @@
+"""S3 adapter: content-addressed inputs and outputs, attempt-scoped uploads, presigned URLs."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from botocore.exceptions import ClientError
+
+from chalicelib.errors import InputError
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> "S3Uri":
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.lstrip("/"):
+            raise InputError(f"not an s3:// URI: {uri!r}", reason="input_uri_invalid")
+        return cls(parsed.netloc, parsed.path.lstrip("/"))
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def input_key(sha256: str) -> str:
+    return f"inputs/{sha256.replace(':', '/')}"
+
+
+def attempt_key(job_id: str, attempt: int, name: str) -> str:
+    return f"attempts/{job_id}/{attempt:03d}/{name}"
+
+
+def output_key(sha256: str, name: str) -> str:
+    return f"outputs/{sha256.replace(':', '/')}/{name}"
+
+
+class Blobs:
+    def __init__(self, client):
+        self._s3 = client
+
+    def head(self, uri: S3Uri) -> dict | None:
+        try:
+            return self._s3.head_object(Bucket=uri.bucket, Key=uri.key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def sha256(self, uri: S3Uri) -> tuple[str, int]:
+        """Stream the object through sha256; returns ("sha256:<hex>", size)."""
+        body = self._get(uri)["Body"]
+        digest, size = hashlib.sha256(), 0
+        for chunk in iter(lambda: body.read(CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+        return f"sha256:{digest.hexdigest()}", size
+
+    def read(self, uri: S3Uri, limit: int) -> bytes:
+        data = self._get(uri)["Body"].read(limit + 1)
+        if len(data) > limit:
+            raise InputError(f"{uri} is larger than {limit} bytes", reason="object_too_large")
+        return data
+
+    def download(self, uri: S3Uri, path: Path, limit: int) -> int:
+        """Stream the object to `path` (one GET); refuses more than `limit` bytes."""
+        response = self._get(uri)
+        size = response["ContentLength"]
+        if size > limit:
+            response["Body"].close()
+            raise InputError(f"{uri} is {size} bytes; the limit is {limit}",
+                             reason="input_too_large")
+        with open(path, "wb") as out:
+            for chunk in iter(lambda: response["Body"].read(CHUNK), b""):
+                out.write(chunk)
+        return size
+
+    def put(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self._s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type)
+
+    def upload(self, uri: S3Uri, path: Path,
+               content_type: str = "application/octet-stream") -> None:
+        with open(path, "rb") as body:
+            self._s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=body, ContentType=content_type)
+
+    def copy(self, source: S3Uri, target: S3Uri) -> None:
+        self._s3.copy_object(Bucket=target.bucket, Key=target.key,
+                             CopySource={"Bucket": source.bucket, "Key": source.key})
+
+    def presign_put(self, uri: S3Uri, expires: int) -> str:
+        return self._s3.generate_presigned_url("put_object", ExpiresIn=expires,
+                                               Params={"Bucket": uri.bucket, "Key": uri.key})
+
+    def presign_get(self, uri: S3Uri, expires: int) -> str:
+        return self._s3.generate_presigned_url("get_object", ExpiresIn=expires,
+                                               Params={"Bucket": uri.bucket, "Key": uri.key})
+
+    def _get(self, uri: S3Uri) -> dict:
+        try:
+            return self._s3.get_object(Bucket=uri.bucket, Key=uri.key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                raise InputError(f"{uri} does not exist", reason="input_missing") from exc
+            raise

@@ -1,0 +1,45 @@
+"""`Ports`: the adapters a service function is given. Services take one and never build
+their own, so tests and the local stack can hand them other ones; `ports.default()` builds
+the real set."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+from eth_account.signers.local import LocalAccount
+
+from chalicelib.aws.blobs import Blobs
+from chalicelib.aws.queues import Queues
+from chalicelib.aws.store import JobStore
+from chalicelib.aws.taskstore import TaskStore
+from chalicelib.aws.workerstore import DynamoNonceStore, WorkerStore
+from chalicelib.bus import MessageBus
+from chalicelib.catalog import Catalog
+from chalicelib.config import Settings
+from chalicelib.models import utcnow
+from chalicelib.settlement.chain import Escrow
+
+
+@dataclass
+class ChainPorts:
+    """The escrow, the control plane's signer (router, verifier and operator roles) and
+    where each built-in pool is paid."""
+    escrow: Escrow
+    control: LocalAccount
+    pool_payout: dict[str, str]
+
+
+@dataclass
+class Ports:
+    settings: Settings
+    store: JobStore
+    blobs: Blobs
+    queues: Queues
+    catalog: Catalog
+    clock: Callable[[], datetime] = field(default=utcnow)
+    chain: ChainPorts | None = None
+    tasks: TaskStore | None = None
+    workers: WorkerStore | None = None
+    nonces: DynamoNonceStore | None = None
+    bus: MessageBus = field(default_factory=MessageBus)

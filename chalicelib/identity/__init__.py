@@ -1,0 +1,1 @@
+"""Identity: did:pkh identifiers and EIP-712 signed requests (nonces, expiry, replay protection)."""

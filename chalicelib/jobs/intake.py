@@ -1,0 +1,283 @@
+"""Intake: three doors (HTTP, S3 drop, CLI over HTTP), one job per request.
+
+Parsing is pure. Acceptance runs under Powertools idempotency (DynamoDB persistence), and
+the job id is derived from the same key, so even an expired idempotency record cannot fork
+a second job.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import unquote_plus
+
+import yaml
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyValidationError
+from pydantic import ValidationError
+
+from chalicelib import aws
+from chalicelib.aws.blobs import S3Uri
+from chalicelib.context import Ports
+from chalicelib.errors import (
+    Forbidden,
+    IdempotencyConflict,
+    InputError,
+    InvalidManifest,
+    ManifestTooLarge,
+    Unauthorized,
+    UnknownProfile,
+)
+from chalicelib.identity.signing import (
+    DID_HEADER,
+    HEADERS,
+    canonical_did,
+    parse_did,
+    verify_request,
+)
+from chalicelib.jobs import lifecycle as jobs
+from chalicelib.models import Job, Manifest
+
+SIDECAR_SUFFIX = ".job.json"
+INTAKE_PREFIX = "intake/"
+
+# Pydantic error types, grouped into the reason codes clients see.
+_REASONS = {"missing": "missing_field", "extra_forbidden": "unknown_field"}
+_TYPE_ERRORS = ("_type", "_parsing")
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """YAML without aliases: a few hundred bytes of anchors can expand to gigabytes."""
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in manifests")
+        return super().compose_node(parent, index)
+
+
+def parse_manifest(body: bytes | str, *, max_bytes: int, yaml_ok: bool = False) -> Manifest:
+    """JSON (or, when asked, YAML) → Manifest, or InvalidManifest with a reason and field
+    errors."""
+    return manifest_from_dict(parse_fields(body, max_bytes=max_bytes, yaml_ok=yaml_ok))
+
+
+def parse_fields(body: bytes | str, *, max_bytes: int, yaml_ok: bool = False) -> dict[str, Any]:
+    raw = body.encode() if isinstance(body, str) else body
+    if len(raw) > max_bytes:
+        raise ManifestTooLarge(f"manifest is {len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        data = yaml.load(raw, Loader=_ManifestLoader) if yaml_ok else json.loads(raw)
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "YAML" if yaml_ok else "JSON"
+        raise InvalidManifest(f"manifest is not valid {kind}: {exc}", reason="malformed_json") from exc
+    if not isinstance(data, dict):
+        raise InvalidManifest("manifest must be an object", reason="malformed_json")
+    return data
+
+
+def authenticate(ports: Ports, headers, *, action: str, body: Any,
+                 owner: str | None = None) -> str | None:
+    """The client DID that signed this request (EIP-712, see signing.py), or None for an
+    unsigned one where the stage allows it (`PROOFLINE_ALLOW_UNSIGNED`, local only). A
+    request about a job that names its client must be signed by that client, always."""
+    given = {k.lower(): v for k, v in dict(headers).items()}
+    if not given.keys() & {h.lower() for h in HEADERS}:
+        if ports.settings.allow_unsigned and owner is None:
+            return None
+        raise Unauthorized(f"{action} must be signed by "
+                           f"{owner or 'the client'} (EIP-712 headers {', '.join(HEADERS)})",
+                           reason="missing_signature", details={"missing": list(HEADERS)})
+    try:
+        chain_id = ports.settings.chain_id or parse_did(given[DID_HEADER.lower()])[0]
+    except (KeyError, ValueError):
+        chain_id = 0                 # verify_request names what is wrong with the headers
+    try:
+        return verify_request(headers, action=action, body=body, chain_id=chain_id,
+                              now=time.time(), nonces=ports.nonces, expected_did=owner)
+    except TypeError:
+        raise InvalidManifest("a signed manifest must be plain JSON values",
+                              reason="malformed_json") from None
+
+
+def signed_manifest(ports: Ports, headers, fields: dict[str, Any]) -> Manifest:
+    """The manifest of a submission, its `client_did` the DID that signed it."""
+    manifest = manifest_from_dict(fields)
+    signer = authenticate(ports, headers, action="submit", body=fields)
+    if signer is None:
+        return manifest
+    if manifest.client_did and canonical_did(manifest.client_did) != signer:
+        raise Forbidden(f"the manifest names client {manifest.client_did} but {signer} signed "
+                        "it", reason="wrong_signer")
+    return manifest.model_copy(update={"client_did": signer})
+
+
+def manifest_from_dict(data: dict[str, Any]) -> Manifest:
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(map(str, e["loc"])) or "(root)", "type": e["type"],
+                   "message": e["msg"]} for e in exc.errors()]
+        raise InvalidManifest(f"manifest is invalid: {errors[0]['field']}: {errors[0]['message']}",
+                              reason=_reason(errors[0]["type"]), details=errors) from exc
+
+
+def _reason(error_type: str) -> str:
+    if error_type in _REASONS:
+        return _REASONS[error_type]
+    return "wrong_type" if error_type.endswith(_TYPE_ERRORS) else "invalid_value"
+
+
+def body_key(manifest: Manifest) -> str:
+    canonical = json.dumps(manifest.model_dump(mode="json", exclude_none=True), sort_keys=True)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+def submit(ports: Ports, manifest: Manifest, *, idempotency_key: str | None,
+           correlation_id: str | None, source: str = "http") -> tuple[dict, bool]:
+    """Accept a manifest once per idempotency key (default: the manifest's own hash), scoped
+    to the client so two clients' keys never meet. Returns (job document, created). The same
+    key with another manifest → 409."""
+    digest = body_key(manifest)
+    key = f"http:{manifest.client_did or 'anonymous'}:{idempotency_key or digest}"
+    request = {"key": key, "body": digest, "manifest": manifest.model_dump(mode="json"),
+               "source": source, "correlation_id": correlation_id}
+    try:
+        result = _acceptor(ports)(request=request)
+    except IdempotencyValidationError as exc:
+        raise IdempotencyConflict("this Idempotency-Key was used with a different manifest") from exc
+    replayed = result.pop("_replayed", False)
+    return result["job"], result["created"] and not replayed
+
+
+# -- S3 drop ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Drop:
+    bucket: str
+    key: str
+    etag: str
+    size: int
+
+    @property
+    def uri(self) -> S3Uri:
+        return S3Uri(self.bucket, self.key)
+
+
+def drops(event: dict) -> list[Drop]:
+    """S3 records from an S3→SQS message body. The test event S3 sends when a notification
+    is configured carries no records and yields nothing."""
+    out = []
+    for record in event.get("Records", []):
+        if not record.get("eventName", "").startswith("ObjectCreated"):
+            continue
+        s3 = record["s3"]
+        out.append(Drop(bucket=s3["bucket"]["name"], key=unquote_plus(s3["object"]["key"]),
+                        etag=s3["object"].get("eTag", "").strip('"'),
+                        size=int(s3["object"].get("size", 0))))
+    return out
+
+
+def accept_drop(ports: Ports, drop: Drop, *, correlation_id: str | None = None) -> dict | None:
+    """Turn a dropped object (or its sidecar manifest) into a job. Returns the job document,
+    or None while a prefix-less object waits for its sidecar."""
+    media, sidecar = _pair(drop)
+    if sidecar is not None:
+        head = ports.blobs.head(media.uri if isinstance(media, Drop) else media)
+        if head is None:
+            return None                      # the media object arrives later and retries this
+        media = Drop(drop.bucket, sidecar.key[: -len(SIDECAR_SUFFIX)],
+                     head["ETag"].strip('"'), head["ContentLength"])
+    key = f"s3:{media.bucket}/{media.key}@{media.etag}"
+    try:
+        manifest = _drop_manifest(ports, media)
+    except (InvalidManifest, InputError) as error:
+        return jobs.reject(ports, key=key, uri=str(media.uri), error=error,
+                           correlation_id=correlation_id).model_dump(mode="json")
+    if manifest is None:
+        return None
+    # No payload check: the object is the key, and a later sidecar must not fork the job.
+    request = {"key": key, "manifest": manifest.model_dump(mode="json"), "source": "s3",
+               "correlation_id": correlation_id}
+    return _acceptor(ports)(request=request)["job"]
+
+
+def _pair(drop: Drop) -> tuple[Drop | S3Uri, Drop | None]:
+    if drop.key.endswith(SIDECAR_SUFFIX):
+        return S3Uri(drop.bucket, drop.key[: -len(SIDECAR_SUFFIX)]), drop
+    return drop, None
+
+
+def _drop_manifest(ports: Ports, media: Drop) -> Manifest | None:
+    """The sidecar's fields if there is one, else the class or profile named by the prefix;
+    the input is the dropped object itself, hashed here."""
+    sidecar_uri = S3Uri(media.bucket, media.key + SIDECAR_SUFFIX)
+    fields: dict[str, Any]
+    if ports.blobs.head(sidecar_uri) is not None:
+        limit = ports.settings.max_manifest_bytes
+        fields = parse_fields(ports.blobs.read(sidecar_uri, limit), max_bytes=limit)
+        fields.pop("input_uri", None)        # the input is the dropped object, nothing else
+        fields.pop("input_hash", None)
+        if "kind" not in fields:
+            raise InvalidManifest("the sidecar manifest names no kind", reason="missing_field")
+    else:
+        name = _prefix_name(media.key)
+        if name is None:
+            return None
+        job_class, profile = ports.catalog.resolve(name)
+        fields = {"kind": job_class.name, **({"profile": profile} if profile else {})}
+    job_class = ports.catalog.job_class(fields["kind"])
+    if media.size > job_class.max_input_bytes:
+        raise InputError(f"{media.uri} is {media.size} bytes; {job_class.name} accepts at most "
+                         f"{job_class.max_input_bytes}", reason="input_too_large")
+    sha, _ = ports.blobs.sha256(media.uri)
+    return manifest_from_dict({**fields, "input_uri": str(media.uri), "input_hash": sha})
+
+
+def _prefix_name(key: str) -> str | None:
+    """`intake/<class-or-profile>/…` → the name; anything else has no implied job."""
+    if not key.startswith(INTAKE_PREFIX):
+        return None
+    parts = key[len(INTAKE_PREFIX):].split("/", 1)
+    if len(parts) < 2 or not parts[0]:
+        raise UnknownProfile(f"{key!r} is not under intake/<class-or-profile>/")
+    return parts[0]
+
+
+# -- idempotent acceptance ---------------------------------------------------------------------
+_IDEMPOTENCY = IdempotencyConfig(event_key_jmespath="key", payload_validation_jmespath="body",
+                                 expires_after_seconds=24 * 3600,
+                                 response_hook=lambda response, _: {**response, "_replayed": True})
+
+
+def bind_lambda_context(context) -> None:
+    """Lets an in-progress idempotency record expire with the invocation that wrote it."""
+    if context is not None:
+        _IDEMPOTENCY.register_lambda_context(context)
+
+
+def _acceptor(ports: Ports) -> Callable[..., dict]:
+    """`jobs.accept` under Powertools idempotency, keyed on request["key"] and checked
+    against request["body"] (absent for S3 drops)."""
+    def accept(request: dict) -> dict:
+        job, created = jobs.accept(ports, Manifest.model_validate(request["manifest"]),
+                                   job_id=jobs.derive_job_id(request["key"]),
+                                   source=request["source"],
+                                   correlation_id=request["correlation_id"])
+        return {"job": job.model_dump(mode="json"), "created": created}
+
+    persistence = DynamoDBPersistenceLayer(table_name=ports.settings.idempotency_table,
+                                           boto3_client=aws.client("dynamodb"))
+    return idempotent_function(accept, data_keyword_argument="request",
+                               persistence_store=persistence, config=_IDEMPOTENCY)
+
+
+def cancel_signed(ports: Ports, headers, job_id: str) -> Job:
+    """A client's cancel: signed by the job's client where the job names one."""
+    owner = ports.store.get(job_id).manifest.client_did
+    by = authenticate(ports, headers, action="cancel", body={"job_id": job_id}, owner=owner)
+    return jobs.cancel(ports, job_id, by=by or "client")

@@ -1,0 +1,260 @@
+"""The job lifecycle: accept, reject, cancel, query, and `apply`, the one way a job moves.
+
+Each service reads, decides with the pure core, commits one transaction, and only then
+hands the commit to the message bus, whose handlers cause the side effects (dispatch,
+settlement, challenge outcomes, counts), each idempotent. This module imports none of them."""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Callable, Iterable, Mapping
+
+from aws_lambda_powertools import Logger
+
+from chalicelib.aws.store import JobView
+from chalicelib.bus import Committed
+from chalicelib.catalog import Catalog, JobClass
+from chalicelib.config import NATIVE_TOKEN, PaymentToken
+from chalicelib.context import Ports
+from chalicelib.errors import InvalidManifest, JobExists, ProoflineError, StaleVersion
+from chalicelib.jobs import states
+from chalicelib.market.routing import route
+from chalicelib.models import Attempt, Event, Job, Manifest, State
+from chalicelib.settlement import rules as settlement
+from chalicelib.settlement.escrow import job_key
+
+logger = Logger(child=True)
+
+
+def derive_job_id(idempotency_key: str) -> str:
+    """The same request always names the same job, so a lost idempotency record can't fork it."""
+    return "job-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
+
+
+def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
+            correlation_id: str, now: datetime, escrow: tuple[int, str] | None = None,
+            tokens: Mapping[str, PaymentToken] | None = None) -> tuple[Job, JobClass]:
+    """Validate a manifest against its class and policies; the job as `requested`.
+    `escrow` is (chain id, contract) where this stage settles on chain, else None;
+    `tokens` the payment tokens it accepts."""
+    job_class = catalog.job_class(manifest.kind)
+    if manifest.profile and manifest.profile not in job_class.profiles:
+        raise InvalidManifest(f"job class {job_class.name} has no profile {manifest.profile!r}",
+                              reason="unknown_profile",
+                              details={"known": sorted(job_class.profiles)})
+    _check_inputs(manifest, job_class)
+    policy = catalog.payment_policy(manifest.payment_policy or job_class.defaults.payment_policy)
+    if policy.escrow and escrow is None:
+        raise InvalidManifest(f"payment policy {policy.name!r} needs settlement, which this "
+                              "stage does not have configured", reason="payment_policy_unavailable")
+    if manifest.deadline and manifest.deadline <= now:
+        raise InvalidManifest("deadline is in the past", reason="deadline_passed")
+    job_id = manifest.job_id or job_id
+    terms = None
+    if policy.escrow:
+        terms = settlement.terms(manifest, "0x" + job_key(job_id).hex(), chain_id=escrow[0],
+                                 contract=escrow[1], tokens=tokens or {"ETH": NATIVE_TOKEN})
+    job = Job(job_id=job_id, kind=job_class.name, state=State.REQUESTED,
+              version=1, manifest=manifest,
+              profile=manifest.profile or job_class.defaults.profile,
+              payment_policy=policy.name,
+              max_attempts=manifest.max_attempts or job_class.defaults.max_attempts,
+              timeouts_s=job_class.timeouts_s, escrow=terms,
+              correlation_id=correlation_id, source=source, created_at=now, updated_at=now)
+    return job, job_class
+
+
+INPUT_FIELDS = {"uri": "input_uri", "texts": "texts", "prompt": "prompt"}
+
+
+def _check_inputs(manifest: Manifest, job_class: JobClass) -> None:
+    """The inputs a class takes, within its limits: refused at the door, not by a worker."""
+    given = [kind for kind, field in INPUT_FIELDS.items() if getattr(manifest, field)]
+    if not given:
+        raise InvalidManifest(f"job class {job_class.name} needs one of "
+                              f"{[INPUT_FIELDS[k] for k in job_class.inputs]}",
+                              reason="missing_input")
+    refused = [INPUT_FIELDS[k] for k in given if k not in job_class.inputs]
+    if refused or len(given) > 1:
+        raise InvalidManifest(f"job class {job_class.name} takes exactly one of "
+                              f"{[INPUT_FIELDS[k] for k in job_class.inputs]}, got {given}",
+                              reason="unsupported_input")
+    limits = job_class.limits
+    if manifest.texts and limits.max_texts and len(manifest.texts) > limits.max_texts:
+        raise InvalidManifest(f"{len(manifest.texts)} texts; {job_class.name} takes at most "
+                              f"{limits.max_texts}", reason="too_many_texts")
+    if manifest.max_tokens and limits.max_tokens and manifest.max_tokens > limits.max_tokens:
+        raise InvalidManifest(f"max_tokens {manifest.max_tokens} is over {job_class.name}'s "
+                              f"{limits.max_tokens}", reason="max_tokens_too_large")
+
+
+def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,
+           correlation_id: str | None = None, challenge: str | None = None) -> tuple[Job, bool]:
+    """Create and route a job in one transaction, then publish it (the bus dispatches an
+    assigned attempt). Returns (job, created).
+
+    A job id that exists already returns the stored job if it was made from the same
+    manifest (a retry), and raises JobExists otherwise. The correlation id that follows the
+    job through every log line and event is the caller's, or else the job id.
+    """
+    now = ports.clock()
+    correlation_id = correlation_id or manifest.job_id or job_id
+    chain = ports.chain
+    job, job_class = new_job(manifest, catalog=ports.catalog, job_id=job_id, source=source,
+                             correlation_id=correlation_id, now=now,
+                             escrow=(chain.escrow.w3.eth.chain_id, chain.escrow.address)
+                             if chain else None, tokens=ports.settings.payment_tokens)
+    if challenge:
+        job = job.model_copy(update={"challenge": challenge})
+    created = Event(job_id=job.job_id, seq=1, type="job.created", at=now, state=job.state,
+                    correlation_id=correlation_id,
+                    data={"source": source, "kind": job.kind, "input_uri": manifest.input_uri,
+                          "input_hash": manifest.input_hash,
+                          **({"challenge": challenge} if challenge else {})})
+    if job.escrow:      # not routed until the chain shows the escrow funded
+        job = job.model_copy(update={"next_deadline": states.next_deadline(job, job.state, now)})
+        waiting, event = states.note(job, "payment.authorized", at=now,
+                                     data=job.escrow.model_dump())
+        stored, attempts, aliases = waiting, [], [f"escrow:{job.escrow.job_key}"]
+    else:
+        stored, attempt, event = assign(job, job_class, now)
+        attempts, aliases = [attempt], []
+    try:
+        ports.store.create(stored, [created, event], attempts, aliases=aliases)
+    except JobExists as exc:
+        existing = exc.current
+        if existing is None or existing.manifest != manifest:
+            raise JobExists(f"job {job.job_id} exists with a different manifest") from exc
+        return existing, False
+    ports.bus.publish(ports, Committed(None, stored, (created, event), tuple(attempts)))
+    return stored, True
+
+
+def reject(ports: Ports, *, key: str, uri: str, error: ProoflineError,
+           correlation_id: str | None = None, source: str = "s3") -> Job:
+    """Record a drop we could not accept, so the reason is visible and nothing vanishes."""
+    now = ports.clock()
+    correlation_id = correlation_id or derive_job_id(key)
+    manifest = Manifest.model_construct(kind="unknown", input_uri=uri)
+    job = Job(job_id=derive_job_id(key), kind="unknown", state=State.REQUESTED, version=1,
+              manifest=manifest, payment_policy="none", max_attempts=0,
+              correlation_id=correlation_id, source=source, created_at=now, updated_at=now)
+    created = Event(job_id=job.job_id, seq=1, type="job.created", at=now, state=job.state,
+                    correlation_id=correlation_id, data={"source": source, "input_uri": uri})
+    rejected, event = states.transition(job, State.REJECTED, at=now, reason=error.reason,
+                                        data=error.to_dict())
+    try:
+        ports.store.create(rejected, [created, event])
+    except JobExists as exc:
+        return exc.current or ports.store.get(job.job_id)
+    ports.bus.publish(ports, Committed(None, rejected, (created, event)))
+    return rejected
+
+
+def cancel(ports: Ports, job_id: str, *, by: str = "client") -> Job:
+    def plan(job: Job):
+        moved, event = states.transition(job, State.CANCELLED, at=ports.clock(),
+                                         data={"by": by, "from": job.state.value},
+                                         reason="cancelled")
+        return moved, [event], []
+    return apply(ports, ports.store.get(job_id), plan)
+
+
+def view(ports: Ports, job_id: str) -> JobView:
+    return ports.store.view(job_id)
+
+
+def request_verification(ports: Ports, job: Job, result: dict) -> None:
+    """To the verify queue, or to the pool that can re-execute the work (inference)."""
+    queue = ports.catalog.job_class(job.kind).verification.queue
+    ports.queues.send(queue, {"type": "check", "job": job.model_dump(mode="json"),
+                              "result": result})
+
+
+Plan = Callable[[Job], "tuple[Job, list[Event], list[Attempt]] | None"]
+
+
+def apply(ports: Ports, job: Job, plan: Plan, *, tries: int = 3) -> Job | None:
+    """Commit `plan(job)`; when the job moved underneath, plan again from what is stored.
+
+    A plan returns None when there is nothing (left) to do, e.g. a duplicate delivery.
+    """
+    for _ in range(tries):
+        planned = plan(job)
+        if planned is None:
+            return None
+        moved, events, attempts = planned
+        try:
+            ports.store.commit(job, moved, events, attempts)
+        except StaleVersion as exc:
+            job = exc.current or ports.store.get(job.job_id)
+            continue
+        ports.bus.publish(ports, Committed(job, moved, tuple(events), tuple(attempts)))
+        return moved
+    raise StaleVersion(f"job {job.job_id} kept changing; gave up after {tries} tries")
+
+
+COUNTED = {"validation.passed": "validations", "validation.failed": "validations",
+           "job.failed": "failed", "job.settled": "settled",
+           "settlement.skipped": "settled", "settlement.released": "settled",
+           "settlement.resolved": "settled"}
+
+
+def count_outcomes(ports: Ports, committed: Committed) -> None:
+    """After commit: the class's validation failure and retry rates, kept as running
+    totals. Best effort by design: statistics never fail a committed transition."""
+    counts: dict[str, int] = {}
+    for event in committed.events:
+        if event.type in COUNTED:
+            counts[COUNTED[event.type]] = counts.get(COUNTED[event.type], 0) + 1
+        if event.type == "validation.failed":
+            counts["validation_failures"] = counts.get("validation_failures", 0) + 1
+        if event.state == State.RETRYING:          # whatever event names the retry
+            counts["retries"] = counts.get("retries", 0) + 1
+    if counts:
+        try:
+            ports.store.count(committed.after.kind, counts)
+        except Exception:  # noqa: BLE001 - logged; the transition it counts is committed
+            logger.warning("class statistics not updated", extra={"kind": committed.after.kind})
+
+
+def class_rates(ports: Ports, kind: str) -> dict:
+    totals = ports.store.counts(kind)
+    validations, retries = totals.get("validations", 0), totals.get("retries", 0)
+    finished = totals.get("settled", 0) + totals.get("failed", 0)
+    return {**totals,
+            "validation_failure_rate": round(totals.get("validation_failures", 0)
+                                             / validations, 4) if validations else None,
+            "retry_rate": round(retries / finished, 4) if finished else None}
+
+
+def retry_or_fail(job: Job, job_class: JobClass, *, at: datetime, reason: str, event: str,
+                  data: dict, failed_attempt: Attempt) -> tuple[Job, list[Event], list[Attempt]]:
+    """After a lost or rejected attempt: a fresh attempt while attempts remain, else failed.
+    `event` names what happened to the attempt (execution.failed, validation.failed, …)."""
+    if job.attempt >= job.max_attempts:
+        noted, e1 = states.note(job, event, at=at, data={**data, "reason": reason})
+        failed, e2 = states.transition(noted, State.FAILED, at=at, reason="attempts_exhausted",
+                                       data={"reason": "attempts_exhausted", "last": reason,
+                                             "attempts": job.attempt})
+        return failed, [e1, e2], [failed_attempt]
+    retrying, e1 = states.transition(job, State.RETRYING, at=at, event=event,
+                                     data={**data, "reason": reason})
+    assigned, attempt, e2 = assign(retrying, job_class, at)
+    return assigned, [e1, e2], [failed_attempt, attempt]
+
+
+def assign(job: Job, job_class: JobClass, at: datetime,
+           **routing_inputs) -> tuple[Job, Attempt, Event]:
+    """Route the job and open its next attempt."""
+    assignment = route(job_class, job, now=at.timestamp(), **routing_inputs)
+    number = job.attempt + 1
+    moved, event = states.transition(job, State.ASSIGNED, at=at,
+                                     data={"attempt": number, **assignment.as_event()},
+                                     attempt=number, worker=assignment.worker)
+    return moved, Attempt(job_id=job.job_id, number=number, worker=assignment.worker,
+                          state="assigned"), event
+
+
+def list_jobs(ports: Ports, state: State | None, limit: int) -> Iterable[Job]:
+    return ports.store.list(state, limit)

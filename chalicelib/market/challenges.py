@@ -1,0 +1,126 @@
+"""Challenge jobs: claims are not facts. A worker that claims a job class is given a real
+job of that class, on a clip the control plane keeps, whose every task is offered to that
+worker alone and verified like any client's work. It passes, and the class is verified for
+`capability_ttl_s`; a task fails, and the class is not (the worker is never routed for it).
+Heartbeats start a fresh challenge when a verification nears its end.
+
+Only classes listed in CHALLENGES can be challenged; a worker claiming another one stays
+unverified for it (`unavailable`), so it is never routed there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from aws_lambda_powertools import Logger
+
+from chalicelib.aws.blobs import S3Uri
+from chalicelib.bus import Committed
+from chalicelib.context import Ports
+from chalicelib.jobs import lifecycle as jobs
+from chalicelib.market.registry import Challenge, Worker
+from chalicelib.market.router import capability
+from chalicelib.market.workers import challenged
+from chalicelib.models import Job, Manifest, State
+
+logger = Logger(child=True)
+
+
+@dataclass(frozen=True)
+class ChallengeSpec:
+    key: str | None = None            # an input kept in the artifacts bucket
+    profile: str | None = None
+    texts: tuple[str, ...] = ()       # or inline inputs
+    prompt: str | None = None
+
+
+CHALLENGES = {
+    "ffmpeg_hls": ChallengeSpec(key="challenges/ffmpeg_hls.mp4", profile="hls-720p"),
+    # Re-executed in full on the trusted pool, so every vector must match.
+    "embed_batch": ChallengeSpec(texts=(
+        "A verifiable compute job is paid only after its output is checked.",
+        "The quick brown fox jumps over the lazy dog.",
+        "Segments are encoded in parallel and verified against the source.",
+        "Escrow releases payment to the worker once verification passes.",
+        "A heartbeat keeps a worker's lease alive while it runs a task.",
+        "Cosine similarity compares two embedding vectors.")),
+    "generate_small": ChallengeSpec(prompt="Proofline verifies work before it pays for it."),
+}
+RECHECK_FRACTION = 0.1                # re-challenge in the last tenth of a verification
+ABSENCE = frozenset({"offer_lapsed", "lease_expired", "lease_released", "lease_lost"})
+
+
+def due(worker: Worker, now: datetime, ttl_s: int) -> list[str]:
+    """The claimed classes that need a challenge now: never tried, failed by absence, or
+    verified but close to expiry. A pending one, or one failed by a wrong output, is not."""
+    classes = []
+    for job_class in worker.claims.job_classes:
+        last = worker.challenges.get(job_class)
+        verified = worker.verified.get(job_class)
+        if last is None or (last.state == "failed" and last.retryable):
+            classes.append(job_class)
+        elif (last.state == "passed" and verified is not None
+              and (verified.expires_at - now).total_seconds() < ttl_s * RECHECK_FRACTION):
+            classes.append(job_class)
+    return classes
+
+
+def start(ports: Ports, worker: Worker, job_class: str) -> Challenge:
+    now = ports.clock()
+    spec = CHALLENGES.get(job_class)
+    uri = S3Uri(ports.settings.artifacts_bucket, spec.key) if spec and spec.key else None
+    if spec is None or (uri is not None and ports.blobs.head(uri) is None):
+        outcome = Challenge(state="unavailable", at=now,
+                            reason=f"no challenge is kept for {job_class}")
+    else:
+        job_id = f"challenge-{worker.address[2:10].lower()}-{int(now.timestamp() * 1000)}"
+        inputs = ({"input_uri": str(uri)} if uri else {"texts": list(spec.texts)} if spec.texts
+                  else {"prompt": spec.prompt, "max_tokens": 16, "seed": 7})
+        manifest = Manifest(kind=job_class, profile=spec.profile, payment_policy="none",
+                            **inputs, **({} if uri else {"max_attempts": 1}))
+        job, _ = jobs.accept(ports, manifest, job_id=job_id, source="challenge",
+                             challenge=worker.did)
+        outcome = Challenge(job_id=job.job_id, state="pending", at=now)
+    challenged(ports.workers, worker.did, job_class, outcome, now=now,
+               ttl_s=ports.settings.capability_ttl_s)
+    logger.info("challenge", extra={"worker": worker.did, "job_class": job_class,
+                                    "state": outcome.state, "job_id": outcome.job_id})
+    return outcome
+
+
+def enrol(ports: Ports, worker: Worker) -> Worker:
+    """Start the challenges `worker` is due (on registration, and from heartbeats later);
+    returns the worker as stored after them."""
+    classes = due(worker, ports.clock(), ports.settings.capability_ttl_s)
+    for job_class in classes:
+        start(ports, worker, job_class)
+    return ports.workers.get(worker.did) if classes else worker
+
+
+def settle(ports: Ports, job: Job, *, passed: bool, reason: str | None = None,
+           task: str | None = None) -> None:
+    """A challenge job ended: verify the class, or record why not. A worker that was away
+    (offer or lease lapsed, lease given back) is challenged again at its next heartbeat; one
+    whose output failed verification is not. A challenge that failed while a pool held the
+    job (planning a transcode) was the control plane's fault, and is retried too."""
+    if not job.challenge:
+        return
+    outcome = Challenge(job_id=job.job_id, state="passed" if passed else "failed",
+                        at=ports.clock(), reason=reason, task=task,
+                        retryable=not passed and (reason in ABSENCE or (
+                            task is None and job.worker != job.challenge)))
+    model = ports.catalog.job_class(job.kind).model
+    challenged(ports.workers, job.challenge, job.kind, outcome, now=outcome.at,
+               ttl_s=ports.settings.capability_ttl_s,
+               tokens=[capability("model", model)] if model else [])
+
+
+def close_challenge(ports: Ports, committed: Committed) -> None:
+    """After commit: a challenge job that just ended verifies its worker's class, or not,
+    and says why."""
+    job, before = committed.after, committed.before
+    if not job.challenge or not job.state.terminal or (before and before.state.terminal):
+        return
+    last = next((e.data for e in reversed(committed.events) if e.state == job.state), {})
+    settle(ports, job, passed=job.state == State.SETTLED,
+           reason=last.get("last") or job.reason, task=last.get("task"))

@@ -1,0 +1,1 @@
+"""Media: transcode profiles and pricing, FFmpeg argument lists, HLS playlists, the probe report model, and the segment tasks of a transcode. Nothing here decodes: PyAV and FFmpeg run in the execution plane (`media_worker/`)."""

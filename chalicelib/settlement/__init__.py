@@ -1,0 +1,1 @@
+"""Settlement: the escrow contract adapter (web3), its EIP-712 vocabulary, the pure rules of terms, money and release evidence, reconciliation, and the services that move money after verified outcomes."""

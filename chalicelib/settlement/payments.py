@@ -1,0 +1,336 @@
+"""Settlement services: learn of funding from the chain, and move money after committed
+state changes — release verified jobs, refund failed or cancelled ones.
+
+Every action reads the escrow's on-chain state first, so a duplicate message, a retry after
+an RPC outage or a second handler never pays twice (invariant 2); a release is sent only
+with a `validation.passed` on the timeline for exactly the outputs paid for (invariant 1).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from aws_lambda_powertools import Logger
+
+from chalicelib.bus import Committed
+from chalicelib.context import Ports
+from chalicelib.jobs import states
+from chalicelib.jobs.lifecycle import apply, assign
+from chalicelib.market.routing import MARKETPLACE_CLASSES
+from chalicelib.market.workers import observe
+from chalicelib.media import profiles
+from chalicelib.models import Job, State
+from chalicelib.settlement import rules as settlement
+from chalicelib.settlement.chain import ContractReverted, EscrowState
+from chalicelib.settlement.escrow import job_key_bytes, result_hash
+from chalicelib.settlement.reconcile import classify
+
+logger = Logger(child=True)
+CURSOR = "chain:escrow"
+MAX_BLOCKS = 5_000
+DUE_AGAIN = timedelta(minutes=1)
+
+
+def follow_chain(ports: Ports) -> int:
+    """Apply the escrow's logs since the last processed block, in chain order: fundings,
+    disputes and their resolutions, and releases anyone finalized. Returns how many matched."""
+    escrow = ports.chain.escrow
+    previous = ports.store.cursor(CURSOR)
+    start = 0 if previous is None else previous + 1
+    end = min(escrow.w3.eth.block_number, start + MAX_BLOCKS)
+    if end < start:
+        return 0
+    matched = 0
+    for log in escrow.logs(FOLLOWED, start, end):
+        job_id = ports.store.resolve(f"escrow:0x{log['args']['jobId'].hex()}")
+        if job_id is not None:
+            matched += 1
+            FOLLOWED[log["event"]](ports, ports.store.get(job_id), log)
+    ports.store.advance_cursor(CURSOR, previous, end)
+    return matched
+
+
+def _log_data(log) -> dict:
+    return {"tx_hash": log["transactionHash"].to_0x_hex(), "block": log["blockNumber"]}
+
+
+def on_dispute_opened(ports: Ports, job: Job, log) -> Job | None:
+    """The client contests a verified result inside its window: nothing is paid until the
+    arbiter resolves it on chain."""
+    data = {**_log_data(log), "client": log["args"]["client"]}
+    moved = apply(ports, job, lambda j: _moved(ports, j, State.VERIFIED, State.DISPUTED,
+                                               "dispute.opened", data))
+    if moved is not None:
+        observe(ports.workers, moved.worker, moved.kind, "disputed", now=ports.clock())
+    return moved
+
+
+def on_dispute_resolved(ports: Ports, job: Job, log) -> Job | None:
+    args = log["args"]
+    data = {**_log_data(log), "worker_share_bps": args["workerShareBps"],
+            "to_worker": str(args["toWorker"]), "to_client": str(args["toClient"])}
+    return apply(ports, job, lambda j: _moved(ports, j, State.DISPUTED, State.SETTLED,
+                                              "settlement.resolved", data))
+
+
+def on_released(ports: Ports, job: Job, log) -> Job | None:
+    """A release seen on chain: ours (already recorded, so nothing to do) or a `finalize`
+    anyone may send once a dispute window passed."""
+    args = log["args"]
+    data = {**_log_data(log), "worker": args["worker"], "paid": str(args["paid"]),
+            "fee": str(args["fee"]), "note": "seen on chain"}
+    return apply(ports, job, lambda j: _moved(ports, j, State.VERIFIED, State.SETTLED,
+                                              "settlement.released", data))
+
+
+def _moved(ports: Ports, job: Job, source: State, target: State, event: str, data: dict):
+    if job.state != source:
+        return None                         # recorded already, or the log was read again
+    moved, e = states.transition(job, target, at=ports.clock(), event=event, data=data)
+    return moved, [e], []
+
+
+def on_funded(ports: Ports, job: Job, log) -> Job | None:
+    now = ports.clock()
+    args = log["args"]
+    funding = {"tx_hash": log["transactionHash"].to_0x_hex(), "block": log["blockNumber"],
+               "client": args["client"], "token": args["token"], "amount": str(args["amount"]),
+               "deadline": args["deadline"]}
+    job_class = ports.catalog.job_class(job.kind)
+    marketplace = _marketplace_inputs(ports, job_class, now)
+
+    def plan(j: Job):
+        terms = j.escrow.model_copy(update={"funded_by": args["client"],
+                                            "funded_tx": funding["tx_hash"]})
+        if j.state.terminal and not j.escrow.funded_tx:  # funded after it ended: given back
+            noted, event = states.note(j, "escrow.funded", at=now, data={**funding, "late": True})
+            return noted.model_copy(update={"escrow": terms}), [event], []
+        if j.state != State.REQUESTED:
+            return None                              # seen before: the follower re-read a block
+        problem = settlement.funding_problem(j.escrow, args["token"], args["amount"])
+        if problem:
+            failed, event = states.transition(j, State.FAILED, at=now, escrow=terms,
+                                              reason="funding_insufficient",
+                                              data={**funding, "reason": "funding_insufficient",
+                                                    "message": problem})
+            return failed, [event], []
+        funded, e1 = states.transition(j, State.FUNDED, at=now, escrow=terms, data=funding)
+        assigned, attempt, e2 = assign(funded, job_class, now, **marketplace)
+        return assigned, [e1, e2], [attempt]
+
+    return apply(ports, job, plan)       # the bus sends assign (or refund) and dispatches
+
+
+def request_settlement(ports: Ports, committed: Committed) -> None:
+    """After commit, money follows state: a funded job is assigned on chain (refunded if it
+    ended before the funding arrived), a verified one released, a funded one that ended
+    otherwise refunded. The settlement handler is idempotent towards the chain."""
+    before, after = committed.before, committed.after
+    if after.escrow is None:
+        return
+    if committed.wrote("escrow.funded"):
+        if after.state.terminal:
+            _send(ports, "refund", after)
+        elif after.state == State.ASSIGNED:
+            _send(ports, "assign", after)
+        return
+    if before is None or after.state == before.state:
+        return
+    if after.state == State.VERIFIED:
+        _send(ports, "release", after)
+    elif after.state in (State.FAILED, State.CANCELLED) and after.escrow.funded_tx:
+        _send(ports, "refund", after)
+
+
+def _send(ports: Ports, action: str, job: Job) -> None:
+    ports.queues.send("settlement", {"action": action, "job_id": job.job_id})
+
+
+FOLLOWED = {"Funded": on_funded, "DisputeOpened": on_dispute_opened,
+            "DisputeResolved": on_dispute_resolved, "Released": on_released}
+
+
+def settle(ports: Ports, action: str, job_id: str) -> str:
+    """Carry out one settlement action; returns what happened. The RPC provider retries
+    with backoff (ports.RPC_RETRIES); past that this raises and the queue redelivers."""
+    return ACTIONS[action](ports, ports.store.view(job_id))
+
+
+def _marketplace_inputs(ports: Ports, job_class, now) -> dict:
+    """Marketplace workers compete for escrow jobs of the classes they can lease."""
+    if job_class.name not in MARKETPLACE_CLASSES or ports.workers is None:
+        return {}
+    return {"candidates": ports.workers.candidates(now),
+            "pool_price": profiles.default_profiles().pricing.compute_per_megapixel_second,
+            "heartbeat_ttl_s": ports.settings.heartbeat_ttl_s}
+
+
+def _assign_on_chain(ports: Ports, view) -> str:
+    job, chain = view.job, ports.chain
+    key = job_key_bytes(job)
+    if chain.escrow.job(key).state != EscrowState.FUNDED:
+        return "already assigned or settled"
+    worker = settlement.payee(job.worker, chain.pool_payout)
+    receipt = chain.escrow.send(chain.control, "assign", key, worker)
+    apply(ports, ports.store.get(job.job_id), lambda j: _noted(
+        j, ports, "escrow.assigned", {**receipt.as_event(), "worker": worker}))
+    return "assigned"
+
+
+def _ask_countersignature(ports: Ports, view, hashes: list[str]) -> str:
+    """A marketplace payee signs the verified package itself (it holds its own key): offer
+    it the signature with its next lease; its countersign re-sends this release. A payee
+    silent for `countersign_s` forfeits: the client is refunded (the chain pays only the
+    payee's signature, so nobody else can be paid instead)."""
+    job, now = view.job, ports.clock()
+    asked = next((e for e in view.events if e.type == "settlement.awaiting_signature"), None)
+    if asked is None:
+        ports.tasks.ask_signature(job.worker, job.job_id)
+        due = now + timedelta(seconds=ports.settings.countersign_s)
+        apply(ports, job, lambda j: _noted(j, ports, "settlement.awaiting_signature", {
+            "worker": job.worker, "outputs": hashes, "until": due.isoformat(),
+            "result_hash": "0x" + result_hash(hashes).hex()}, next_deadline=due))
+        return "awaiting signature"
+    if (now - asked.at).total_seconds() < ports.settings.countersign_s:
+        ports.tasks.ask_signature(job.worker, job.job_id)
+        return "awaiting signature"
+    return _forfeit(ports, job)
+
+
+def _forfeit(ports: Ports, job: Job) -> str:
+    chain = ports.chain
+    receipt = chain.escrow.send(chain.control, "refund", job_key_bytes(job))
+    ports.tasks.signature_given(job.worker, job.job_id)
+    data = {**receipt.as_event(), "amount": str(job.escrow.amount), "worker": job.worker,
+            "reason": "payee_did_not_countersign"}
+
+    def plan(j: Job):
+        if j.state != State.VERIFIED:
+            return None
+        settled, event = states.transition(j, State.SETTLED, at=ports.clock(),
+                                           event="settlement.forfeited", data=data)
+        return settled, [event], []
+    if apply(ports, job, plan) is not None:
+        observe(ports.workers, job.worker, job.kind, "timeout", now=ports.clock())
+    return "forfeited"
+
+
+def _release(ports: Ports, view) -> str:
+    job, chain = view.job, ports.chain
+    if job.state == State.SETTLED:
+        return "already settled"
+    if job.state != State.VERIFIED:
+        return f"not releasable in state {job.state}"
+    try:
+        hashes = settlement.release_evidence(job, view.events)
+    except settlement.ReleaseBlocked as blocked:
+        # Permanent until a person looks: say so on the timeline once, never pay, never retry.
+        why = blocked.to_dict()
+        if not any(e.type == "settlement.blocked" for e in view.events):
+            apply(ports, job, lambda j: _noted(j, ports, "settlement.blocked", why))
+        logger.error("release blocked", extra={"job_id": job.job_id, "why": why["message"]})
+        return "blocked"
+    key = job_key_bytes(job)
+    on_chain = chain.escrow.job(key).state
+    if on_chain == EscrowState.FUNDED:
+        _assign_on_chain(ports, view)
+        on_chain = EscrowState.ASSIGNED
+    if on_chain == EscrowState.ASSIGNED:
+        attempt = next(a for a in view.attempts if a.number == job.attempt)
+        if attempt.signature is None:
+            return _ask_countersignature(ports, view, hashes)
+        receipt = chain.escrow.send(chain.control, "release", key, result_hash(hashes),
+                                    bytes.fromhex(attempt.signature.removeprefix("0x")))
+        data = {**receipt.as_event(), "result_hash": "0x" + result_hash(hashes).hex(),
+                "outputs": hashes, "worker": attempt.worker}
+        verified = next((e for e in receipt.events if e["event"] == "Verified"), None)
+        if verified:
+            # A dispute window holds the payment on chain; the sweeper comes back when it ends.
+            due = datetime.fromtimestamp(verified["releasableAt"], timezone.utc)
+            apply(ports, job, lambda j: _noted(j, ports, "settlement.scheduled",
+                                               {**data, "releasable_at": due.isoformat()},
+                                               next_deadline=due))
+            return "scheduled"
+    elif on_chain == EscrowState.VERIFIED:
+        try:
+            receipt = chain.escrow.send(chain.control, "finalize", key)
+        except ContractReverted as refused:
+            if refused.error == "DisputeWindowOpen":
+                return "dispute window open"
+            raise
+        data = {**receipt.as_event(), "outputs": hashes, "note": "dispute window passed"}
+    elif on_chain == EscrowState.RELEASED:
+        data = {"tx_hash": chain.escrow.released_tx(key), "outputs": hashes,
+                "note": "found released on chain"}
+    else:
+        return f"escrow is {on_chain.name}; nothing to release"
+
+    def plan(j: Job):
+        if j.state != State.VERIFIED:
+            return None
+        settled, event = states.transition(j, State.SETTLED, at=ports.clock(),
+                                           event="settlement.released", data=data)
+        return settled, [event], []
+    apply(ports, job, plan)
+    return "released"
+
+
+def _refund(ports: Ports, view) -> str:
+    job, chain = view.job, ports.chain
+    if any(e.type == "settlement.refunded" for e in view.events):
+        return "already refunded"
+    key = job_key_bytes(job)
+    on_chain = chain.escrow.job(key).state
+    if on_chain in (EscrowState.FUNDED, EscrowState.ASSIGNED):
+        receipt = chain.escrow.send(chain.control, "refund", key)
+        data = {**receipt.as_event(), "amount": str(job.escrow.amount)}
+    elif on_chain in (EscrowState.REFUNDED, EscrowState.RECLAIMED):
+        data = {"note": f"found {on_chain.name.lower()} on chain"}
+    else:
+        return f"escrow is {on_chain.name}; nothing to refund"
+    apply(ports, job, lambda j: _noted(j, ports, "settlement.refunded", data))
+    return "refunded"
+
+
+def _noted(job: Job, ports: Ports, event: str, data: dict, **changes):
+    noted, e = states.note(job, event, at=ports.clock(), data=data)
+    return noted.model_copy(update=changes), [e], []
+
+
+def release_due(ports: Ports, job: Job) -> Job | None:
+    """The sweeper's remedy for a verified escrow job whose release time came: ask the
+    settlement handler again (it finalizes, or finds the job settled) and look back later."""
+    now = ports.clock()
+
+    def plan(j: Job):
+        if j.state != State.VERIFIED or j.next_deadline is None or j.next_deadline > now:
+            return None
+        return _noted(j, ports, "settlement.due", {}, next_deadline=now + DUE_AGAIN)
+    moved = apply(ports, job, plan)
+    if moved:
+        ports.queues.send("settlement", {"action": "release", "job_id": job.job_id})
+    return moved
+
+
+ACTIONS = {"assign": _assign_on_chain, "release": _release, "refund": _refund}
+
+
+def reconcile(ports: Ports, *, repair: bool = False, limit: int = 500) -> list[dict]:
+    """Compare every escrow job with the chain; with `repair`, re-send the settlement
+    action for each drift that has a safe one. Returns the drift rows."""
+    rows = []
+    for job in ports.store.list(None, limit):
+        if job.escrow is None:
+            continue
+        seen = {e.type for e in ports.store.view(job.job_id).events}
+        drift = classify(job.job_id, job.state, bool(job.escrow.funded_tx),
+                         "settlement.refunded" in seen,
+                         ports.chain.escrow.job(job_key_bytes(job)).state,
+                         blocked="settlement.blocked" in seen)
+        if drift is None:
+            continue
+        row = drift.as_row()
+        if repair and drift.repair:
+            ports.queues.send("settlement", {"action": drift.repair, "job_id": job.job_id})
+            row["repaired"] = True
+        rows.append(row)
+    return rows

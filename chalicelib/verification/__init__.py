@@ -1,0 +1,1 @@
+"""Verification: pure rules from what a worker claimed and what was measured to a verdict with every measured value (probe reports, video segments, audio tracks, HLS packages, inference re-execution)."""

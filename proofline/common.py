@@ -1,0 +1,132 @@
+"""What every `proofline` command group shares: the consoles, the API client for this
+invocation (signed when asked), JSON-or-table output, funding an escrow from the client's
+key, and following a job's timeline. Command modules import this, never `cli`."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+from eth_account import Account
+from rich.console import Console
+from web3 import Web3
+
+from chalicelib.config import secret
+from chalicelib.errors import ProoflineError
+from chalicelib.settlement.chain import Escrow
+
+from . import client as api_client
+from . import identity as ids
+from .devstack import read_state
+from .identity_cli import _passphrase, _run
+
+STATE_DIR = Path(".proofline")      # the local stack's address and log, in the working directory
+console = Console()
+err = Console(stderr=True)
+
+
+console = Console()
+
+
+err = Console(stderr=True)
+
+
+def api_for(ctx: click.Context) -> api_client.Api:
+    try:
+        url = api_client.resolve_api_url(ctx.obj["api"], STATE_DIR)
+    except api_client.NoStack as exc:
+        raise click.ClickException(str(exc)) from None
+    signer = None
+    if ctx.obj.get("sign"):
+        opened = _run(lambda: ids.load_identity(ctx.obj.get("keystore"),
+                                                _passphrase(confirm=False)))
+        signer = (opened.account, opened.did)
+    return api_client.Api(url, signer=signer)
+
+
+def emit(data, as_json: bool, render) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render(data)
+
+
+class Cli(click.Group):
+    """Turn API errors into one readable line and a non-zero exit."""
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except api_client.ApiError as exc:
+            err.print(f"[red]error[/red] {exc.status} [bold]{exc.reason}[/bold]: {exc.message}")
+            for detail in exc.details if isinstance(exc.details, list) else []:
+                err.print(f"  - {detail.get('field', '')}: {detail.get('message', detail)}")
+            sys.exit(2)
+
+
+def fund(job: dict):
+    """Fund a job's escrow with the client's key (ETH, or approve-then-fund for an ERC-20)."""
+    w3, client = signer("PROOFLINE_CLIENT_KEY", "client")
+    deadline = job["manifest"].get("deadline")
+    deadline = (int(datetime.fromisoformat(deadline.replace("Z", "+00:00")).timestamp()) if deadline
+                else w3.eth.get_block("latest")["timestamp"] + 86_400)
+    terms = job["escrow"]
+    return escrow_call(lambda escrow: escrow.fund(client, bytes.fromhex(terms["job_key"][2:]),
+                                                   terms["amount"], deadline,
+                                                   token=terms["token"]), w3, terms)
+
+
+def signer(key_env: str, dev_key: str):
+    """(web3, account) for a command that signs on chain: the key from `key_env` (or the
+    keystore `<key_env>_KEYSTORE`), else on the local stack its development account."""
+    info = read_state(STATE_DIR)
+    try:
+        key = secret(key_env)
+    except KeyError:
+        key = (info.dev_keys or {}).get(dev_key) if info else None
+    rpc = os.environ.get("PROOFLINE_RPC_URL") or (info.rpc_url if info else None)
+    if not key or not rpc:
+        raise click.ClickException(f"this needs {key_env} (or {key_env}_KEYSTORE) and "
+                                   "PROOFLINE_RPC_URL, or a local stack")
+    return Web3(Web3.HTTPProvider(rpc)), Account.from_key(key)
+
+
+def escrow_call(call, w3, terms: dict):
+    try:
+        return call(Escrow(w3, terms["contract"]))
+    except ProoflineError as error:
+        raise click.ClickException(f"{error.reason}: {error}") from error
+
+
+def watch(api: api_client.Api, job_id: str, as_json: bool, timeout: float = 600) -> dict:
+    for event in api.follow(job_id, timeout_s=timeout):
+        if as_json:
+            click.echo(json.dumps(event))
+        else:
+            print_event(event)
+    job = api.job(job_id)
+    if not as_json:
+        for out in job["outputs"]:
+            console.print(f"[green]output[/green] {out['name']}: {out['uri']}")
+        if job.get("reason"):
+            console.print(f"[red]reason[/red] {job['reason']}")
+    return job
+
+
+def print_event(event: dict) -> None:
+    at = datetime.fromisoformat(event["at"].replace("Z", "+00:00")).strftime("%H:%M:%S")
+    console.print(f"{at} [bold]{event['type']:<22}[/bold] {state_label(event['state']):<10} "
+                  f"[dim]{summarize(event['data'])}[/dim]", highlight=False)
+
+
+def summarize(data: dict) -> str:
+    keys = ("attempt", "worker", "reason", "message", "passed", "source", "name", "duration_ms")
+    parts = [f"{k}={data[k]}" for k in keys if data.get(k) not in (None, "")]
+    return " ".join(parts)[:160]
+
+
+def state_label(state: str) -> str:
+    color = {"settled": "green", "failed": "red", "rejected": "red", "cancelled": "yellow"}
+    return f"[{color[state]}]{state}[/{color[state]}]" if state in color else state
