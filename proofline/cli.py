@@ -18,6 +18,7 @@ from .common import (
     console,
     emit,
     err,
+    fund_escrow,
     print_event,
     state_label,
     watch,
@@ -88,7 +89,7 @@ def submit(ctx, manifest, idempotency_key, fund, wait, as_json, **flags):
         console.print(f"{'created' if created else 'existing'} job [bold]{job['job_id']}[/bold] "
                       f"({job['kind']}, {job['state']})")
     if fund and job.get("escrow") and job["state"] == "requested":
-        receipt = fund(job)
+        receipt = fund_escrow(job)
         if not as_json:
             terms = job["escrow"]
             err.print(f"funded escrow {terms['job_key'][:18]}… with "

@@ -66,9 +66,9 @@ class Cli(click.Group):
             sys.exit(2)
 
 
-def fund(job: dict):
+def fund_escrow(job: dict):
     """Fund a job's escrow with the client's key (ETH, or approve-then-fund for an ERC-20)."""
-    w3, client = signer("PROOFLINE_CLIENT_KEY", "client")
+    w3, client = chain_signer("PROOFLINE_CLIENT_KEY", "client")
     deadline = job["manifest"].get("deadline")
     deadline = (int(datetime.fromisoformat(deadline.replace("Z", "+00:00")).timestamp()) if deadline
                 else w3.eth.get_block("latest")["timestamp"] + 86_400)
@@ -78,7 +78,7 @@ def fund(job: dict):
                                                    token=terms["token"]), w3, terms)
 
 
-def signer(key_env: str, dev_key: str):
+def chain_signer(key_env: str, dev_key: str):
     """(web3, account) for a command that signs on chain: the key from `key_env` (or the
     keystore `<key_env>_KEYSTORE`), else on the local stack its development account."""
     info = read_state(STATE_DIR)

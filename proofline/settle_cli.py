@@ -42,7 +42,7 @@ def settle_dispute(ctx, job_id):
     job = common.api_for(ctx).job(job_id)
     if not job.get("escrow"):
         raise click.ClickException(f"job {job_id} has no escrow")
-    w3, client = common.signer("PROOFLINE_CLIENT_KEY", "client")
+    w3, client = common.chain_signer("PROOFLINE_CLIENT_KEY", "client")
     receipt = common.escrow_call(lambda escrow: escrow.send(
         client, "openDispute", bytes.fromhex(job["escrow"]["job_key"][2:])), w3, job["escrow"])
     common.console.print(f"dispute opened on {job_id} in tx {receipt.tx_hash}; the payment waits "
@@ -59,7 +59,7 @@ def settle_resolve(ctx, job_id, worker_share_bps):
     job = common.api_for(ctx).job(job_id)
     if not job.get("escrow"):
         raise click.ClickException(f"job {job_id} has no escrow")
-    w3, arbiter = common.signer("PROOFLINE_ARBITER_KEY", "control")
+    w3, arbiter = common.chain_signer("PROOFLINE_ARBITER_KEY", "control")
     receipt = common.escrow_call(lambda escrow: escrow.send(
         arbiter, "resolveDispute", bytes.fromhex(job["escrow"]["job_key"][2:]),
         worker_share_bps), w3, job["escrow"])

@@ -10,6 +10,7 @@ import pytest
 from conftest import event_types, wait_for
 
 from chalicelib.aws.blobs import S3Uri, attempt_key
+from chalicelib.bus import MessageBus
 from chalicelib.errors import StaleVersion
 from chalicelib.jobs import attempts, states, sweeper
 from chalicelib.jobs import lifecycle as jobs
@@ -228,3 +229,27 @@ def test_inputs_over_the_class_limit_are_refused_before_download(ports, stored_c
     with pytest.raises(InputError) as info:
         ports.blobs.download(S3Uri.parse(stored_clip["input_uri"]), tmp_path / "x", limit=100)
     assert info.value.reason == "input_too_large" and not (tmp_path / "x").exists()
+
+
+class Killed(BaseException):
+    """The process dies between a commit and its side effects (not an error a handler
+    could report: nothing after it runs)."""
+
+
+def test_work_a_crash_left_undone_after_a_commit_is_finished_by_the_sweeper(held, stored_clip):
+    def killed(ports, committed):
+        raise Killed(committed.after.job_id)
+    crashing = dataclasses.replace(held, bus=MessageBus([killed, *held.bus.handlers]))
+    manifest = Manifest(kind="media_probe", input_uri=stored_clip["input_uri"],
+                        input_hash=stored_clip["input_hash"], max_attempts=2)
+    job_id = f"job-{uuid.uuid4().hex[:16]}"
+    with pytest.raises(Killed):
+        jobs.accept(crashing, manifest, job_id=job_id, source="http")
+    stranded = held.store.get(job_id)
+    assert stranded.state == State.ASSIGNED and held.queues.sent == []   # committed, not sent
+
+    later = stranded.next_deadline + timedelta(seconds=1)
+    assert sweeper.sweep_job(dataclasses.replace(held, clock=lambda: later), stranded,
+                             later) == "assigned"
+    [(queue, message)] = held.queues.sent
+    assert queue == "media" and message["attempt"] == 2 and message["job"]["job_id"] == job_id
