@@ -13,6 +13,8 @@ from pathlib import Path
 
 from eth_account import Account
 
+from chalicelib.models import NATIVE_TOKEN, PaymentToken
+
 CHALICE_CONFIG = Path(__file__).resolve().parent.parent / ".chalice" / "config.json"
 
 
@@ -63,16 +65,6 @@ def stage_environment(stage: str = "local", path: Path = CHALICE_CONFIG) -> dict
     env = dict(config.get("environment_variables", {}))
     env.update(config["stages"][stage].get("environment_variables", {}))
     return env
-
-
-@dataclass(frozen=True)
-class PaymentToken:
-    symbol: str
-    address: str
-    decimals: int
-
-
-NATIVE_TOKEN = PaymentToken("ETH", "0x0000000000000000000000000000000000000000", 18)
 
 
 def secret(name: str) -> str:

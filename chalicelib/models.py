@@ -1,6 +1,7 @@
 """Pydantic models of the job domain: manifests in, jobs, attempts and events out."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from enum import StrEnum
@@ -229,3 +230,14 @@ class Attempt(BaseModel):
     signature: str | None = None
     reason: str | None = None
     call_id: str | None = None        # a spawned remote call (Modal) still to be collected
+
+
+@dataclass(frozen=True)
+class PaymentToken:
+    """A token a stage accepts payment in (`PAYMENT_TOKENS`); ETH always."""
+    symbol: str
+    address: str
+    decimals: int
+
+
+NATIVE_TOKEN = PaymentToken("ETH", "0x0000000000000000000000000000000000000000", 18)

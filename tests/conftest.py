@@ -11,6 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from chalicelib.jobs.lifecycle import derive_job_id
 from proofline import clips
 from proofline.client import TERMINAL, Api, ApiError
 
@@ -104,3 +105,17 @@ def forged_headers(account, did: str, body, *, action: str, chain_id: int = 3133
                                        expiry=int(headers[signing.EXPIRY_HEADER]))
     signature = Account.sign_typed_data(account.key, full_message=typed).signature
     return {**headers, signing.DID_HEADER: did, signing.SIGNATURE_HEADER: "0x" + signature.hex()}
+
+
+# -- the S3 door ------------------------------------------------------------------------------
+INTAKE = "proofline-local-intake"
+
+
+def drop(aws, key, path=None, body=None):
+    """Put an object in the intake bucket as an app would; returns (job id, etag)."""
+    if path is not None:
+        aws.s3.upload_file(str(path), INTAKE, key)
+    else:
+        aws.s3.put_object(Bucket=INTAKE, Key=key, Body=body)
+    etag = aws.s3.head_object(Bucket=INTAKE, Key=key)["ETag"].strip('"')
+    return derive_job_id(f"s3:{INTAKE}/{key}@{etag}"), etag

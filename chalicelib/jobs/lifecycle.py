@@ -14,12 +14,11 @@ from aws_lambda_powertools import Logger
 from chalicelib.aws.store import JobView
 from chalicelib.bus import Committed
 from chalicelib.catalog import Catalog, JobClass
-from chalicelib.config import NATIVE_TOKEN, PaymentToken
 from chalicelib.context import Ports
 from chalicelib.errors import InvalidManifest, JobExists, ProoflineError, StaleVersion
 from chalicelib.jobs import states
 from chalicelib.market.routing import route
-from chalicelib.models import Attempt, Event, Job, Manifest, State
+from chalicelib.models import NATIVE_TOKEN, Attempt, Event, Job, Manifest, PaymentToken, State
 from chalicelib.settlement import rules as settlement
 from chalicelib.settlement.escrow import job_key
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from chalicelib.config import PaymentToken
 from chalicelib.errors import InvalidManifest, ProoflineError
 from chalicelib.identity.signing import address_of
-from chalicelib.models import EscrowTerms, Event, Job, Manifest, is_marketplace
+from chalicelib.models import EscrowTerms, Event, Job, Manifest, PaymentToken, is_marketplace
 from chalicelib.settlement.money import to_base_units
 
 

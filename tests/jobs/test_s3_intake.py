@@ -4,23 +4,11 @@ import time
 import uuid
 
 import pytest
-from conftest import wait_for
+from conftest import INTAKE, drop, wait_for
 
 from chalicelib.jobs.lifecycle import derive_job_id
 
 pytestmark = pytest.mark.stack
-
-INTAKE = "proofline-local-intake"
-
-
-def drop(aws, key, path=None, body=None):
-    if path is not None:
-        aws.s3.upload_file(str(path), INTAKE, key)
-    else:
-        aws.s3.put_object(Bucket=INTAKE, Key=key, Body=body)
-    etag = aws.s3.head_object(Bucket=INTAKE, Key=key)["ETag"].strip('"')
-    return derive_job_id(f"s3:{INTAKE}/{key}@{etag}"), etag
-
 
 def notification(key, etag, size, bucket=INTAKE):
     return json.dumps({"Records": [{

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from botocore.stub import Stubber
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 from chalicelib.aws.deploy import enable_partial_batch_responses
 from chalicelib.aws.resources import RESOURCES, Bucket, Queue, Table

@@ -14,7 +14,7 @@ from chalicelib.identity.signing import address_of, did_for
 from proofline.identity import IdentityError, WrongPassphrase, load_identity, read_public
 
 PASSPHRASE = "correct horse battery staple"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*args, passphrase=PASSPHRASE, home=None, check=True) -> subprocess.CompletedProcess:

@@ -295,7 +295,7 @@ def test_a_receiver_that_re_enters_is_paid_at_most_once(escrow, actors):
 def test_the_committed_artifacts_match_a_fresh_compile():
     import subprocess
     from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run(["node", "contracts/build.js", "--check"], cwd=root,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

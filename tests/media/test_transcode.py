@@ -11,7 +11,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import m3u8
 import pytest
-from conftest import event_types, wait_for
+from conftest import INTAKE, drop, event_types, wait_for
 
 from proofline import clips
 
@@ -245,7 +245,6 @@ def test_attempts_exhausted_on_one_segment_fail_the_job_with_the_reason(ports, a
 
 # -- the S3 door -----------------------------------------------------------------------------
 def test_a_drop_under_a_profile_prefix_produces_the_package(api, aws, small):
-    from test_s3_intake import INTAKE, drop
     job_id, _ = drop(aws, f"intake/hls-720p/drop-{uuid.uuid4().hex[:8]}.mov", path=small)
     final = wait_for(api, job_id, timeout=120)
     assert final["state"] == "settled", timeline(api, job_id)

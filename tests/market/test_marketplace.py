@@ -415,11 +415,11 @@ def test_a_dispute_opened_on_chain_counts_against_the_paid_worker(ports, stack):
     from datetime import datetime, timezone
 
     from hexbytes import HexBytes
+    from tests.test_transcode import RecordingQueues
 
     from chalicelib.market import workers
     from chalicelib.models import Event, Job, Manifest, State
     from chalicelib.settlement import payments
-    from tests.test_transcode import RecordingQueues
     held = dataclasses.replace(ports, queues=RecordingQueues())
     account = Account.create()
     did = did_for(account.address, stack.info.chain_id)
