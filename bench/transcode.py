@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -26,9 +27,9 @@ import boto3
 from bench import event_at, settled_at
 from chalicelib.aws.blobs import S3Uri
 from chalicelib.media import ffmpeg_args, profiles
-from media_worker import segments
+from chalicelib.verification import audit
+from media_worker import segments, verify
 from media_worker.ffmpeg import run_ffmpeg
-from media_worker.measure import measure_segment, ssim_sampled
 from proofline import clips
 from proofline.client import TERMINAL, Api
 from proofline.devstack import DevStack
@@ -146,8 +147,8 @@ def _wait(api: Api, own, table: str, job_id: str) -> dict:
 
 
 def _verify_directly(api: Api, s3, job: dict, work: Path) -> dict[tuple[str, int], float]:
-    """Seconds the verifier's measurements (packet measure + sampled SSIM) take on each
-    produced video segment against its source segment, one at a time on the idle machine:
+    """Seconds a full-depth check (packets, every frame's fingerprint, SSIM at 3 drawn frames,
+    the source fingerprinted too) takes on each produced video segment against its source segment, one at a time on the idle machine:
     verification alone, without queue waits, S3 round trips or task commits, none of which
     the verdict's measured values time."""
     work.mkdir()
@@ -157,6 +158,7 @@ def _verify_directly(api: Api, s3, job: dict, work: Path) -> dict[tuple[str, int
         sources[piece["index"]] = work / f"source_{piece['index']:05d}.mkv"
         s3.download_file(uri.bucket, uri.key, str(sources[piece["index"]]))
     timings = {}
+    durations = {p["index"]: p["duration_s"] for p in job["plan"]["segments"]}
     renditions = {r["name"] for r in job["plan"]["renditions"]}
     for f in api.package(job["job_id"])["files"]:
         rendition, _, name = f["path"].partition("/")
@@ -168,8 +170,15 @@ def _verify_directly(api: Api, s3, job: dict, work: Path) -> dict[tuple[str, int
             local.write_bytes(response.read())
         index = int(name.removeprefix("seg_").removesuffix(".ts"))
         began = time.perf_counter()
-        measure_segment(local)
-        ssim_sampled(sources[index], local)
+        reference = verify.Reference.of(sources[index], durations[index])
+        planned = profiles.PlannedRendition.model_validate(
+            next(r for r in job["plan"]["renditions"] if r["name"] == rendition))
+        verify.judge_video(local, reported_sha256="", actual_sha256="", planned=planned,
+                           fps=Fraction(job["plan"]["fps"]), segment_s=job["plan"]["segment_s"],
+                           start_s=0.0, source_duration_s=durations[index],
+                           source=sources[index], reference=reference,
+                           key=audit.audit_key(secrets.token_hex(32), subject=f["path"],
+                                               committed=[f["sha256"]]), ssim_frames=3)
         timings[rendition, index] = time.perf_counter() - began
     return timings
 

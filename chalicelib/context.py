@@ -43,3 +43,5 @@ class Ports:
     workers: WorkerStore | None = None
     nonces: DynamoNonceStore | None = None
     bus: MessageBus = field(default_factory=MessageBus)
+    # The stage's audit secret: what makes a verifier's draws unpredictable to workers.
+    audit_secret: str | None = field(default=None, repr=False)

@@ -16,6 +16,12 @@ Did = Annotated[str, Field(pattern=r"^did:pkh:eip155:[0-9]{1,12}:0x[0-9a-fA-F]{4
 Price = Annotated[Decimal, Field(ge=0, max_digits=36, decimal_places=18)]
 
 
+def is_pool(worker: str | None) -> bool:
+    """One of the operator's built-in pools (`pool:<name>`): the only workers trusted by
+    default. Anything else, whatever it calls itself, is verified as untrusted."""
+    return bool(worker) and worker.startswith("pool:")
+
+
 def is_marketplace(worker: str | None) -> bool:
     """A marketplace worker (its did:pkh), as opposed to a built-in pool (`pool:<name>`)."""
     return bool(worker) and worker.startswith("did:pkh:")

@@ -35,7 +35,7 @@ def default() -> Ports:
                  tasks=TaskStore(dynamodb, s.jobs_table),
                  workers=WorkerStore(dynamodb, s.jobs_table),
                  nonces=DynamoNonceStore(dynamodb, s.idempotency_table),
-                 bus=MessageBus(AFTER_COMMIT))
+                 bus=MessageBus(AFTER_COMMIT), audit_secret=_optional("PROOFLINE_AUDIT_SECRET"))
 
 
 def _chain(s: Settings) -> ChainPorts | None:
@@ -45,3 +45,10 @@ def _chain(s: Settings) -> ChainPorts | None:
                       control=Account.from_key(secret("PROOFLINE_CONTROL_KEY")),
                       pool_payout={pool: secret("PROOFLINE_POOL_ADDRESS")
                                    for pool in ("media", "inference")})
+
+
+def _optional(name: str) -> str | None:
+    try:
+        return secret(name)
+    except KeyError:
+        return None

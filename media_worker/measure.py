@@ -1,8 +1,12 @@
 """Measuring what the pipeline wrote, from the files on disk: a segment's video stream from
-its packets, and its content against its source by sampled luma SSIM.
+its packets; its content against its source, every frame as a tiny luma fingerprint and
+audited frames by full-resolution SSIM; and an audio track as band energies per window.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
+import av
 import numpy as np
 from pydantic import Field
 
@@ -28,13 +32,6 @@ class SegmentMeasure(Model):
     keyframe_interval_s: float = Field(description="longest stretch a keyframe has to cover")
     has_audio: bool
     start_pts_s: float
-
-
-class SsimResult(Model):
-    indices: list[int]
-    values: list[float]
-    min: float
-    mean: float
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -74,62 +71,79 @@ def _keyframe_interval_s(seen: Packets, start: int, duration_s: float) -> float:
 
 # --- comparing content ----------------------------------------------------------------------
 
-SSIM_MAX_PIXELS = 640 * 360
+FINGERPRINT_SIZE = (64, 36)        # every frame, this small: cheap, and enough to see content
 
 
-def ssim_sampled(reference_path: PathLike, candidate_path: PathLike, *,
-                 samples: int = 3) -> SsimResult:
-    """Luma SSIM at `samples` evenly spaced frame indices, at the candidate's resolution.
-
-    Only the sampled frames are kept. An index one side's decoder never yields (fewer frames
-    decode than its packets promised) scores 0.
-    """
-    if samples < 1:
-        raise ValueError("samples must be at least 1")
-    count = min(_frame_count(reference_path), _frame_count(candidate_path))
-    if count == 0:
+def fingerprints(path: PathLike, size: tuple[int, int] = FINGERPRINT_SIZE,
+                 keep: frozenset[int] = frozenset()) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Every decoded frame of the video as tiny luma, shape (frames, height, width) uint8,
+    and the full-resolution luma of the frames in `keep`. One decode covers every frame, so
+    no frame can be faked unseen, and serves the full-resolution comparison too."""
+    width, height = size
+    tiny, kept = [], {}
+    with open_media(path) as container:
+        for index, frame in enumerate(container.decode(video_stream(container))):
+            luma = _luma(frame)
+            (rows, row_n), (cols, col_n) = _cells(luma.shape[0], height), _cells(luma.shape[1],
+                                                                              width)
+            sums = np.add.reduceat(np.add.reduceat(luma, rows, axis=0, dtype=np.uint32),
+                                   cols, axis=1)
+            tiny.append((sums // np.outer(row_n, col_n)).astype(np.uint8))
+            if index in keep:
+                kept[index] = luma.copy()
+    if not tiny:
         raise MediaError("no video frames to compare", reason="media_undecodable")
-    indices = sorted({int((i + 0.5) * count / samples) for i in range(samples)})
-    size = _compare_size(candidate_path)
-    candidate = _sample_luma(candidate_path, indices, size=size)
-    reference = _sample_luma(reference_path, indices, size=size)
-    values = [_ssim(reference[i], candidate[i]) if i in reference and i in candidate else 0.0
-              for i in indices]
-    return SsimResult(indices=indices, values=values, min=min(values),
-                      mean=sum(values) / len(values))
+    return np.stack(tiny), kept
 
 
-def _frame_count(path: PathLike) -> int:
+def _luma(frame: av.VideoFrame) -> np.ndarray:
+    """The frame's luma plane without a pixel-format conversion where it is planar YUV."""
+    if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p"):
+        plane = frame.planes[0]
+        return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[
+            :, :frame.width]
+    return frame.reformat(format="gray").to_ndarray()
+
+
+@lru_cache(maxsize=32)
+def _cells(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `size_out` cells starts over `size_in` pixels, and how many it averages:
+    an area average, cell edges on the nearest pixel, the same at every resolution."""
+    starts = np.round(np.arange(size_out) * size_in / size_out).astype(np.intp)
+    return starts, np.diff(np.append(starts, size_in)).astype(np.uint32)
+
+
+def frames_at(path: PathLike, indices: list[int], size: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Luma of the frames at `indices`, scaled to `size`, decoding no further than needed."""
+    wanted, frames = set(indices), {}
+    if not wanted:
+        return frames
     with open_media(path) as container:
-        return demux(container, video_stream(container), first_frame=False).count
-
-
-def _sample_luma(path: PathLike, indices: list[int],
-                 size: tuple[int, int]) -> dict[int, np.ndarray]:
-    wanted = set(indices)
-    frames: dict[int, np.ndarray] = {}
-    with open_media(path) as container:
-        stream = video_stream(container)
-        stream.thread_type = "AUTO"          # frame threads: the whole segment up to the last sample
-        for index, frame in enumerate(container.decode(stream)):
+        for index, frame in enumerate(container.decode(video_stream(container))):
             if index in wanted:
-                width, height = size
-                frames[index] = frame.reformat(width=width, height=height,
+                frames[index] = frame.reformat(width=size[0], height=size[1],
                                                format="gray").to_ndarray()
-            if index >= indices[-1]:
+            if index >= max(wanted):
                 break
     return frames
 
 
-def _compare_size(path: PathLike) -> tuple[int, int]:
-    """The candidate's size, scaled down to at most SSIM_MAX_PIXELS: a content check needs
-    structure, not every pixel, and SSIM's cost grows with the area (a 1080p frame costs
-    about ten times a 640x360 one)."""
-    with open_media(path) as container:
-        ctx = video_stream(container).codec_context
-        width, height = ctx.width, ctx.height
-    scale = min(1.0, (SSIM_MAX_PIXELS / (width * height)) ** 0.5)
-    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+def compare_frames(reference: dict[int, np.ndarray],
+                   candidate: dict[int, np.ndarray]) -> dict[int, tuple[float, float]]:
+    """(luma SSIM, fine detail as a share of the reference's) per frame both sides have; a
+    frame one side lacks scores (0, 0). The detail ratio is what a picture scaled down and
+    up again has lost."""
+    return {i: (_ssim(reference[i], candidate[i]), _detail_ratio(reference[i], candidate[i]))
+            if i in reference else (0.0, 0.0) for i in candidate}
+
+
+def _detail_ratio(reference: np.ndarray, candidate: np.ndarray) -> float:
+    def energy(a: np.ndarray) -> float:
+        a = a.astype(np.float64)
+        lap = 4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]
+        return float(np.mean(lap * lap))
+    base = energy(reference)
+    return energy(candidate) / base if base > 1e-6 else 1.0
 
 
 def _ssim(x: np.ndarray, y: np.ndarray) -> float:
@@ -150,3 +164,36 @@ def _box_mean(a: np.ndarray, window: int) -> np.ndarray:
     sums = (table[window:, window:] - table[:-window, window:]
             - table[window:, :-window] + table[:-window, :-window])
     return sums / (window * window)
+
+
+# --- audio content --------------------------------------------------------------------------
+
+AUDIO_RATE = 16_000
+AUDIO_WINDOW_S = 0.1
+AUDIO_BANDS = 24
+
+
+def audio_bands(paths: list[PathLike]) -> np.ndarray:
+    """The audio of `paths` played in order, as energy in AUDIO_BANDS frequency bands per
+    AUDIO_WINDOW_S window: shape (windows, bands). Silence, another track or a shifted one
+    differ from the source window by window; an honest AAC encode does not."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+    chunks = []
+    for path in paths:
+        with open_media(path) as container:
+            if not container.streams.audio:
+                raise MediaError(f"{path} has no audio", reason="no_audio_stream")
+            for frame in container.decode(container.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+    for out in resampler.resample(None):
+        chunks.append(out.to_ndarray().reshape(-1))
+    samples = np.concatenate(chunks).astype(np.float64) / 32768 if chunks else np.zeros(0)
+    size = int(AUDIO_RATE * AUDIO_WINDOW_S)
+    windows = len(samples) // size
+    if windows == 0:
+        return np.zeros((0, AUDIO_BANDS))
+    frames = samples[:windows * size].reshape(windows, size) * np.hanning(size)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    edges = np.unique(np.geomspace(2, power.shape[1], AUDIO_BANDS + 1).astype(int))
+    return np.stack([power[:, a:b].sum(axis=1) for a, b in zip(edges, edges[1:])], axis=1)

@@ -12,26 +12,26 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import m3u8
 
 from chalicelib.aws.blobs import S3Uri, output_key
 from chalicelib.context import Ports
-from chalicelib.errors import InputError, MediaError, ProoflineError
+from chalicelib.errors import InputError
 from chalicelib.media import ffmpeg_args, hls, profiles
 from chalicelib.media import probe as media
 from chalicelib.media import tasks as transcode
-from chalicelib.models import Job, Output, Task, TranscodePlan
-from chalicelib.verification import segments as segment_checks
+from chalicelib.models import Job, Output, Task, TranscodePlan, is_pool
+from chalicelib.verification import audit
 from chalicelib.verification.package import check_package
 from chalicelib.verification.policies import Verdict
 
-from . import segments
+from . import segments, verify
 from .ffmpeg import decode_check, run_ffmpeg
 from .inputs import fetch_input
-from .measure import measure_segment, ssim_sampled
 
 FFMPEG_TIMEOUT_S = 240
 OUTPUT_LIMIT = 2 << 30
+SOURCE_LIMIT = 16 << 30          # the audio check reads the whole source (job class limit: 10 GiB)
+FINGERPRINT_LIMIT = 64 << 20
 PACKAGE_TOLERANCE_S = 0.5
 
 
@@ -129,7 +129,10 @@ def upload_outputs(p: Ports, task: Task, files: list[Path], root: Path) -> list[
 
 
 def check_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[Verdict, list[Output]]:
-    """Measure the task's outputs from the bytes in storage; promote them when they pass."""
+    """Measure the task's outputs from the bytes in storage (a marketplace worker's as
+    frozen when it committed); promote them when they pass. Whether this segment's content
+    is audited, and which frames, is drawn from the stage's audit secret and the hashes the
+    worker committed to, at the depth its trust calls for."""
     local = {}
     actual = {}
     for output in task.outputs:
@@ -137,63 +140,76 @@ def check_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[Verdict, 
         path.parent.mkdir(parents=True, exist_ok=True)
         p.blobs.download(S3Uri.parse(output.uri), path, limit=OUTPUT_LIMIT)
         local[output.name], actual[output.name] = path, media.sha256_file(path)
-    verdict = (_check_video(p, job, task, workdir, local, actual) if task.kind == "video"
-               else _check_audio(job, task, local, actual))
+    verification = p.catalog.job_class(job.kind).verification
+    key = audit.audit_key(p.audit_secret or "", subject=f"{task.job_id}~{task.task_id}#"
+                          f"{task.attempt}", committed=[o.sha256 for o in task.outputs])
+    depth = verification.content_audit
+    rate = depth.rate(trusted=is_pool(task.worker)) if depth else 1.0
+    audited = audit.chance(key, "content") < rate
+    verdict = (_check_video(p, job, task, workdir, local, actual,
+                            key if audited else None, verification.ssim_frames)
+               if task.kind == "video" else
+               _check_audio(p, job, task, workdir, local, actual, audited))
+    verdict = Verdict(verdict.policy, verdict.checks,
+                      {**verdict.measured, "audit_rate": rate,
+                       "trusted": is_pool(task.worker)})
     promoted = [_promote(p, o) for o in task.outputs] if verdict.passed else []
+    if None in promoted:
+        verdict = Verdict(verdict.policy, {**verdict.checks, "promoted_bytes_match": False},
+                          verdict.measured)
+        promoted = []
     return verdict, promoted
 
 
-def _check_video(p: Ports, job: Job, task: Task, workdir: Path, local: dict,
-                 actual: dict) -> Verdict:
-    plan = job.plan
+def _check_video(p: Ports, job: Job, task: Task, workdir: Path, local: dict, actual: dict,
+                 key: bytes | None, ssim_frames: int) -> Verdict:
     if len(task.outputs) != 1:
         return Verdict("segment_video", {"one_output": False}, {"files": sorted(actual)})
     output = task.outputs[0]
-    source = workdir / "source.mkv"
-    p.blobs.download(S3Uri.parse(task.input_uri), source, limit=OUTPUT_LIMIT)
-    try:
-        measure = measure_segment(local[output.name]).model_dump()
-        ssim = ssim_sampled(source, local[output.name]).min
-    except (MediaError, ProoflineError, av.FFmpegError, ValueError) as error:
-        return Verdict("segment_video", {"sha256_matches": actual[output.name] == output.sha256,
-                                         "output_readable": False},
-                       {"error": str(error)[:500]})
-    return segment_checks.video_segment(
-        planned=_rendition(plan, task.rendition).model_dump(), reported_sha256=output.sha256,
-        actual_sha256=actual[output.name], measure=measure, source_duration_s=task.duration_s,
-        start_s=task.start_s, segment_s=plan.segment_s, fps=float(Fraction(plan.fps)),
-        ssim_min=round(ssim, 4))
+    source = reference = None
+    if key is not None:
+        source = workdir / "source.mkv"
+        p.blobs.download(S3Uri.parse(task.input_uri), source, limit=OUTPUT_LIMIT)
+        reference = _source_fingerprints(p, task, source)
+    return verify.judge_video(
+        local[output.name], reported_sha256=output.sha256, actual_sha256=actual[output.name],
+        planned=_rendition(job.plan, task.rendition), fps=Fraction(job.plan.fps),
+        segment_s=job.plan.segment_s, start_s=task.start_s, source_duration_s=task.duration_s,
+        source=source, reference=reference, key=key, ssim_frames=ssim_frames)
 
 
-def _check_audio(job: Job, task: Task, local: dict, actual: dict) -> Verdict:
-    duration = codec = None
-    try:
-        if job.plan.container == "hls":
-            playlist = local.get("audio/audio.m3u8")
-            parsed = m3u8.loads(playlist.read_text())
-            duration = sum(s.duration for s in parsed.segments)
-            missing = [s.uri for s in parsed.segments if f"audio/{s.uri}" not in local]
-            first = local[f"audio/{parsed.segments[0].uri}"] if not missing else None
-        else:
-            first, missing = local.get("audio/audio.m4a"), []
-        if first is not None and not missing:
-            with av.open(str(first)) as container:
-                stream = container.streams.audio[0]
-                codec = stream.codec_context.name
-                if job.plan.container == "mp4":
-                    duration = float(stream.duration * stream.time_base)
-    except (AttributeError, IndexError, KeyError, av.FFmpegError, ValueError, TypeError):
-        pass
-    return segment_checks.audio_track(
-        reported={o.name: o.sha256 for o in task.outputs}, actual=actual, duration_s=duration,
-        source_duration_s=task.duration_s, has_audio=codec is not None, codec=codec)
+def _source_fingerprints(p: Ports, task: Task, source: Path) -> verify.Reference:
+    """The source segment's fingerprints, decoded once for all its renditions' checks and
+    kept beside the job (the verifier's own, so no worker can touch them)."""
+    cached = S3Uri(p.settings.artifacts_bucket,
+                   f"fingerprints/{task.job_id}/{task.input_hash.replace(':', '/')}.npz")
+    if p.blobs.head(cached) is not None:
+        return verify.Reference.load(p.blobs.read(cached, FINGERPRINT_LIMIT))
+    reference = verify.Reference.of(source, task.duration_s)
+    p.blobs.put(cached, reference.dump())
+    return reference
 
 
-def _promote(p: Ports, output: Output) -> Output:
+def _check_audio(p: Ports, job: Job, task: Task, workdir: Path, local: dict, actual: dict,
+                 audited: bool) -> Verdict:
+    source = None
+    if audited:
+        source = workdir / "source"
+        p.blobs.download(S3Uri.parse(task.input_uri), source, limit=SOURCE_LIMIT)
+    return verify.judge_audio(local, reported={o.name: o.sha256 for o in task.outputs},
+                              actual=actual, container=job.plan.container,
+                              source_duration_s=task.duration_s, source=source)
+
+
+def _promote(p: Ports, output: Output) -> Output | None:
+    """To the content-addressed key, hashed again there: what is delivered is exactly what
+    was measured (None if the stored bytes are not)."""
     target = S3Uri(p.settings.artifacts_bucket,
                    output_key(output.sha256, Path(output.name).name))
     if p.blobs.head(target) is None:
         p.blobs.copy(S3Uri.parse(output.uri), target)
+    if p.blobs.sha256(target)[0] != output.sha256:
+        return None
     return output.model_copy(update={"uri": str(target)})
 
 

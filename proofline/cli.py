@@ -148,6 +148,14 @@ def jobs_show(ctx, job_id, as_json):
                           f"{done['failed']} failed")
         if job.get("metrics"):
             table.add_row("[dim]metrics[/dim]", " ".join(f"{k}={v}" for k, v in job["metrics"].items()))
+        verification = job.get("verification")
+        if verification:
+            caught = ", ".join(f"{k} faked: p={v}" for k, v in
+                               verification["caught_if_faked"].items())
+            table.add_row("[dim]verified[/dim]",
+                          f"{verification['audited']} of {verification['population']} "
+                          f"{verification['unit']} audited; {verification['statement']}\n"
+                          f"[dim]{caught}[/dim]")
         stats = job.get("class_stats") or {}
         if stats.get("validation_failure_rate") is not None or stats.get("retry_rate") is not None:
             table.add_row(f"[dim]{job['kind']}[/dim]",

@@ -144,19 +144,26 @@ def _ffmpeg(args: list[str], path) -> Path:
     return Path(path)
 
 
-def seed_challenges(blobs, bucket: str, workdir) -> list[str]:
-    """Put the clips challenge jobs transcode (chalicelib.challenges.CHALLENGES) into the
-    artifacts bucket, where they are missing; returns the URIs written."""
+# The starting pool of challenge clips: lavfi patterns of different looks, sizes and lengths.
+# An operator grows the pool by putting any video under the class's prefix.
+CHALLENGE_CLIPS = (("testsrc2", 320, 240, 8.0), ("smptehdbars", 320, 180, 6.0),
+                   ("rgbtestsrc", 256, 144, 8.0), ("testsrc", 320, 240, 5.0))
 
+
+def seed_challenges(blobs, bucket: str, workdir) -> list[str]:
+    """Put the starting pool of clips challenge jobs transcode (`CHALLENGES` in
+    chalicelib.market.challenges) into the artifacts bucket, where missing; returns the URIs
+    written."""
     written = []
     for job_class, spec in CHALLENGES.items():
-        if spec.key is None:                 # an inline challenge: nothing to store
+        if spec.clips is None:               # an inline challenge: nothing to store
             continue
-        uri = S3Uri(bucket, spec.key)
-        if blobs.head(uri) is not None:
-            continue
-        clip = make_clip(Path(workdir) / f"{job_class}.mp4", seconds=8.0, width=320,
-                         height=240, audio=False)
-        blobs.upload(uri, clip)
-        written.append(str(uri))
+        for pattern, width, height, seconds in CHALLENGE_CLIPS:
+            uri = S3Uri(bucket, f"{spec.clips}{pattern}-{width}x{height}.mp4")
+            if blobs.head(uri) is not None:
+                continue
+            clip = make_clip(Path(workdir) / f"{job_class}-{pattern}.mp4", seconds=seconds,
+                             width=width, height=height, audio=False, seed_pattern=pattern)
+            blobs.upload(uri, clip)
+            written.append(str(uri))
     return written

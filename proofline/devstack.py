@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -53,6 +54,7 @@ class StackInfo:
     token_address: str = ""
     # anvil's well-known development keys, for the local stage only
     dev_keys: dict[str, str] | None = None
+    audit_secret: str = ""            # made afresh for each local stack, never stored in the repo
 
     def environment(self) -> dict[str, str]:
         """What a process needs to talk to this stack with boto3 and web3."""
@@ -65,6 +67,7 @@ class StackInfo:
                 "PROOFLINE_CONTROL_KEY": keys.get("control", ""),
                 "PROOFLINE_POOL_KEY": keys.get("pool", ""),
                 "PROOFLINE_POOL_ADDRESS": keys.get("pool_address", ""),
+                "PROOFLINE_AUDIT_SECRET": self.audit_secret,
                 "PAYMENT_TOKENS": json.dumps({TEST_TOKEN: {"address": self.token_address,
                                                            "decimals": TEST_TOKEN_DECIMALS}}
                                              if self.token_address else {})}
@@ -102,6 +105,7 @@ class DevStack:
                               aws_endpoint=f"http://{HOST}:{self.aws_port}", region=self.region,
                               stage="local", started_at=time.time(), state_dir=str(self.state_dir),
                               rpc_url=self.anvil.url, chain_id=self.anvil.chain_id,
+                              audit_secret=secrets.token_hex(32),
                               **_deploy_escrow(self.anvil))
         os.environ.update(self.info.environment())
         for cached in (config.settings, ports.default):

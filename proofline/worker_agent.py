@@ -177,7 +177,9 @@ class Agent:
                 source = workdir / ("input" + Path(lease["task"]["input_uri"]).suffix)
                 _download(lease["input"]["url"], source)
                 plan = TranscodePlan.model_validate(lease["plan"])
-                task = Task.model_validate(lease["task"])
+                # A lease does not say how many tries the task has (that would tell a
+                # challenge from a client's task); the encoder does not need it.
+                task = Task.model_validate({"max_attempts": 1, **lease["task"]})
                 files, execution = self.encode(plan, task, source, workdir / "out")
                 outputs = [self._upload(slot, workdir / "out" / slot["name"])
                            for slot in lease["outputs"]]

@@ -119,3 +119,10 @@ def drop(aws, key, path=None, body=None):
         aws.s3.put_object(Bucket=INTAKE, Key=key, Body=body)
     etag = aws.s3.head_object(Bucket=INTAKE, Key=key)["ETag"].strip('"')
     return derive_job_id(f"s3:{INTAKE}/{key}@{etag}"), etag
+
+
+def challenge_passed(agent, job_class: str) -> bool:
+    """What an informed cheat can know: its own record says its challenge has passed (a
+    challenge looks like any client's job, so this is how it knows when to start cheating)."""
+    challenge = agent.api.worker(agent.did).get("challenges", {}).get(job_class) or {}
+    return challenge.get("state") == "passed"

@@ -37,6 +37,12 @@ def attempt_key(job_id: str, attempt: int, name: str) -> str:
     return f"attempts/{job_id}/{attempt:03d}/{name}"
 
 
+def evidence_key(upload_key: str, sha256: str) -> str:
+    """Where a worker's upload is frozen at submission, under the hash it claimed: no
+    presigned URL ever names it."""
+    return f"evidence/{sha256.replace(':', '/')}/{upload_key.removeprefix('attempts/')}"
+
+
 def output_key(sha256: str, name: str) -> str:
     return f"outputs/{sha256.replace(':', '/')}/{name}"
 
@@ -81,6 +87,12 @@ class Blobs:
                 out.write(chunk)
         return size
 
+    def list_keys(self, prefix: S3Uri, limit: int = 1000) -> list[str]:
+        """Keys under `prefix` (at most `limit`)."""
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=prefix.bucket, Prefix=prefix.key, PaginationConfig={"MaxItems": limit})
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
     def put(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
         self._s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type)
 
@@ -92,6 +104,19 @@ class Blobs:
     def copy(self, source: S3Uri, target: S3Uri) -> None:
         self._s3.copy_object(Bucket=target.bucket, Key=target.key,
                              CopySource={"Bucket": source.bucket, "Key": source.key})
+
+    def freeze(self, upload: S3Uri, evidence: S3Uri) -> dict | None:
+        """Copy what a worker uploaded to where it cannot write, at the moment it commits
+        to its result: what is measured and promoted from then on is this copy, whatever
+        the worker uploads later through its URL. The copy's head, or None if nothing was
+        uploaded."""
+        try:
+            self.copy(upload, evidence)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return self.head(evidence)
 
     def presign_put(self, uri: S3Uri, expires: int) -> str:
         return self._s3.generate_presigned_url("put_object", ExpiresIn=expires,

@@ -33,10 +33,29 @@ class Defaults(_Strict):
 class Verification(_Strict):
     policy: str
     queue: str = "verify"             # where checks run: re-execution needs the model's pool
-    sample_rate: Annotated[float, Field(gt=0, le=1)] = 1.0
+    sample_rate: Annotated[float, Field(gt=0, le=1)] = 1.0      # the operator's pools
+    # A marketplace worker's re-executed share never falls below this (audit.items_to_audit).
+    audit_floor: Annotated[float, Field(gt=0, le=1)] = 0.1
     cosine_min: Annotated[float, Field(gt=0, le=1)] | None = None
     # 2: the trusted pool runs the whole job again and every row is compared (no sampling)
     redundancy: Literal[1, 2] = 1
+    # Depth follows trust: the share of a transcode's segments whose content (every frame's
+    # fingerprint, SSIM at drawn frames, the audio against the source) is audited, for the
+    # operator's own pools and for marketplace workers; structure, hashes, frame count and
+    # bitrate are checked on every segment either way.
+    content_audit: "ContentAudit | None" = None
+    ssim_frames: Annotated[int, Field(ge=1, le=30)] = 3
+
+
+class ContentAudit(_Strict):
+    trusted: Annotated[float, Field(ge=0, le=1)]
+    untrusted: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+    def rate(self, *, trusted: bool) -> float:
+        return self.trusted if trusted else self.untrusted
+
+
+Verification.model_rebuild()
 
 
 class Limits(_Strict):

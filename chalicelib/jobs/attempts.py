@@ -115,6 +115,9 @@ def verify(ports: Ports, job: Job, result: AttemptResult,
     if job.escrow and verdict.checks.get("output_readable", True):
         verdict = _with_signature_check(ports, job, result, verdict)
     promoted = _promote(ports, result.output) if verdict.passed else None
+    if verdict.passed and promoted is None:
+        verdict = Verdict(verdict.policy, {**verdict.checks, "promoted_bytes_match": False},
+                          verdict.measured)
     now = ports.clock()
 
     def plan(j: Job):
@@ -222,12 +225,15 @@ def _evidence(ports: Ports, job: Job, result: AttemptResult) -> Evidence:
     return Evidence(output=output, input_size_bytes=head["ContentLength"] if head else None)
 
 
-def _promote(ports: Ports, output: Output) -> Output:
+def _promote(ports: Ports, output: Output) -> Output | None:
     """Copy to a content-addressed key: a late or duplicate attempt can only write the same
-    bytes to the same place, never replace a promoted output with other ones."""
+    bytes to the same place, never replace a promoted output with other ones. The promoted
+    object is hashed again, so what is delivered is exactly what was verified (None if not)."""
     target = S3Uri(ports.settings.artifacts_bucket, output_key(output.sha256, output.name))
     if ports.blobs.head(target) is None:
         ports.blobs.copy(S3Uri.parse(output.uri), target)
+    if ports.blobs.sha256(target)[0] != output.sha256:
+        return None
     return output.model_copy(update={"uri": str(target)})
 
 

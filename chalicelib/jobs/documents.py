@@ -9,6 +9,7 @@ from chalicelib.aws.store import JobView
 from chalicelib.context import Ports
 from chalicelib.errors import Conflict, InvalidRequest
 from chalicelib.jobs.lifecycle import class_rates
+from chalicelib.verification import guarantee
 
 _SHA = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -23,6 +24,8 @@ def job_document(ports: Ports, view: JobView) -> dict:
     if view.tasks:
         doc["progress"] = progress(view.tasks)
     doc["metrics"] = job_metrics(view)
+    doc["verification"] = guarantee.summarize(
+        {"type": e.type, "data": e.data} for e in view.events)
     if view.job.kind != "unknown":
         doc["class_stats"] = class_rates(ports, view.job.kind)
     return doc

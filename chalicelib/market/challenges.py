@@ -9,6 +9,7 @@ unverified for it (`unavailable`), so it is never routed there.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,24 +29,37 @@ logger = Logger(child=True)
 
 @dataclass(frozen=True)
 class ChallengeSpec:
-    key: str | None = None            # an input kept in the artifacts bucket
-    profile: str | None = None
-    texts: tuple[str, ...] = ()       # or inline inputs
-    prompt: str | None = None
+    clips: str | None = None          # a prefix in the artifacts bucket: the pool of inputs
+    texts: int = 0                    # or this many sentences made from SENTENCE_PARTS
+    prompt: bool = False              # or a prompt made from PROMPT_PARTS
 
 
 CHALLENGES = {
-    "ffmpeg_hls": ChallengeSpec(key="challenges/ffmpeg_hls.mp4", profile="hls-720p"),
+    # Any clip an operator keeps under the prefix (`proofline ops seed-challenges` adds more).
+    "ffmpeg_hls": ChallengeSpec(clips="challenges/ffmpeg_hls/"),
     # Re-executed in full on the trusted pool, so every vector must match.
-    "embed_batch": ChallengeSpec(texts=(
-        "A verifiable compute job is paid only after its output is checked.",
-        "The quick brown fox jumps over the lazy dog.",
-        "Segments are encoded in parallel and verified against the source.",
-        "Escrow releases payment to the worker once verification passes.",
-        "A heartbeat keeps a worker's lease alive while it runs a task.",
-        "Cosine similarity compares two embedding vectors.")),
-    "generate_small": ChallengeSpec(prompt="Proofline verifies work before it pays for it."),
+    "embed_batch": ChallengeSpec(texts=6),
+    "generate_small": ChallengeSpec(prompt=True),
 }
+# Inline challenges are drawn from these (thousands of combinations), so a worker cannot
+# keep a list of the texts it will be challenged with.
+SENTENCE_PARTS = (
+    ("The verifier", "A worker", "The escrow", "Each segment", "A client", "The router",
+     "Every heartbeat", "The sweeper", "An auditor", "The pool"),
+    ("checks", "pays for", "encodes", "signs", "re-executes", "measures", "routes", "keeps",
+     "compares", "records"),
+    ("the output hash", "a ladder of renditions", "the sampled frames", "its signed result",
+     "the embedding vectors", "a lease past its deadline", "the source segment",
+     "the dispute window", "a batch of texts", "the job's timeline"),
+    ("before it is paid.", "on the trusted pool.", "within the hour.", "as the contract will.",
+     "for every client.", "without a second try.", "at the edge of the network.",
+     "before the deadline passes.", "in one transaction.", "with its own key."),
+)
+PROMPT_PARTS = (
+    ("Write about", "Describe", "Explain", "Tell a story about", "Summarize"),
+    ("a lighthouse", "verifiable compute", "a river at night", "an old train station",
+     "a market at dawn", "the first snow", "a quiet library", "a ship leaving port"),
+)
 RECHECK_FRACTION = 0.1                # re-challenge in the last tenth of a verification
 ABSENCE = frozenset({"offer_lapsed", "lease_expired", "lease_released", "lease_lost"})
 
@@ -66,26 +80,42 @@ def due(worker: Worker, now: datetime, ttl_s: int) -> list[str]:
 
 
 def start(ports: Ports, worker: Worker, job_class: str) -> Challenge:
+    """A challenge job shaped like a client's: a job id of the same form, an input drawn from
+    a pool, the class's usual profile and attempts. Only the control plane knows."""
     now = ports.clock()
     spec = CHALLENGES.get(job_class)
-    uri = S3Uri(ports.settings.artifacts_bucket, spec.key) if spec and spec.key else None
-    if spec is None or (uri is not None and ports.blobs.head(uri) is None):
+    inputs = _inputs(ports, spec, job_class) if spec else None
+    if inputs is None:
         outcome = Challenge(state="unavailable", at=now,
                             reason=f"no challenge is kept for {job_class}")
     else:
-        job_id = f"challenge-{worker.address[2:10].lower()}-{int(now.timestamp() * 1000)}"
-        inputs = ({"input_uri": str(uri)} if uri else {"texts": list(spec.texts)} if spec.texts
-                  else {"prompt": spec.prompt, "max_tokens": 16, "seed": 7})
-        manifest = Manifest(kind=job_class, profile=spec.profile, payment_policy="none",
-                            **inputs, **({} if uri else {"max_attempts": 1}))
-        job, _ = jobs.accept(ports, manifest, job_id=job_id, source="challenge",
-                             challenge=worker.did)
+        # One try: a wrong output fails the challenge (the worker is never told the limit).
+        manifest = Manifest(kind=job_class, payment_policy="none", max_attempts=1, **inputs)
+        job, _ = jobs.accept(ports, manifest,
+                             job_id=jobs.derive_job_id(f"challenge:{secrets.token_hex(16)}"),
+                             source="challenge", challenge=worker.did)
         outcome = Challenge(job_id=job.job_id, state="pending", at=now)
     challenged(ports.workers, worker.did, job_class, outcome, now=now,
                ttl_s=ports.settings.capability_ttl_s)
     logger.info("challenge", extra={"worker": worker.did, "job_class": job_class,
                                     "state": outcome.state, "job_id": outcome.job_id})
     return outcome
+
+
+def _inputs(ports: Ports, spec: ChallengeSpec, job_class: str) -> dict | None:
+    pick = secrets.SystemRandom()
+    if spec.clips:
+        keys = ports.blobs.list_keys(S3Uri(ports.settings.artifacts_bucket, spec.clips))
+        if not keys:
+            return None
+        profiles = sorted(ports.catalog.job_class(job_class).profiles)
+        return {"input_uri": str(S3Uri(ports.settings.artifacts_bucket, pick.choice(keys))),
+                "profile": pick.choice(profiles) if profiles else None}
+    if spec.texts:
+        return {"texts": [" ".join(pick.choice(part) for part in SENTENCE_PARTS)
+                          for _ in range(spec.texts)]}
+    return {"prompt": " ".join(pick.choice(part) for part in PROMPT_PARTS) + ".",
+            "max_tokens": 16, "seed": pick.randrange(1 << 16)}
 
 
 def enrol(ports: Ports, worker: Worker) -> Worker:

@@ -21,6 +21,7 @@ from chalicelib.errors import Conflict, Forbidden, InvalidRequest
 from chalicelib.jobs import states
 from chalicelib.jobs.attempts import start, submit
 from chalicelib.jobs.lifecycle import apply
+from chalicelib.market.evidence import frozen
 from chalicelib.market.inference_inputs import (
     digest,
     dispatched_prompt,
@@ -168,16 +169,13 @@ def submit_result(ports: Ports, headers, job_id: str, body: dict) -> Job | None:
                        reason="lease_not_held")
     name = ports.catalog.job_class(job.kind).output
     claimed = body.get("output") if isinstance(body.get("output"), dict) else {}
-    target = S3Uri(ports.settings.artifacts_bucket, attempt_key(job_id, job.attempt, name))
-    stored = ports.blobs.head(target)
+    upload = S3Uri(ports.settings.artifacts_bucket, attempt_key(job_id, job.attempt, name))
     try:
-        size = int(claimed["size_bytes"])
-        output = Output(name=name, uri=str(target), sha256=claimed["sha256"], size_bytes=size)
+        output = Output(name=name, uri=str(upload), sha256=claimed["sha256"],
+                        size_bytes=int(claimed["size_bytes"]))
     except (KeyError, TypeError, ValueError):
         raise InvalidRequest("output needs sha256 and size_bytes", reason="invalid_outputs") from None
-    if stored is None or stored["ContentLength"] != size:
-        raise InvalidRequest(f"{name} is not uploaded (or not {size} bytes) at the lease's URL",
-                             reason="output_missing")
+    output = frozen(ports, output)
     execution = body.get("execution") if isinstance(body.get("execution"), dict) else {}
     keep = ("model", "model_s", "cold_start_s", "warm", "ttfb_s", "count", "dim", "tokens")
     execution = {k: execution[k] for k in keep if k in execution} | {"worker": did}

@@ -20,6 +20,7 @@ from chalicelib.errors import Conflict, Forbidden, InvalidRequest, JobNotFound, 
 from chalicelib.identity.signing import SIGNATURE_HEADER, address_of
 from chalicelib.jobs import states
 from chalicelib.jobs.lifecycle import apply
+from chalicelib.market.evidence import frozen
 from chalicelib.market.job_leases import take
 from chalicelib.market.workers import signed
 from chalicelib.media import tasks as transcode
@@ -106,7 +107,7 @@ def document(ports: Ports, job: Job, task: Task) -> dict:
             "lease_expires_at": task.deadline.isoformat(),
             "task": task.model_dump(mode="json", include={
                 "job_id", "task_id", "kind", "rendition", "index", "start_s", "duration_s",
-                "input_uri", "input_hash", "attempt", "max_attempts", "updated_at"}),
+                "input_uri", "input_hash", "attempt", "updated_at"}),
             "plan": job.plan.model_dump(mode="json"),
             "input": {"url": ports.blobs.presign_get(S3Uri.parse(task.input_uri), ttl),
                       "sha256": task.input_hash},
@@ -215,16 +216,13 @@ def _outputs(ports: Ports, task: Task, claimed) -> list[Output]:
         if name != output_name(task):
             raise InvalidRequest(f"output {name!r} is not this task's ({output_name(task)})",
                                  reason="invalid_outputs")
-        uri = output_uri(ports, task, name)
-        stored = ports.blobs.head(uri)
-        if stored is None or stored["ContentLength"] != size:
-            raise InvalidRequest(f"{name} is not uploaded (or not {size} bytes) at the "
-                                 "lease's URL", reason="output_missing")
+        upload = output_uri(ports, task, name)
         try:
-            outputs.append(Output(name=name, uri=str(uri), sha256=sha256, size_bytes=size))
+            output = Output(name=name, uri=str(upload), sha256=sha256, size_bytes=size)
         except ValueError:
             raise InvalidRequest(f"{sha256!r} is not a sha256:<hex> digest",
                                  reason="invalid_outputs") from None
+        outputs.append(frozen(ports, output))
     return outputs
 
 

@@ -104,6 +104,9 @@ class Worker(BaseModel):
         doc = self.model_dump(mode="json")
         doc["routable_for"] = sorted(c for c in self.verified if self.verified_for(c, now))
         doc["heartbeat_fresh"] = self.fresh(now, heartbeat_ttl_s)
+        for challenge in doc["challenges"].values():
+            if challenge["state"] == "pending":     # which job is the test stays unknown
+                challenge["job_id"] = None
         for job_class, stats in doc["reputation"].items():
             rep = Reputation.from_dict(stats)
             stats.update(score=round(rep.score_at(now), 4),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from chalicelib.identity.signing import did_for, sign_request
 from proofline import clips
 from proofline.client import ApiError
 from proofline.worker_agent import Agent
-from tests.conftest import forged_headers, wait_for
+from tests.conftest import challenge_passed, forged_headers, wait_for
 
 pytestmark = pytest.mark.stack
 PASSPHRASE = "correct horse battery staple"
@@ -38,11 +39,12 @@ def claims(price: str) -> dict:
 
 
 class Cheat(Agent):
-    """Encodes another video of the right shape: behaves on challenges unless `always`."""
+    """Encodes another video of the right shape: behaves until its challenge has passed,
+    unless `always`."""
     always = False
 
     def encode(self, plan, task, source, out):
-        if task.job_id.startswith("challenge-") and not self.always:
+        if not self.always and not challenge_passed(self, "ffmpeg_hls"):
             return super().encode(plan, task, source, out)
         fake_source = out.parent / "other.mp4"
         clips.make_clip(fake_source, seconds=task.duration_s + 1, width=320, height=240,
@@ -80,11 +82,12 @@ import sys, time
 from eth_account import Account
 from proofline.client import Api
 from proofline.worker_agent import Agent
-from tests.test_marketplace import claims
+from tests.conftest import challenge_passed
+from tests.market.test_marketplace import claims
 
 class Hanging(Agent):
     def encode(self, plan, task, source, out):
-        if not task.job_id.startswith("challenge-"):
+        if challenge_passed(self, "ffmpeg_hls"):
             time.sleep(600)
         return super().encode(plan, task, source, out)
 
@@ -415,11 +418,11 @@ def test_a_dispute_opened_on_chain_counts_against_the_paid_worker(ports, stack):
     from datetime import datetime, timezone
 
     from hexbytes import HexBytes
-    from tests.test_transcode import RecordingQueues
 
     from chalicelib.market import workers
     from chalicelib.models import Event, Job, Manifest, State
     from chalicelib.settlement import payments
+    from tests.media.test_transcode import RecordingQueues
     held = dataclasses.replace(ports, queues=RecordingQueues())
     account = Account.create()
     did = did_for(account.address, stack.info.chain_id)
@@ -438,3 +441,55 @@ def test_a_dispute_opened_on_chain_counts_against_the_paid_worker(ports, stack):
     assert held.workers.get(did).reputation["ffmpeg_hls"]["disputes"] == 1
     assert payments.on_dispute_opened(held, held.store.get(job.job_id), log) is None
     assert held.workers.get(did).reputation["ffmpeg_hls"]["disputes"] == 1   # read once
+
+
+class LeaseRecorder(Agent):
+    """Honest, and keeps every task lease it was handed, as a worker sees them."""
+
+    def lease(self):
+        got = super().lease()
+        if got and got.get("kind") == "task":
+            self.leases = getattr(self, "leases", []) + [got]
+        return got
+
+
+def shape(value):
+    """The structure of a document: keys and value types, not values (a list's items vary
+    with the content, e.g. how many segments, so only its being a list counts)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, shape(v)) for k, v in value.items()))
+    return "list" if isinstance(value, list) else type(value).__name__
+
+
+def test_a_challenge_and_a_client_job_look_the_same_to_a_worker(api, stack, market, media_dir):
+    account = Account.create()
+    recorder = LeaseRecorder(api=api, account=account,
+                             did=did_for(account.address, stack.info.chain_id),
+                             claims=claims("0.0000001"), heartbeat_every_s=1, poll_s=0.3,
+                             log=lambda _: None)
+    thread = in_thread(recorder)
+    try:
+        wait_until(lambda: challenge_state(api, recorder.did) == "passed", 120,
+                   "the recorder's challenge to pass")
+        challenge_job = api.worker(recorder.did)["challenges"]["ffmpeg_hls"]["job_id"]
+        source = clips.make_gop_clip(media_dir / "lookalike.mp4", seconds=6.0, gop=100,
+                                     width=320, height=240, fps=25)
+        slot = api.upload(source)
+        job, _ = api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
+                             "input_hash": slot["input_hash"]},
+                            idempotency_key=str(uuid.uuid4()))
+        final = wait_for(api, job["job_id"], timeout=180)
+        assert final["state"] == "settled"
+    finally:
+        recorder.stop()
+        thread.join(timeout=60)
+        leave(api, account, recorder.did)
+    leases = getattr(recorder, "leases", [])
+    challenge = [lease for lease in leases if lease["job_id"] == challenge_job]
+    client = [lease for lease in leases if lease["job_id"] == job["job_id"]]
+    assert challenge and client, [lease["job_id"] for lease in leases]
+    assert {shape(lease) for lease in challenge} == {shape(lease) for lease in client}
+    for lease in challenge + client:
+        assert re.fullmatch(r"job-[0-9a-f]{20}", lease["job_id"])
+        assert "challenge" not in json.dumps(lease).lower()
+        assert "max_attempts" not in lease["task"]            # a challenge has one try

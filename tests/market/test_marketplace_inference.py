@@ -3,6 +3,7 @@ inputs redacted for untrusted hands, re-executed on the trusted pool before anyt
 counts, and private jobs kept off untrusted workers altogether."""
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -10,12 +11,13 @@ import uuid
 
 import numpy as np
 import pytest
+import requests
 from eth_account import Account
 
 from chalicelib.identity.signing import did_for
 from proofline.client import ApiError
 from proofline.worker_agent import Agent
-from tests.conftest import wait_for
+from tests.conftest import challenge_passed, wait_for
 
 pytestmark = pytest.mark.stack
 SECRET_MAIL = "alice.secret@example.com"
@@ -36,7 +38,7 @@ class Perturbing(Recording):
 
     def run_model(self, lease):
         body, execution = super().run_model(lease)
-        if lease["job_id"].startswith("challenge-"):
+        if not challenge_passed(self, "embed_batch"):
             return body, execution
         vectors = np.load(io.BytesIO(body))
         noise = np.random.default_rng(1).normal(0, 0.08, vectors.shape)
@@ -170,7 +172,7 @@ class Slow(Recording):
     """Takes longer than one lease, heartbeating all along."""
 
     def run_model(self, lease):
-        if not lease["job_id"].startswith("challenge-"):
+        if challenge_passed(self, "embed_batch"):
             time.sleep(8)
         return super().run_model(lease)
 
@@ -195,7 +197,7 @@ class Vanishing(Recording):
     """Leases a client's job, then goes silent mid-run: no heartbeat, no result."""
 
     def run_model(self, lease):
-        if lease["job_id"].startswith("challenge-"):
+        if not challenge_passed(self, "embed_batch"):
             return super().run_model(lease)
         self.seen = getattr(self, "seen", []) + [(lease["job_id"], lease["inputs"])]
         self._stop.set()                      # the heartbeat thread ends with it
@@ -218,3 +220,42 @@ def test_a_worker_that_goes_quiet_loses_its_lease_and_the_job_finishes_elsewhere
     assert leased[0] == gone.did and leased[-1] != gone.did
     assert any(e["type"] == "lease.expired" for e in events)
     assert api.worker(gone.did)["reputation"]["embed_batch"]["timeouts"] == 1
+
+
+class Tampering(Recording):
+    """Hands in honest vectors, then rewrites its upload through the lease's URL, which
+    stays valid after the result is in (as a presigned PUT does)."""
+
+    def infer(self, lease):
+        super().infer(lease)
+        if challenge_passed(self, "embed_batch"):
+            fake = np.random.default_rng(7).normal(size=(len(lease["inputs"]["texts"]), 384))
+            fake = (fake / np.linalg.norm(fake, axis=1, keepdims=True)).astype(np.float32)
+            buffer = io.BytesIO()
+            np.save(buffer, fake, allow_pickle=False)
+            requests.put(lease["output"]["url"], data=buffer.getvalue(),
+                         timeout=60).raise_for_status()
+            self.tampered = getattr(self, "tampered", []) + [lease["job_id"]]
+
+
+def test_a_worker_that_rewrites_its_upload_after_submitting_changes_nothing_promoted(
+        api, stack, inference_market):
+    tamperer, thread = start(api, stack.info.chain_id, Tampering, "0.000000001")
+    try:
+        wait_verified(api, tamperer.did)
+        job, _ = api.submit({"kind": "embed_batch", "texts": [f"row {i}" for i in range(8)]},
+                            idempotency_key=str(uuid.uuid4()))
+        final = wait_for(api, job["job_id"], timeout=120)
+    finally:
+        tamperer.stop()
+        thread.join(timeout=60)
+    assert job["job_id"] in getattr(tamperer, "tampered", [])       # it did rewrite the upload
+    assert final["state"] == "settled" and final["attempts"][-1]["worker"] == tamperer.did
+    [output] = final["outputs"]
+    delivered = requests.get(output["download_url"], timeout=60).content
+    assert "sha256:" + hashlib.sha256(delivered).hexdigest() == output["sha256"]
+    vectors = np.load(io.BytesIO(delivered), allow_pickle=False)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
+    submitted = [e for e in api.events(job["job_id"])["events"] if e["type"] == "output.uploaded"]
+    assert submitted[-1]["data"]["sha256"] == output["sha256"]        # what it committed to
+    assert "/evidence/" in submitted[-1]["data"]["uri"]                # frozen out of reach

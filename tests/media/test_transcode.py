@@ -13,6 +13,7 @@ import m3u8
 import pytest
 from conftest import INTAKE, drop, event_types, wait_for
 
+from chalicelib.verification.segments import SSIM_MIN
 from proofline import clips
 
 pytestmark = pytest.mark.stack
@@ -63,8 +64,11 @@ def test_a_transcode_produces_a_verified_playable_hls_ladder(api, source, tmp_pa
     verified = [e for e in events if e["type"] == "segment.verified"]
     assert len(verified) == 2 * 2 + 1                                     # + the audio track
     video = [e for e in verified if e["data"]["rendition"]]
-    assert all(e["data"]["measured"]["ssim_min"] >= 0.8 for e in video)
     assert {e["data"]["checks"]["starts_on_keyframe"] for e in video} == {True}
+    assert {e["data"]["checks"]["frame_count"] for e in video} == {True}
+    assert {e["data"]["measured"]["trusted"] for e in video} == {True}    # the media pool's
+    audited = [e for e in video if e["data"]["measured"]["content_audited"]]
+    assert all(e["data"]["measured"]["ssim_min"] >= SSIM_MIN for e in audited)
     types = event_types(api, job["job_id"])
     assert types.index("segments.planned") < types.index("validation.passed")
 
@@ -177,8 +181,11 @@ def test_a_lying_worker_is_caught_by_verification_and_the_segment_redone(
     assert rejected["task"] == victim.task_id and rejected["data"]["passed"] is False
     failed = {name for name, ok in rejected["data"]["checks"].items() if not ok}
     if liar == "other_video":       # a valid encode in every respect but its picture
-        assert failed == {"content_matches_source"}
-        assert rejected["data"]["measured"]["ssim_min"] < 0.6
+        assert "every_frame_matches_source" in failed
+        assert failed <= {"every_frame_matches_source", "audited_frames_match_source",
+                          "audited_frames_keep_detail", "bitrate"}
+        assert rejected["data"]["measured"]["trusted"] is False     # not a pool: full depth
+        assert rejected["data"]["measured"]["frames_off_count"] > 0
     else:
         assert "duration" in failed
     redone = next(t for t in api.job(job.job_id)["progress"]["by_rendition"].values())

@@ -9,8 +9,9 @@ import pytest
 
 from chalicelib.errors import ExecutionError, FfmpegFailed, FfmpegTimeout, MediaError
 from chalicelib.media.probe import sha256_file
+from chalicelib.verification.segments import frame_distances
 from media_worker.ffmpeg import decode_check, run_ffmpeg
-from media_worker.measure import measure_segment, ssim_sampled
+from media_worker.measure import compare_frames, fingerprints, frames_at, measure_segment
 from media_worker.segments import Keyframe, SourceInfo, inspect_source, plan_split, split_source
 from proofline import clips
 
@@ -226,18 +227,26 @@ def test_split_refuses_a_directory_that_already_holds_segments(aligned_source, a
 
 # --- comparing and decoding -----------------------------------------------------------------
 
-def test_ssim_is_high_for_a_reencode_and_low_for_other_content(aligned_segments, tmp_path):
+def test_content_measures_tell_a_reencode_from_other_pictures(aligned_segments, tmp_path):
     segment = aligned_segments[2][1].path
     reencode = tmp_path / "reencode.mp4"
     run_ffmpeg(["-i", str(segment), "-vf", "scale=240:180", "-c:v", "libx264", "-preset",
                 "veryfast", "-crf", "28", str(reencode)], timeout_s=60)
     other = clips.make_clip(tmp_path / "bars.mp4", seconds=2.0, audio=False,
                             seed_pattern="smptebars")
-    same = ssim_sampled(segment, reencode, samples=3)
-    assert len(same.values) == 3 and same.min >= 0.9
-    assert same.min == min(same.values) and same.mean == pytest.approx(sum(same.values) / 3)
-    assert ssim_sampled(segment, other).mean < 0.6
-    assert ssim_sampled(segment, segment).min == pytest.approx(1.0)
+    source, _ = fingerprints(segment)
+    same, kept = fingerprints(reencode, keep=frozenset({0, 10}))
+    assert same.shape == (len(source), 36, 64) and sorted(kept) == [0, 10]
+    assert kept[0].shape == (180, 240)                       # full resolution, luma only
+    assert max(d for d, _ in frame_distances(source, same, source_fps=25, fps=25)) < 6
+    bars, _ = fingerprints(other)
+    assert min(d for d, _ in frame_distances(source, bars, source_fps=25, fps=25)) > 20
+    compared = compare_frames(frames_at(segment, [0, 10], (240, 180)), kept)
+    assert all(ssim >= 0.9 and detail > 0.5 for ssim, detail in compared.values())
+    bars_full = frames_at(other, [0, 10], (240, 180))
+    assert all(ssim < 0.6 for ssim, _ in compare_frames(bars_full, kept).values())
+    itself = frames_at(segment, [5], (240, 180))
+    assert compare_frames(itself, itself)[5][0] == pytest.approx(1.0)
 
 
 def test_decode_check_passes_a_clean_segment_and_fails_a_truncated_one(aligned_segments, tmp_path):
