@@ -4,7 +4,7 @@ inference`, as the inference pool's check applies them), with the real models.
 Embeddings: jobs of 100 rows drawn from a pool of sentences; a cheat fakes 5 % of the rows,
 or runs another model of the same shape (MiniLM with perturbed or re-initialised weights).
 A new worker has every row re-executed; an established one the rows `audits_needed` says
-catch a 5 % cheat with p ≥ 0.99, drawn with a fresh secret each trial. The trusted model's
+catch a 5 % cheat with p ≥ 0.999 (`audit.items_to_audit`), drawn with a fresh secret each trial. The trusted model's
 vectors of the pool are computed once (it is deterministic); the honest set measures how far
 another batch size moves them, which is the documented tolerance. Generations: another
 model, sampling instead of greedy decoding, a truncated text.
@@ -62,10 +62,11 @@ def _perturbed(model, scale: float, reinit: bool = False):
 
 
 def _other_model_outputs(honest: dict[str, dict]) -> dict[str, dict]:
-    """What a worker running the tiny generator with perturbed weights returns, greedy."""
+    """What a worker running the tiny generator with perturbed weights returns, greedy (the
+    stand-in model is small: a light perturbation often leaves its greedy text unchanged)."""
     source = inference.tiny_generator()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = _perturbed(AutoModelForCausalLM.from_pretrained(source).eval(), 0.05)
+    model = _perturbed(AutoModelForCausalLM.from_pretrained(source).eval(), 0.5)
     outputs = {}
     for prompt, reference in honest.items():
         encoded = tokenizer(prompt, return_tensors="pt")
@@ -86,7 +87,8 @@ def run(trials: int, rng: random.Random, results: dict) -> list[tuple]:
     trusted = _vectors(model, texts)
     others = {"embed_perturbed_weights": _vectors(_perturbed(model, 0.05), texts),
               "embed_reinitialised_weights": _vectors(_perturbed(model, 0, reinit=True), texts)}
-    established = audit.audits_needed(ROWS, 0.05, 0.99)
+    established = audit.items_to_audit(ROWS, trusted=False, verified_jobs=10**6,
+                                       sample_rate=0.1, floor=0.01)
     rows = []
 
     def judge(claimed: np.ndarray, picked: list[int], audited: int) -> bool:
@@ -163,13 +165,13 @@ def _generations(trials: int, rng: random.Random, results: dict) -> list[tuple]:
     for name, cheat in cheats.items():
         caught = promoted = 0
         for _ in range(trials):
-            prompt = rng.choice(PROMPTS)
-            claimed = cheat(prompt)
-            for _ in range(5):         # a sample that happens to equal greedy is no cheat
-                if claimed["token_ids"] != honest[prompt]["token_ids"]:
-                    break
+            # Output that happens to equal the honest one is no cheat (the client gets the
+            # right bytes): such draws are made again, so every trial is a real cheat.
+            while True:
                 prompt = rng.choice(PROMPTS)
                 claimed = cheat(prompt)
+                if claimed["token_ids"] != honest[prompt]["token_ids"]:
+                    break
             passed = judge(claimed, prompt)
             caught += not passed
             promoted += passed

@@ -73,7 +73,7 @@ def audits_needed(population: int, cheat_fraction: float, confidence: float) -> 
 
 
 TARGET_FRACTION = 0.05            # a cheat touching this share of the work …
-TARGET_CONFIDENCE = 0.99          # … is caught at least this often by an untrusted audit
+TARGET_CONFIDENCE = 0.999         # … is caught at least this often by an untrusted audit
 NEW_WORKER_JOBS = 5               # verified jobs before an untrusted worker's audit can thin
 
 

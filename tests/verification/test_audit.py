@@ -81,10 +81,12 @@ def test_a_new_marketplace_worker_is_audited_on_everything():
 
 def test_history_thins_the_audit_but_never_below_the_target_or_the_floor():
     thin = items_to_audit(1000, trusted=False, verified_jobs=500, sample_rate=0.1, floor=0.1)
-    assert thin == 100                                    # the floor
-    assert caught_probability(1000, thin, 0.05) >= 0.99
+    assert thin == audits_needed(1000, 0.05, 0.999) > 100         # the target, over the floor
+    assert caught_probability(1000, thin, 0.05) >= 0.999
+    assert items_to_audit(1000, trusted=False, verified_jobs=500, sample_rate=0.1,
+                          floor=0.5) == 500                          # the floor, over the target
     small = items_to_audit(100, trusted=False, verified_jobs=500, sample_rate=0.1, floor=0.01)
-    assert caught_probability(100, small, 0.05) >= 0.99 and small < 100
+    assert caught_probability(100, small, 0.05) >= 0.999 and small < 100
 
 
 def test_the_operators_pool_gets_its_sample_rate():
