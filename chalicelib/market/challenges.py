@@ -89,8 +89,11 @@ def start(ports: Ports, worker: Worker, job_class: str) -> Challenge:
         outcome = Challenge(state="unavailable", at=now,
                             reason=f"no challenge is kept for {job_class}")
     else:
-        # One try: a wrong output fails the challenge (the worker is never told the limit).
-        manifest = Manifest(kind=job_class, payment_policy="none", max_attempts=1, **inputs)
+        # One try for the worker: a wrong output fails the challenge (a transcode's tasks
+        # get one attempt each, `plan_job`; a whole inference job one attempt). The worker is
+        # never told the limit.
+        tries = {} if spec.clips else {"max_attempts": 1}
+        manifest = Manifest(kind=job_class, payment_policy="none", **tries, **inputs)
         job, _ = jobs.accept(ports, manifest,
                              job_id=jobs.derive_job_id(f"challenge:{secrets.token_hex(16)}"),
                              source="challenge", challenge=worker.did)

@@ -275,6 +275,9 @@ def test_media_worker_environment_matches_chalice_config(template: dict) -> None
                 "INTAKE_QUEUE", "MEDIA_QUEUE", "VERIFY_QUEUE", "PROOFLINE_STAGE",
                 "POWERTOOLS_SERVICE_NAME"}
     assert required <= set(variables)
+    # Secrets come from Secrets Manager at deploy time, never as plain values.
+    secret = variables.pop("PROOFLINE_AUDIT_SECRET")
+    assert "{{resolve:secretsmanager:proofline-${Stage}-audit-secret}}" in str(secret)
     for stage in ("local", "dev", "prod"):
         env = stage_environment(stage)
         resolved = {k: _resolve(v, template, stage) for k, v in variables.items()}
