@@ -37,6 +37,13 @@ def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+def copy_packages(target: Path) -> None:
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, target / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / ".importlinter", target / ".importlinter")
+
+
 def test_the_import_contracts_hold():
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -46,10 +53,7 @@ def test_the_import_contracts_hold():
 def test_a_forbidden_import_breaks_the_contract(tmp_path):
     """A copy of the packages with one rule module importing boto3 fails the check: the
     contract can fail, so its passing means something."""
-    for package in PACKAGES:
-        shutil.copytree(ROOT / package, tmp_path / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
+    copy_packages(tmp_path)
     rule = tmp_path / "chalicelib" / "verification" / "segments.py"
     rule.write_text(rule.read_text().replace(
         "from __future__ import annotations\n", "from __future__ import annotations\n\nimport boto3  # noqa\n", 1))
@@ -59,10 +63,7 @@ def test_a_forbidden_import_breaks_the_contract(tmp_path):
 
 
 def test_an_upward_import_breaks_the_layers(tmp_path):
-    for package in PACKAGES:
-        shutil.copytree(ROOT / package, tmp_path / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
+    copy_packages(tmp_path)
     lifecycle = tmp_path / "chalicelib" / "jobs" / "lifecycle.py"
     lifecycle.write_text(lifecycle.read_text().replace(
         "from chalicelib.jobs import states\n",
