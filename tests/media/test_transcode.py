@@ -13,6 +13,7 @@ import m3u8
 import pytest
 from conftest import INTAKE, drop, event_types, wait_for
 
+from chalicelib.verification.audit import caught_probability
 from chalicelib.verification.segments import SSIM_MIN
 from proofline import clips
 
@@ -69,6 +70,11 @@ def test_a_transcode_produces_a_verified_playable_hls_ladder(api, source, tmp_pa
     assert {e["data"]["measured"]["trusted"] for e in video} == {True}    # the media pool's
     audited = [e for e in video if e["data"]["measured"]["content_audited"]]
     assert all(e["data"]["measured"]["ssim_min"] >= SSIM_MIN for e in audited)
+    stated = api.job(job["job_id"])["verification"]       # what the client is told it got
+    assert (stated["unit"], stated["population"], stated["audited"]) == (
+        "video segments", 4, len(audited))
+    assert stated["caught_if_faked"]["5%"] == pytest.approx(
+        caught_probability(4, len(audited), 0.05), abs=1e-6)
     types = event_types(api, job["job_id"])
     assert types.index("segments.planned") < types.index("validation.passed")
 
