@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -24,11 +24,6 @@ class VideoCheat:
     make: Callable[[Frames, Frames, random.Random], Frames]
     bitrate_ratio: float = 1.0     # of the rendition's target
     size: tuple[int, int] | None = None   # encode at another size (another rendition's)
-    extra: dict = field(default_factory=dict)
-
-
-def _luma(frame: np.ndarray, height: int) -> np.ndarray:
-    return frame[:height]
 
 
 def _black(frame: np.ndarray, height: int) -> np.ndarray:
