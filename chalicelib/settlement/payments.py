@@ -124,7 +124,7 @@ def request_settlement(ports: Ports, committed: Committed) -> None:
     """After commit, money follows state: a funded job is assigned on chain (refunded if it
     ended before the funding arrived), a verified one released, a funded one that ended
     otherwise refunded. The settlement handler is idempotent towards the chain."""
-    before, after = committed.before, committed.after
+    after = committed.after
     if after.escrow is None:
         return
     if committed.wrote("escrow.funded"):
@@ -133,7 +133,7 @@ def request_settlement(ports: Ports, committed: Committed) -> None:
         elif after.state == State.ASSIGNED:
             _send(ports, "assign", after)
         return
-    if before is None or after.state == before.state:
+    if not committed.moved():
         return
     if after.state == State.VERIFIED:
         _send(ports, "release", after)
