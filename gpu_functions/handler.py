@@ -26,10 +26,10 @@ from chalicelib.context import Ports
 from chalicelib.errors import InputError
 from chalicelib.jobs import attempts, states
 from chalicelib.jobs.lifecycle import apply
+from chalicelib.market import workers
 from chalicelib.market.inference_inputs import dispatched_prompt, dispatched_texts, texts_of
-from chalicelib.market.registry import WorkerNotFound
 from chalicelib.media import probe as media
-from chalicelib.models import AttemptResult, Job, Output, State, is_marketplace, is_pool
+from chalicelib.models import AttemptResult, Job, Output, State, is_pool
 from chalicelib.settlement.chain import pool_signature
 from chalicelib.verification import audit
 from chalicelib.verification import inference as inference_checks
@@ -259,9 +259,10 @@ def check(p: Ports, body: dict) -> None:
         texts = dispatched_texts(p, job)     # what the worker was given (redacted or not)
         full = job.challenge or (job.manifest.redundancy
                                  or job_class.verification.redundancy) >= 2
+        history = workers.history(p.workers, result.worker, job.kind)
         audited = len(texts) if full else audit.items_to_audit(
-            len(texts), trusted=is_pool(result.worker),
-            verified_jobs=_verified_jobs(p, result.worker, job.kind),
+            len(texts), trusted=is_pool(result.worker), verified_jobs=history.completions,
+            verified_items=history.verified_units,
             sample_rate=job_class.verification.sample_rate,
             floor=job_class.verification.audit_floor)
         rows = audit.draw(audit.audit_key(p.audit_secret or "", subject=_subject(result),
@@ -284,18 +285,6 @@ def check(p: Ports, body: dict) -> None:
             actual_sha256=media.sha256_bytes(data), max_tokens=job.manifest.max_tokens or 64,
             model=reference["model"], reference=reference)
     attempts.verify(p, job, result, verdict=verdict)
-
-
-def _verified_jobs(p: Ports, worker: str, job_class: str) -> int:
-    """How many jobs of the class this worker had verified: its history, which thins its
-    audits (an unknown worker has none)."""
-    if not is_marketplace(worker):
-        return 0
-    try:
-        stats = p.workers.get(worker).reputation.get(job_class) or {}
-    except WorkerNotFound:
-        return 0
-    return int(stats.get("completions", 0))
 
 
 def _subject(result: AttemptResult) -> str:

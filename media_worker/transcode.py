@@ -16,6 +16,7 @@ import av
 from chalicelib.aws.blobs import S3Uri, output_key
 from chalicelib.context import Ports
 from chalicelib.errors import InputError
+from chalicelib.market import routing, workers
 from chalicelib.media import ffmpeg_args, hls, profiles
 from chalicelib.media import probe as media
 from chalicelib.media import tasks as transcode
@@ -144,7 +145,9 @@ def check_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[Verdict, 
     key = audit.audit_key(p.audit_secret or "", subject=f"{task.job_id}~{task.task_id}#"
                           f"{task.attempt}", committed=[o.sha256 for o in task.outputs])
     depth = verification.content_audit
-    rate = depth.rate(trusted=is_pool(task.worker)) if depth else 1.0
+    history = workers.history(p.workers, task.worker, job.kind)
+    rate = depth.rate(trusted=is_pool(task.worker), worth=float(routing.job_units(job)),
+                      verified=history.verified_units) if depth else 1.0
     audited = audit.chance(key, "content") < rate
     verdict = (_check_video(p, job, task, workdir, local, actual,
                             key if audited else None, verification.ssim_frames)

@@ -51,8 +51,13 @@ class ContentAudit(_Strict):
     trusted: Annotated[float, Field(ge=0, le=1)]
     untrusted: Annotated[float, Field(gt=0, le=1)] = 1.0
 
-    def rate(self, *, trusted: bool) -> float:
-        return self.trusted if trusted else self.untrusted
+    def rate(self, *, trusted: bool, worth: float = 0.0, verified: float = 0.0) -> float:
+        """The share of segments audited. A marketplace worker whose history of verified
+        work is smaller than this job's `worth` gets everything audited, whatever the
+        class says: no earning trust on small jobs to cheat on a large one."""
+        if trusted:
+            return self.trusted
+        return 1.0 if worth > verified else self.untrusted
 
 
 Verification.model_rebuild()

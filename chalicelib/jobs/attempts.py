@@ -147,9 +147,12 @@ def verify(ports: Ports, job: Job, result: AttemptResult,
 
     moved = apply(ports, job, plan)
     if moved is not None:
+        # What the job was worth in items (an embedding job's rows; else the job itself)
+        # joins the worker's verified history, which sets how deep its next audits go.
+        items = float(verdict.measured.get("rows") or 1) if verdict.passed else 0.0
         observe(ports.workers, result.worker, job.kind,
                 "passed" if verdict.passed else "validation_failed", now=now,
-                runtime_s=result.duration_ms / 1000 if verdict.passed else None)
+                runtime_s=result.duration_ms / 1000 if verdict.passed else None, units=items)
     return moved
 
 

@@ -20,6 +20,7 @@ behind an old record.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -44,6 +45,7 @@ class Reputation:
     worker: str
     job_class: str
     completions: int = 0
+    verified_units: float = 0.0       # how much verified work, in the class's units
     validation_failures: int = 0
     timeouts: int = 0
     lost: int = 0
@@ -112,7 +114,7 @@ class Reputation:
     # -- storage ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"worker": self.worker, "job_class": self.job_class,
-                "completions": self.completions,
+                "completions": self.completions, "verified_units": self.verified_units,
                 "validation_failures": self.validation_failures,
                 "timeouts": self.timeouts, "lost": self.lost, "disputes": self.disputes,
                 "decayed_timeouts": self.decayed_timeouts,
@@ -124,6 +126,7 @@ class Reputation:
     def from_dict(cls, data: Mapping[str, Any]) -> "Reputation":
         return cls(worker=data["worker"], job_class=data["job_class"],
                    completions=int(data.get("completions", 0)),
+                   verified_units=float(data.get("verified_units", 0.0)),
                    validation_failures=int(data.get("validation_failures", 0)),
                    timeouts=int(data.get("timeouts", 0)), lost=int(data.get("lost", 0)),
                    disputes=int(data.get("disputes", 0)),
@@ -136,7 +139,7 @@ class Reputation:
 
 
 def record(rep: Reputation, outcome: Outcome, *, at: datetime, runtime_s: float | None = None,
-           hardware: str | None = None) -> Reputation:
+           hardware: str | None = None, units: float = 0.0) -> Reputation:
     """The reputation after one more observed outcome. Only a passed attempt's runtime joins
     the median: a timeout has none, and a rejected result's says nothing about honest work.
     Outcomes may arrive out of order; the decay uses each one's own `at`."""
@@ -144,6 +147,8 @@ def record(rep: Reputation, outcome: Outcome, *, at: datetime, runtime_s: float 
         raise ValueError(f"unknown outcome {outcome!r}; expected one of {sorted(OUTCOMES)}")
     if at.tzinfo is None:
         raise ValueError("`at` needs a timezone")
+    if not (math.isfinite(units) and units >= 0):
+        raise ValueError(f"units must be a non-negative number, not {units!r}")
     if runtime_s is not None and not runtime_s >= 0:
         raise ValueError(f"runtime_s must be a non-negative number, not {runtime_s!r}")
     changes: dict[str, Any] = {
@@ -151,6 +156,7 @@ def record(rep: Reputation, outcome: Outcome, *, at: datetime, runtime_s: float 
         "last_seen": at if rep.last_seen is None else max(rep.last_seen, at)}
     if outcome == "passed":
         changes["completions"] = rep.completions + 1
+        changes["verified_units"] = rep.verified_units + units
         if runtime_s is not None:
             changes["runtimes_s"] = _with_runtime(rep.runtimes_s,
                                                   hardware or UNSPECIFIED_HARDWARE, runtime_s)

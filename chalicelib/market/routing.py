@@ -71,6 +71,13 @@ MARKETPLACE_JOB_CLASSES = frozenset({"embed_batch", "generate_small"})
 MARKETPLACE_CLASSES = frozenset({"ffmpeg_hls"}) | MARKETPLACE_JOB_CLASSES
 
 
+def job_units(job: Job) -> Decimal:
+    """Megapixel-seconds of output over the whole ladder: what a transcode is worth."""
+    seconds = sum(Decimal(repr(s.get("duration_s", 0.0))) for s in job.plan.segments)
+    return sum((Decimal(r["width"] * r["height"]) / Decimal(10**6) * seconds
+                for r in job.plan.renditions), Decimal(0))
+
+
 def task_units(job: Job, task: Task) -> Decimal:
     """Megapixel-seconds of output: what a segment task is priced in."""
     rendition = next(r for r in job.plan.renditions if r["name"] == task.rendition)

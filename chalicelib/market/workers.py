@@ -47,25 +47,40 @@ def _update(store: WorkerStore, did: str, change, now: datetime, tries: int = 3)
 
 
 def observe(store: WorkerStore, worker: str | None, job_class: str, outcome: Outcome, *,
-            now: datetime, runtime_s: float | None = None) -> None:
+            now: datetime, runtime_s: float | None = None, units: float = 0.0) -> None:
     """What an attempt of `worker` came to joins its reputation for the class: marketplace
-    workers only (the pools are trusted), and not for a DID that never registered."""
+    workers only (the pools are trusted), and not for a DID that never registered. A pass
+    adds its `units` of work to the worker's verified history."""
     if not is_marketplace(worker):
         return
     try:
-        record_outcome(store, worker, job_class, outcome, now=now, runtime_s=runtime_s)
+        record_outcome(store, worker, job_class, outcome, now=now, runtime_s=runtime_s,
+                       units=units)
     except WorkerNotFound:
         pass
 
 
+def history(store: WorkerStore | None, worker: str | None, job_class: str) -> Reputation:
+    """A marketplace worker's verified history for the class, which thins its audits; an
+    empty one for a pool, an unknown DID or a stage without a registry."""
+    empty = Reputation(worker=worker or "", job_class=job_class)
+    if store is None or not is_marketplace(worker):
+        return empty
+    try:
+        stats = store.get(worker).reputation.get(job_class)
+    except WorkerNotFound:
+        return empty
+    return Reputation.from_dict(stats) if stats else empty
+
+
 def record_outcome(store: WorkerStore, did: str, job_class: str, outcome: Outcome, *,
-                   now: datetime, runtime_s: float | None = None) -> Worker:
+                   now: datetime, runtime_s: float | None = None, units: float = 0.0) -> Worker:
     """Reputation moves with what the control plane observed of this worker's work."""
     def change(worker: Worker) -> dict:
         stats = worker.reputation.get(job_class)
         before = (Reputation.from_dict(stats) if stats
                   else Reputation(worker=did, job_class=job_class))
-        after = record(before, outcome, at=now, runtime_s=runtime_s,
+        after = record(before, outcome, at=now, runtime_s=runtime_s, units=units,
                        hardware=worker.claims.hardware.gpu or worker.claims.hardware.cpu)
         return {"reputation": {**worker.reputation, job_class: after.to_dict()}}
     return _update(store, did, change, now)

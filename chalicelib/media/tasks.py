@@ -135,9 +135,11 @@ def pinned(job: Job) -> bool:
 def observe(ports: Ports, task: Task, outcome: str) -> None:
     """What a marketplace worker's attempt at a task came to joins its reputation."""
     if is_marketplace(task.worker):
-        workers.observe(ports.workers, task.worker, ports.store.get(task.job_id).kind, outcome,
-                        now=ports.clock(),
-                        runtime_s=task.runtime_s if outcome == "passed" else None)
+        job = ports.store.get(task.job_id)
+        passed = outcome == "passed"
+        workers.observe(ports.workers, task.worker, job.kind, outcome, now=ports.clock(),
+                        runtime_s=task.runtime_s if passed else None,
+                        units=float(routing.task_units(job, task)) if passed else 0.0)
 
 
 def request_assembly(ports: Ports, job: Job) -> None:

@@ -78,18 +78,20 @@ NEW_WORKER_JOBS = 5               # verified jobs before an untrusted worker's a
 
 
 def items_to_audit(population: int, *, trusted: bool, verified_jobs: int, sample_rate: float,
-                   floor: float) -> int:
+                   floor: float, verified_items: float = math.inf) -> int:
     """How many of a job's `population` items (rows) to re-execute.
 
     The operator's pools: `sample_rate` of them. A marketplace worker: everything while it
-    is new; then a share that falls with its verified history, never below `floor`, and
-    never fewer than catch a cheat of TARGET_FRACTION with TARGET_CONFIDENCE."""
+    is new, or while this job holds more items than all its verified jobs together
+    (`verified_items`: no earning trust on small jobs to cheat on a large one); then a share
+    that falls with its verified history, never below `floor`, and never fewer than catch a
+    cheat of TARGET_FRACTION with TARGET_CONFIDENCE."""
     if population <= 0:
         return 0
     if trusted:
         return max(1, math.ceil(population * sample_rate))
     share = max(floor, min(1.0, NEW_WORKER_JOBS / (NEW_WORKER_JOBS + verified_jobs)))
-    if verified_jobs < NEW_WORKER_JOBS:
+    if verified_jobs < NEW_WORKER_JOBS or population > verified_items:
         share = 1.0
     return min(population, max(math.ceil(population * share),
                                audits_needed(population, TARGET_FRACTION, TARGET_CONFIDENCE)))

@@ -130,3 +130,13 @@ def test_record_refuses_what_it_cannot_judge():
         record(fresh(), "passed", at=datetime(2026, 3, 1))
     with pytest.raises(ValueError, match="runtime_s"):
         record(fresh(), "passed", at=T0, runtime_s=-1)
+
+
+def test_verified_units_add_up_from_passes_only_and_survive_storage():
+    rep = record(fresh(), "passed", at=T0, units=12.5)
+    rep = record(rep, "validation_failed", at=T0, units=99.0)     # a failure adds nothing
+    rep = record(rep, "passed", at=T0, units=7.5)
+    assert rep.verified_units == 20.0
+    assert Reputation.from_dict(json.loads(json.dumps(rep.to_dict()))).verified_units == 20.0
+    with pytest.raises(ValueError):
+        record(rep, "passed", at=T0, units=float("nan"))

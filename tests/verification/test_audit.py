@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from chalicelib.catalog import ContentAudit
 from chalicelib.verification.audit import (
     AuditSecretMissing,
     audit_key,
@@ -91,3 +92,19 @@ def test_history_thins_the_audit_but_never_below_the_target_or_the_floor():
 
 def test_the_operators_pool_gets_its_sample_rate():
     assert items_to_audit(100, trusted=True, verified_jobs=0, sample_rate=0.1, floor=0.5) == 10
+
+
+def test_a_job_larger_than_the_workers_verified_history_is_audited_in_full():
+    # 500 verified jobs, but of 2 rows each: a 5,000-row job is worth more than all of them.
+    assert items_to_audit(5000, trusted=False, verified_jobs=500, sample_rate=0.1, floor=0.01,
+                          verified_items=1000) == 5000
+    thinned = items_to_audit(500, trusted=False, verified_jobs=500, sample_rate=0.1,
+                             floor=0.01, verified_items=1000)
+    assert thinned < 500                                  # within its history, audits thin
+
+
+def test_content_audit_depth_follows_trust_and_what_the_job_is_worth():
+    depth = ContentAudit(trusted=0.05, untrusted=0.2)
+    assert depth.rate(trusted=True, worth=1e9, verified=0) == 0.05     # the operator's pool
+    assert depth.rate(trusted=False, worth=10.0, verified=100.0) == 0.2
+    assert depth.rate(trusted=False, worth=101.0, verified=100.0) == 1.0
