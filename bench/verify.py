@@ -10,8 +10,14 @@ counts, another FFmpeg build, batch sizes) must pass every time. Cost: verificat
 seconds per execution CPU second, for the trusted pool (structure and hashes on every
 segment, content on a drawn tenth) and for a new worker (every frame of every segment).
 
-`PROOFLINE_BENCH_VIDEO_TRIALS` (default 100) and `PROOFLINE_BENCH_INFERENCE_TRIALS` (default
-300) set the trials per cheat.
+Every cheat that travels the lease path is also run end to end (`bench/verify_e2e.py`):
+marketplace adversaries that pass their challenge honestly, win client jobs over HTTP on a
+local stack and hand the cheat in signed; those jobs count in the totals, and the `e2e`
+column shows them alone.
+
+`PROOFLINE_BENCH_VIDEO_TRIALS` (default 100), `PROOFLINE_BENCH_INFERENCE_TRIALS` (default
+300) and `PROOFLINE_BENCH_E2E_TRIALS` (default 3; 0 skips the stack) set the trials per
+cheat.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import av
 import imageio_ffmpeg
 import numpy as np
 
-from bench import cheats, verify_inference
+from bench import cheats, verify_e2e, verify_inference
 from chalicelib import catalog
 from chalicelib.media import ffmpeg_args, profiles
 from chalicelib.media.probe import sha256_file
@@ -137,12 +143,17 @@ def run() -> dict[str, float]:
     results["verify_honest_audio_rejected"] = sum(not t["honest"] for t in audio)
     rows += verify_inference.run(int(os.environ.get("PROOFLINE_BENCH_INFERENCE_TRIALS", "300")),
                                  random.Random(seed), results)
+    # The end-to-end trials (adversaries through the lease API) count with the rest.
+    e2e = verify_e2e.run() if int(os.environ.get("PROOFLINE_BENCH_E2E_TRIALS", "3")) else {}
+    rows = [(name, touches, hit + e2e.get(name, [0])[0], n + e2e.get(name, [0, 0])[1],
+             promoted + e2e.get(name, [0, 0, 0])[2]) for name, touches, hit, n, promoted in rows]
     print(f"\n{'cheat':34s} {'fakes':30s} {'caught':>9s} {'rate':>6s} {'95% LCB':>8s} "
-          f"{'delivered':>9s}")
+          f"{'e2e':>5s} {'delivered':>9s}")
     for name, touches, hit, n, promoted in rows:
         lower = clopper_pearson_lower(hit, n)
+        through = "{}/{}".format(*e2e[name][:2]) if name in e2e else "-"
         print(f"{name:34s} {touches:30s} {hit:4d}/{n:<4d} {hit / n:6.3f} {lower:8.4f} "
-              f"{promoted:9d}")
+              f"{through:>5s} {promoted:9d}")
         results[f"verify_caught_{name}"] = round(hit / n, 4)
         results[f"verify_caught_{name}_lcb95"] = round(lower, 4)
     results["verify_cheats_min_catch_rate"] = min(c / n for _, _, c, n, _ in rows)
