@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from chalice import Chalice, Rate, Response
 
-from chalicelib import config, ports
+from chalicelib import bodies, config, ports
 from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.jobs import attempts, intake, lifecycle, sweeper
 from chalicelib.jobs.documents import job_document, package_document, upload_slot
@@ -42,6 +42,11 @@ def route(path, **options):
     return decorate
 
 
+def _body() -> dict:
+    """The request's JSON object, bounded in size and depth: malformed is a 400."""
+    return bodies.json_object(app.current_request.raw_body)
+
+
 @route("/health")
 def health():
     return {"status": "ok", "stage": config.settings().stage}
@@ -68,9 +73,11 @@ def list_jobs():
     params = app.current_request.query_params or {}
     try:
         state = State(params["state"]) if "state" in params else None
-        limit = min(int(params.get("limit", 50)), 500)
+        limit = int(params.get("limit", 50))
     except ValueError as exc:
         raise InvalidRequest(str(exc), reason="invalid_query") from exc
+    if not 1 <= limit <= 500:
+        raise InvalidRequest(f"limit must be 1-500, not {limit}", reason="invalid_query")
     return {"jobs": [j.model_dump(mode="json") for j in lifecycle.list_jobs(ports.default(), state, limit)]}
 
 
@@ -100,7 +107,7 @@ def cancel_job(job_id):
 
 @route("/uploads", methods=["POST"])
 def create_upload():
-    return upload_slot(ports.default(), app.current_request.json_body or {})
+    return upload_slot(ports.default(), _body())
 
 
 @app.on_sqs_message(queue=config.settings().intake_queue, batch_size=10)
@@ -149,7 +156,7 @@ def follow_chain(event):
 def register_worker():
     request, p = app.current_request, ports.default()
     worker = challenges.enrol(p, workers.register_signed(p, request.headers,
-                                                         request.json_body or {}))
+                                                         _body()))
     return Response(worker.public(p.clock(), p.settings.heartbeat_ttl_s), status_code=201,
                     headers={"Location": f"/workers/{worker.did}"})
 
@@ -171,7 +178,7 @@ def get_worker(did):
 def worker_heartbeat(did):
     request, p = app.current_request, ports.default()
     worker = challenges.enrol(p, workers.heartbeat_signed(p, request.headers, did,
-                                                          request.json_body or {}))
+                                                          _body()))
     return worker.public(p.clock(), p.settings.heartbeat_ttl_s)
 
 
@@ -180,13 +187,13 @@ def lease_task(did):
     """The next task offered to this worker, leased to it (`{"lease": null}` when none)."""
     request = app.current_request
     return {"lease": leases.lease(ports.default(), request.headers, did,
-                                  request.json_body or {})}
+                                  _body())}
 
 
 @route("/tasks/{ref}/result", methods=["POST"])
 def task_result(ref):
     request = app.current_request
-    task = leases.submit_result(ports.default(), request.headers, ref, request.json_body or {})
+    task = leases.submit_result(ports.default(), request.headers, ref, _body())
     return Response({"task_ref": ref, "state": task.state.value, "attempt": task.attempt},
                     status_code=202)
 
@@ -196,7 +203,7 @@ def job_result(job_id):
     """A marketplace worker's signed result for a job it leased whole (inference)."""
     request = app.current_request
     job = job_leases.submit_result(ports.default(), request.headers, job_id,
-                                   request.json_body or {})
+                                   _body())
     return Response({"job_id": job_id, "state": job.state.value if job else None},
                     status_code=202)
 
@@ -205,14 +212,14 @@ def job_result(job_id):
 def job_countersign(job_id):
     """An escrow's marketplace payee signs the verified result it is paid for."""
     request = app.current_request
-    leases.countersign(ports.default(), request.headers, job_id, request.json_body or {})
+    leases.countersign(ports.default(), request.headers, job_id, _body())
     return Response({"job_id": job_id, "countersigned": True}, status_code=202)
 
 
 @route("/tasks/{ref}/release", methods=["POST"])
 def task_release(ref):
     request = app.current_request
-    task = leases.release(ports.default(), request.headers, ref, request.json_body or {})
+    task = leases.release(ports.default(), request.headers, ref, _body())
     return {"task_ref": ref, "state": task.state.value if task else None}
 
 

@@ -46,6 +46,7 @@ class Settings:
     capability_ttl_s: int = 7 * 86_400   # a passed challenge verifies a class this long
     allow_unsigned: bool = False      # unsigned submit/cancel: a local-demo convenience only
     trusted_workers: frozenset[str] = frozenset()   # marketplace DIDs cleared for private data
+    operators: frozenset[str] = frozenset()         # DIDs that may act on any job
     countersign_s: int = 3600         # an escrow payee that has not countersigned by then forfeits
 
     @property
@@ -123,4 +124,6 @@ def settings() -> Settings:
         countersign_s=int(env.get("PROOFLINE_COUNTERSIGN_SECONDS", 3600)),
         trusted_workers=frozenset(d.strip() for d in env.get("PROOFLINE_TRUSTED_WORKERS", "")
                                   .split(",") if d.strip()),
+        operators=frozenset(d.strip() for d in env.get("PROOFLINE_OPERATORS", "").split(",")
+                            if d.strip()),
     )

@@ -10,15 +10,21 @@ from pathlib import Path
 
 import boto3
 import pytest
+from eth_account import Account
 
 from chalicelib.jobs.lifecycle import derive_job_id
 from proofline import clips
 from proofline.client import TERMINAL, Api, ApiError
 
+# The stack's operator: the one DID that may act on jobs it does not own (`PROOFLINE_OPERATORS`).
+OPERATOR = Account.from_key("0x" + "5e" * 32)
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
+    from chalicelib.identity.signing import did_for
     from proofline.devstack import DevStack
+    os.environ.setdefault("PROOFLINE_OPERATORS", did_for(OPERATOR.address, 31337))
     # Marketplace leases and offers lapse in seconds here, so lost workers are noticed fast.
     os.environ.setdefault("PROOFLINE_WORKER_LEASE_SECONDS", "5")
     os.environ.setdefault("PROOFLINE_OFFER_SECONDS", "8")

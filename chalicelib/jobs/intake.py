@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyValidationError
 from pydantic import ValidationError
 
-from chalicelib import aws
+from chalicelib import aws, bodies
 from chalicelib.aws.blobs import S3Uri
 from chalicelib.context import Ports
 from chalicelib.errors import (
@@ -30,6 +30,7 @@ from chalicelib.errors import (
     IdempotencyConflict,
     InputError,
     InvalidManifest,
+    InvalidRequest,
     ManifestTooLarge,
     Unauthorized,
     UnknownProfile,
@@ -71,23 +72,30 @@ def parse_fields(body: bytes | str, *, max_bytes: int, yaml_ok: bool = False) ->
     if len(raw) > max_bytes:
         raise ManifestTooLarge(f"manifest is {len(raw)} bytes; the limit is {max_bytes}")
     try:
-        data = yaml.load(raw, Loader=_ManifestLoader) if yaml_ok else json.loads(raw)
+        if not yaml_ok:
+            return bodies.json_object(raw, max_bytes=max_bytes, required=True)
+        bodies.check_nesting(raw)
+        data = yaml.load(raw, Loader=_ManifestLoader)
+        bodies.check_plain(data)
+    except InvalidRequest as exc:
+        raise InvalidManifest(f"manifest: {exc.message}", reason=exc.reason) from None
     except (ValueError, yaml.YAMLError) as exc:
-        kind = "YAML" if yaml_ok else "JSON"
-        raise InvalidManifest(f"manifest is not valid {kind}: {exc}", reason="malformed_json") from exc
+        raise InvalidManifest(f"manifest is not valid YAML: {exc}",
+                              reason="malformed_json") from exc
     if not isinstance(data, dict):
         raise InvalidManifest("manifest must be an object", reason="malformed_json")
     return data
 
 
 def authenticate(ports: Ports, headers, *, action: str, body: Any,
-                 owner: str | None = None) -> str | None:
+                 owner: str | None = None, required: bool = False) -> str | None:
     """The client DID that signed this request (EIP-712, see signing.py), or None for an
-    unsigned one where the stage allows it (`PROOFLINE_ALLOW_UNSIGNED`, local only). A
-    request about a job that names its client must be signed by that client, always."""
+    unsigned one where the stage allows it (`PROOFLINE_ALLOW_UNSIGNED`, local only) and
+    nothing `required` a signature. A request about a job that names its client must be
+    signed by that client, always."""
     given = {k.lower(): v for k, v in dict(headers).items()}
     if not given.keys() & {h.lower() for h in HEADERS}:
-        if ports.settings.allow_unsigned and owner is None:
+        if ports.settings.allow_unsigned and owner is None and not required:
             return None
         raise Unauthorized(f"{action} must be signed by "
                            f"{owner or 'the client'} (EIP-712 headers {', '.join(HEADERS)})",
@@ -277,7 +285,24 @@ def _acceptor(ports: Ports) -> Callable[..., dict]:
 
 
 def cancel_signed(ports: Ports, headers, job_id: str) -> Job:
-    """A client's cancel: signed by the job's client where the job names one."""
-    owner = ports.store.get(job_id).manifest.client_did
-    by = authenticate(ports, headers, action="cancel", body={"job_id": job_id}, owner=owner)
+    """A cancel, by the job's client or an operator (`PROOFLINE_OPERATORS`). A job with no
+    client that the control plane made itself (a worker's challenge, a dropped file) is the
+    operator's alone; an unsigned job submitted where unsigned submits are allowed can be
+    cancelled the same way."""
+    job = ports.store.get(job_id)
+    owner, operators = job.manifest.client_did, ports.settings.operators
+    operator_only = owner is None and (job.challenge is not None or _dropped(ports, job))
+    by = authenticate(ports, headers, action="cancel", body={"job_id": job_id},
+                      required=owner is not None or operator_only)
+    if owner is not None and by != owner and by not in operators:
+        raise Forbidden(f"job {job_id} is not yours to cancel", reason="not_your_job")
+    if operator_only and by not in operators:
+        raise Forbidden(f"job {job_id} was made by the control plane; only an operator "
+                        "cancels it", reason="operator_only")
     return jobs.cancel(ports, job_id, by=by or "client")
+
+
+def _dropped(ports: Ports, job: Job) -> bool:
+    """Whether the job came from a file dropped into the intake bucket."""
+    return bool(job.manifest.input_uri) and S3Uri.parse(job.manifest.input_uri).bucket == \
+        ports.settings.intake_bucket

@@ -135,13 +135,15 @@ def settle(ports: Ports, job: Job, *, passed: bool, reason: str | None = None,
     """A challenge job ended: verify the class, or record why not. A worker that was away
     (offer or lease lapsed, lease given back) is challenged again at its next heartbeat; one
     whose output failed verification is not. A challenge that failed while a pool held the
-    job (planning a transcode) was the control plane's fault, and is retried too."""
+    job (planning a transcode) was the control plane's fault, and is retried too, as is one
+    an operator cancelled: a cancel never counts against a worker."""
     if not job.challenge:
         return
     outcome = Challenge(job_id=job.job_id, state="passed" if passed else "failed",
                         at=ports.clock(), reason=reason, task=task,
-                        retryable=not passed and (reason in ABSENCE or (
-                            task is None and job.worker != job.challenge)))
+                        retryable=not passed and (
+                            reason in ABSENCE or job.state == State.CANCELLED
+                            or (task is None and job.worker != job.challenge)))
     model = ports.catalog.job_class(job.kind).model
     challenged(ports.workers, job.challenge, job.kind, outcome, now=outcome.at,
                ttl_s=ports.settings.capability_ttl_s,

@@ -28,6 +28,7 @@ from chalicelib.market.inference_inputs import (
     dispatched_texts,
     redacts_for,
 )
+from chalicelib.market.registry import ModelExecution, execution_report
 from chalicelib.market.routing import MARKETPLACE_JOB_CLASSES, route
 from chalicelib.market.workers import signed
 from chalicelib.models import AttemptResult, Job, Output, State, is_marketplace
@@ -176,9 +177,10 @@ def submit_result(ports: Ports, headers, job_id: str, body: dict) -> Job | None:
     except (KeyError, TypeError, ValueError):
         raise InvalidRequest("output needs sha256 and size_bytes", reason="invalid_outputs") from None
     output = frozen(ports, output)
-    execution = body.get("execution") if isinstance(body.get("execution"), dict) else {}
-    keep = ("model", "model_s", "cold_start_s", "warm", "ttfb_s", "count", "dim", "tokens")
-    execution = {k: execution[k] for k in keep if k in execution} | {"worker": did}
+    try:
+        execution = execution_report(ModelExecution, body.get("execution")) | {"worker": did}
+    except ValueError as exc:
+        raise InvalidRequest(f"execution: {exc}", reason="invalid_execution") from None
     return submit(ports, job, AttemptResult(
         job_id=job_id, attempt=job.attempt, worker=did, output=output,
         duration_ms=int(float(execution.get("model_s") or 0) * 1000), execution=execution,

@@ -22,6 +22,7 @@ from chalicelib.jobs import states
 from chalicelib.jobs.lifecycle import apply
 from chalicelib.market.evidence import frozen
 from chalicelib.market.job_leases import take
+from chalicelib.market.registry import SegmentExecution, execution_report
 from chalicelib.market.workers import signed
 from chalicelib.media import tasks as transcode
 from chalicelib.models import Job, Output, State, Task, TaskState
@@ -188,9 +189,10 @@ def submit_result(ports: Ports, headers, ref: str, body: dict) -> Task:
         raise Conflict(f"task {ref} attempt {body.get('attempt')} is not leased to you now "
                        f"(attempt {task.attempt}, {task.state.value})", reason="lease_not_held")
     outputs = _outputs(ports, task, body.get("outputs"))
-    execution = body.get("execution") if isinstance(body.get("execution"), dict) else {}
-    execution = {k: execution[k] for k in ("wall_s", "exit_code", "ffmpeg", "stderr_tail")
-                 if k in execution}
+    try:
+        execution = execution_report(SegmentExecution, body.get("execution"))
+    except ValueError as exc:
+        raise InvalidRequest(f"execution: {exc}", reason="invalid_execution") from None
     execution.update(worker=did, signature=headers_signature(headers))
     submitted = transcode.submit(ports, task, outputs, execution)
     if submitted is None:

@@ -137,3 +137,38 @@ class Worker(BaseModel):
             gpus_free=1 if hardware.gpu and (health.gpu_free or 0) > 0 else 0,
             gpu_memory_free_mb=int((hardware.gpu_memory_gb or 0) * (health.gpu_free or 0) * 1024),
             memory_free_mb=int((health.memory_free_gb or 0) * 1024))
+
+
+# -- what a worker reports beside a result ----------------------------------------------------
+# Stored on the timeline and shown by the API, never trusted by the verifier: strict, finite
+# and bounded, so a worker cannot make a view fail or grow without limit.
+_Seconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]
+_Count = Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+class SegmentExecution(_Strict):
+    wall_s: _Seconds | None = None
+    exit_code: Annotated[int, Field(ge=-255, le=255)] | None = None
+    ffmpeg: Annotated[str, Field(max_length=64)] | None = None
+    stderr_tail: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class ModelExecution(_Strict):
+    model: Annotated[str, Field(max_length=128)] | None = None
+    model_s: _Seconds | None = None
+    cold_start_s: _Seconds | None = None
+    warm: bool | None = None
+    ttfb_s: _Seconds | None = None
+    count: _Count | None = None
+    dim: Annotated[int, Field(ge=0, le=65_536)] | None = None
+    tokens: _Count | None = None
+
+
+def execution_report(model: type[_Strict], value: Any) -> dict[str, Any]:
+    """A worker's `execution` as the model allows it (absent fields left out); ValueError
+    with the reason when it is not."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("execution must be an object")
+    return model.model_validate(value).model_dump(exclude_none=True)

@@ -106,14 +106,50 @@ def test_a_client_chosen_job_id_cannot_be_reused_for_other_work(api, uploaded):
      "unknown_payment_policy"),
     ({"kind": "media_probe", "input_uri": "s3://bucket-a/x", "deadline": "2001-01-01T00:00:00Z"},
      "deadline_passed"),
-    ("[1, 2]", "malformed_json"),
+    ("[1, 2]", "body_not_object"),
     ("{nope", "malformed_json"),
+    ('{"kind": "media_probe", "max_price": NaN}', "non_finite_number"),
+    ('{"kind": "media_probe", "x": ' + "[" * 30_000 + "]" * 30_000 + "}", "body_too_deep"),
+    ('{"kind": "media_probe", "x": ' + "[" * 20 + "]" * 20 + "}", "body_too_deep"),
 ])
 def test_bad_manifests_get_400_with_a_reason(api, body, reason):
     response = post(api, body)
     assert response.status_code == 400, response.text
     assert response.json()["reason"] == reason
     assert response.json()["message"]
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("kind: media_probe\nx: " + "[" * 20_000 + "]" * 20_000 + "\n", "body_too_deep"),
+    ("kind: media_probe\nmax_attempts: .nan\n", "non_finite_number"),
+])
+def test_bad_yaml_manifests_get_400_with_a_reason(api, body, reason):
+    response = post(api, body, content_type="application/x-yaml")
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == reason
+
+
+@pytest.mark.parametrize("path", ["/uploads", "/workers", "/tasks/job-x~240p-00000/result",
+                                  "/jobs/job-x/result", "/jobs/job-x/countersign"])
+@pytest.mark.parametrize("body, reason", [
+    ("[" * 30_000 + "]" * 30_000, "body_too_deep"),
+    ('{"sha256": NaN}', "non_finite_number"),
+    ('"just a string"', "body_not_object"),
+    ("{oops", "malformed_json"),
+])
+def test_every_route_refuses_a_malformed_body_with_a_reason(api, path, body, reason):
+    response = requests.post(f"{api.base_url}{path}", data=body, timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == reason
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=-3", "limit=ten",
+                                   "state=nonsense"])
+def test_a_bad_listing_query_is_400(api, query):
+    response = requests.get(f"{api.base_url}/jobs?{query}", timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == "invalid_query"
 
 
 def test_oversize_manifest_is_413(api):

@@ -100,11 +100,14 @@ def test_bad_manifests_name_reason_and_field(change, reason, field):
     assert field in err.message
 
 
-@pytest.mark.parametrize("body", [b"[1, 2]", b'"just a string"', b"", b"   \n", b"{not json",
-                                  b"null", b"42", b"\xff\xfe{"])
-def test_non_objects_are_malformed(body):
+@pytest.mark.parametrize("body, reason", [
+    (b"[1, 2]", "body_not_object"), (b'"just a string"', "body_not_object"),
+    (b"null", "body_not_object"), (b"42", "body_not_object"), (b"", "body_missing"),
+    (b"   \n", "body_missing"), (b"{not json", "malformed_json"),
+    (b"\xff\xfe{", "malformed_json"), (b'{"max_attempts": NaN}', "non_finite_number")])
+def test_non_objects_are_malformed(body, reason):
     err = reject(body)
-    assert (err.status, err.reason) == (400, "malformed_json")
+    assert (err.status, err.reason) == (400, reason)
 
 
 def test_oversize_body_is_413():

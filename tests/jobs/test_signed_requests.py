@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -14,6 +15,7 @@ from eth_account import Account
 
 from chalicelib.identity.signing import did_for, sign_request
 from proofline.client import Api, ApiError
+from tests.conftest import OPERATOR, drop, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -43,7 +45,7 @@ def test_a_signed_submission_makes_the_signer_the_client_and_only_it_may_cancel(
     with pytest.raises(ApiError) as foreign:
         Api(api.base_url, signer=(stranger, did_for(stranger.address, int(did.split(":")[3])))
             ).cancel(job["job_id"])
-    assert (foreign.value.status, foreign.value.reason) == (403, "wrong_signer")
+    assert (foreign.value.status, foreign.value.reason) == (403, "not_your_job")
     try:
         cancelled = signed_api.cancel(job["job_id"])
     except ApiError as error:                   # it may have run already; then it is too late
@@ -101,3 +103,50 @@ def test_the_cli_signs_with_the_identity_it_is_given(api, stack, clip, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     job = json.loads(done.stdout)
     assert job["manifest"]["client_did"] == created.did
+
+
+def signed_by(api, account) -> Api:
+    return Api(api.base_url, signer=(account, did_for(account.address, 31337)))
+
+
+def test_a_dropped_files_job_is_the_operators_to_cancel(api, aws, clip):
+    job_id, _ = drop(aws, f"intake/media_probe/{uuid.uuid4().hex}.mp4", path=clip)
+    wait_for(api, job_id, states={"requested", "assigned", "running", "submitted",
+                                  "verifying", "verified", "settled"}, timeout=60)
+    with pytest.raises(ApiError) as anonymous:
+        api.cancel(job_id)
+    assert (anonymous.value.status, anonymous.value.reason) == (401, "missing_signature")
+    with pytest.raises(ApiError) as stranger:
+        signed_by(api, Account.create()).cancel(job_id)
+    assert (stranger.value.status, stranger.value.reason) == (403, "operator_only")
+    try:
+        assert signed_by(api, OPERATOR).cancel(job_id)["state"] == "cancelled"
+    except ApiError as error:                   # it may have finished: then it is too late
+        assert error.reason == "illegal_transition"
+
+
+def test_a_stranger_cannot_cancel_a_workers_challenge_and_an_operators_cancel_is_retried(
+        api, stack, ports):
+    account = Account.create()
+    did = did_for(account.address, stack.info.chain_id)
+    body = {"did": did, "claims": {"job_classes": ["embed_batch"], "region": "us-east-1",
+                                   "price_per_unit": {"embed_batch": "0.001"}}}
+    api.register_worker(body, sign_request(account, action="register", did=did, body=body,
+                                           chain_id=stack.info.chain_id))
+    challenge = next(j for j in ports.store.list(None, 200) if j.challenge == did)
+    with pytest.raises(ApiError) as stranger:
+        signed_by(api, Account.create()).cancel(challenge.job_id)
+    assert (stranger.value.status, stranger.value.reason) == (403, "operator_only")
+    assert signed_by(api, OPERATOR).cancel(challenge.job_id)["state"] == "cancelled"
+    recorded = wait_until_recorded(api, did)
+    assert recorded["state"] == "failed" and recorded["retryable"] is True
+
+
+def wait_until_recorded(api, did, timeout=30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        challenge = api.worker(did)["challenges"]["embed_batch"]
+        if challenge["state"] != "pending":
+            return challenge
+        time.sleep(0.3)
+    raise AssertionError(f"the challenge of {did} was never recorded")
