@@ -1,7 +1,9 @@
 """The one place that reads the environment.
 
 Stage values come from `.chalice/config.json` (Chalice sets them on deploy; the local stack
-exports the `local` stage's values before it imports the app).
+exports the `local` stage's values before it imports the app). Nothing falls back to the
+`local` stage: a process without its stage's environment refuses to start, and so does a
+stage other than `local` that allows unsigned requests.
 """
 from __future__ import annotations
 
@@ -92,9 +94,29 @@ def _payment_tokens(raw: str | None) -> dict[str, PaymentToken]:
     return tokens
 
 
+class ConfigError(RuntimeError):
+    """The environment cannot make a safe stage."""
+
+
+REQUIRED = ("PROOFLINE_STAGE", "JOBS_TABLE", "IDEMPOTENCY_TABLE", "INTAKE_BUCKET",
+            "ARTIFACTS_BUCKET", "INTAKE_QUEUE", "MEDIA_QUEUE", "VERIFY_QUEUE",
+            "SETTLEMENT_QUEUE", "SEGMENTS_QUEUE", "INFERENCE_QUEUE")
+
+
 @lru_cache(maxsize=1)
 def settings() -> Settings:
-    env = {**stage_environment("local"), **os.environ}
+    env = os.environ
+    missing = [name for name in REQUIRED if not env.get(name)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not set: a stage's environment comes from "
+                          "`chalice deploy` or `proofline dev`")
+    made = _settings(env)
+    if made.allow_unsigned and made.stage != "local":
+        raise ConfigError(f"PROOFLINE_ALLOW_UNSIGNED is for the local stage, not {made.stage!r}")
+    return made
+
+
+def _settings(env) -> Settings:
     return Settings(
         stage=env["PROOFLINE_STAGE"],
         jobs_table=env["JOBS_TABLE"],

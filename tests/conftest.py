@@ -12,9 +12,15 @@ import boto3
 import pytest
 from eth_account import Account
 
+from chalicelib.config import stage_environment
 from chalicelib.jobs.lifecycle import derive_job_id
 from proofline import clips
 from proofline.client import TERMINAL, Api, ApiError
+
+# Tests run as `proofline dev` does: the local stage's environment (settings never fall back
+# to it by themselves).
+for _name, _value in stage_environment("local").items():
+    os.environ.setdefault(_name, _value)
 
 # The stack's operator: the one DID that may act on jobs it does not own (`PROOFLINE_OPERATORS`).
 OPERATOR = Account.from_key("0x" + "5e" * 32)
