@@ -193,7 +193,7 @@ def collect(p: Ports) -> int:
         except TimeoutError:
             continue                                    # still running on Modal
         except Exception as error:  # the call failed or expired: this attempt is lost
-            attempts.fail(p, job, job.attempt, error)
+            attempts.fail(p, job, job.attempt, _as_input_fault(error))
             continue
         model_s = out.get("elapsed_s", 0.0)
         if job.kind == "embed_batch":
@@ -235,7 +235,14 @@ def _guarded(p: Ports, job: Job, work) -> None:
     except Exception as error:  # this job's attempt fails; the job decides whether to retry
         logger.warning("inference attempt failed", extra={"job_id": job.job_id,
                                                           "error": repr(error)})
-        attempts.fail(p, job, job.attempt, error)
+        attempts.fail(p, job, job.attempt, _as_input_fault(error))
+
+
+def _as_input_fault(error: Exception) -> Exception:
+    """A prompt the model cannot take fails its job at once (InputError), not three times."""
+    if isinstance(error, inference.PromptTooLong):
+        return InputError(str(error), reason=error.reason)
+    return error
 
 
 def _sha(text: str) -> str:

@@ -56,6 +56,11 @@ class Embedder:
                 "elapsed_s": round(time.perf_counter() - started, 4)}
 
 
+class PromptTooLong(ValueError):
+    """The input's fault, not the worker's: the job fails once, with this reason."""
+    reason = "prompt_too_long"
+
+
 @app.cls(gpu="T4", image=image, scaledown_window=300)
 class Generator:
     """A causal language model; deterministic mode (greedy, fixed seed) makes results
@@ -82,6 +87,11 @@ class Generator:
         started = time.perf_counter()
         torch.manual_seed(seed)
         encoded = self.tokenizer(prompt, return_tensors="pt").to(self.device)
+        context = getattr(self.model.config, "n_positions", None) or getattr(
+            self.model.config, "max_position_embeddings", None)
+        if context and encoded["input_ids"].shape[1] + max_tokens > context:
+            raise PromptTooLong(f"the prompt is {encoded['input_ids'].shape[1]} tokens; with "
+                                f"{max_tokens} to generate it exceeds the model's {context}")
         with torch.no_grad():
             first = self.model(**encoded).logits        # time to the first token's logits
             ttfb = time.perf_counter() - started

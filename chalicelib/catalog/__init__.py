@@ -65,6 +65,8 @@ Verification.model_rebuild()
 
 class Limits(_Strict):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
+    # The model's context, in tokens: prompt and generation together must fit.
+    context_tokens: Annotated[int, Field(ge=1)] | None = None
     max_texts: Annotated[int, Field(ge=1)] | None = None
     max_batch: Annotated[int, Field(ge=1)] | None = None
 

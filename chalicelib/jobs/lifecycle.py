@@ -85,6 +85,13 @@ def _check_inputs(manifest: Manifest, job_class: JobClass) -> None:
     if manifest.max_tokens and limits.max_tokens and manifest.max_tokens > limits.max_tokens:
         raise InvalidManifest(f"max_tokens {manifest.max_tokens} is over {job_class.name}'s "
                               f"{limits.max_tokens}", reason="max_tokens_too_large")
+    if manifest.prompt and limits.context_tokens:
+        # Every word is at least one token: a prompt with more words than the context leaves
+        # room for is too long whatever the tokenizer (the model checks the exact count).
+        room = limits.context_tokens - (manifest.max_tokens or 64) - 2
+        if len(manifest.prompt.split()) > room:
+            raise InvalidManifest(f"the prompt has more words than the model's context leaves "
+                                  f"room for ({room} tokens)", reason="prompt_too_long")
 
 
 def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,

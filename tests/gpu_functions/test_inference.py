@@ -87,12 +87,22 @@ def test_deterministic_generation_is_reexecuted_and_matches(api):
     ({"kind": "generate_small", "prompt": "x", "max_tokens": 100_000}, "invalid_value"),
     ({"kind": "generate_small", "prompt": "x", "max_tokens": 257}, "max_tokens_too_large"),
     ({"kind": "embed_batch", "texts": []}, "invalid_value"),
+    ({"kind": "generate_small", "prompt": "word " * 500, "max_tokens": 12}, "prompt_too_long"),
 ])
 def test_bad_inference_requests_are_refused_at_the_door(api, fields, reason):
     from proofline.client import ApiError
     with pytest.raises(ApiError) as refused:
         submit(api, **fields)
     assert (refused.value.status, refused.value.reason) == (400, reason)
+
+
+def test_a_prompt_over_the_models_context_fails_once_with_its_reason(api):
+    # Few words, each many tokens: past the door's word count, caught by the model's own.
+    prompt = " ".join(["qxzvkwjpfhgy"] * 100)
+    job = wait_for(api, submit(api, kind="generate_small", prompt=prompt,
+                               max_tokens=12)["job_id"], timeout=120)
+    assert (job["state"], job["reason"]) == ("failed", "prompt_too_long")
+    assert len(job["attempts"]) == 1                 # the input's fault: no attempt burned
 
 
 def test_a_jsonl_object_that_is_not_texts_fails_the_job_with_its_reason(api, tmp_path):
