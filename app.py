@@ -216,6 +216,13 @@ def job_countersign(job_id):
     return Response({"job_id": job_id, "countersigned": True}, status_code=202)
 
 
+@route("/jobs/{job_id}/release", methods=["POST"])
+def job_release(job_id):
+    """A marketplace worker gives back a job it leased whole and cannot finish."""
+    job = job_leases.release(ports.default(), app.current_request.headers, job_id, _body())
+    return {"job_id": job_id, "state": job.state.value if job else None}
+
+
 @route("/tasks/{ref}/release", methods=["POST"])
 def task_release(ref):
     request = app.current_request

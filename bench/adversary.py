@@ -29,6 +29,10 @@ import numpy as np
 import torch
 from eth_account import Account
 
+# Imported here, once, before any agent thread: transformers resolves its names lazily, and
+# two threads doing so at once can fail ("cannot import name AutoModelForCausalLM").
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
 from bench import cheats
 from chalicelib.aws.workerstore import WorkerStore
 from chalicelib.identity.signing import did_for
@@ -40,6 +44,9 @@ from proofline import clips
 from proofline.client import TERMINAL, Api, ApiError
 from proofline.worker_agent import Agent, health
 
+# Adversaries share a process here (a real agent has one to itself), and transformers loads
+# models through process-wide state: two loads at once leave one on the "meta" device.
+_ONE_MODEL_AT_A_TIME = threading.Lock()
 VIDEO = {c.name: c for c in cheats.VIDEO_CHEATS}
 EMBED_CHEATS = ("embed_5pct_rows_perturbed_new_worker", "embed_perturbed_weights")
 GENERATE_CHEATS = ("generate_sampled_not_greedy", "generate_truncated", "generate_other_model")
@@ -177,12 +184,18 @@ class Adversary(Agent):
                 other.embed.local(["warm"])
             else:
                 other.generate.local("warm", 2, 0)
-            torch.manual_seed(int(self.seed, 16) if self.seed.isalnum() else 7)
-            perturbed(other.model, 0.05 if kind == "embed_batch" else 0.5)
+            torch.manual_seed(int(self.seed, 16))
+            # MiniLM nudged by 5 % of each weight's spread; the two-layer generator's greedy
+            # text survives small nudges, so it gets weights drawn afresh.
+            perturbed(other.model, 0.05, reinit=kind == "generate_small")
             self._other_model = other
         return self._other_model
 
     def run_model(self, lease: dict):
+        with _ONE_MODEL_AT_A_TIME:
+            return self._run_model(lease)
+
+    def _run_model(self, lease: dict):
         body, execution = super().run_model(lease)
         kind = lease["job_class"]
         if self.cheat not in (*EMBED_CHEATS, *GENERATE_CHEATS) or not self.cheating(kind):
@@ -212,6 +225,11 @@ class Adversary(Agent):
                         break
             claimed["tokens"] = len(claimed["token_ids"])
             body = json.dumps(claimed, ensure_ascii=False).encode("utf-8")
+        elif self.cheat == "generate_other_model":
+            honest = super()._model("generate_small").generate.local(
+                lease["inputs"]["prompt"], lease["inputs"]["max_tokens"], lease["inputs"]["seed"])
+            if json.loads(body)["token_ids"] == honest["token_ids"]:
+                return body, execution          # the same text: no cheat, whatever the model
         self.handed_in.add(_digest(body))
         return body, execution
 

@@ -1,7 +1,8 @@
 """The scorecard's end-to-end trials: every cheat that travels the lease path (the video
 cheats, and the inference cheats), run by an adversary (`bench.adversary`) that passes its
 challenge honestly and then cheats on client jobs it wins over HTTP, on a local stack of its
-own. `PROOFLINE_BENCH_E2E_TRIALS` (default 3) jobs per cheat.
+own. `PROOFLINE_BENCH_E2E_TRIALS` (default 3) jobs per cheat; `PROOFLINE_BENCH_E2E_CHEATS`
+(comma-separated) runs only those.
 """
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ def measure() -> dict[str, list[int]]:
                          pool_workers=2)
         try:
             stack.start()
+            chosen = os.environ.get("PROOFLINE_BENCH_E2E_CHEATS")
             outcomes = adversary.campaign(Api(stack.info.api_url), stack.info.chain_id,
-                                          adversary.LEASE_PATH_CHEATS, trials=trials,
+                                          chosen.split(",") if chosen
+                                          else adversary.LEASE_PATH_CHEATS, trials=trials,
                                           workdir=Path(tmp))
         finally:
             stack.stop()

@@ -93,6 +93,10 @@ class Api:
         return self._request("POST", f"/jobs/{job_id}/countersign", json=body,
                              headers=signature).json()
 
+    def release_job(self, job_id: str, body: dict, signature: dict[str, str]) -> dict:
+        return self._request("POST", f"/jobs/{job_id}/release", json=body,
+                             headers=signature).json()
+
     def release(self, task_ref: str, body: dict, signature: dict[str, str]) -> dict:
         return self._request("POST", f"/tasks/{task_ref}/release", json=body,
                              headers=signature).json()

@@ -212,9 +212,13 @@ class Agent:
             body, execution = self.run_model(lease)
             response = requests.put(lease["output"]["url"], data=body, timeout=300)
             response.raise_for_status()
-        except Exception as error:  # noqa: BLE001 - the lease lapses and the job goes on
+        except Exception as error:  # noqa: BLE001 - anything local: give the job back
             self.stats.errors += 1
-            self.log(f"job {job_id} failed here: {error!r}")
+            self.log(f"job {job_id} failed here ({error!r}); releasing it")
+            release = {"did": self.did, "job_id": job_id, "reason": repr(error)[:200]}
+            self._safely(lambda: self.api.release_job(job_id, release,
+                                                      self._signed("release", release)))
+            self.stats.released += 1
             return
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         result = {"did": self.did, "job_id": job_id, "attempt": lease["attempt"],

@@ -17,9 +17,9 @@ from datetime import timedelta
 from chalicelib.aws.blobs import S3Uri, attempt_key
 from chalicelib.catalog import JobClass
 from chalicelib.context import Ports
-from chalicelib.errors import Conflict, Forbidden, InvalidRequest
+from chalicelib.errors import Conflict, Forbidden, InvalidRequest, ProoflineError
 from chalicelib.jobs import states
-from chalicelib.jobs.attempts import start, submit
+from chalicelib.jobs.attempts import fail, start, submit
 from chalicelib.jobs.lifecycle import apply
 from chalicelib.market.evidence import frozen
 from chalicelib.market.inference_inputs import (
@@ -185,3 +185,26 @@ def submit_result(ports: Ports, headers, job_id: str, body: dict) -> Job | None:
         job_id=job_id, attempt=job.attempt, worker=did, output=output,
         duration_ms=int(float(execution.get("model_s") or 0) * 1000), execution=execution,
         signature=body.get("signature") if isinstance(body.get("signature"), str) else None))
+
+
+class LeaseReleased(ProoflineError):
+    """A worker gave a whole job back: the attempt ends now, and the job goes elsewhere."""
+    status = 409
+    reason = "lease_released"
+
+
+def release(ports: Ports, headers, job_id: str, body: dict) -> Job | None:
+    """A worker gives a leased job back (it cannot run it, or is leaving): its attempt fails
+    at once, as an absence (a challenge is offered again), and the job goes to another
+    worker instead of waiting for a lease its heartbeats would keep alive."""
+    did = body.get("did") if isinstance(body, dict) else None
+    if not isinstance(did, str) or body.get("job_id") != job_id:
+        raise InvalidRequest("a release names its did and the job_id", reason="did_mismatch")
+    did = signed(ports, headers, action="release", body=body, did=did)
+    job = ports.store.get(job_id)
+    if job.worker != did:
+        raise Forbidden(f"job {job_id} is not leased to {did}", reason="not_your_job")
+    if job.state != State.RUNNING:
+        raise Conflict(f"job {job_id} is not leased ({job.state.value})", reason="lease_not_held")
+    return fail(ports, job, job.attempt, LeaseReleased(
+        f"released by {did}: {str(body.get('reason', ''))[:200]}"))

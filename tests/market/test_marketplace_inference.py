@@ -259,3 +259,31 @@ def test_a_worker_that_rewrites_its_upload_after_submitting_changes_nothing_prom
     submitted = [e for e in api.events(job["job_id"])["events"] if e["type"] == "output.uploaded"]
     assert submitted[-1]["data"]["sha256"] == output["sha256"]        # what it committed to
     assert "/evidence/" in submitted[-1]["data"]["uri"]                # frozen out of reach
+
+
+class Broken(Recording):
+    """Passes its challenge, then cannot run the model: it gives the job back, and keeps
+    sending heartbeats (which would otherwise keep its lease alive)."""
+
+    def run_model(self, lease):
+        if challenge_passed(self, "embed_batch"):
+            raise RuntimeError("CUDA error: out of memory")
+        return super().run_model(lease)
+
+
+def test_a_job_the_worker_cannot_run_is_given_back_and_finished_elsewhere(api, stack,
+                                                                          inference_market):
+    broken, thread = start(api, stack.info.chain_id, Broken, "0.000001")
+    try:
+        wait_verified(api, broken.did)
+        job, _ = api.submit({"kind": "embed_batch", "texts": ["one", "two"]},
+                            idempotency_key=str(uuid.uuid4()))
+        final = wait_for(api, job["job_id"], timeout=120)
+    finally:
+        broken.stop()
+        thread.join(timeout=60)
+    assert final["state"] == "settled"
+    [given_back] = [a for a in final["attempts"] if a["worker"] == broken.did]
+    assert (given_back["state"], given_back["reason"]) == ("failed", "lease_released")
+    assert final["attempts"][-1]["worker"] != broken.did
+    assert broken.stats.released == 1
