@@ -36,6 +36,7 @@ def measure() -> dict[str, list[int]]:
     # busy two-core machine still takes its offers in time.
     os.environ.setdefault("PROOFLINE_WORKER_LEASE_SECONDS", "30")
     os.environ.setdefault("PROOFLINE_OFFER_SECONDS", "30")
+    os.environ.setdefault("PROOFLINE_RECHALLENGE_SECONDS", "5")
     with tempfile.TemporaryDirectory(prefix="proofline-bench-") as tmp:
         stack = DevStack(Path(tmp) / "state", visibility_cap=2, schedule_every_s=1,
                          pool_workers=2)

@@ -49,6 +49,7 @@ class Settings:
     allow_unsigned: bool = False      # unsigned submit/cancel: a local-demo convenience only
     trusted_workers: frozenset[str] = frozenset()   # marketplace DIDs cleared for private data
     operators: frozenset[str] = frozenset()         # DIDs that may act on any job
+    rechallenge_s: int = 3600         # a challenge failed by absence is offered again after this
     countersign_s: int = 3600         # an escrow payee that has not countersigned by then forfeits
 
     @property
@@ -146,6 +147,7 @@ def _settings(env) -> Settings:
         countersign_s=int(env.get("PROOFLINE_COUNTERSIGN_SECONDS", 3600)),
         trusted_workers=frozenset(d.strip() for d in env.get("PROOFLINE_TRUSTED_WORKERS", "")
                                   .split(",") if d.strip()),
+        rechallenge_s=int(env.get("PROOFLINE_RECHALLENGE_SECONDS", 3600)),
         operators=frozenset(d.strip() for d in env.get("PROOFLINE_OPERATORS", "").split(",")
                             if d.strip()),
     )

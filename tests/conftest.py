@@ -35,6 +35,7 @@ def stack(tmp_path_factory):
     os.environ.setdefault("PROOFLINE_WORKER_LEASE_SECONDS", "5")
     os.environ.setdefault("PROOFLINE_OFFER_SECONDS", "8")
     os.environ.setdefault("PROOFLINE_COUNTERSIGN_SECONDS", "6")
+    os.environ.setdefault("PROOFLINE_RECHALLENGE_SECONDS", "2")
     dev = DevStack(tmp_path_factory.mktemp("stack"), visibility_cap=2, schedule_every_s=1,
                    pool_workers=2)
     dev.start()

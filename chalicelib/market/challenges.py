@@ -64,14 +64,16 @@ RECHECK_FRACTION = 0.1                # re-challenge in the last tenth of a veri
 ABSENCE = frozenset({"offer_lapsed", "lease_expired", "lease_released", "lease_lost"})
 
 
-def due(worker: Worker, now: datetime, ttl_s: int) -> list[str]:
-    """The claimed classes that need a challenge now: never tried, failed by absence, or
+def due(worker: Worker, now: datetime, ttl_s: int, retry_after_s: int = 3600) -> list[str]:
+    """The claimed classes that need a challenge now: never tried, failed by absence at
+    least `retry_after_s` ago (a silent key's heartbeats cannot start one after another), or
     verified but close to expiry. A pending one, or one failed by a wrong output, is not."""
     classes = []
     for job_class in worker.claims.job_classes:
         last = worker.challenges.get(job_class)
         verified = worker.verified.get(job_class)
-        if last is None or (last.state == "failed" and last.retryable):
+        if last is None or (last.state == "failed" and last.retryable
+                            and (now - last.at).total_seconds() >= retry_after_s):
             classes.append(job_class)
         elif (last.state == "passed" and verified is not None
               and (verified.expires_at - now).total_seconds() < ttl_s * RECHECK_FRACTION):
@@ -124,7 +126,8 @@ def _inputs(ports: Ports, spec: ChallengeSpec, job_class: str) -> dict | None:
 def enrol(ports: Ports, worker: Worker) -> Worker:
     """Start the challenges `worker` is due (on registration, and from heartbeats later);
     returns the worker as stored after them."""
-    classes = due(worker, ports.clock(), ports.settings.capability_ttl_s)
+    classes = due(worker, ports.clock(), ports.settings.capability_ttl_s,
+                  ports.settings.rechallenge_s)
     for job_class in classes:
         start(ports, worker, job_class)
     return ports.workers.get(worker.did) if classes else worker

@@ -100,7 +100,11 @@ def test_a_challenge_is_due_when_never_tried_retryable_or_near_expiry():
     assert challenges.due(failed, NOW, ttl) == []                # a cheat is not asked again
     away = worker(1, verified=False, challenges={"ffmpeg_hls": Challenge(
         state="failed", at=NOW, reason="offer_lapsed", retryable=True)})
-    assert challenges.due(away, NOW, ttl) == ["ffmpeg_hls"]
+    assert challenges.due(away, NOW, ttl) == []                  # not at every heartbeat …
+    assert challenges.due(away, NOW + timedelta(minutes=59), ttl) == []
+    assert challenges.due(away, NOW + timedelta(hours=1), ttl) == ["ffmpeg_hls"]   # … hourly
+    assert challenges.due(away, NOW + timedelta(seconds=2), ttl, retry_after_s=2) == [
+        "ffmpeg_hls"]
     passed = worker(1, challenges={"ffmpeg_hls": Challenge(state="passed", at=NOW)})
     assert challenges.due(passed, NOW, ttl) == []
     assert challenges.due(passed, NOW + timedelta(days=6, hours=1), ttl) == ["ffmpeg_hls"]
