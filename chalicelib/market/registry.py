@@ -36,27 +36,34 @@ class Hardware(_Strict):
     memory_gb: Annotated[float, Field(ge=0, le=65536)] | None = None
 
 
+_Name = Annotated[str, Field(min_length=1, max_length=64)]
+_Model = Annotated[str, Field(min_length=1, max_length=128)]
+
+
 class Claims(_Strict):
-    """What a worker says it can do. Only ever used after a challenge confirmed it."""
-    job_classes: Annotated[list[Annotated[str, Field(max_length=64)]], Field(min_length=1,
-                                                                               max_length=32)]
-    runtimes: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict)
-    codecs: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list)
+    """What a worker says it can do. Only ever used after a challenge confirmed it. Every
+    collection is bounded: a registration is a few hundred bytes, never a megabyte."""
+    job_classes: Annotated[list[_Name], Field(min_length=1, max_length=32)]
+    runtimes: Annotated[dict[_Name, Annotated[str, Field(max_length=64)]],
+                        Field(max_length=32)] = Field(default_factory=dict)
+    codecs: Annotated[list[Annotated[str, Field(max_length=32)]],
+                      Field(max_length=32)] = Field(default_factory=list)
     hardware: Hardware = Hardware()
-    models_cached: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list)
+    models_cached: Annotated[list[_Model], Field(max_length=32)] = Field(default_factory=list)
     region: Annotated[str, Field(pattern=r"^[a-z]{2}-[a-z]+-[0-9]$")]
-    price_per_unit: dict[str, Annotated[Decimal, Field(ge=0, max_digits=36,
-                                                       decimal_places=18)]]
+    price_per_unit: Annotated[dict[_Name, Annotated[Decimal, Field(
+        ge=0, max_digits=36, decimal_places=18, allow_inf_nan=False)]], Field(max_length=32)]
 
 
 class Health(_Strict):
-    cpu_free: Annotated[float, Field(ge=0, le=1)] | None = None
-    gpu_free: Annotated[float, Field(ge=0, le=1)] | None = None
-    memory_free_gb: Annotated[float, Field(ge=0)] | None = None
-    disk_free_gb: Annotated[float, Field(ge=0)] | None = None
-    queue_depth: Annotated[int, Field(ge=0)] = 0
-    versions: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict)
-    models_loaded: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list)
+    cpu_free: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    gpu_free: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    memory_free_gb: Annotated[float, Field(ge=0, le=1 << 20, allow_inf_nan=False)] | None = None
+    disk_free_gb: Annotated[float, Field(ge=0, le=1 << 30, allow_inf_nan=False)] | None = None
+    queue_depth: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    versions: Annotated[dict[_Name, Annotated[str, Field(max_length=64)]],
+                        Field(max_length=16)] = Field(default_factory=dict)
+    models_loaded: Annotated[list[_Model], Field(max_length=32)] = Field(default_factory=list)
     accepting: bool = True            # False while draining: finish the lease, take no more
 
 

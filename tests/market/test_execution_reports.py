@@ -1,7 +1,13 @@
 """What a worker reports beside its result is shown, never trusted: strict, finite, bounded."""
 import pytest
 
-from chalicelib.market.registry import ModelExecution, SegmentExecution, execution_report
+from chalicelib.market.registry import (
+    Claims,
+    Health,
+    ModelExecution,
+    SegmentExecution,
+    execution_report,
+)
 
 
 def test_an_honest_agents_reports_pass_as_they_are():
@@ -30,3 +36,30 @@ def test_an_honest_agents_reports_pass_as_they_are():
 def test_a_poisoned_report_is_refused(model, value):
     with pytest.raises(ValueError):
         execution_report(model, value)
+
+
+@pytest.mark.parametrize("claims", [
+    {"job_classes": ["ffmpeg_hls"] * 33},
+    {"models_cached": ["m"] * 33},
+    {"codecs": ["h264"] * 1000},
+    {"runtimes": {f"r{i}": "x" for i in range(33)}},
+    {"price_per_unit": {f"c{i}": "1" for i in range(33)}},
+    {"price_per_unit": {"ffmpeg_hls": "NaN"}},
+])
+def test_claims_are_bounded(claims):
+    base = {"job_classes": ["ffmpeg_hls"], "region": "us-east-1",
+            "price_per_unit": {"ffmpeg_hls": "0.001"}}
+    Claims.model_validate(base)
+    with pytest.raises(ValueError):
+        Claims.model_validate({**base, **claims})
+
+
+@pytest.mark.parametrize("health", [
+    {"versions": {f"v{i}": "1" for i in range(17)}},
+    {"models_loaded": ["m"] * 33},
+    {"cpu_free": float("nan")},
+    {"memory_free_gb": float("inf")},
+])
+def test_health_is_bounded(health):
+    with pytest.raises(ValueError):
+        Health.model_validate(health)
