@@ -1,4 +1,5 @@
-"""What a worker reports beside its result is shown, never trusted: strict, finite, bounded."""
+"""What a worker sends (claims, health, execution reports) is shown, never trusted: strict,
+finite, bounded."""
 import pytest
 
 from chalicelib.market.registry import (
