@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
+from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
+from pydantic import ValidationError
 
 from chalicelib.errors import JobExists, JobNotFound, StaleVersion
 from chalicelib.jobs.states import NON_TERMINAL
 from chalicelib.models import Attempt, Event, Job, State, Task
+
+logger = Logger(service="proofline")
 
 JOB_SK = "JOB"
 
@@ -98,7 +102,7 @@ class JobStore:
                                   KeyConditionExpression="#s = :s",
                                   ExpressionAttributeNames={"#s": "state"},
                                   ExpressionAttributeValues={":s": {"S": s.value}})
-            jobs += [Job.model_validate_json(i["doc"]["S"]) for i in page["Items"]]
+            jobs += [job for i in page["Items"] if (job := _readable(i)) is not None]
         jobs.sort(key=lambda j: j.created_at, reverse=True)
         return jobs[:limit]
 
@@ -207,3 +211,14 @@ class JobStore:
 
 def _pk(job_id: str) -> str:
     return f"JOB#{job_id}"
+
+
+def _readable(item: dict) -> Job | None:
+    """A listed job, or None (logged) for one stored in a shape this version cannot read: a
+    bad item is left out of a listing rather than failing all of it."""
+    try:
+        return Job.model_validate_json(item["doc"]["S"])
+    except (KeyError, ValidationError) as error:
+        logger.warning("unreadable job item left out of a listing",
+                       extra={"pk": item.get("pk", {}).get("S"), "error": str(error)[:300]})
+        return None

@@ -195,3 +195,20 @@ def test_uploads_are_content_addressed(api, clip):
     assert slot["upload_url"] is None and slot["input_uri"] == first["input_uri"]
     bad = requests.post(f"{api.base_url}/uploads", json={"sha256": "abc"}, timeout=10)
     assert bad.status_code == 400
+
+
+def test_an_unreadable_stored_job_is_left_out_of_a_listing_not_fatal_to_it(api, aws,
+                                                                          uploaded):
+    job, _ = api.submit(manifest(uploaded), idempotency_key=str(uuid.uuid4()))
+    wait_for(api, job["job_id"])
+    corrupted = {"pk": {"S": "JOB#job-corrupted"}, "sk": {"S": "JOB"}}
+    aws.dynamodb.put_item(TableName="proofline-local-jobs", Item={
+        **corrupted, "state": {"S": "settled"}, "created_at": {"S": "2999-01-01T00:00:00Z"},
+        "doc": {"S": '{"job_id": 7'}})
+    try:
+        response = requests.get(f"{api.base_url}/jobs?state=settled&limit=500", timeout=30)
+    finally:
+        aws.dynamodb.delete_item(TableName="proofline-local-jobs", Key=corrupted)
+    assert response.status_code == 200, response.text
+    listed = [j["job_id"] for j in response.json()["jobs"]]
+    assert job["job_id"] in listed and "job-corrupted" not in listed
