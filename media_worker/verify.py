@@ -22,9 +22,18 @@ from chalicelib.verification import audit
 from chalicelib.verification import segments as rules
 from chalicelib.verification.policies import Verdict
 
-from .measure import audio_bands, compare_frames, fingerprints, frames_at, measure_segment
+from .measure import (
+    audio_bands,
+    compare_frames,
+    cut,
+    fingerprints,
+    frames_at,
+    measure_segment,
+    tile_grid,
+)
 
 MEASURE_ERRORS = (MediaError, ProoflineError, av.FFmpegError, ValueError)
+TILES = 4                          # squares compared at full resolution per audited frame
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,8 @@ def judge_video(candidate: Path, *, reported_sha256: str, actual_sha256: str,
                 planned: PlannedRendition, fps: Fraction, segment_s: float, start_s: float,
                 source_duration_s: float, source: Path | None, reference: Reference | None,
                 key: bytes | None, ssim_frames: int) -> Verdict:
-    """Structure always; content (every frame, and SSIM at `ssim_frames` frames drawn with
-    `key`) when `key` is given, i.e. when this segment's content is audited."""
+    """Structure always; content (every frame, and SSIM over squares of `ssim_frames` frames,
+    all drawn with `key`) when `key` is given, i.e. when this segment's content is audited."""
     distances = ssim = None
     try:
         measure = measure_segment(candidate).model_dump()
@@ -64,8 +73,16 @@ def judge_video(candidate: Path, *, reported_sha256: str, actual_sha256: str,
             distances = rules.frame_distances(reference.frames, frames,
                                               source_fps=reference.fps, fps=float(fps))
             shown = {i: round(i * reference.fps / float(fps)) for i in drawn}  # same time
-            at = frames_at(source, list(shown.values()), (measure["width"], measure["height"]))
-            ssim = compare_frames({i: at[s] for i, s in shown.items() if s in at}, full)
+            size = (measure["width"], measure["height"])
+            at = frames_at(source, list(shown.values()), size)
+            # At full resolution, TILES squares of each drawn frame, drawn too: a quality
+            # cheat has to spare every square to pass, so it spares the picture.
+            grid = tile_grid(*size)
+            corners = {i: [grid[t] for t in audit.draw(key, f"tiles:{i}", len(grid), TILES)]
+                       for i in drawn}
+            ssim = compare_frames({i: cut(at[s], corners[i]) for i, s in shown.items()
+                                   if s in at},
+                                  {i: cut(frame, corners[i]) for i, frame in full.items()})
     except MEASURE_ERRORS as error:
         return Verdict("segment_video", {"sha256_matches": actual_sha256 == reported_sha256,
                                          "output_readable": False},
