@@ -25,7 +25,6 @@ from chalicelib.verification.policies import Verdict
 from .measure import (
     audio_bands,
     compare_frames,
-    cut,
     fingerprints,
     frames_at,
     measure_segment,
@@ -33,7 +32,7 @@ from .measure import (
 )
 
 MEASURE_ERRORS = (MediaError, ProoflineError, av.FFmpegError, ValueError)
-TILES = 4                          # squares compared at full resolution per audited frame
+TILES = 8                          # squares compared at full resolution per audited frame
 
 
 @dataclass(frozen=True)
@@ -80,9 +79,8 @@ def judge_video(candidate: Path, *, reported_sha256: str, actual_sha256: str,
             grid = tile_grid(*size)
             corners = {i: [grid[t] for t in audit.draw(key, f"tiles:{i}", len(grid), TILES)]
                        for i in drawn}
-            ssim = compare_frames({i: cut(at[s], corners[i]) for i, s in shown.items()
-                                   if s in at},
-                                  {i: cut(frame, corners[i]) for i, frame in full.items()})
+            ssim = compare_frames({i: at[s] for i, s in shown.items() if s in at}, full,
+                                  corners)
     except MEASURE_ERRORS as error:
         return Verdict("segment_video", {"sha256_matches": actual_sha256 == reported_sha256,
                                          "output_readable": False},
