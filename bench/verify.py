@@ -70,15 +70,16 @@ def clopper_pearson_lower(caught: int, trials: int, alpha: float = 0.05) -> floa
 class Scene:
     """The source segment (video with varying sound), another clip, and their frames."""
 
-    def __init__(self, work: Path):
-        self.work = work
+    def __init__(self, work: Path, width: int = WIDTH, height: int = HEIGHT):
+        self.work, self.width, self.height = work, width, height
         self.source = work / "source.mp4"
         self.other = work / "other.mp4"
-        _lavfi(self.source, "testsrc2", audio="sine=frequency=440:beep_factor=4")
-        _lavfi(self.other, "smptehdbars")
+        _lavfi(self.source, "testsrc2", (width, height),
+               audio="sine=frequency=440:beep_factor=4")
+        _lavfi(self.other, "smptehdbars", (width, height))
         self.frames = _frames(self.source)
         self.other_frames = _frames(self.other)
-        self.planned = profiles.ladder(PROFILE, WIDTH, HEIGHT)[0]
+        self.planned = profiles.ladder(PROFILE, width, height)[0]
         self.reference = verify.Reference.of(self.source, SECONDS)
         self.audio_source = work / "source.wav"
         subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(self.source), "-vn", "-ac", "1",
@@ -90,7 +91,7 @@ class Scene:
         raw = self.work / f"{name}.y4m"
         with av.open(str(raw), "w", format="yuv4mpegpipe") as out:
             stream = out.add_stream("rawvideo", rate=FPS)
-            stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+            stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
             for array in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="yuv420p")):
                     out.mux(packet)
@@ -137,6 +138,7 @@ def run() -> dict[str, float]:
             caught[name][0 if not passed else 1] += 1
         audio = list(pool.map(_audio_trial, [f"{seed}:a{i}" for i in range(trials)]))
     results.update(_honest_summary(honest))
+    results.update(_cost_at_720p())
     rows = [(c.name, c.touches, caught[c.name][0], trials, caught[c.name][1])
             for c in cheats.VIDEO_CHEATS]
     rows += _audio_summary(audio, trials)
@@ -205,6 +207,22 @@ def _honest_trial(seed: str) -> tuple[bool, str | None, float, float, float, flo
             cpu, full, structure)
 
 
+def _cost_at_720p() -> dict[str, float]:
+    """The full-depth check against the encode for a 2 s 720p segment (the `hls-abr` 720p
+    rung, the project's own settings): the small segments above flatter neither side, but
+    decoding and comparing grow with the picture as x264 does."""
+    with tempfile.TemporaryDirectory(prefix="proofline-verify-720p-") as tmp:
+        scene = Scene(Path(tmp), 1280, 720)
+        encode = full = 0.0
+        for i, preset in enumerate(("veryfast", "faster", "veryfast")):
+            path, cpu = scene.encode_file(scene.source, f"h{i}", preset=preset)
+            verdict, checked = scene.judge(path)
+            assert verdict.passed, verdict.reason
+            encode, full = encode + cpu, full + checked
+    print(f"720p: encode {encode / 3:.3f} CPU-s per segment, full-depth check {full / 3:.3f}")
+    return {"verify_cpu_over_encode_cpu_new_worker_720p": round(full / encode, 4)}
+
+
 def _honest_summary(trials: list[tuple]) -> dict[str, float]:
     rejected = [t for t in trials if not t[0]]
     for t in rejected:
@@ -257,9 +275,9 @@ def _aac(base: Path, samples: np.ndarray, rate: int) -> Path:
     return out
 
 
-def _lavfi(path: Path, pattern: str, audio: str | None = None) -> None:
+def _lavfi(path: Path, pattern: str, size: tuple[int, int], audio: str | None = None) -> None:
     args = [FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i",
-            f"{pattern}=size={WIDTH}x{HEIGHT}:rate={FPS}:duration={SECONDS}"]
+            f"{pattern}=size={size[0]}x{size[1]}:rate={FPS}:duration={SECONDS}"]
     if audio:
         args += ["-f", "lavfi", "-i", f"{audio}:sample_rate=44100:duration={SECONDS}"]
     args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(FPS)]
