@@ -123,47 +123,18 @@ def frames_at(path: PathLike, indices: list[int], size: tuple[int, int]) -> dict
     return frames
 
 
-TILE = 96                          # the side of a square compared at full resolution
+def compare_frames(reference: dict[int, np.ndarray],
+                   candidate: dict[int, np.ndarray]) -> dict[int, tuple[float, float]]:
+    """(luma SSIM, fine detail as a share of the reference's) per frame both sides have; a
+    frame one side lacks scores (0, 0). The detail ratio is what a picture scaled down and
+    up again has lost."""
+    return {i: (_ssim(reference[i], candidate[i]), _detail_ratio(reference[i], candidate[i]))
+            if i in reference else (0.0, 0.0) for i in candidate}
 
 
-def tile_grid(width: int, height: int) -> list[tuple[int, int]]:
-    """The (top, left) corners of the TILE x TILE squares that cover a picture (the last
-    row and column flush with its edges); a picture smaller than a tile is one square."""
-    def starts(extent: int) -> list[int]:
-        if extent <= TILE:
-            return [0]
-        return sorted({*range(0, extent - TILE, TILE), extent - TILE})
-    return [(top, left) for top in starts(height) for left in starts(width)]
-
-
-def compare_tiles(reference: np.ndarray, candidate: np.ndarray,
-                  corners: list[tuple[int, int]]) -> tuple[float, float]:
-    """(mean luma SSIM, fine detail as a share of the reference's) over the TILE x TILE
-    squares at `corners`, each measured on its own (a square's edges are not the picture's):
-    the detail ratio sums the squares' energies, so a flat square cannot swing it."""
-    scores, kept, base = [], 0.0, 0.0
-    for top, left in corners:
-        ref = reference[top:top + TILE, left:left + TILE]
-        got = candidate[top:top + TILE, left:left + TILE]
-        if ref.shape != got.shape or not ref.size:
-            return 0.0, 0.0
-        scores.append(_ssim(ref, got))
-        kept, base = kept + _energy(got), base + _energy(ref)
-    return float(np.mean(scores)), kept / base if base > 1e-6 else 1.0
-
-
-def compare_frames(reference: dict[int, np.ndarray], candidate: dict[int, np.ndarray],
-                   corners: dict[int, list[tuple[int, int]]] | None = None
-                   ) -> dict[int, tuple[float, float]]:
-    """(luma SSIM, fine detail as a share of the reference's) per frame both sides have,
-    over the squares `corners` names for it (every square of the picture by default); a
-    frame one side lacks scores (0, 0)."""
-    def squares(i: int) -> list[tuple[int, int]]:
-        if corners is not None:
-            return corners[i]
-        return tile_grid(candidate[i].shape[1], candidate[i].shape[0])
-    return {i: compare_tiles(reference[i], candidate[i], squares(i)) if i in reference
-            else (0.0, 0.0) for i in candidate}
+def _detail_ratio(reference: np.ndarray, candidate: np.ndarray) -> float:
+    base = _energy(reference)
+    return _energy(candidate) / base if base > 1e-6 else 1.0
 
 
 def _energy(a: np.ndarray) -> float:

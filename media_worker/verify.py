@@ -28,11 +28,9 @@ from .measure import (
     fingerprints,
     frames_at,
     measure_segment,
-    tile_grid,
 )
 
 MEASURE_ERRORS = (MediaError, ProoflineError, av.FFmpegError, ValueError)
-TILES = 8                          # squares compared at full resolution per audited frame
 
 
 @dataclass(frozen=True)
@@ -61,8 +59,8 @@ def judge_video(candidate: Path, *, reported_sha256: str, actual_sha256: str,
                 planned: PlannedRendition, fps: Fraction, segment_s: float, start_s: float,
                 source_duration_s: float, source: Path | None, reference: Reference | None,
                 key: bytes | None, ssim_frames: int) -> Verdict:
-    """Structure always; content (every frame, and SSIM over squares of `ssim_frames` frames,
-    all drawn with `key`) when `key` is given, i.e. when this segment's content is audited."""
+    """Structure always; content (every frame, and SSIM at `ssim_frames` frames drawn with
+    `key`) when `key` is given, i.e. when this segment's content is audited."""
     distances = ssim = None
     try:
         measure = measure_segment(candidate).model_dump()
@@ -72,15 +70,8 @@ def judge_video(candidate: Path, *, reported_sha256: str, actual_sha256: str,
             distances = rules.frame_distances(reference.frames, frames,
                                               source_fps=reference.fps, fps=float(fps))
             shown = {i: round(i * reference.fps / float(fps)) for i in drawn}  # same time
-            size = (measure["width"], measure["height"])
-            at = frames_at(source, list(shown.values()), size)
-            # At full resolution, TILES squares of each drawn frame, drawn too: a quality
-            # cheat has to spare every square to pass, so it spares the picture.
-            grid = tile_grid(*size)
-            corners = {i: [grid[t] for t in audit.draw(key, f"tiles:{i}", len(grid), TILES)]
-                       for i in drawn}
-            ssim = compare_frames({i: at[s] for i, s in shown.items() if s in at}, full,
-                                  corners)
+            at = frames_at(source, list(shown.values()), (measure["width"], measure["height"]))
+            ssim = compare_frames({i: at[s] for i, s in shown.items() if s in at}, full)
     except MEASURE_ERRORS as error:
         return Verdict("segment_video", {"sha256_matches": actual_sha256 == reported_sha256,
                                          "output_readable": False},
