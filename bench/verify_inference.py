@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bench import adversary
 from bench.embed import sentences
 from chalicelib.verification import audit
 from chalicelib.verification import inference as rules
@@ -51,14 +52,7 @@ def _vectors(model, texts, batch_size=64) -> np.ndarray:
 
 
 def _perturbed(model, scale: float, reinit: bool = False):
-    other = copy.deepcopy(model)
-    with torch.no_grad():
-        for parameter in other.parameters():
-            if reinit:
-                parameter.normal_(0, 0.02)
-            else:
-                parameter.add_(torch.randn_like(parameter) * scale * parameter.std())
-    return other
+    return adversary.perturbed(copy.deepcopy(model), scale, reinit=reinit)
 
 
 def _other_model_outputs(honest: dict[str, dict]) -> dict[str, dict]:

@@ -158,13 +158,7 @@ def document(ports: Ports, job: Job) -> dict:
 def submit_result(ports: Ports, headers, job_id: str, body: dict) -> Job | None:
     """A signed result for a leased job; with escrow it carries the worker's signature
     over (job key, output hash), which the verifier checks as the contract will."""
-    did = body.get("did") if isinstance(body, dict) else None
-    if not isinstance(did, str) or body.get("job_id") != job_id:
-        raise InvalidRequest("a result names its did and the job_id", reason="did_mismatch")
-    did = signed(ports, headers, action="result", body=body, did=did)
-    job = ports.store.get(job_id)
-    if job.worker != did:
-        raise Forbidden(f"job {job_id} is not leased to {did}", reason="not_your_job")
+    did, job = _leased(ports, headers, job_id, body, action="result")
     if job.state != State.RUNNING or body.get("attempt") != job.attempt:
         raise Conflict(f"job {job_id} attempt {body.get('attempt')} is not leased to you now",
                        reason="lease_not_held")
@@ -197,14 +191,20 @@ def release(ports: Ports, headers, job_id: str, body: dict) -> Job | None:
     """A worker gives a leased job back (it cannot run it, or is leaving): its attempt fails
     at once, as an absence (a challenge is offered again), and the job goes to another
     worker instead of waiting for a lease its heartbeats would keep alive."""
-    did = body.get("did") if isinstance(body, dict) else None
-    if not isinstance(did, str) or body.get("job_id") != job_id:
-        raise InvalidRequest("a release names its did and the job_id", reason="did_mismatch")
-    did = signed(ports, headers, action="release", body=body, did=did)
-    job = ports.store.get(job_id)
-    if job.worker != did:
-        raise Forbidden(f"job {job_id} is not leased to {did}", reason="not_your_job")
+    did, job = _leased(ports, headers, job_id, body, action="release")
     if job.state != State.RUNNING:
         raise Conflict(f"job {job_id} is not leased ({job.state.value})", reason="lease_not_held")
     return fail(ports, job, job.attempt, LeaseReleased(
         f"released by {did}: {str(body.get('reason', ''))[:200]}"))
+
+
+def _leased(ports: Ports, headers, job_id: str, body: dict, *, action: str) -> tuple[str, Job]:
+    """The signing worker's DID and the job, which must be assigned to it."""
+    did = body.get("did") if isinstance(body, dict) else None
+    if not isinstance(did, str) or body.get("job_id") != job_id:
+        raise InvalidRequest(f"a {action} names its did and the job_id", reason="did_mismatch")
+    did = signed(ports, headers, action=action, body=body, did=did)
+    job = ports.store.get(job_id)
+    if job.worker != did:
+        raise Forbidden(f"job {job_id} is not leased to {did}", reason="not_your_job")
+    return did, job
