@@ -13,6 +13,7 @@ import pytest
 from eth_account import Account
 
 from chalicelib.config import stage_environment
+from chalicelib.identity.signing import did_for
 from chalicelib.jobs.lifecycle import derive_job_id
 from proofline import clips
 from proofline.client import TERMINAL, Api, ApiError
@@ -28,7 +29,6 @@ OPERATOR = Account.from_key("0x" + "5e" * 32)
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    from chalicelib.identity.signing import did_for
     from proofline.devstack import DevStack
     os.environ.setdefault("PROOFLINE_OPERATORS", did_for(OPERATOR.address, 31337))
     # Marketplace leases and offers lapse in seconds here, so lost workers are noticed fast.
