@@ -1,4 +1,5 @@
 """Proofline control plane: every trigger in one screen, each a few lines of delegation."""
+import contextvars
 import functools
 import json
 import uuid
@@ -9,10 +10,12 @@ from aws_lambda_powertools.utilities.batch import (
     EventType,
     process_partial_response,
 )
-from chalice import Chalice, Rate, Response
+from chalice import AuthResponse, Chalice, Rate, Response
 
-from chalicelib import bodies, config, ports
+from chalicelib import bodies, callers, config, ports
 from chalicelib.errors import InvalidRequest, ProoflineError
+from chalicelib.identity import access
+from chalicelib.identity.access import Caller, Proof
 from chalicelib.jobs import attempts, intake, lifecycle, sweeper
 from chalicelib.jobs.documents import job_document, package_document, upload_slot
 from chalicelib.market import challenges, job_leases, leases, workers
@@ -21,11 +24,29 @@ from chalicelib.settlement import payments
 
 app = Chalice(app_name="proofline")
 logger = Logger(service="proofline")
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
 
 
-def route(path, **options):
-    """`app.route` whose domain errors become a status and a body with a reason code;
-    nothing below the handlers knows about HTTP."""
+@app.authorizer()
+def session_authorizer(auth_request):
+    """At the gateway: a request to a session route carries a token this stage signed and
+    that has not expired (the handler checks it again, and its revocation)."""
+    try:
+        session = callers.session(ports.default(), auth_request.token.removeprefix("Bearer "))
+    except ProoflineError:
+        return AuthResponse(routes=[], principal_id="anonymous")
+    return AuthResponse(routes=["*"], principal_id=session.did)
+
+
+def route(path, methods=("GET",), **options):
+    """`app.route` under the route's access rule (identity/access.py): a session route has
+    the gateway's authorizer and its caller resolved before the view runs. Domain errors
+    become a status and a body with a reason code; nothing below the handlers knows HTTP."""
+    (method,) = methods
+    rule = access.rule(method, path)               # a route without a rule does not load
+    if rule.proof is Proof.SESSION:
+        options["authorizer"] = session_authorizer
+
     def decorate(view):
         @functools.wraps(view)
         def handle(*args, **kwargs):
@@ -33,13 +54,22 @@ def route(path, **options):
             logger.set_correlation_id(headers.get("x-correlation-id") or kwargs.get("job_id")
                                       or str(uuid.uuid4()))
             try:
+                if rule.proof is Proof.SESSION:
+                    caller = callers.caller(ports.default(), headers)
+                    access.admit(caller, rule)
+                    _caller.set(caller)
                 return view(*args, **kwargs)
             except ProoflineError as error:
                 if error.status >= 500:
                     logger.exception("request failed")
                 return Response(error.to_dict(), status_code=error.status)
-        return app.route(path, **options)(handle)
+        return app.route(path, methods=[method], **options)(handle)
     return decorate
+
+
+def caller() -> Caller:
+    """The signed-in caller of the session route being served."""
+    return _caller.get()
 
 
 def _body() -> dict:
@@ -49,7 +79,22 @@ def _body() -> dict:
 
 @route("/health")
 def health():
-    return {"status": "ok", "stage": config.settings().stage}
+    s = config.settings()
+    return {"status": "ok", "stage": s.stage,
+            "sign_in": {"domain": s.session_domain, "chain_id": s.chain_id}}
+
+
+@route("/sessions", methods=["POST"])
+def sign_in():
+    """Sign-In with Ethereum (EIP-4361) → a short-lived bearer token for reads."""
+    return Response(callers.sign_in(ports.default(), _body()), status_code=201)
+
+
+@route("/sessions", methods=["DELETE"])
+def revoke_sessions():
+    """Void the caller's sessions (an operator: any DID's, `?did=`)."""
+    did = (app.current_request.query_params or {}).get("did")
+    return callers.revoke(ports.default(), caller(), did)
 
 
 @route("/jobs", methods=["POST"],
@@ -78,23 +123,32 @@ def list_jobs():
         raise InvalidRequest(str(exc), reason="invalid_query") from exc
     if not 1 <= limit <= 500:
         raise InvalidRequest(f"limit must be 1-500, not {limit}", reason="invalid_query")
-    return {"jobs": [j.model_dump(mode="json") for j in lifecycle.list_jobs(ports.default(), state, limit)]}
+    # A client lists its own jobs; an operator every job, or one client's (`?client=`).
+    who = caller()
+    client = params.get("client") if who.operator else who.did
+    jobs = lifecycle.list_jobs(ports.default(), state, limit, client=client)
+    return {"jobs": [j.model_dump(mode="json") for j in jobs]}
+
+
+def _own_view(job_id: str):
+    view = lifecycle.view(ports.default(), job_id)
+    access.readable(caller(), view.job)
+    return view
 
 
 @route("/jobs/{job_id}")
 def get_job(job_id):
-    view = lifecycle.view(ports.default(), job_id)
-    return job_document(ports.default(), view)
+    return job_document(ports.default(), _own_view(job_id))
 
 
 @route("/jobs/{job_id}/package")
 def job_package(job_id):
-    return package_document(ports.default(), lifecycle.view(ports.default(), job_id))
+    return package_document(ports.default(), _own_view(job_id))
 
 
 @route("/jobs/{job_id}/events")
 def job_events(job_id):
-    view = lifecycle.view(ports.default(), job_id)
+    view = _own_view(job_id)
     return {"job_id": job_id, "state": view.job.state,
             "events": [e.model_dump(mode="json") for e in view.events]}
 
@@ -171,6 +225,7 @@ def list_workers():
 @route("/workers/{did}")
 def get_worker(did):
     p = ports.default()
+    access.worker_record(caller(), did)
     return p.workers.get(did).public(p.clock(), p.settings.heartbeat_ttl_s)
 
 

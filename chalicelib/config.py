@@ -51,6 +51,7 @@ class Settings:
     operators: frozenset[str] = frozenset()         # DIDs that may act on any job
     rechallenge_s: int = 3600         # a challenge failed by absence is offered again after this
     countersign_s: int = 3600         # an escrow payee that has not countersigned by then forfeits
+    session_domain: str = ""          # the SIWE domain (and token audience) of this stage
 
     @property
     def queues(self) -> dict[str, str]:
@@ -148,6 +149,8 @@ def _settings(env) -> Settings:
         trusted_workers=frozenset(d.strip() for d in env.get("PROOFLINE_TRUSTED_WORKERS", "")
                                   .split(",") if d.strip()),
         rechallenge_s=int(env.get("PROOFLINE_RECHALLENGE_SECONDS", 3600)),
+        # The stage is in the default, so a sign-in made for one stage is refused by another.
+        session_domain=env.get("PROOFLINE_SESSION_DOMAIN") or f"proofline-{env['PROOFLINE_STAGE']}",
         operators=frozenset(d.strip() for d in env.get("PROOFLINE_OPERATORS", "").split(",")
                             if d.strip()),
     )

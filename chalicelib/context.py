@@ -11,12 +11,14 @@ from eth_account.signers.local import LocalAccount
 
 from chalicelib.aws.blobs import Blobs
 from chalicelib.aws.queues import Queues
+from chalicelib.aws.sessionstore import DynamoRevocations
 from chalicelib.aws.store import JobStore
 from chalicelib.aws.taskstore import TaskStore
 from chalicelib.aws.workerstore import DynamoNonceStore, WorkerStore
 from chalicelib.bus import MessageBus
 from chalicelib.catalog import Catalog
 from chalicelib.config import Settings
+from chalicelib.identity.sessions import KeyRing
 from chalicelib.models import utcnow
 from chalicelib.settlement.chain import Escrow
 
@@ -45,3 +47,6 @@ class Ports:
     bus: MessageBus = field(default_factory=MessageBus)
     # The stage's audit secret: what makes a verifier's draws unpredictable to workers.
     audit_secret: str | None = field(default=None, repr=False)
+    # The stage's session key ring (None: no reads are served) and its revocations.
+    session_keys: KeyRing | None = field(default=None, repr=False)
+    revocations: DynamoRevocations | None = None

@@ -113,3 +113,9 @@ class Forbidden(ProoflineError):
     """The signature is sound but does not speak for the identity or chain it claims."""
     status = 403
     reason = "forbidden"
+
+
+class Unavailable(ProoflineError):
+    """The stage is not configured to serve this (a missing secret): the operator's to fix."""
+    status = 503
+    reason = "unavailable"

@@ -9,12 +9,14 @@ from eth_account import Account
 from chalicelib import aws, catalog
 from chalicelib.aws.blobs import Blobs
 from chalicelib.aws.queues import Queues
+from chalicelib.aws.sessionstore import DynamoRevocations
 from chalicelib.aws.store import JobStore
 from chalicelib.aws.taskstore import TaskStore
 from chalicelib.aws.workerstore import DynamoNonceStore, WorkerStore
 from chalicelib.bus import MessageBus
 from chalicelib.config import Settings, secret, settings
 from chalicelib.context import ChainPorts, Ports
+from chalicelib.identity.sessions import KeyRing
 from chalicelib.jobs.lifecycle import count_outcomes
 from chalicelib.market.challenges import close_challenge
 from chalicelib.market.dispatch import dispatch_assigned
@@ -35,7 +37,9 @@ def default() -> Ports:
                  tasks=TaskStore(dynamodb, s.jobs_table),
                  workers=WorkerStore(dynamodb, s.jobs_table),
                  nonces=DynamoNonceStore(dynamodb, s.idempotency_table),
-                 bus=MessageBus(AFTER_COMMIT), audit_secret=_optional("PROOFLINE_AUDIT_SECRET"))
+                 revocations=DynamoRevocations(dynamodb, s.idempotency_table),
+                 bus=MessageBus(AFTER_COMMIT), audit_secret=_optional("PROOFLINE_AUDIT_SECRET"),
+                 session_keys=_session_keys())
 
 
 def _chain(s: Settings) -> ChainPorts | None:
@@ -45,6 +49,11 @@ def _chain(s: Settings) -> ChainPorts | None:
                       control=Account.from_key(secret("PROOFLINE_CONTROL_KEY")),
                       pool_payout={pool: secret("PROOFLINE_POOL_ADDRESS")
                                    for pool in ("media", "inference")})
+
+
+def _session_keys() -> KeyRing | None:
+    raw = _optional("PROOFLINE_SESSION_KEYS")
+    return KeyRing.parse(raw) if raw else None
 
 
 def _optional(name: str) -> str | None:

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import requests
+from eth_account.messages import encode_defunct
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from chalicelib.identity.sessions import sign_in_message
 from chalicelib.identity.signing import sign_request
 from chalicelib.media.probe import sha256_file
 
@@ -39,12 +42,23 @@ def resolve_api_url(explicit: str | None = None, state_dir: Path = Path(".proofl
     return info.api_url
 
 
+# Answers after which a read signs in afresh and tries once more: the token lapsed, was
+# revoked or rotated away, or the gateway's authorizer turned it down.
+_STALE_SESSION = {"session_expired", "session_revoked", "session_invalid", "unauthorized",
+                  "forbidden", "missing_session"}
+_REFRESH_S = 60
+
+
 class Api:
-    def __init__(self, base_url: str, timeout: float = 30, signer=None):
-        """`signer`: (eth-account LocalAccount, its did:pkh) to sign submit and cancel."""
+    def __init__(self, base_url: str, timeout: float = 30, signer=None, reader=None):
+        """`signer`: (eth-account LocalAccount, its did:pkh) to sign writes (submit, cancel,
+        uploads); `reader`: the identity that signs in for reads (default: the signer)."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.signer = signer
+        self.reader = reader or signer
+        self._session: dict | None = None
+        self._session_lock = threading.Lock()
         self._http = requests.Session()
         # Connection failures only: a POST is safe to resend because it carries its
         # Idempotency-Key; an answer from the server is never retried here.
@@ -101,31 +115,78 @@ class Api:
         return self._request("POST", f"/tasks/{task_ref}/release", json=body,
                              headers=signature).json()
 
+    # -- reads: a session from Sign-In with Ethereum, made when first needed ----------------
+    def sign_in(self, lifetime_s: int | None = None) -> dict:
+        """POST /sessions with a fresh EIP-4361 message signed by the reader's key."""
+        if self.reader is None:
+            raise ApiError(401, "missing_session", "reads need an identity to sign in with")
+        account, did = self.reader
+        health = self.health()
+        message = sign_in_message(account.address, domain=health["sign_in"]["domain"],
+                                  uri=self.base_url, chain_id=int(did.split(":")[3]))
+        body = {"message": message,
+                "signature": account.sign_message(encode_defunct(text=message))
+                .signature.to_0x_hex(), **({"lifetime_s": lifetime_s} if lifetime_s else {})}
+        self._session = self._request("POST", "/sessions", json=body).json()
+        return self._session
+
+    def sign_out(self) -> dict:
+        """Revoke every session of the reader (this one included)."""
+        revoked = self._read("DELETE", "/sessions").json()
+        self._session = None
+        return revoked
+
+    def session_headers(self) -> dict[str, str]:
+        """`Authorization` for a read, signing in first when there is no fresh session."""
+        return {"Authorization": f"Bearer {self._current_session()['token']}"}
+
+    def _current_session(self) -> dict:
+        with self._session_lock:
+            session = self._session
+            if session is None or session["expires_at"] - time.time() < _REFRESH_S:
+                session = self.sign_in()
+            return session
+
+    def _read(self, method: str, path: str, **kwargs) -> requests.Response:
+        for attempt in (1, 2):
+            session = self._current_session()
+            try:
+                return self._request(method, path, headers={
+                    "Authorization": f"Bearer {session['token']}"}, **kwargs)
+            except ApiError as error:
+                if attempt == 2 or error.reason not in _STALE_SESSION:
+                    raise
+                with self._session_lock:
+                    if self._session is session:
+                        self._session = None
+
     def workers(self) -> list[dict]:
-        return self._request("GET", "/workers").json()["workers"]
+        return self._read("GET", "/workers").json()["workers"]
 
     def worker(self, did: str) -> dict:
-        return self._request("GET", f"/workers/{did}").json()
+        return self._read("GET", f"/workers/{did}").json()
 
     def job(self, job_id: str) -> dict:
-        return self._request("GET", f"/jobs/{job_id}").json()
+        return self._read("GET", f"/jobs/{job_id}").json()
 
     def package(self, job_id: str) -> dict:
-        return self._request("GET", f"/jobs/{job_id}/package").json()
+        return self._read("GET", f"/jobs/{job_id}/package").json()
 
     def events(self, job_id: str) -> dict:
-        return self._request("GET", f"/jobs/{job_id}/events").json()
+        return self._read("GET", f"/jobs/{job_id}/events").json()
 
-    def jobs(self, state: str | None = None, limit: int = 50) -> list[dict]:
-        params = {"limit": limit, **({"state": state} if state else {})}
-        return self._request("GET", "/jobs", params=params).json()["jobs"]
+    def jobs(self, state: str | None = None, limit: int = 50,
+             client: str | None = None) -> list[dict]:
+        params = {"limit": limit, **({"state": state} if state else {}),
+                  **({"client": client} if client else {})}
+        return self._read("GET", "/jobs", params=params).json()["jobs"]
 
     def cancel(self, job_id: str) -> dict:
         return self._request("POST", f"/jobs/{job_id}/cancel",
                              headers=self._signature("cancel", {"job_id": job_id})).json()
 
     def settlement_drift(self) -> list[dict]:
-        return self._request("GET", "/settlement/drift").json()["drift"]
+        return self._read("GET", "/settlement/drift").json()["drift"]
 
     def health(self) -> dict:
         return self._request("GET", "/health").json()
@@ -159,7 +220,11 @@ class Api:
             try:
                 body = response.json()
             except ValueError:
-                body = {"reason": "http_error", "message": response.text[:500]}
-            raise ApiError(response.status_code, body.get("reason", "http_error"),
+                body = {"message": response.text[:500]}
+            # The gateway's own refusals (no token, a token its authorizer denied) carry a
+            # message and no reason code.
+            gateway = {401: "unauthorized", 403: "forbidden"}.get(response.status_code,
+                                                                  "http_error")
+            raise ApiError(response.status_code, body.get("reason", gateway),
                            body.get("message", body.get("Message", "")), body.get("details"))
         return response

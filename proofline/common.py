@@ -16,6 +16,7 @@ from web3 import Web3
 
 from chalicelib.config import secret
 from chalicelib.errors import ProoflineError
+from chalicelib.identity.signing import did_for
 from chalicelib.settlement.chain import Escrow
 
 from . import client as api_client
@@ -28,23 +29,32 @@ console = Console()
 err = Console(stderr=True)
 
 
-console = Console()
-
-
-err = Console(stderr=True)
-
-
-def api_for(ctx: click.Context) -> api_client.Api:
+def api_for(ctx: click.Context, *, operator: bool = False) -> api_client.Api:
+    """The API client of this invocation, signing (writes) and signing in (reads) as the
+    identity in the keystore with `--sign`; on the local stack, without it, as the stack's
+    development client (or its operator, for `operator` commands)."""
     try:
         url = api_client.resolve_api_url(ctx.obj["api"], STATE_DIR)
     except api_client.NoStack as exc:
         raise click.ClickException(str(exc)) from None
-    signer = None
     if ctx.obj.get("sign"):
         opened = _run(lambda: ids.load_identity(ctx.obj.get("keystore"),
                                                 _passphrase(confirm=False)))
-        signer = (opened.account, opened.did)
-    return api_client.Api(url, signer=signer)
+        identity = (opened.account, opened.did)
+    else:
+        identity = dev_identity(url, "operator" if operator else "client")
+    return api_client.Api(url, signer=identity)
+
+
+def dev_identity(url: str, role: str):
+    """(account, DID) of the local stack's development `role` key, when `url` is that
+    stack; None elsewhere (a deployed stage needs `--sign`)."""
+    info = read_state(STATE_DIR)
+    key = (info.dev_keys or {}).get(role) if info and info.api_url == url.rstrip("/") else None
+    if not key:
+        return None
+    account = Account.from_key(key)
+    return account, did_for(account.address, info.chain_id)
 
 
 def emit(data, as_json: bool, render) -> None:

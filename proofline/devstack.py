@@ -26,6 +26,8 @@ from chalice.local import create_local_server
 
 from chalicelib import aws, config, ports
 from chalicelib.config import stage_environment
+from chalicelib.identity.sessions import KeyRing
+from chalicelib.identity.signing import did_for
 from chalicelib.settlement.chain import Escrow, artifact, deploy
 
 from .anvil import Anvil
@@ -55,6 +57,8 @@ class StackInfo:
     # anvil's well-known development keys, for the local stage only
     dev_keys: dict[str, str] | None = None
     audit_secret: str = ""            # made afresh for each local stack, never stored in the repo
+    session_keys: str = ""            # the same: the key ring behind read sessions
+    operators: str = ""               # DIDs that may read and act on every job here
 
     def environment(self) -> dict[str, str]:
         """What a process needs to talk to this stack with boto3 and web3."""
@@ -68,6 +72,8 @@ class StackInfo:
                 "PROOFLINE_POOL_KEY": keys.get("pool", ""),
                 "PROOFLINE_POOL_ADDRESS": keys.get("pool_address", ""),
                 "PROOFLINE_AUDIT_SECRET": self.audit_secret,
+                "PROOFLINE_SESSION_KEYS": self.session_keys,
+                "PROOFLINE_OPERATORS": self.operators,
                 "PAYMENT_TOKENS": json.dumps({TEST_TOKEN: {"address": self.token_address,
                                                            "decimals": TEST_TOKEN_DECIMALS}}
                                              if self.token_address else {})}
@@ -106,7 +112,13 @@ class DevStack:
                               stage="local", started_at=time.time(), state_dir=str(self.state_dir),
                               rpc_url=self.anvil.url, chain_id=self.anvil.chain_id,
                               audit_secret=secrets.token_hex(32),
+                              session_keys=KeyRing.generate().serialize(),
                               **_deploy_escrow(self.anvil))
+        # The stack's operator is anvil's admin account (the CLI's operator commands sign in
+        # with it), with any operators the caller names.
+        self.info.operators = ",".join(filter(None, [
+            os.environ.get("PROOFLINE_OPERATORS"),
+            did_for(self.anvil.accounts[0].address, self.anvil.chain_id)]))
         os.environ.update(self.info.environment())
         for cached in (config.settings, ports.default):
             cached.cache_clear()
@@ -160,6 +172,7 @@ def _deploy_escrow(anvil: Anvil) -> dict:
     w3.eth.wait_for_transaction_receipt(tx)
     return {"escrow_address": escrow.address, "token_address": token,
             "dev_keys": {"control": control.key.to_0x_hex(), "pool": pool.key.to_0x_hex(),
+                         "operator": admin.key.to_0x_hex(),
                          "pool_address": pool.address, "client": client.key.to_0x_hex(),
                          "client_address": client.address}}
 

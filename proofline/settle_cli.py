@@ -19,7 +19,7 @@ def settle():
 @click.pass_context
 def settle_reconcile(ctx, as_json):
     """Compare every escrow job with the chain; exit 1 when anything drifted."""
-    rows = common.api_for(ctx).settlement_drift()
+    rows = common.api_for(ctx, operator=True).settlement_drift()
 
     def render(drift):
         if not drift:

@@ -82,6 +82,8 @@ class Agent:
 
     def __post_init__(self):
         self.chain_id = parse_did(self.did)[0]
+        # The agent reads its own record, signed in as itself.
+        self.api = Api(self.api.base_url, self.api.timeout, reader=(self.account, self.did))
         self._stop = threading.Event()
         self._models: dict[str, object] = {}          # model id → loaded model class
         self._health = health()

@@ -33,7 +33,7 @@ def workers_list(ctx, as_json):
                           ", ".join(w["routable_for"]) or "none (claims only)",
                           "fresh" if w["heartbeat_fresh"] else "stale", reputation or "—")
         common.console.print(table)
-    common.emit(common.api_for(ctx).workers(), as_json, render)
+    common.emit(common.api_for(ctx, operator=True).workers(), as_json, render)
 
 
 @workers.command("show")
@@ -58,7 +58,7 @@ def workers_show(ctx, did, as_json):
         table.add_row("[dim]last heartbeat[/dim]", str(w["last_heartbeat"] or "never"))
         table.add_row("[dim]reputation[/dim]", json.dumps(w["reputation"]) or "—")
         common.console.print(table)
-    common.emit(common.api_for(ctx).worker(did), as_json, render)
+    common.emit(common.api_for(ctx, operator=True).worker(did), as_json, render)
 
 
 @click.group()

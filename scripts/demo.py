@@ -23,6 +23,8 @@ from web3 import Web3
 
 from chalicelib.jobs.lifecycle import derive_job_id
 from proofline import clips
+from proofline.client import Api, ApiError
+from proofline.common import dev_identity
 
 console = Console()
 DEMO = Path(".proofline/demo")
@@ -67,7 +69,7 @@ def run(stack: dict) -> int:
     etag = s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
     dropped = derive_job_id(f"s3:{bucket}/{key}@{etag}")   # the same object is always this job
     console.print(f"put s3://{bucket}/{key} → job {dropped}")
-    _await_created(stack["api_url"], dropped)
+    _await_created(_api(stack), dropped)
     cli("jobs", "watch", dropped)
 
     console.rule("door 2: HTTP API, through the CLI")
@@ -95,7 +97,7 @@ def run(stack: dict) -> int:
     console.rule("outputs")
     ok = True
     for job_id in (dropped, http_job, escrow_job):
-        job = requests.get(f"{stack['api_url']}/jobs/{job_id}", timeout=10).json()
+        job = _api(stack).job(job_id)
         ok &= job["state"] == "settled"
         for output in job["outputs"]:
             local = DEMO / "outputs" / job_id / output["name"]
@@ -145,11 +147,20 @@ def infer() -> int:
     return 0 if generated.returncode == 0 else 1
 
 
-def _await_created(api_url: str, job_id: str, timeout: float = 30) -> None:
+def _api(stack: dict) -> Api:
+    """Reads as the CLI makes them here: signed in as the stack's development client."""
+    return Api(stack["api_url"], signer=dev_identity(stack["api_url"], "client"))
+
+
+def _await_created(api: Api, job_id: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while requests.get(f"{api_url}/jobs/{job_id}", timeout=10).status_code == 404:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the drop never became job {job_id}")
+    while True:
+        try:
+            api.job(job_id)
+            return
+        except ApiError as error:
+            if error.status != 404 or time.monotonic() > deadline:
+                raise SystemExit(f"the drop never became job {job_id}: {error}") from None
         time.sleep(0.2)
 
 

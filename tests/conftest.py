@@ -45,7 +45,8 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def api(stack) -> Api:
-    return Api(stack.info.api_url)
+    """Unsigned writes (the local stage allows them); reads signed in as the operator."""
+    return Api(stack.info.api_url, reader=(OPERATOR, did_for(OPERATOR.address, 31337)))
 
 
 @pytest.fixture(scope="session")

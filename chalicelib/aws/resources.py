@@ -61,6 +61,7 @@ RESOURCES = Resources(
         Table("JobsTable", "jobs_table", "pk", "sk", indexes=(
             Index("by_state", "state", "created_at"),
             Index("by_deadline", "due_state", "next_deadline"),
+            Index("by_client", "client", "created_at"),     # sparse: jobs that name a client
         )),
         Table("IdempotencyTable", "idempotency_table", "id", ttl_attribute="expiration"),
     ),

@@ -93,8 +93,24 @@ class JobStore:
         view.attempts, view.events, view.tasks = attempts, events, tasks
         return view
 
-    def list(self, state: State | None = None, limit: int = 50) -> list[Job]:
-        """Newest first; one index Query per state asked for."""
+    def list(self, state: State | None = None, limit: int = 50,
+             client: str | None = None) -> list[Job]:
+        """Newest first. A client's jobs: one Query of its index (the state filtered); all
+        jobs: one index Query per state asked for."""
+        if client is not None:
+            names = {"#c": "client", **({"#s": "state"} if state else {})}
+            filters = {"FilterExpression": "#s = :s"} if state else {}
+            values = {":c": {"S": client}, **({":s": {"S": state.value}} if state else {})}
+            found: list[Job] = []
+            for item in self._query(IndexName="by_client", ScanIndexForward=False,
+                                    KeyConditionExpression="#c = :c",
+                                    ExpressionAttributeNames=names,
+                                    ExpressionAttributeValues=values, **filters):
+                if (job := _readable(item)) is not None:
+                    found.append(job)
+                if len(found) >= limit:
+                    break
+            return found
         jobs: list[Job] = []
         for s in [state] if state else list(State):
             page = self._db.query(TableName=self._table, IndexName="by_state", Limit=limit,
@@ -168,6 +184,8 @@ class JobStore:
                 "state": {"S": job.state.value}, "version": {"N": str(job.version)},
                 "created_at": {"S": stamp(job.created_at)},
                 "doc": {"S": job.model_dump_json()}}
+        if job.manifest.client_did:
+            item["client"] = {"S": job.manifest.client_did}
         if job.next_deadline and not job.state.terminal:
             item["due_state"] = {"S": job.state.value}
             item["next_deadline"] = {"S": stamp(job.next_deadline)}

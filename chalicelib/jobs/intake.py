@@ -115,7 +115,8 @@ def authenticate(ports: Ports, headers, *, action: str, body: Any,
 def signed_manifest(ports: Ports, headers, fields: dict[str, Any]) -> Manifest:
     """The manifest of a submission, its `client_did` the DID that signed it."""
     manifest = manifest_from_dict(fields)
-    signer = authenticate(ports, headers, action="submit", body=fields)
+    signer = authenticate(ports, headers, action="submit", body=fields,
+                          required=manifest.client_did is not None)
     if signer is None:
         return manifest
     if manifest.client_did and canonical_did(manifest.client_did) != signer:

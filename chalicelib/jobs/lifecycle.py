@@ -262,5 +262,6 @@ def assign(job: Job, job_class: JobClass, at: datetime,
                           state="assigned"), event
 
 
-def list_jobs(ports: Ports, state: State | None, limit: int) -> Iterable[Job]:
-    return ports.store.list(state, limit)
+def list_jobs(ports: Ports, state: State | None, limit: int,
+              client: str | None = None) -> Iterable[Job]:
+    return ports.store.list(state, limit, client=client)

@@ -147,7 +147,7 @@ def test_every_route_refuses_a_malformed_body_with_a_reason(api, path, body, rea
 @pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=-3", "limit=ten",
                                    "state=nonsense"])
 def test_a_bad_listing_query_is_400(api, query):
-    response = requests.get(f"{api.base_url}/jobs?{query}", timeout=30)
+    response = requests.get(f"{api.base_url}/jobs?{query}", headers=api.session_headers(), timeout=30)
     assert response.status_code == 400, response.text
     assert response.json()["reason"] == "invalid_query"
 
@@ -167,7 +167,7 @@ def test_yaml_manifests_are_accepted(api, uploaded):
 
 
 def test_unknown_job_is_404(api):
-    response = requests.get(f"{api.base_url}/jobs/job-doesnotexist", timeout=10)
+    response = requests.get(f"{api.base_url}/jobs/job-doesnotexist", headers=api.session_headers(), timeout=10)
     assert response.status_code == 404 and response.json()["reason"] == "job_not_found"
 
 
@@ -185,7 +185,7 @@ def test_list_by_state(api, uploaded):
     settled = {j["job_id"] for j in api.jobs("settled", limit=500)}
     assert job["job_id"] in settled
     assert job["job_id"] not in {j["job_id"] for j in api.jobs("failed", limit=500)}
-    assert requests.get(f"{api.base_url}/jobs?state=bogus", timeout=10).status_code == 400
+    assert requests.get(f"{api.base_url}/jobs?state=bogus", headers=api.session_headers(), timeout=10).status_code == 400
 
 
 def test_uploads_are_content_addressed(api, clip):
@@ -206,7 +206,7 @@ def test_an_unreadable_stored_job_is_left_out_of_a_listing_not_fatal_to_it(api, 
         **corrupted, "state": {"S": "settled"}, "created_at": {"S": "2999-01-01T00:00:00Z"},
         "doc": {"S": '{"job_id": 7'}})
     try:
-        response = requests.get(f"{api.base_url}/jobs?state=settled&limit=500", timeout=30)
+        response = requests.get(f"{api.base_url}/jobs?state=settled&limit=500", headers=api.session_headers(), timeout=30)
     finally:
         aws.dynamodb.delete_item(TableName="proofline-local-jobs", Key=corrupted)
     assert response.status_code == 200, response.text

@@ -1,0 +1,81 @@
+"""Who is calling: sign-in, the caller a session token stands for, and revocation. The rules
+of what a caller may then do are in `identity.access`; this module is their I/O."""
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chalicelib.context import Ports
+from chalicelib.errors import Forbidden, InvalidRequest, Unauthorized, Unavailable
+from chalicelib.identity import sessions
+from chalicelib.identity.access import Caller
+from chalicelib.identity.signing import canonical_did
+
+
+class SignIn(BaseModel):
+    """`POST /sessions`: an EIP-4361 message and its EIP-191 signature."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+    message: str = Field(max_length=sessions.MAX_MESSAGE_CHARS)
+    signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
+    lifetime_s: int = Field(default=sessions.SESSION_SECONDS, ge=60,
+                            le=sessions.MAX_SESSION_SECONDS)
+
+
+def sign_in(ports: Ports, body: dict) -> dict:
+    try:
+        request = SignIn.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidRequest(f"sign-in: {'.'.join(map(str, first['loc'])) or '(body)'}: "
+                             f"{first['msg']}", reason="malformed_sign_in") from None
+    now = time.time()
+    did = sessions.verify_sign_in(request.message, request.signature,
+                                  domain=ports.settings.session_domain,
+                                  chain_id=ports.settings.chain_id, now=now,
+                                  nonces=ports.nonces)
+    token, session = sessions.issue(_ring(ports), did, audience=ports.settings.session_domain,
+                                    now=now, lifetime_s=request.lifetime_s)
+    return {"token": token, "token_type": "Bearer", "did": did,
+            "expires_at": session.expires_at, "operator": did in ports.settings.operators}
+
+
+def session(ports: Ports, token: str | None) -> sessions.Session:
+    """The session behind a bearer token, its signature and expiry checked (no revocation:
+    what the gateway's authorizer can know without a table)."""
+    if not token:
+        raise Unauthorized("no session token", reason="missing_session")
+    return sessions.read(_ring(ports), token, audience=ports.settings.session_domain,
+                         now=time.time())
+
+
+def caller(ports: Ports, headers) -> Caller:
+    """Who a request's session speaks for, revocation included."""
+    token = sessions.bearer(headers)
+    if not token:
+        raise Unauthorized("this needs a session: `Authorization: Bearer <token>` from "
+                           "POST /sessions", reason="missing_session")
+    current = sessions.read(_ring(ports), token, audience=ports.settings.session_domain,
+                            now=time.time(), revocations=ports.revocations)
+    return Caller.of(current.did, ports.settings.operators)
+
+
+def revoke(ports: Ports, by: Caller, did: str | None = None) -> dict:
+    """Void every session of `did` (default: the caller's own) issued until now."""
+    try:
+        target = canonical_did(did) if did else by.did
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), reason="invalid_query") from None
+    if target != by.did and not by.operator:
+        raise Forbidden("only an operator revokes another DID's sessions",
+                        reason="operator_only")
+    now = time.time()
+    ports.revocations.revoke(target, now, int(now) + sessions.MAX_SESSION_SECONDS)
+    return {"did": target, "revoked_before": now}
+
+
+def _ring(ports: Ports) -> sessions.KeyRing:
+    if ports.session_keys is None:
+        raise Unavailable("this stage has no session keys (PROOFLINE_SESSION_KEYS): reads "
+                          "are refused", reason="sessions_disabled")
+    return ports.session_keys
