@@ -16,8 +16,8 @@ from chalicelib import bodies, callers, config, ports
 from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.identity import access
 from chalicelib.identity.access import Caller, Proof
-from chalicelib.jobs import attempts, intake, lifecycle, sweeper
-from chalicelib.jobs.documents import job_document, package_document, upload_slot
+from chalicelib.jobs import attempts, intake, lifecycle, sweeper, uploads
+from chalicelib.jobs.documents import job_document, package_document
 from chalicelib.market import challenges, job_leases, leases, workers
 from chalicelib.models import AttemptResult, Job, State
 from chalicelib.settlement import payments
@@ -161,7 +161,15 @@ def cancel_job(job_id):
 
 @route("/uploads", methods=["POST"])
 def create_upload():
-    return upload_slot(ports.default(), _body())
+    """A signed request to upload (sha256, size): a PUT URL bound to them, into quarantine."""
+    return Response(uploads.create(ports.default(), app.current_request.headers, _body()),
+                    status_code=201)
+
+
+@route("/uploads/{upload_id}")
+def get_upload(upload_id):
+    """Whether an upload was hashed and promoted (`ready`), or refused (`failed`)."""
+    return uploads.status(ports.default(), caller(), upload_id)
 
 
 @app.on_sqs_message(queue=config.settings().intake_queue, batch_size=10)
@@ -171,6 +179,11 @@ def on_intake(event):
 
     def accept(record):
         for drop in intake.drops(json.loads(record.body)):
+            if uploads.is_upload(ports.default(), drop.bucket, drop.key):
+                upload = uploads.promote(ports.default(), drop.key)
+                logger.info("upload", extra={"key": drop.key,
+                                             "state": upload.state if upload else "stray"})
+                continue
             job = intake.accept_drop(ports.default(), drop)
             if job:
                 logger.set_correlation_id(job["correlation_id"])

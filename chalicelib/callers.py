@@ -1,16 +1,55 @@
-"""Who is calling: sign-in, the caller a session token stands for, and revocation. The rules
-of what a caller may then do are in `identity.access`; this module is their I/O."""
+"""Who is calling: the DID behind a signed request, sign-in, the caller a session token
+stands for, and revocation. The rules of what a caller may then do are in `identity.access`;
+this module is their I/O."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.context import Ports
-from chalicelib.errors import Forbidden, InvalidRequest, Unauthorized, Unavailable
+from chalicelib.errors import (
+    Forbidden,
+    InvalidManifest,
+    InvalidRequest,
+    Unauthorized,
+    Unavailable,
+)
 from chalicelib.identity import sessions
 from chalicelib.identity.access import Caller
-from chalicelib.identity.signing import canonical_did
+from chalicelib.identity.signing import (
+    DID_HEADER,
+    HEADERS,
+    canonical_did,
+    parse_did,
+    verify_request,
+)
+
+
+def authenticate(ports: Ports, headers, *, action: str, body: Any,
+                 owner: str | None = None, required: bool = False) -> str | None:
+    """The client DID that signed this request (EIP-712, see signing.py), or None for an
+    unsigned one where the stage allows it (`PROOFLINE_ALLOW_UNSIGNED`, local only) and
+    nothing `required` a signature. A request about a job that names its client must be
+    signed by that client, always."""
+    given = {k.lower(): v for k, v in dict(headers).items()}
+    if not given.keys() & {h.lower() for h in HEADERS}:
+        if ports.settings.allow_unsigned and owner is None and not required:
+            return None
+        raise Unauthorized(f"{action} must be signed by "
+                           f"{owner or 'the client'} (EIP-712 headers {', '.join(HEADERS)})",
+                           reason="missing_signature", details={"missing": list(HEADERS)})
+    try:
+        chain_id = ports.settings.chain_id or parse_did(given[DID_HEADER.lower()])[0]
+    except (KeyError, ValueError):
+        chain_id = 0                 # verify_request names what is wrong with the headers
+    try:
+        return verify_request(headers, action=action, body=body, chain_id=chain_id,
+                              now=time.time(), nonces=ports.nonces, expected_did=owner)
+    except TypeError:
+        raise InvalidManifest("a signed manifest must be plain JSON values",
+                              reason="malformed_json") from None
 
 
 class SignIn(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,6 +52,8 @@ class Settings:
     rechallenge_s: int = 3600         # a challenge failed by absence is offered again after this
     countersign_s: int = 3600         # an escrow payee that has not countersigned by then forfeits
     session_domain: str = ""          # the SIWE domain (and token audience) of this stage
+    # Intake key prefix → the client DID its drops belong to (longest prefix wins).
+    intake_clients: dict[str, str] = field(default_factory=dict)
 
     @property
     def queues(self) -> dict[str, str]:
@@ -98,6 +100,16 @@ def _payment_tokens(raw: str | None) -> dict[str, PaymentToken]:
 
 class ConfigError(RuntimeError):
     """The environment cannot make a safe stage."""
+
+
+def _intake_clients(raw: str | None) -> dict[str, str]:
+    """`{"intake/acme/": "did:pkh:…"}`: whose drops are under which key prefix."""
+    mapping = json.loads(raw or "{}")
+    if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v.startswith("did:pkh:")
+            for k, v in mapping.items()):
+        raise ConfigError("PROOFLINE_INTAKE_CLIENTS must map key prefixes to did:pkh DIDs")
+    return mapping
 
 
 REQUIRED = ("PROOFLINE_STAGE", "JOBS_TABLE", "IDEMPOTENCY_TABLE", "INTAKE_BUCKET",
@@ -151,6 +163,7 @@ def _settings(env) -> Settings:
         rechallenge_s=int(env.get("PROOFLINE_RECHALLENGE_SECONDS", 3600)),
         # The stage is in the default, so a sign-in made for one stage is refused by another.
         session_domain=env.get("PROOFLINE_SESSION_DOMAIN") or f"proofline-{env['PROOFLINE_STAGE']}",
+        intake_clients=_intake_clients(env.get("PROOFLINE_INTAKE_CLIENTS")),
         operators=frozenset(d.strip() for d in env.get("PROOFLINE_OPERATORS", "").split(",")
                             if d.strip()),
     )

@@ -14,6 +14,7 @@ from chalicelib.aws.queues import Queues
 from chalicelib.aws.sessionstore import DynamoRevocations
 from chalicelib.aws.store import JobStore
 from chalicelib.aws.taskstore import TaskStore
+from chalicelib.aws.uploadstore import UploadStore
 from chalicelib.aws.workerstore import DynamoNonceStore, WorkerStore
 from chalicelib.bus import MessageBus
 from chalicelib.catalog import Catalog
@@ -50,3 +51,4 @@ class Ports:
     # The stage's session key ring (None: no reads are served) and its revocations.
     session_keys: KeyRing | None = field(default=None, repr=False)
     revocations: DynamoRevocations | None = None
+    uploads: UploadStore | None = None

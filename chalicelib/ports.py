@@ -12,6 +12,7 @@ from chalicelib.aws.queues import Queues
 from chalicelib.aws.sessionstore import DynamoRevocations
 from chalicelib.aws.store import JobStore
 from chalicelib.aws.taskstore import TaskStore
+from chalicelib.aws.uploadstore import UploadStore
 from chalicelib.aws.workerstore import DynamoNonceStore, WorkerStore
 from chalicelib.bus import MessageBus
 from chalicelib.config import Settings, secret, settings
@@ -38,6 +39,7 @@ def default() -> Ports:
                  workers=WorkerStore(dynamodb, s.jobs_table),
                  nonces=DynamoNonceStore(dynamodb, s.idempotency_table),
                  revocations=DynamoRevocations(dynamodb, s.idempotency_table),
+                 uploads=UploadStore(dynamodb, s.jobs_table),
                  bus=MessageBus(AFTER_COMMIT), audit_secret=_optional("PROOFLINE_AUDIT_SECRET"),
                  session_keys=_session_keys())
 

@@ -191,14 +191,30 @@ class Api:
     def health(self) -> dict:
         return self._request("GET", "/health").json()
 
-    def upload(self, path: Path) -> dict:
-        """Content-addressed upload of a local input; skipped when the bytes are there."""
-        slot = self._request("POST", "/uploads", json={"sha256": sha256_file(path)}).json()
-        if slot["upload_url"]:
-            with open(path, "rb") as body:
-                put = self._http.put(slot["upload_url"], data=body, timeout=self.timeout * 10)
-            put.raise_for_status()
-        return slot
+    def upload(self, path: Path, *, wait_s: float = 120) -> dict:
+        """Upload a local input (signed, as the job's client will be), then wait until the
+        control plane has hashed and promoted it; skipped when this client already holds
+        those bytes. Returns the slot: `input_uri` and `input_hash` for a manifest."""
+        body = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        slot = self._request("POST", "/uploads", json=body,
+                             headers=self._signature("upload", body)).json()
+        if slot["upload_url"] is None:
+            return slot
+        with open(path, "rb") as data:
+            put = self._http.put(slot["upload_url"], data=data, headers=slot["upload_headers"],
+                                 timeout=self.timeout * 10)
+        put.raise_for_status()
+        deadline = time.monotonic() + wait_s
+        while True:
+            state = self._read("GET", f"/uploads/{slot['upload_id']}").json()
+            if state["state"] == "ready":
+                return {**slot, "state": "ready"}
+            if state["state"] == "failed":
+                raise ApiError(422, state.get("reason") or "upload_failed",
+                               f"the upload of {path} was refused")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the upload of {path} was not promoted in {wait_s} s")
+            time.sleep(0.2)
 
     def follow(self, job_id: str, *, poll_s: float = 0.5, timeout_s: float = 600) -> Iterator[dict]:
         """Yield the job's events as they happen, until it reaches a terminal state."""

@@ -74,6 +74,10 @@ class StackInfo:
                 "PROOFLINE_AUDIT_SECRET": self.audit_secret,
                 "PROOFLINE_SESSION_KEYS": self.session_keys,
                 "PROOFLINE_OPERATORS": self.operators,
+                # Files dropped under intake/ here are the development client's.
+                "PROOFLINE_INTAKE_CLIENTS": json.dumps(
+                    {"intake/": did_for(keys["client_address"], self.chain_id)}
+                    if keys.get("client_address") else {}),
                 "PAYMENT_TOKENS": json.dumps({TEST_TOKEN: {"address": self.token_address,
                                                            "decimals": TEST_TOKEN_DECIMALS}}
                                              if self.token_address else {})}

@@ -1,10 +1,11 @@
 """S3 adapter: content-addressed inputs and outputs, attempt-scoped uploads, presigned URLs."""
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 from botocore.exceptions import ClientError
 
@@ -117,6 +118,27 @@ class Blobs:
                 return None
             raise
         return self.head(evidence)
+
+    def presign_upload(self, uri: S3Uri, expires: int, *, size: int, sha256: str) -> tuple[str, dict]:
+        """A PUT URL bound to one length and one SHA-256 (S3 refuses other bytes), and the
+        headers the uploader must send with it."""
+        checksum = base64.b64encode(bytes.fromhex(sha256.removeprefix("sha256:"))).decode()
+        url = self._s3.generate_presigned_url("put_object", ExpiresIn=expires, Params={
+            "Bucket": uri.bucket, "Key": uri.key, "ContentLength": size,
+            "ChecksumSHA256": checksum})
+        return url, {"Content-Length": str(size), "x-amz-checksum-sha256": checksum}
+
+    def promote(self, source: S3Uri, target: S3Uri, tags: dict[str, str]) -> None:
+        """Copy (multipart past 5 GB) to where no client writes, tagged."""
+        self._s3.copy({"Bucket": source.bucket, "Key": source.key}, target.bucket, target.key,
+                      ExtraArgs={"Tagging": urlencode(tags), "TaggingDirective": "REPLACE"})
+
+    def tag(self, uri: S3Uri, tags: dict[str, str]) -> None:
+        self._s3.put_object_tagging(Bucket=uri.bucket, Key=uri.key, Tagging={
+            "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+
+    def delete(self, uri: S3Uri) -> None:
+        self._s3.delete_object(Bucket=uri.bucket, Key=uri.key)
 
     def presign_put(self, uri: S3Uri, expires: int) -> str:
         return self._s3.generate_presigned_url("put_object", ExpiresIn=expires,

@@ -82,7 +82,8 @@ RESOURCES = Resources(
               visibility_timeout=300, max_receive_count=20, batch_size=1),
     ),
     buckets=(
-        Bucket("IntakeBucket", "intake_bucket", notify_queue="intake_queue"),
+        # Drops under intake/, and uploads in quarantine under uploads/ (until hashed).
+        Bucket("IntakeBucket", "intake_bucket", notify_queue="intake_queue", cors=True),
         Bucket("ArtifactsBucket", "artifacts_bucket", cors=True),
     ),
 )

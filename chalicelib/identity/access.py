@@ -36,6 +36,7 @@ class Rule:
 ANYONE = Rule(Proof.NONE, "anyone")
 SIGNED_IN = Rule(Proof.SESSION, "any signed-in DID; sees only its own")
 JOB_OWNER = Rule(Proof.SESSION, "the job's client, or an operator")
+UPLOAD_OWNER = Rule(Proof.SESSION, "the uploader, or an operator")
 WORKER_SELF = Rule(Proof.SESSION, "the worker itself, or an operator")
 OPERATOR = Rule(Proof.SESSION, "an operator", operator_only=True)
 CLIENT_SIGNED = Rule(Proof.SIGNATURE, "a client, signing the request (its DID is the owner)")
@@ -56,6 +57,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/jobs/{job_id}/events"): JOB_OWNER,
     ("POST", "/jobs/{job_id}/cancel"): OWNER_SIGNED,
     ("POST", "/uploads"): CLIENT_SIGNED,
+    ("GET", "/uploads/{upload_id}"): UPLOAD_OWNER,
     ("POST", "/workers"): WORKER_SIGNED,
     ("GET", "/workers"): OPERATOR,
     ("GET", "/workers/{did}"): WORKER_SELF,

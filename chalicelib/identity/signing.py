@@ -30,8 +30,8 @@ from eth_utils.exceptions import ValidationError
 
 from chalicelib.errors import Forbidden, Unauthorized
 
-ACTIONS = frozenset({"submit", "cancel", "register", "heartbeat", "lease", "result", "release",
-                     "countersign"})
+ACTIONS = frozenset({"submit", "cancel", "upload", "register", "heartbeat", "lease", "result",
+                     "release", "countersign"})
 
 DID_HEADER = "X-Proofline-Did"
 NONCE_HEADER = "X-Proofline-Nonce"

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import json
-import re
 
-from chalicelib.aws.blobs import S3Uri, input_key
+from chalicelib.aws.blobs import S3Uri
 from chalicelib.aws.store import JobView
 from chalicelib.context import Ports
-from chalicelib.errors import Conflict, InvalidRequest
+from chalicelib.errors import Conflict
 from chalicelib.jobs.lifecycle import class_rates
 from chalicelib.verification import guarantee
-
-_SHA = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def job_document(ports: Ports, view: JobView) -> dict:
@@ -56,18 +53,6 @@ def progress(tasks) -> dict:
             "total": sum(t for _, t in groups.values()),
             "failed": sum(t.state == "failed" for t in tasks),
             "by_rendition": {k: {"passed": d, "total": t} for k, (d, t) in groups.items()}}
-
-
-def upload_slot(ports: Ports, body: dict) -> dict:
-    """Where a client puts an input: content-addressed, so a known hash needs no upload."""
-    sha = body.get("sha256")
-    if not isinstance(sha, str) or not _SHA.match(sha):
-        raise InvalidRequest("sha256 must look like sha256:<64 hex>", reason="invalid_value")
-    uri = S3Uri(ports.settings.artifacts_bucket, input_key(sha))
-    if ports.blobs.head(uri) is not None:
-        return {"input_uri": str(uri), "input_hash": sha, "upload_url": None}
-    return {"input_uri": str(uri), "input_hash": sha,
-            "upload_url": ports.blobs.presign_put(uri, ports.settings.presign_seconds)}
 
 
 PACKAGE_LIMIT = 8 * 1024 * 1024

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import unquote_plus
@@ -24,6 +23,7 @@ from pydantic import ValidationError
 
 from chalicelib import aws, bodies
 from chalicelib.aws.blobs import S3Uri
+from chalicelib.callers import authenticate
 from chalicelib.context import Ports
 from chalicelib.errors import (
     Forbidden,
@@ -32,17 +32,11 @@ from chalicelib.errors import (
     InvalidManifest,
     InvalidRequest,
     ManifestTooLarge,
-    Unauthorized,
     UnknownProfile,
 )
-from chalicelib.identity.signing import (
-    DID_HEADER,
-    HEADERS,
-    canonical_did,
-    parse_did,
-    verify_request,
-)
+from chalicelib.identity.signing import canonical_did
 from chalicelib.jobs import lifecycle as jobs
+from chalicelib.jobs import uploads
 from chalicelib.models import Job, Manifest
 
 SIDECAR_SUFFIX = ".job.json"
@@ -87,42 +81,18 @@ def parse_fields(body: bytes | str, *, max_bytes: int, yaml_ok: bool = False) ->
     return data
 
 
-def authenticate(ports: Ports, headers, *, action: str, body: Any,
-                 owner: str | None = None, required: bool = False) -> str | None:
-    """The client DID that signed this request (EIP-712, see signing.py), or None for an
-    unsigned one where the stage allows it (`PROOFLINE_ALLOW_UNSIGNED`, local only) and
-    nothing `required` a signature. A request about a job that names its client must be
-    signed by that client, always."""
-    given = {k.lower(): v for k, v in dict(headers).items()}
-    if not given.keys() & {h.lower() for h in HEADERS}:
-        if ports.settings.allow_unsigned and owner is None and not required:
-            return None
-        raise Unauthorized(f"{action} must be signed by "
-                           f"{owner or 'the client'} (EIP-712 headers {', '.join(HEADERS)})",
-                           reason="missing_signature", details={"missing": list(HEADERS)})
-    try:
-        chain_id = ports.settings.chain_id or parse_did(given[DID_HEADER.lower()])[0]
-    except (KeyError, ValueError):
-        chain_id = 0                 # verify_request names what is wrong with the headers
-    try:
-        return verify_request(headers, action=action, body=body, chain_id=chain_id,
-                              now=time.time(), nonces=ports.nonces, expected_did=owner)
-    except TypeError:
-        raise InvalidManifest("a signed manifest must be plain JSON values",
-                              reason="malformed_json") from None
-
-
 def signed_manifest(ports: Ports, headers, fields: dict[str, Any]) -> Manifest:
     """The manifest of a submission, its `client_did` the DID that signed it."""
     manifest = manifest_from_dict(fields)
     signer = authenticate(ports, headers, action="submit", body=fields,
                           required=manifest.client_did is not None)
-    if signer is None:
-        return manifest
-    if manifest.client_did and canonical_did(manifest.client_did) != signer:
+    if signer is not None and manifest.client_did and canonical_did(manifest.client_did) != signer:
         raise Forbidden(f"the manifest names client {manifest.client_did} but {signer} signed "
                         "it", reason="wrong_signer")
-    return manifest.model_copy(update={"client_did": signer})
+    jobs.validate(manifest, catalog=ports.catalog, now=ports.clock(),
+                  settles=ports.chain is not None)
+    manifest = uploads.owned_input(ports, manifest, signer)
+    return manifest.model_copy(update={"client_did": signer}) if signer else manifest
 
 
 def manifest_from_dict(data: dict[str, Any]) -> Manifest:
@@ -231,6 +201,7 @@ def _drop_manifest(ports: Ports, media: Drop) -> Manifest | None:
         fields = parse_fields(ports.blobs.read(sidecar_uri, limit), max_bytes=limit)
         fields.pop("input_uri", None)        # the input is the dropped object, nothing else
         fields.pop("input_hash", None)
+        fields.pop("client_did", None)       # the owner is the prefix's, not the file's word
         if "kind" not in fields:
             raise InvalidManifest("the sidecar manifest names no kind", reason="missing_field")
     else:
@@ -244,7 +215,9 @@ def _drop_manifest(ports: Ports, media: Drop) -> Manifest | None:
         raise InputError(f"{media.uri} is {media.size} bytes; {job_class.name} accepts at most "
                          f"{job_class.max_input_bytes}", reason="input_too_large")
     sha, _ = ports.blobs.sha256(media.uri)
-    return manifest_from_dict({**fields, "input_uri": str(media.uri), "input_hash": sha})
+    client = uploads.intake_owner(ports.settings.intake_clients, media.key)
+    return manifest_from_dict({**fields, "input_uri": str(media.uri), "input_hash": sha,
+                               **({"client_did": client} if client else {})})
 
 
 def _prefix_name(key: str) -> str | None:

@@ -13,7 +13,7 @@ from aws_lambda_powertools import Logger
 
 from chalicelib.aws.store import JobView
 from chalicelib.bus import Committed
-from chalicelib.catalog import Catalog, JobClass
+from chalicelib.catalog import Catalog, JobClass, PaymentPolicy
 from chalicelib.context import Ports
 from chalicelib.errors import InvalidManifest, JobExists, ProoflineError, StaleVersion
 from chalicelib.jobs import states
@@ -36,18 +36,7 @@ def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
     """Validate a manifest against its class and policies; the job as `requested`.
     `escrow` is (chain id, contract) where this stage settles on chain, else None;
     `tokens` the payment tokens it accepts."""
-    job_class = catalog.job_class(manifest.kind)
-    if manifest.profile and manifest.profile not in job_class.profiles:
-        raise InvalidManifest(f"job class {job_class.name} has no profile {manifest.profile!r}",
-                              reason="unknown_profile",
-                              details={"known": sorted(job_class.profiles)})
-    _check_inputs(manifest, job_class)
-    policy = catalog.payment_policy(manifest.payment_policy or job_class.defaults.payment_policy)
-    if policy.escrow and escrow is None:
-        raise InvalidManifest(f"payment policy {policy.name!r} needs settlement, which this "
-                              "stage does not have configured", reason="payment_policy_unavailable")
-    if manifest.deadline and manifest.deadline <= now:
-        raise InvalidManifest("deadline is in the past", reason="deadline_passed")
+    job_class, policy = validate(manifest, catalog=catalog, now=now, settles=escrow is not None)
     job_id = manifest.job_id or job_id
     terms = None
     if policy.escrow:
@@ -61,6 +50,25 @@ def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
               timeouts_s=job_class.timeouts_s, escrow=terms,
               correlation_id=correlation_id, source=source, created_at=now, updated_at=now)
     return job, job_class
+
+
+def validate(manifest: Manifest, *, catalog: Catalog, now: datetime,
+             settles: bool) -> tuple[JobClass, PaymentPolicy]:
+    """What the catalog says of a manifest: its class, profile, inputs, payment policy (one
+    that needs settlement only where the stage `settles`) and deadline."""
+    job_class = catalog.job_class(manifest.kind)
+    if manifest.profile and manifest.profile not in job_class.profiles:
+        raise InvalidManifest(f"job class {job_class.name} has no profile {manifest.profile!r}",
+                              reason="unknown_profile",
+                              details={"known": sorted(job_class.profiles)})
+    _check_inputs(manifest, job_class)
+    policy = catalog.payment_policy(manifest.payment_policy or job_class.defaults.payment_policy)
+    if policy.escrow and not settles:
+        raise InvalidManifest(f"payment policy {policy.name!r} needs settlement, which this "
+                              "stage does not have configured", reason="payment_policy_unavailable")
+    if manifest.deadline and manifest.deadline <= now:
+        raise InvalidManifest("deadline is in the past", reason="deadline_passed")
+    return job_class, policy
 
 
 INPUT_FIELDS = {"uri": "input_uri", "texts": "texts", "prompt": "prompt"}

