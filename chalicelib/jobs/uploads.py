@@ -40,7 +40,7 @@ _UPLOAD_KEY = re.compile(r"^uploads/([0-9a-f]{32})$")
 class UploadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     sha256: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
-    size: Annotated[int, Field(ge=1)]
+    size: Annotated[int, Field(ge=0)]
 
 
 def create(ports: Ports, headers, body: dict) -> dict:

@@ -127,6 +127,7 @@ def test_bytes_other_than_the_declared_size_fail_the_upload(alice, tmp_path):
     ({"sha256": "sha256:" + "0" * 64}, 400, "invalid_value"),
     ({"sha256": "sha256:" + "0" * 64, "size": 3, "owner": "me"}, 400, "invalid_value"),
     ({"sha256": "sha256:" + "0" * 64, "size": "3"}, 400, "invalid_value"),
+    ({"sha256": "sha256:" + "0" * 64, "size": -1}, 400, "invalid_value"),
     ({"sha256": "sha256:" + "0" * 64, "size": 20 * 2**30}, 422, "input_too_large"),
 ])
 def test_an_upload_request_is_strict(alice, body, status, reason):
