@@ -10,6 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from chalicelib.identity import access
 from proofline.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,3 +81,10 @@ def test_each_make_target_exists(where, line):
     targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
     target = _tokens(line)[1]
     assert target in targets, f"{where}: no make target {target}"
+
+
+def test_the_readme_states_every_routes_owner_rule_as_the_code_does():
+    readme = (ROOT / "README.md").read_text()
+    rows = set(re.findall(r"^\| `(GET|POST|DELETE) (\S+)` \| (\w+) \| (.+) \|$", readme,
+                          re.MULTILINE))
+    assert rows == {(m, p, r.proof.value, r.who) for (m, p), r in access.ROUTES.items()}
