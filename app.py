@@ -81,7 +81,10 @@ def _body() -> dict:
 def health():
     s = config.settings()
     return {"status": "ok", "stage": s.stage,
-            "sign_in": {"domain": s.session_domain, "chain_id": s.chain_id}}
+            "sign_in": {"domain": s.session_domain, "chain_id": s.chain_id},
+            # EIP-712 domain of signed requests; without a stage chain, the signer's DID's.
+            "signing": {**callers.signing_domain(ports.default()).to_json(),
+                        "chain_id": s.chain_id}}
 
 
 @route("/sessions", methods=["POST"])

@@ -21,6 +21,7 @@ from chalicelib.identity.access import Caller
 from chalicelib.identity.signing import (
     DID_HEADER,
     HEADERS,
+    Domain,
     canonical_did,
     parse_did,
     verify_request,
@@ -41,15 +42,25 @@ def authenticate(ports: Ports, headers, *, action: str, body: Any,
                            f"{owner or 'the client'} (EIP-712 headers {', '.join(HEADERS)})",
                            reason="missing_signature", details={"missing": list(HEADERS)})
     try:
-        chain_id = ports.settings.chain_id or parse_did(given[DID_HEADER.lower()])[0]
-    except (KeyError, ValueError):
-        chain_id = 0                 # verify_request names what is wrong with the headers
-    try:
-        return verify_request(headers, action=action, body=body, chain_id=chain_id,
+        return verify_request(headers, action=action, body=body,
+                              domain=signing_domain(ports, given.get(DID_HEADER.lower())),
                               now=time.time(), nonces=ports.nonces, expected_did=owner)
     except TypeError:
         raise InvalidManifest("a signed manifest must be plain JSON values",
                               reason="malformed_json") from None
+
+
+def signing_domain(ports: Ports, did: str | None = None) -> Domain:
+    """This stage's EIP-712 domain: its chain (where it has none, the DID's), its salt and,
+    where it settles on chain, its escrow."""
+    chain_id = ports.settings.chain_id
+    if chain_id is None:
+        try:
+            chain_id = parse_did(did)[0]
+        except (TypeError, ValueError):
+            chain_id = 1             # verify_request names what is wrong with the headers
+    contract = ports.settings.escrow_address if ports.settings.settlement_enabled else None
+    return Domain.of_stage(chain_id, ports.settings.session_domain, contract)
 
 
 class SignIn(BaseModel):

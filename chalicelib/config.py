@@ -104,7 +104,10 @@ class ConfigError(RuntimeError):
 
 def _intake_clients(raw: str | None) -> dict[str, str]:
     """`{"intake/acme/": "did:pkh:…"}`: whose drops are under which key prefix."""
-    mapping = json.loads(raw or "{}")
+    try:
+        mapping = json.loads(raw or "{}")
+    except ValueError:
+        mapping = None
     if not isinstance(mapping, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and v.startswith("did:pkh:")
             for k, v in mapping.items()):
@@ -127,6 +130,10 @@ def settings() -> Settings:
     made = _settings(env)
     if made.allow_unsigned and made.stage != "local":
         raise ConfigError(f"PROOFLINE_ALLOW_UNSIGNED is for the local stage, not {made.stage!r}")
+    if made.settlement_enabled and made.chain_id is None:
+        # Signatures and sign-ins are bound to the chain the money is on; never "any chain".
+        raise ConfigError("a stage that settles on chain (CHAIN_RPC_URL, ESCROW_ADDRESS) needs "
+                          "CHAIN_ID")
     return made
 
 

@@ -14,7 +14,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from chalicelib.identity.sessions import sign_in_message
-from chalicelib.identity.signing import sign_request
+from chalicelib.identity.signing import Domain, sign_request
 from chalicelib.media.probe import sha256_file
 
 from .devstack import read_state
@@ -59,6 +59,7 @@ class Api:
         self.reader = reader or signer
         self._session: dict | None = None
         self._session_lock = threading.Lock()
+        self._signing: dict | None = None
         self._http = requests.Session()
         # Connection failures only: a POST is safe to resend because it carries its
         # Idempotency-Key; an answer from the server is never retried here.
@@ -80,8 +81,14 @@ class Api:
         if self.signer is None:
             return {}
         account, did = self.signer
+        return self.sign(account, did, action, body)
+
+    def sign(self, account, did: str, action: str, body: dict, **options) -> dict[str, str]:
+        """EIP-712 headers for a request to this stage (its domain from `GET /health`)."""
+        if self._signing is None:
+            self._signing = self.health()["signing"]
         return sign_request(account, action=action, did=did, body=body,
-                            chain_id=int(did.split(":")[3]))
+                            domain=Domain.from_json(self._signing, did), **options)
 
     # -- workers: every call that acts for a worker carries its EIP-712 signature headers
     def register_worker(self, body: dict, signature: dict[str, str]) -> dict:

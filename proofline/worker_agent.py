@@ -28,7 +28,7 @@ from typing import Callable
 import imageio_ffmpeg
 import requests
 
-from chalicelib.identity.signing import parse_did, sign_request
+from chalicelib.identity.signing import parse_did
 from chalicelib.media.probe import sha256_file
 from chalicelib.models import Task, TranscodePlan
 from chalicelib.settlement.escrow import result_hash, sign_result
@@ -124,8 +124,7 @@ class Agent:
 
     # -- calls ---------------------------------------------------------------------------
     def _signed(self, action: str, body: dict) -> dict[str, str]:
-        return sign_request(self.account, action=action, did=self.did, body=body,
-                            chain_id=self.chain_id)
+        return self.api.sign(self.account, self.did, action, body)
 
     def register(self) -> dict:
         body = {"did": self.did, "claims": self.claims}

@@ -13,7 +13,15 @@ import pytest
 from eth_account import Account
 
 from chalicelib.config import stage_environment
-from chalicelib.identity.signing import did_for
+from chalicelib.identity.signing import (
+    DID_HEADER,
+    EXPIRY_HEADER,
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    did_for,
+    request_typed_data,
+    sign_request,
+)
 from chalicelib.jobs.lifecycle import derive_job_id
 from proofline import clips
 from proofline.client import TERMINAL, Api, ApiError
@@ -106,19 +114,26 @@ def event_types(api: Api, job_id: str) -> list[str]:
     return [e["type"] for e in api.events(job_id)["events"]]
 
 
-def forged_headers(account, did: str, body, *, action: str, chain_id: int = 31337) -> dict:
-    """Signature headers that name `did` but are signed by `account`, someone else's key."""
-    from eth_account import Account
+def stage_signed(account, *, action: str, did: str, body, chain_id: int | None = None,
+                 **options) -> dict:
+    """EIP-712 headers under the running stage's domain (its chain, salt and escrow), as a
+    client built from `GET /health` signs; `chain_id` is the DID's and already in it."""
+    from chalicelib import callers, ports
+    return sign_request(account, action=action, did=did, body=body,
+                        domain=callers.signing_domain(ports.default(), did), **options)
 
-    from chalicelib.identity import signing
-    own = signing.did_for(account.address, chain_id)
-    headers = signing.sign_request(account, action=action, did=own, body=body,
-                                   chain_id=chain_id)
-    typed = signing.request_typed_data(action=action, did=did, body=body, chain_id=chain_id,
-                                       nonce=int(headers[signing.NONCE_HEADER]),
-                                       expiry=int(headers[signing.EXPIRY_HEADER]))
+
+def forged_headers(account, did: str, body, *, action: str) -> dict:
+    """Signature headers that name `did` but are signed by `account`, someone else's key."""
+    from chalicelib import callers, ports
+    own = did_for(account.address, int(did.split(":")[3]))
+    headers = stage_signed(account, action=action, did=own, body=body)
+    typed = request_typed_data(action=action, did=did, body=body,
+                               domain=callers.signing_domain(ports.default(), did),
+                               nonce=int(headers[NONCE_HEADER]),
+                               expiry=int(headers[EXPIRY_HEADER]))
     signature = Account.sign_typed_data(account.key, full_message=typed).signature
-    return {**headers, signing.DID_HEADER: did, signing.SIGNATURE_HEADER: "0x" + signature.hex()}
+    return {**headers, DID_HEADER: did, SIGNATURE_HEADER: "0x" + signature.hex()}
 
 
 # -- the S3 door ------------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 the key behind its did:pkh, so the identity that pays or is paid is the one that asked.
 
 The signature covers the action, the DID, the exact body (by hash), a single-use nonce and an
-expiry, under the domain {name: "Proofline", version: "1", chainId}. The action is supplied by
+expiry, under the domain {name: "Proofline", version: "1", chainId, salt, verifyingContract}:
+the salt names the deployment (its sign-in domain, so a signature made for one stage is refused
+by every other, on the same chain or not) and the contract is the escrow where the stage
+settles on chain (`GET /health` → `signing` gives all of it). The action is supplied by
 the route that verifies, never read from the request, so a signature made for one action
 cannot be spent on another. Everything here is pure except the nonce store, which is passed in.
 """
@@ -13,6 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from threading import Lock
 from typing import Any, Protocol
 
@@ -101,35 +105,77 @@ def body_hash(body: Any) -> bytes:
     return keccak(canonical_body(body))
 
 
+@dataclass(frozen=True)
+class Domain:
+    """Where a signature counts: a chain, a deployment (`salt`) and, where the deployment
+    settles on chain, its escrow (`contract`)."""
+    chain_id: int
+    salt: bytes | None = None
+    contract: str | None = None
+
+    @classmethod
+    def of_stage(cls, chain_id: int, stage_name: str, contract: str | None = None) -> "Domain":
+        return cls(chain_id, stage_salt(stage_name), contract)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], did: str | None = None) -> "Domain":
+        """The `signing` object of `GET /health` (whose `chain_id` is null where the stage
+        takes the signer's DID's chain)."""
+        salt = data.get("salt")
+        chain_id = data.get("chain_id") or parse_did(did)[0]
+        return cls(int(chain_id), bytes.fromhex(salt[2:]) if salt else None,
+                   data.get("verifying_contract"))
+
+    def to_json(self) -> dict:
+        return {"chain_id": self.chain_id, "salt": "0x" + self.salt.hex() if self.salt else None,
+                "verifying_contract": self.contract}
+
+    def eip712(self) -> tuple[list[dict], dict]:
+        fields = [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                  {"name": "chainId", "type": "uint256"}]
+        values = {"name": "Proofline", "version": "1", "chainId": self.chain_id}
+        if self.contract:
+            fields.append({"name": "verifyingContract", "type": "address"})
+            values["verifyingContract"] = self.contract
+        if self.salt:
+            fields.append({"name": "salt", "type": "bytes32"})
+            values["salt"] = self.salt
+        return fields, values
+
+
+def stage_salt(stage_name: str) -> bytes:
+    return keccak(text=f"proofline:{stage_name}")
+
+
 def request_domain(chain_id: int) -> dict:
-    return {"name": "Proofline", "version": "1", "chainId": chain_id}
+    return Domain(chain_id).eip712()[1]
 
 
-def request_typed_data(*, action: str, did: str, body: Any, chain_id: int, nonce: int,
-                       expiry: int) -> dict:
+def request_typed_data(*, action: str, did: str, body: Any, nonce: int, expiry: int,
+                       chain_id: int | None = None, domain: Domain | None = None) -> dict:
     """The full EIP-712 message (as `eth_signTypedData_v4` takes it) a request's signature is
     over; wallets and other languages can sign this directly."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; one of {sorted(ACTIONS)}")
-    return {"types": {"EIP712Domain": [{"name": "name", "type": "string"},
-                                       {"name": "version", "type": "string"},
-                                       {"name": "chainId", "type": "uint256"}],
-                      **REQUEST_TYPES},
+    domain_fields, domain_values = _domain(chain_id, domain).eip712()
+    return {"types": {"EIP712Domain": domain_fields, **REQUEST_TYPES},
             "primaryType": "Request",
-            "domain": request_domain(chain_id),
+            "domain": domain_values,
             "message": {"action": action, "did": did, "bodyHash": body_hash(body),
                         "nonce": nonce, "expiry": expiry}}
 
 
 # -- client side -----------------------------------------------------------------------------
-def sign_request(account, *, action: str, did: str, body: Any, chain_id: int,
-                 nonce: int | None = None, expiry: int | None = None,
-                 now: float | None = None) -> dict[str, str]:
+def sign_request(account, *, action: str, did: str, body: Any, chain_id: int | None = None,
+                 domain: Domain | None = None, nonce: int | None = None,
+                 expiry: int | None = None, now: float | None = None) -> dict[str, str]:
     """The headers that make a request to `action` with this exact `body` speak for `did`.
 
     `body` is the JSON body plus whatever in the path names the target (a job or task id),
     so a signed request cannot be redirected to another resource."""
     did_chain, did_address = parse_did(did)
+    domain = _domain(chain_id, domain)
+    chain_id = domain.chain_id
     if did_address != account.address:
         raise ValueError(f"{did} is not the account {account.address}")
     if did_chain != chain_id:
@@ -138,7 +184,7 @@ def sign_request(account, *, action: str, did: str, body: Any, chain_id: int,
     if expiry is None:
         expiry = int(time.time() if now is None else now) + DEFAULT_LIFETIME_S
     signed = Account.sign_typed_data(account.key, full_message=request_typed_data(
-        action=action, did=did, body=body, chain_id=chain_id, nonce=nonce, expiry=expiry))
+        action=action, did=did, body=body, domain=domain, nonce=nonce, expiry=expiry))
     return {DID_HEADER: did, NONCE_HEADER: str(nonce), EXPIRY_HEADER: str(expiry),
             SIGNATURE_HEADER: "0x" + bytes(signed.signature).hex()}
 
@@ -173,8 +219,9 @@ class MemoryNonceStore:
         return len(self._seen)
 
 
-def verify_request(headers: Mapping[str, str], *, action: str, body: Any, chain_id: int,
-                   now: float, nonces: NonceStore, expected_did: str | None = None) -> str:
+def verify_request(headers: Mapping[str, str], *, action: str, body: Any, now: float,
+                   nonces: NonceStore, chain_id: int | None = None,
+                   domain: Domain | None = None, expected_did: str | None = None) -> str:
     """The canonical DID that signed this request for `action` with exactly `body`, or
     Unauthorized (401: missing_signature, bad_signature, expired, replayed_nonce) /
     Forbidden (403: wrong_chain, wrong_signer).
@@ -183,6 +230,8 @@ def verify_request(headers: Mapping[str, str], *, action: str, body: Any, chain_
     The nonce is spent only once the signature has verified, so a forgery cannot burn it."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; one of {sorted(ACTIONS)}")
+    domain = _domain(chain_id, domain)
+    chain_id = domain.chain_id
     values = _headers(headers)
     missing = [name for name in HEADERS if not values.get(name.lower())]
     if missing:
@@ -209,7 +258,7 @@ def verify_request(headers: Mapping[str, str], *, action: str, body: Any, chain_
         raise Unauthorized(f"expiry {expiry} is more than {MAX_LIFETIME_S} s ahead; sign "
                            "requests for minutes, not days", reason="expired")
     message = encode_typed_data(full_message=request_typed_data(
-        action=action, did=raw_did, body=body, chain_id=chain_id, nonce=nonce, expiry=expiry))
+        action=action, did=raw_did, body=body, domain=domain, nonce=nonce, expiry=expiry))
     try:
         signer = Account.recover_message(message, signature=bytes.fromhex(signature[2:]))
     except (BadSignature, ValidationError, ValueError) as exc:
@@ -227,6 +276,12 @@ def verify_request(headers: Mapping[str, str], *, action: str, body: Any, chain_
         raise Unauthorized(f"nonce {nonce} was already used by {did}; sign the request anew",
                            reason="replayed_nonce")
     return did
+
+
+def _domain(chain_id: int | None, domain: Domain | None) -> Domain:
+    if domain is None and chain_id is None:
+        raise ValueError("a signing domain (or at least a chain id) is needed")
+    return domain or Domain(chain_id)
 
 
 def _headers(headers: Mapping[str, str]) -> dict[str, str]:

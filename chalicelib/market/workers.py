@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
+from chalicelib import callers
 from chalicelib.aws.workerstore import WorkerStore
 from chalicelib.errors import Conflict, InvalidRequest, ProoflineError
 from chalicelib.identity.signing import address_of, parse_did, verify_request
@@ -107,10 +108,11 @@ def challenged(store: WorkerStore, did: str, job_class: str, challenge: Challeng
 def signed(ports, headers, *, action: str, body: dict, did: str) -> str:
     """The DID that signed this request, which must be `did`; 401/403 otherwise."""
     try:
-        chain_id = ports.settings.chain_id or parse_did(did)[0]
+        parse_did(did)
     except ValueError:
         raise InvalidRequest(f"{did!r} is not a did:pkh", reason="invalid_did") from None
-    return verify_request(headers, action=action, body=body, chain_id=chain_id,
+    return verify_request(headers, action=action, body=body,
+                          domain=callers.signing_domain(ports, did),
                           now=time.time(), nonces=ports.nonces, expected_did=did)
 
 

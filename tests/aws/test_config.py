@@ -8,7 +8,8 @@ from chalicelib.config import REQUIRED, ConfigError, stage_environment
 @pytest.fixture
 def environment(monkeypatch):
     config.settings.cache_clear()
-    for name in [*REQUIRED, "PROOFLINE_ALLOW_UNSIGNED"]:
+    for name in [*REQUIRED, "PROOFLINE_ALLOW_UNSIGNED", "CHAIN_RPC_URL", "ESCROW_ADDRESS",
+                 "CHAIN_ID", "PROOFLINE_INTAKE_CLIENTS"]:
         monkeypatch.delenv(name, raising=False)
     yield monkeypatch
     config.settings.cache_clear()
@@ -37,3 +38,23 @@ def test_the_local_stage_may_allow_unsigned_requests(environment):
         environment.setenv(name, value)
     settings = config.settings()
     assert settings.stage == "local" and settings.allow_unsigned is True
+
+
+def test_a_stage_that_settles_on_chain_must_name_its_chain(environment):
+    for name, value in stage_environment("dev").items():
+        environment.setenv(name, value)
+    environment.setenv("CHAIN_RPC_URL", "http://127.0.0.1:8545")
+    environment.setenv("ESCROW_ADDRESS", "0x" + "11" * 20)
+    environment.delenv("CHAIN_ID", raising=False)
+    with pytest.raises(ConfigError) as error:
+        config.settings()
+    assert "CHAIN_ID" in str(error.value)
+
+
+@pytest.mark.parametrize("raw", ['{"intake/": "not-a-did"}', '["intake/"]', "{nope"])
+def test_intake_client_mappings_must_name_dids(environment, raw):
+    for name, value in stage_environment("dev").items():
+        environment.setenv(name, value)
+    environment.setenv("PROOFLINE_INTAKE_CLIENTS", raw)
+    with pytest.raises(ConfigError):
+        config.settings()

@@ -20,9 +20,9 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from chalicelib.identity import access, sessions
-from chalicelib.identity.signing import did_for, sign_request
+from chalicelib.identity.signing import did_for
 from proofline.client import Api
-from tests.conftest import OPERATOR, wait_for
+from tests.conftest import OPERATOR, stage_signed, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -96,7 +96,7 @@ class World:
     def _sign(self, role, action, body, method, path) -> requests.Response:
         headers = {}
         if role != "nobody":
-            headers = sign_request(self.accounts[role], action=action, did=self.dids[role],
+            headers = stage_signed(self.accounts[role], action=action, did=self.dids[role],
                                    body=body, chain_id=self.chain)
         return requests.request(method, self.url + path, json=body, headers=headers,
                                 timeout=30)

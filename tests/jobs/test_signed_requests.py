@@ -13,9 +13,9 @@ import uuid
 import pytest
 from eth_account import Account
 
-from chalicelib.identity.signing import did_for, sign_request
+from chalicelib.identity.signing import Domain, did_for, sign_request
 from proofline.client import Api, ApiError
-from tests.conftest import OPERATOR, drop, wait_for
+from tests.conftest import INTAKE, OPERATOR, drop, stage_signed, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -36,7 +36,7 @@ def probe_manifest(api, clip) -> dict:
 def test_a_signed_submission_makes_the_signer_the_client_and_only_it_may_cancel(
         api, client, clip):
     signed_api, _, did = client
-    job, created = signed_api.submit(probe_manifest(api, clip))
+    job, created = signed_api.submit(probe_manifest(signed_api, clip))
     assert created and job["manifest"]["client_did"] == did
     with pytest.raises(ApiError) as unsigned:
         api.cancel(job["job_id"])                              # no signature at all
@@ -56,17 +56,17 @@ def test_a_signed_submission_makes_the_signer_the_client_and_only_it_may_cancel(
 
 def test_a_manifest_naming_another_client_or_a_replayed_signature_is_refused(
         api, client, clip, stack):
-    _, account, did = client
+    signed_api, account, did = client
     other = did_for(Account.create().address, stack.info.chain_id)
-    manifest = {**probe_manifest(api, clip), "client_did": other}
-    headers = sign_request(account, action="submit", did=did, body=manifest,
+    manifest = {**probe_manifest(signed_api, clip), "client_did": other}
+    headers = stage_signed(account, action="submit", did=did, body=manifest,
                            chain_id=stack.info.chain_id)
     with pytest.raises(ApiError) as impersonating:
         api._request("POST", "/jobs", json=manifest, headers=headers)
     assert (impersonating.value.status, impersonating.value.reason) == (403, "wrong_signer")
 
-    manifest = probe_manifest(api, clip)
-    headers = sign_request(account, action="submit", did=did, body=manifest,
+    manifest = probe_manifest(signed_api, clip)
+    headers = stage_signed(account, action="submit", did=did, body=manifest,
                            chain_id=stack.info.chain_id)
     api._request("POST", "/jobs", json=manifest, headers=headers)
     with pytest.raises(ApiError) as replayed:
@@ -74,20 +74,21 @@ def test_a_manifest_naming_another_client_or_a_replayed_signature_is_refused(
     assert (replayed.value.status, replayed.value.reason) == (401, "replayed_nonce")
     tampered = {**manifest, "max_attempts": 3}
     with pytest.raises(ApiError) as changed:
-        api._request("POST", "/jobs", json=tampered, headers=sign_request(
+        api._request("POST", "/jobs", json=tampered, headers=stage_signed(
             account, action="submit", did=did, body=manifest, chain_id=stack.info.chain_id))
     assert (changed.value.status, changed.value.reason) == (403, "wrong_signer")
 
 
 def test_a_stage_that_refuses_unsigned_requests_refuses_them(api, client, clip, monkeypatch):
     from chalicelib import ports
+    signed_api, _, did = client
+    anonymous, mine = probe_manifest(api, clip), probe_manifest(signed_api, clip)
     p = ports.default()
     monkeypatch.setattr(p, "settings", dataclasses.replace(p.settings, allow_unsigned=False))
     with pytest.raises(ApiError) as unsigned:
-        api.submit(probe_manifest(api, clip))
+        api.submit(anonymous)
     assert (unsigned.value.status, unsigned.value.reason) == (401, "missing_signature")
-    signed_api, _, did = client
-    job, created = signed_api.submit(probe_manifest(api, clip))
+    job, created = signed_api.submit(mine)
     assert created and job["manifest"]["client_did"] == did
 
 
@@ -110,7 +111,10 @@ def signed_by(api, account) -> Api:
 
 
 def test_a_dropped_files_job_is_the_operators_to_cancel(api, aws, clip):
-    job_id, _ = drop(aws, f"intake/media_probe/{uuid.uuid4().hex}.mp4", path=clip)
+    """A file dropped under no mapped prefix (here: outside intake/, with a sidecar)."""
+    key = f"unmapped/{uuid.uuid4().hex}.mp4"
+    aws.s3.put_object(Bucket=INTAKE, Key=key + ".job.json", Body=b'{"kind": "media_probe"}')
+    job_id, _ = drop(aws, key, path=clip)
     wait_for(api, job_id, states={"requested", "assigned", "running", "submitted",
                                   "verifying", "verified", "settled"}, timeout=60)
     with pytest.raises(ApiError) as anonymous:
@@ -131,7 +135,7 @@ def test_a_stranger_cannot_cancel_a_workers_challenge_and_an_operators_cancel_is
     did = did_for(account.address, stack.info.chain_id)
     body = {"did": did, "claims": {"job_classes": ["embed_batch"], "region": "us-east-1",
                                    "price_per_unit": {"embed_batch": "0.001"}}}
-    api.register_worker(body, sign_request(account, action="register", did=did, body=body,
+    api.register_worker(body, stage_signed(account, action="register", did=did, body=body,
                                            chain_id=stack.info.chain_id))
     challenge = next(j for j in ports.store.list(None, 200) if j.challenge == did)
     with pytest.raises(ApiError) as stranger:
@@ -150,3 +154,23 @@ def wait_until_recorded(api, did, timeout=30.0) -> dict:
             return challenge
         time.sleep(0.3)
     raise AssertionError(f"the challenge of {did} was never recorded")
+
+
+@pytest.mark.parametrize("elsewhere", [
+    {"stage_name": "proofline-prod"},                         # another deployment, same chain
+    {"contract": "0x" + "11" * 20},                           # another escrow
+    {"bare": True},                                           # no deployment named at all
+])
+def test_a_signature_made_for_another_deployment_is_refused(client, clip, stack, elsewhere):
+    from chalicelib import callers, ports
+    signed_api, account, did = client
+    manifest = probe_manifest(signed_api, clip)
+    here = callers.signing_domain(ports.default(), did)
+    domain = (Domain(here.chain_id) if elsewhere.get("bare") else Domain.of_stage(
+        here.chain_id, elsewhere.get("stage_name", ports.default().settings.session_domain),
+        elsewhere.get("contract", here.contract)))
+    headers = sign_request(account, action="submit", did=did, body=manifest, domain=domain)
+    with pytest.raises(ApiError) as replayed:
+        signed_api._request("POST", "/jobs", json=manifest, headers=headers)
+    assert (replayed.value.status, replayed.value.reason) == (403, "wrong_signer")
+    assert here.salt and here.contract == stack.info.escrow_address

@@ -13,9 +13,9 @@ import requests
 from eth_account import Account
 
 from chalicelib.aws.blobs import S3Uri
-from chalicelib.identity.signing import did_for, sign_request
+from chalicelib.identity.signing import did_for
 from proofline.client import Api, ApiError
-from tests.conftest import INTAKE, drop, wait_for
+from tests.conftest import INTAKE, drop, stage_signed, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -196,7 +196,7 @@ def test_an_unsigned_manifest_cannot_name_a_client(api, stack, clip):
 def test_an_upload_signature_is_bound_to_its_hash_and_size(alice, tmp_path):
     path, sha = texts_file(tmp_path)
     account, did = alice.signer
-    signed = sign_request(account, action="upload", did=did,
+    signed = stage_signed(account, action="upload", did=did,
                           body={"sha256": sha, "size": 10}, chain_id=int(did.split(":")[3]))
     response = requests.post(f"{alice.base_url}/uploads", json={"sha256": sha, "size": 11},
                              headers=signed, timeout=10)

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from chalicelib.identity.signing import did_for, sign_request
+from chalicelib.identity.signing import did_for
 from proofline import clips
 from proofline.client import ApiError
 from proofline.worker_agent import Agent
-from tests.conftest import challenge_passed, forged_headers, wait_for
+from tests.conftest import challenge_passed, forged_headers, stage_signed, wait_for
 
 pytestmark = pytest.mark.stack
 PASSPHRASE = "correct horse battery staple"
@@ -142,7 +142,7 @@ def challenge_state(api, did: str) -> str | None:
 def leave(api, account, did) -> None:
     """Say, as the worker, that it takes no more work (the killed one cannot)."""
     body = {"did": did, "health": {"accepting": False}}
-    api.heartbeat(did, body, sign_request(account, action="heartbeat", did=did, body=body,
+    api.heartbeat(did, body, stage_signed(account, action="heartbeat", did=did, body=body,
                                           chain_id=int(did.split(":")[3])))
 
 
@@ -265,7 +265,7 @@ def test_a_worker_cannot_lease_or_submit_for_another_and_forged_or_replayed_call
     body = {"did": honest_did}
     with pytest.raises(ApiError) as foreign:                  # the cheat leases as honest
         api.lease(honest_did, body, forged_headers(cheat_account, honest_did, body,
-                                                   action="lease", chain_id=chain_id))
+                                                   action="lease"))
     assert (foreign.value.status, foreign.value.reason) == (403, "wrong_signer")
 
     honest_task = _a_task_of(api, honest_did)
@@ -273,13 +273,13 @@ def test_a_worker_cannot_lease_or_submit_for_another_and_forged_or_replayed_call
     result = {"did": cheat_did, "task_ref": ref, "attempt": 1,
               "outputs": [{"name": "x", "sha256": "sha256:" + "0" * 64, "size_bytes": 1}]}
     with pytest.raises(ApiError) as not_yours:
-        api.submit_result(ref, result, sign_request(cheat_account, action="result",
+        api.submit_result(ref, result, stage_signed(cheat_account, action="result",
                                                     did=cheat_did, body=result,
                                                     chain_id=chain_id))
     assert (not_yours.value.status, not_yours.value.reason) == (403, "not_your_task")
 
     beat = {"did": cheat_did, "health": {"accepting": False}}
-    headers = sign_request(cheat_account, action="heartbeat", did=cheat_did, body=beat,
+    headers = stage_signed(cheat_account, action="heartbeat", did=cheat_did, body=beat,
                            chain_id=chain_id)
     api.heartbeat(cheat_did, beat, headers)
     with pytest.raises(ApiError) as replayed:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from eth_account import Account
 
-from chalicelib.identity.signing import did_for, sign_request
+from chalicelib.identity.signing import did_for
 from proofline.client import ApiError
-from tests.conftest import forged_headers
+from tests.conftest import forged_headers, stage_signed
 
 pytestmark = pytest.mark.stack
 CHAIN = 31337
@@ -23,7 +23,7 @@ def identity():
 
 def register(api, account, did, claims=CLAIMS, **sign):
     body = {"did": did, "claims": claims}
-    return api.register_worker(body, sign_request(account, action="register", did=did,
+    return api.register_worker(body, stage_signed(account, action="register", did=did,
                                                   body=body, chain_id=CHAIN, **sign))
 
 
@@ -43,7 +43,7 @@ def test_heartbeats_make_a_worker_fresh(api):
     register(api, account, did)
     body = {"did": did, "health": {"cpu_free": 0.7, "queue_depth": 1,
                                    "versions": {"ffmpeg": "9.0"}}}
-    beat = api.heartbeat(did, body, sign_request(account, action="heartbeat", did=did,
+    beat = api.heartbeat(did, body, stage_signed(account, action="heartbeat", did=did,
                                                  body=body, chain_id=CHAIN))
     assert beat["heartbeat_fresh"] is True and beat["health"]["queue_depth"] == 1
 
@@ -58,13 +58,13 @@ def test_forged_replayed_unsigned_and_foreign_requests_are_refused(api):
     with pytest.raises(ApiError) as unsigned:
         api.register_worker(body, {})
     assert (unsigned.value.status, unsigned.value.reason) == (401, "missing_signature")
-    headers = sign_request(account, action="register", did=did, body=body, chain_id=CHAIN)
+    headers = stage_signed(account, action="register", did=did, body=body, chain_id=CHAIN)
     api.register_worker(body, headers)
     with pytest.raises(ApiError) as replayed:
         api.register_worker(body, headers)
     assert (replayed.value.status, replayed.value.reason) == (401, "replayed_nonce")
     with pytest.raises(ApiError) as expired:
-        api.register_worker(body, sign_request(account, action="register", did=did, body=body,
+        api.register_worker(body, stage_signed(account, action="register", did=did, body=body,
                                                chain_id=CHAIN, expiry=1_000_000_000))
     assert (expired.value.status, expired.value.reason) == (401, "expired")
     # Worker A cannot beat for worker B.
@@ -89,7 +89,7 @@ def test_a_second_registration_and_bad_claims_are_refused(api):
 
 
 def _forge(account, did, body, action="register"):
-    return forged_headers(account, did, body, action=action, chain_id=CHAIN)
+    return forged_headers(account, did, body, action=action)
 
 
 def test_the_cli_lists_and_shows_workers(api, stack):
