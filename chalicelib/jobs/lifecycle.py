@@ -30,6 +30,13 @@ def derive_job_id(idempotency_key: str) -> str:
     return "job-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
 
 
+def named_job_id(client_did: str | None, name: str) -> str:
+    """A job a client names itself (`job_id` in the manifest) gets an id derived from the
+    client and the name: two clients' names never meet, so none can squat another's id (nor,
+    through it, its escrow key)."""
+    return derive_job_id(f"name:{client_did or 'anonymous'}:{name}")
+
+
 def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
             correlation_id: str, now: datetime, escrow: tuple[int, str] | None = None,
             tokens: Mapping[str, PaymentToken] | None = None) -> tuple[Job, JobClass]:
@@ -37,7 +44,7 @@ def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
     `escrow` is (chain id, contract) where this stage settles on chain, else None;
     `tokens` the payment tokens it accepts."""
     job_class, policy = validate(manifest, catalog=catalog, now=now, settles=escrow is not None)
-    job_id = manifest.job_id or job_id
+    job_id = named_job_id(manifest.client_did, manifest.job_id) if manifest.job_id else job_id
     terms = None
     if policy.escrow:
         terms = settlement.terms(manifest, "0x" + job_key(job_id).hex(), chain_id=escrow[0],

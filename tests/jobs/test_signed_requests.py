@@ -174,3 +174,17 @@ def test_a_signature_made_for_another_deployment_is_refused(client, clip, stack,
         signed_api._request("POST", "/jobs", json=manifest, headers=headers)
     assert (replayed.value.status, replayed.value.reason) == (403, "wrong_signer")
     assert here.salt and here.contract == stack.info.escrow_address
+
+
+def test_a_client_cannot_squat_another_clients_job_name(stack, clip):
+    """Mallory submits first under the name Alice will use: two jobs, neither in the way."""
+    alice, mallory = (Api(stack.info.api_url, signer=(a, did_for(a.address, stack.info.chain_id)))
+                      for a in (Account.create(), Account.create()))
+    name = f"invoice-{uuid.uuid4().hex[:8]}"
+    squatted, _ = mallory.submit({**probe_manifest(mallory, clip), "job_id": name})
+    mine, created = alice.submit({**probe_manifest(alice, clip), "job_id": name})
+    assert created and mine["job_id"] != squatted["job_id"]
+    assert mine["manifest"]["job_id"] == squatted["manifest"]["job_id"] == name
+    assert mine["manifest"]["client_did"] == alice.signer[1]
+    again, created = alice.submit({**probe_manifest(alice, clip), "job_id": name})
+    assert not created and again["job_id"] == mine["job_id"]     # a retry, not a new job
