@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from chalice import AuthResponse, Chalice, Rate, Response
 
-from chalicelib import bodies, callers, config, ports
+from chalicelib import bodies, callers, config, openapi, ports
 from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.identity import access
 from chalicelib.identity.access import Caller, Proof
@@ -85,6 +85,11 @@ def health():
             # EIP-712 domain of signed requests; without a stage chain, the signer's DID's.
             "signing": {**callers.signing_domain(ports.default()).to_json(),
                         "chain_id": s.chain_id}}
+
+
+@route("/openapi.json")
+def openapi_document():
+    return openapi.document()
 
 
 @route("/sessions", methods=["POST"])

@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{2,63}$")]
 ContentHash = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
-Did = Annotated[str, Field(pattern=r"^did:pkh:eip155:[0-9]{1,12}:0x[0-9a-fA-F]{40}$")]
+Did = Annotated[str, Field(pattern=r"^did:pkh:eip155:[1-9][0-9]{0,11}:0x[0-9a-fA-F]{40}$")]
 Price = Annotated[Decimal, Field(ge=0, max_digits=36, decimal_places=18)]
 
 

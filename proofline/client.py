@@ -140,8 +140,13 @@ class Api:
     def sign_out(self) -> dict:
         """Revoke every session of the reader (this one included)."""
         revoked = self._read("DELETE", "/sessions").json()
-        self._session = None
+        self.forget_session()
         return revoked
+
+    def forget_session(self) -> None:
+        """Drop the cached session (revoked elsewhere, say): the next read signs in anew."""
+        with self._session_lock:
+            self._session = None
 
     def session_headers(self) -> dict[str, str]:
         """`Authorization` for a read, signing in first when there is no fresh session."""

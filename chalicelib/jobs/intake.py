@@ -86,13 +86,20 @@ def signed_manifest(ports: Ports, headers, fields: dict[str, Any]) -> Manifest:
     manifest = manifest_from_dict(fields)
     signer = authenticate(ports, headers, action="submit", body=fields,
                           required=manifest.client_did is not None)
-    if signer is not None and manifest.client_did and canonical_did(manifest.client_did) != signer:
+    if signer is not None and manifest.client_did and _canonical(manifest.client_did) != signer:
         raise Forbidden(f"the manifest names client {manifest.client_did} but {signer} signed "
                         "it", reason="wrong_signer")
     jobs.validate(manifest, catalog=ports.catalog, now=ports.clock(),
                   settles=ports.chain is not None)
     manifest = uploads.owned_input(ports, manifest, signer)
     return manifest.model_copy(update={"client_did": signer}) if signer else manifest
+
+
+def _canonical(did: str) -> str:
+    try:
+        return canonical_did(did)
+    except ValueError as exc:           # e.g. a mixed-case address whose checksum is wrong
+        raise InvalidManifest(f"client_did: {exc}", reason="invalid_value") from None
 
 
 def manifest_from_dict(data: dict[str, Any]) -> Manifest:

@@ -33,6 +33,7 @@ ROLES = ("nobody", "client_a", "client_b", "worker_a", "worker_b", "operator")
 # countersign are refused as well (not_your_job), like everyone else's (wrong_signer).
 EXPECTED = {
     ("GET", "/health"):                     (200, 200, 200, 200, 200, 200),
+    ("GET", "/openapi.json"):               (200, 200, 200, 200, 200, 200),
     ("POST", "/sessions"):                  (400, 201, 201, 201, 201, 201),
     ("DELETE", "/sessions"):                (401, 200, 200, 200, 200, 200),
     ("POST", "/jobs"):                      (403, 201, 403, 403, 403, 403),
@@ -166,7 +167,7 @@ def test_each_caller_gets_exactly_what_the_table_says(world):
             wrong.append(f"{method} {path}: expected {EXPECTED[(method, path)]}, "
                          f"got {got[(method, path)]} {reasons}")
     for api in world.apis.values():
-        api._session = None                   # signed out above; the next read signs in
+        api.forget_session()                  # signed out above; the next read signs in
     assert not wrong, "\n".join(wrong)
 
 

@@ -188,3 +188,12 @@ def test_a_client_cannot_squat_another_clients_job_name(stack, clip):
     assert mine["manifest"]["client_did"] == alice.signer[1]
     again, created = alice.submit({**probe_manifest(alice, clip), "job_id": name})
     assert not created and again["job_id"] == mine["job_id"]     # a retry, not a new job
+
+
+@pytest.mark.parametrize("named", ["did:pkh:eip155:0:0x" + "00" * 20,
+                                   "did:pkh:eip155:31337:0x" + "aB" * 20])   # bad checksum
+def test_a_signed_manifest_naming_an_impossible_client_is_a_400(client, clip, named):
+    signed_api, _, _ = client
+    with pytest.raises(ApiError) as refused:
+        signed_api.submit({**probe_manifest(signed_api, clip), "client_did": named})
+    assert (refused.value.status, refused.value.reason) == (400, "invalid_value")
