@@ -213,8 +213,9 @@ class Api:
         if slot["upload_url"] is None:
             return slot
         with open(path, "rb") as data:
-            put = self._http.put(slot["upload_url"], data=data, headers=slot["upload_headers"],
-                                 timeout=self.timeout * 10)
+            # An empty file object would go out chunked, against the signed Content-Length.
+            put = self._http.put(slot["upload_url"], data=data if body["size"] else b"",
+                                 headers=slot["upload_headers"], timeout=self.timeout * 10)
         put.raise_for_status()
         deadline = time.monotonic() + wait_s
         while True:
