@@ -134,8 +134,8 @@ def list_jobs():
     # A client lists its own jobs; an operator every job, or one client's (`?client=`).
     who = caller()
     client = params.get("client") if who.operator else who.did
-    jobs = lifecycle.list_jobs(ports.default(), state, limit, client=client)
-    return {"jobs": [j.model_dump(mode="json") for j in jobs]}
+    return lifecycle.list_jobs(ports.default(), state, limit, client=client,
+                               cursor=params.get("cursor"))
 
 
 def _own_view(job_id: str):

@@ -104,6 +104,8 @@ QUERIES: dict[tuple[str, str], list[dict]] = {
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                     "maximum": 500, "default": 50}},
         {"name": "client", "in": "query", "description": "an operator's filter",
+         "schema": {"type": "string"}},
+        {"name": "cursor", "in": "query", "description": "`next` of the previous page",
          "schema": {"type": "string"}}],
     ("DELETE", "/sessions"): [
         {"name": "did", "in": "query", "description": "an operator's: whose sessions",

@@ -189,9 +189,19 @@ class Api:
 
     def jobs(self, state: str | None = None, limit: int = 50,
              client: str | None = None) -> list[dict]:
-        params = {"limit": limit, **({"state": state} if state else {}),
-                  **({"client": client} if client else {})}
-        return self._read("GET", "/jobs", params=params).json()["jobs"]
+        """The newest `limit` jobs (summaries), following the pages' cursors."""
+        params = {**({"state": state} if state else {}), **({"client": client} if client else {})}
+        found: list[dict] = []
+        cursor = None
+        while len(found) < limit:
+            page = self._read("GET", "/jobs", params={
+                **params, "limit": min(500, limit - len(found)),
+                **({"cursor": cursor} if cursor else {})}).json()
+            found += page["jobs"]
+            cursor = page.get("next")
+            if not cursor:
+                break
+        return found
 
     def cancel(self, job_id: str) -> dict:
         return self._request("POST", f"/jobs/{job_id}/cancel",

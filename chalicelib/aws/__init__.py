@@ -17,6 +17,8 @@ calls: Counter[str] = Counter()
 
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32,
                  connect_timeout=5, read_timeout=30)
+# SigV4 presigning: an upload URL then binds the length and checksum headers it names.
+_SERVICE_CONFIG = {"s3": Config(signature_version="s3v4")}
 
 
 def _count(model, **_):
@@ -26,8 +28,9 @@ def _count(model, **_):
 @lru_cache(maxsize=None)
 def client(service: str):
     s = settings()
+    config = _CONFIG.merge(_SERVICE_CONFIG[service]) if service in _SERVICE_CONFIG else _CONFIG
     made = boto3.session.Session().client(service, region_name=s.region,
-                                          endpoint_url=s.aws_endpoint_url, config=_CONFIG)
+                                          endpoint_url=s.aws_endpoint_url, config=config)
     made.meta.events.register("before-call.*.*", _count)
     return made
 

@@ -93,17 +93,21 @@ class JobStore:
         view.attempts, view.events, view.tasks = attempts, events, tasks
         return view
 
-    def list(self, state: State | None = None, limit: int = 50,
-             client: str | None = None) -> list[Job]:
-        """Newest first. A client's jobs: one Query of its index (the state filtered); all
-        jobs: one index Query per state asked for."""
+    def list(self, state: State | None = None, limit: int = 50, client: str | None = None,
+             before: str | None = None) -> list[Job]:
+        """Newest first, created before `before` (a `stamp`) when given: the next page starts
+        where the last one ended. A client's jobs: one Query of its index (the state
+        filtered); all jobs: one index Query per state asked for."""
+        after = {":before": {"S": before}} if before else {}
+        window = " AND created_at < :before" if before else ""
         if client is not None:
             names = {"#c": "client", **({"#s": "state"} if state else {})}
             filters = {"FilterExpression": "#s = :s"} if state else {}
-            values = {":c": {"S": client}, **({":s": {"S": state.value}} if state else {})}
+            values = {":c": {"S": client}, **({":s": {"S": state.value}} if state else {}),
+                      **after}
             found: list[Job] = []
             for item in self._query(IndexName="by_client", ScanIndexForward=False,
-                                    KeyConditionExpression="#c = :c",
+                                    KeyConditionExpression="#c = :c" + window,
                                     ExpressionAttributeNames=names,
                                     ExpressionAttributeValues=values, **filters):
                 if (job := _readable(item)) is not None:
@@ -115,9 +119,9 @@ class JobStore:
         for s in [state] if state else list(State):
             page = self._db.query(TableName=self._table, IndexName="by_state", Limit=limit,
                                   ScanIndexForward=False,
-                                  KeyConditionExpression="#s = :s",
+                                  KeyConditionExpression="#s = :s" + window,
                                   ExpressionAttributeNames={"#s": "state"},
-                                  ExpressionAttributeValues={":s": {"S": s.value}})
+                                  ExpressionAttributeValues={":s": {"S": s.value}, **after})
             jobs += [job for i in page["Items"] if (job := _readable(i)) is not None]
         jobs.sort(key=lambda j: j.created_at, reverse=True)
         return jobs[:limit]

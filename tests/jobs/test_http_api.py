@@ -5,6 +5,10 @@ import uuid
 import pytest
 import requests
 from conftest import event_types, wait_for
+from eth_account import Account
+
+from chalicelib.identity.signing import did_for
+from proofline.client import Api, ApiError
 
 pytestmark = pytest.mark.stack
 
@@ -203,3 +207,21 @@ def test_an_unreadable_stored_job_is_left_out_of_a_listing_not_fatal_to_it(api, 
     assert response.status_code == 200, response.text
     listed = [j["job_id"] for j in response.json()["jobs"]]
     assert job["job_id"] in listed and "job-corrupted" not in listed
+
+
+def test_a_clients_listing_pages_through_its_own_jobs_as_summaries(stack, clip):
+    account = Account.create()
+    client = Api(stack.info.api_url,
+                 signer=(account, did_for(account.address, stack.info.chain_id)))
+    slot = client.upload(clip)
+    made = [client.submit({"kind": "media_probe", "input_uri": slot["input_uri"],
+                           "job_id": f"page-{n}"})[0]["job_id"] for n in range(3)]
+    first = client._read("GET", "/jobs", params={"limit": 2}).json()
+    assert [j["job_id"] for j in first["jobs"]] == made[::-1][:2] and first["next"]
+    assert "manifest" not in first["jobs"][0] and "download_url" not in str(first)
+    second = client._read("GET", "/jobs", params={"limit": 2, "cursor": first["next"]}).json()
+    assert [j["job_id"] for j in second["jobs"]] == made[:1] and second["next"] is None
+    assert [j["job_id"] for j in client.jobs(limit=10)] == made[::-1]
+    with pytest.raises(ApiError) as bad:
+        client._read("GET", "/jobs", params={"cursor": "yesterday"})
+    assert (bad.value.status, bad.value.reason) == (400, "invalid_query")

@@ -40,7 +40,7 @@ def test_the_same_notification_twice_and_a_re_put_make_one_job(api, aws, clip):
     time.sleep(3)
     again = api.job(job_id)
     assert again["version"] == settled["version"]          # nothing moved the job
-    same = [j for j in api.jobs(limit=500) if (j["manifest"]["input_uri"] or "").endswith(key)]
+    same = [j for j in api.jobs(limit=500) if (j["input_uri"] or "").endswith(key)]
     assert len(same) == 1
 
 
