@@ -43,6 +43,7 @@ class Settings:
     presign_seconds: int
     payment_tokens: dict[str, PaymentToken]
     heartbeat_ttl_s: int
+    heartbeat_min_interval_s: float = 5.0   # a worker's heartbeats, at most this often
     worker_lease_s: int = 120         # a marketplace lease lives this long past a heartbeat
     offer_s: int = 60                 # an offered task not leased by then goes elsewhere
     capability_ttl_s: int = 7 * 86_400   # a passed challenge verifies a class this long
@@ -160,6 +161,7 @@ def _settings(env) -> Settings:
         presign_seconds=int(env.get("PROOFLINE_PRESIGN_SECONDS", 900)),
         payment_tokens=_payment_tokens(env.get("PAYMENT_TOKENS")),
         heartbeat_ttl_s=int(env.get("PROOFLINE_HEARTBEAT_TTL_SECONDS", 60)),
+        heartbeat_min_interval_s=float(env.get("PROOFLINE_HEARTBEAT_MIN_SECONDS", 5)),
         worker_lease_s=int(env.get("PROOFLINE_WORKER_LEASE_SECONDS", 120)),
         offer_s=int(env.get("PROOFLINE_OFFER_SECONDS", 60)),
         capability_ttl_s=int(env.get("PROOFLINE_CAPABILITY_TTL_SECONDS", 7 * 86_400)),

@@ -115,6 +115,12 @@ class Forbidden(ProoflineError):
     reason = "forbidden"
 
 
+class RateLimited(ProoflineError):
+    """Too often from one caller: try again after `details.retry_after_s`."""
+    status = 429
+    reason = "rate_limited"
+
+
 class Unavailable(ProoflineError):
     """The stage is not configured to serve this (a missing secret): the operator's to fix."""
     status = 503

@@ -31,8 +31,9 @@ err = Console(stderr=True)
 
 def api_for(ctx: click.Context, *, operator: bool = False) -> api_client.Api:
     """The API client of this invocation, signing (writes) and signing in (reads) as the
-    identity in the keystore with `--sign`; on the local stack, without it, as the stack's
-    development client (or its operator, for `operator` commands)."""
+    identity in the keystore with `--sign`; without it, on the local stack as the stack's
+    development client (or its operator, for `operator` commands), elsewhere as the key in
+    `PROOFLINE_CLIENT_KEY` (`PROOFLINE_OPERATOR_KEY`)."""
     try:
         url = api_client.resolve_api_url(ctx.obj["api"], STATE_DIR)
     except api_client.NoStack as exc:
@@ -42,8 +43,20 @@ def api_for(ctx: click.Context, *, operator: bool = False) -> api_client.Api:
                                                 _passphrase(confirm=False)))
         identity = (opened.account, opened.did)
     else:
-        identity = dev_identity(url, "operator" if operator else "client")
+        role = "operator" if operator else "client"
+        identity = dev_identity(url, role) or key_identity(url, role)
     return api_client.Api(url, signer=identity)
+
+
+def key_identity(url: str, role: str):
+    """(account, DID) of the key in `PROOFLINE_<ROLE>_KEY` (or its `_KEYSTORE`), on the
+    stage's chain; None when it is not set."""
+    try:
+        account = Account.from_key(secret(f"PROOFLINE_{role.upper()}_KEY"))
+    except KeyError:
+        return None
+    chain_id = api_client.Api(url).health()["sign_in"]["chain_id"] or ids.DEFAULT_CHAIN_ID
+    return account, did_for(account.address, chain_id)
 
 
 def dev_identity(url: str, role: str):

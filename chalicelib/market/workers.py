@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from chalicelib import callers
 from chalicelib.aws.workerstore import WorkerStore
-from chalicelib.errors import Conflict, InvalidRequest, ProoflineError
+from chalicelib.errors import Conflict, InvalidRequest, ProoflineError, RateLimited
 from chalicelib.identity.signing import address_of, parse_did, verify_request
 from chalicelib.market.registry import (
     Challenge,
@@ -29,8 +29,20 @@ def register(store: WorkerStore, did: str, address: str, claims: Claims, *,
     return worker
 
 
-def heartbeat(store: WorkerStore, did: str, health: Health, *, now: datetime) -> Worker:
-    return _update(store, did, lambda w: {"health": health, "last_heartbeat": now}, now)
+def heartbeat(store: WorkerStore, did: str, health: Health, *, now: datetime,
+              min_interval_s: float = 0.0) -> Worker:
+    """Record a heartbeat; one that comes sooner than `min_interval_s` after the last and
+    changes nothing the router reads (whether it accepts work) is refused with 429, so a
+    worker cannot make each of its heartbeats cost the control plane a write."""
+    def change(worker: Worker) -> dict:
+        last = worker.last_heartbeat
+        same = worker.health is not None and worker.health.accepting == health.accepting
+        if last and same and (now - last).total_seconds() < min_interval_s:
+            wait = round(min_interval_s - (now - last).total_seconds(), 3)
+            raise RateLimited(f"heartbeats at most every {min_interval_s} s",
+                              details={"retry_after_s": wait})
+        return {"health": health, "last_heartbeat": now}
+    return _update(store, did, change, now)
 
 
 def _update(store: WorkerStore, did: str, change, now: datetime, tries: int = 3) -> Worker:
@@ -136,4 +148,5 @@ def heartbeat_signed(ports, headers, did: str, body: dict) -> Worker:
         health = Health.model_validate(body.get("health") or {})
     except ValueError as exc:
         raise InvalidRequest(f"health is invalid: {exc}", reason="invalid_health") from None
-    return heartbeat(ports.workers, did, health, now=ports.clock())
+    return heartbeat(ports.workers, did, health, now=ports.clock(),
+                     min_interval_s=ports.settings.heartbeat_min_interval_s)

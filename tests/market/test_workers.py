@@ -2,12 +2,14 @@
 (EIP-712, nonce, expiry); claims are shown apart from verified capabilities."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from eth_account import Account
 
 from chalicelib.identity.signing import did_for
 from proofline.client import ApiError
-from tests.conftest import forged_headers, stage_signed
+from tests.conftest import OPERATOR, forged_headers, stage_signed
 
 pytestmark = pytest.mark.stack
 CHAIN = 31337
@@ -46,6 +48,24 @@ def test_heartbeats_make_a_worker_fresh(api):
     beat = api.heartbeat(did, body, stage_signed(account, action="heartbeat", did=did,
                                                  body=body, chain_id=CHAIN))
     assert beat["heartbeat_fresh"] is True and beat["health"]["queue_depth"] == 1
+
+
+def test_heartbeats_are_rate_limited_per_worker_but_a_stop_always_passes(api):
+    account, did = identity()
+    register(api, account, did)
+
+    def beat(**health):
+        body = {"did": did, "health": health}
+        return api.heartbeat(did, body, stage_signed(account, action="heartbeat", did=did,
+                                                     body=body))
+    beat(queue_depth=0)
+    with pytest.raises(ApiError) as flooded:
+        beat(queue_depth=1)
+    assert (flooded.value.status, flooded.value.reason) == (429, "rate_limited")
+    assert 0 < flooded.value.details["retry_after_s"] <= 0.5
+    assert beat(accepting=False)["health"]["accepting"] is False   # stopping is never refused
+    time.sleep(0.6)
+    assert beat(queue_depth=2)["health"]["queue_depth"] == 2
 
 
 def test_forged_replayed_unsigned_and_foreign_requests_are_refused(api):
@@ -92,7 +112,7 @@ def _forge(account, did, body, action="register"):
     return forged_headers(account, did, body, action=action)
 
 
-def test_the_cli_lists_and_shows_workers(api, stack):
+def test_the_cli_lists_and_shows_workers(api, stack, monkeypatch):
     import json
 
     from click.testing import CliRunner
@@ -101,6 +121,8 @@ def test_the_cli_lists_and_shows_workers(api, stack):
     account, did = identity()
     register(api, account, did)
     runner = CliRunner()
+    # Listing every worker is an operator's read: the CLI signs in with the operator's key.
+    monkeypatch.setenv("PROOFLINE_OPERATOR_KEY", OPERATOR.key.to_0x_hex())
     listed = runner.invoke(main, ["--api", stack.info.api_url, "workers", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     assert did in {w["did"] for w in json.loads(listed.stdout)}
@@ -108,7 +130,7 @@ def test_the_cli_lists_and_shows_workers(api, stack):
     assert shown.exit_code == 0 and "routable for" in shown.output and "none" in shown.output
 
 
-def test_jobs_explain_shows_the_ranking_behind_each_assignment(api, stack, clip):
+def test_jobs_explain_shows_the_ranking_behind_each_assignment(api, stack, clip, monkeypatch):
     import json
     import uuid
 
@@ -121,6 +143,8 @@ def test_jobs_explain_shows_the_ranking_behind_each_assignment(api, stack, clip)
                         idempotency_key=str(uuid.uuid4()))
     wait_for(api, job["job_id"])
     runner = CliRunner()
+    # An unsigned job is the operators': the CLI reads it with an operator's key.
+    monkeypatch.setenv("PROOFLINE_CLIENT_KEY", OPERATOR.key.to_0x_hex())
     explained = runner.invoke(main, ["--api", stack.info.api_url, "jobs", "explain",
                                      job["job_id"], "--json"])
     assert explained.exit_code == 0, explained.output
