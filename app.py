@@ -174,6 +174,13 @@ def create_upload():
                     status_code=201)
 
 
+@route("/uploads/{upload_id}/complete", methods=["POST"])
+def complete_upload(upload_id):
+    """A multipart upload's parts are all sent: `{"upload_id", "parts": [{part_number, etag}]}`."""
+    return Response(uploads.complete(ports.default(), app.current_request.headers, upload_id,
+                                     _body()), status_code=202)
+
+
 @route("/uploads/{upload_id}")
 def get_upload(upload_id):
     """Whether an upload was hashed and promoted (`ready`), or refused (`failed`)."""

@@ -44,6 +44,8 @@ class Settings:
     payment_tokens: dict[str, PaymentToken]
     heartbeat_ttl_s: int
     heartbeat_min_interval_s: float = 5.0   # a worker's heartbeats, at most this often
+    multipart_bytes: int = 5 * 2**30  # uploads larger than this go in parts (S3's PUT limit)
+    part_bytes: int = 256 * 2**20     # the size of each part but the last
     worker_lease_s: int = 120         # a marketplace lease lives this long past a heartbeat
     offer_s: int = 60                 # an offered task not leased by then goes elsewhere
     capability_ttl_s: int = 7 * 86_400   # a passed challenge verifies a class this long
@@ -162,6 +164,8 @@ def _settings(env) -> Settings:
         payment_tokens=_payment_tokens(env.get("PAYMENT_TOKENS")),
         heartbeat_ttl_s=int(env.get("PROOFLINE_HEARTBEAT_TTL_SECONDS", 60)),
         heartbeat_min_interval_s=float(env.get("PROOFLINE_HEARTBEAT_MIN_SECONDS", 5)),
+        multipart_bytes=int(env.get("PROOFLINE_MULTIPART_BYTES", 5 * 2**30)),
+        part_bytes=max(5 * 2**20, int(env.get("PROOFLINE_PART_BYTES", 256 * 2**20))),
         worker_lease_s=int(env.get("PROOFLINE_WORKER_LEASE_SECONDS", 120)),
         offer_s=int(env.get("PROOFLINE_OFFER_SECONDS", 60)),
         capability_ttl_s=int(env.get("PROOFLINE_CAPABILITY_TTL_SECONDS", 7 * 86_400)),

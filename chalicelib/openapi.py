@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from chalicelib.callers import SignIn
 from chalicelib.identity import access, signing
 from chalicelib.identity.access import Proof
-from chalicelib.jobs.uploads import UploadRequest
+from chalicelib.jobs.uploads import Completion, UploadRequest
 from chalicelib.market.registry import Claims, Health, ModelExecution, SegmentExecution
 from chalicelib.models import Manifest, State
 
@@ -87,6 +87,7 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/sessions"): SignIn,
     ("POST", "/jobs"): Manifest,
     ("POST", "/uploads"): UploadRequest,
+    ("POST", "/uploads/{upload_id}/complete"): Completion,
     ("POST", "/workers"): Registration,
     ("POST", "/workers/{did}/heartbeat"): Heartbeat,
     ("POST", "/workers/{did}/lease"): LeaseRequest,

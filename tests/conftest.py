@@ -44,6 +44,9 @@ def stack(tmp_path_factory):
     os.environ.setdefault("PROOFLINE_OFFER_SECONDS", "8")
     os.environ.setdefault("PROOFLINE_COUNTERSIGN_SECONDS", "6")
     os.environ.setdefault("PROOFLINE_RECHALLENGE_SECONDS", "2")
+    # Uploads past 8 MiB go in 5 MiB parts here (5 GB in a deployment), so they are tested.
+    os.environ.setdefault("PROOFLINE_MULTIPART_BYTES", str(8 * 2**20))
+    os.environ.setdefault("PROOFLINE_PART_BYTES", str(5 * 2**20))
     dev = DevStack(tmp_path_factory.mktemp("stack"), visibility_cap=2, schedule_every_s=1,
                    pool_workers=2)
     dev.start()

@@ -9,7 +9,7 @@ from urllib.parse import urlencode, urlparse
 
 from botocore.exceptions import ClientError
 
-from chalicelib.errors import InputError
+from chalicelib.errors import InputError, InvalidRequest
 
 CHUNK = 1 << 20
 
@@ -127,6 +127,31 @@ class Blobs:
             "Bucket": uri.bucket, "Key": uri.key, "ContentLength": size,
             "ChecksumSHA256": checksum})
         return url, {"Content-Length": str(size), "x-amz-checksum-sha256": checksum}
+
+    def start_multipart(self, uri: S3Uri) -> str:
+        return self._s3.create_multipart_upload(Bucket=uri.bucket, Key=uri.key)["UploadId"]
+
+    def presign_part(self, uri: S3Uri, upload_id: str, number: int, size: int,
+                     expires: int) -> str:
+        """A PUT URL for one part of a multipart upload, bound to its length."""
+        return self._s3.generate_presigned_url("upload_part", ExpiresIn=expires, Params={
+            "Bucket": uri.bucket, "Key": uri.key, "UploadId": upload_id, "PartNumber": number,
+            "ContentLength": size})
+
+    def complete_multipart(self, uri: S3Uri, upload_id: str,
+                           parts: list[tuple[int, str]]) -> None:
+        try:
+            self._s3.complete_multipart_upload(
+                Bucket=uri.bucket, Key=uri.key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag}
+                                           for n, etag in parts]})
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            if code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "NoSuchUpload",
+                        "MalformedXML", "InvalidArgument"):
+                raise InvalidRequest(f"the parts do not make the upload: {code}",
+                                     reason="invalid_parts") from None
+            raise
 
     def promote(self, source: S3Uri, target: S3Uri, tags: dict[str, str]) -> None:
         """Copy (multipart past 5 GB) to where no client writes, tagged."""

@@ -21,6 +21,7 @@ class Upload:
     state: str                        # pending | ready | failed
     created_at: str
     reason: str | None = None
+    multipart_id: str | None = None   # S3's id of a multipart upload (objects past 5 GB)
 
     def public(self) -> dict:
         return {"upload_id": self.upload_id, "owner": self.owner, "sha256": self.sha256,
@@ -39,7 +40,9 @@ class UploadStore:
                                 "owner": {"S": upload.owner or ANONYMOUS},
                                 "sha256": {"S": upload.sha256}, "size": {"N": str(upload.size)},
                                 "upload_state": {"S": upload.state},
-                                "created_at": {"S": upload.created_at}})
+                                "created_at": {"S": upload.created_at},
+                                **({"multipart_id": {"S": upload.multipart_id}}
+                                   if upload.multipart_id else {})})
 
     def get(self, upload_id: str) -> Upload | None:
         item = self._db.get_item(TableName=self._table, ConsistentRead=True,
@@ -51,7 +54,8 @@ class UploadStore:
         return Upload(upload_id=upload_id, owner=None if owner == ANONYMOUS else owner,
                       sha256=item["sha256"]["S"], size=int(item["size"]["N"]),
                       state=item["upload_state"]["S"], created_at=item["created_at"]["S"],
-                      reason=item.get("reason", {}).get("S"))
+                      reason=item.get("reason", {}).get("S"),
+                      multipart_id=item.get("multipart_id", {}).get("S"))
 
     def finish(self, upload: Upload, state: str, reason: str | None = None) -> bool:
         """pending → ready|failed, once; a ready upload also records its owner as a holder of

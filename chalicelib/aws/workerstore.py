@@ -6,12 +6,16 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
+from pydantic import ValidationError
 
 from chalicelib.aws.store import stamp
 from chalicelib.errors import Conflict
 from chalicelib.market.registry import WORKER_STATE, Worker, WorkerNotFound
 from chalicelib.market.router import Candidate
+
+logger = Logger(service="proofline")
 
 
 class WorkerStore:
@@ -60,7 +64,14 @@ class WorkerStore:
                                        ExpressionAttributeNames={"#s": "state"},
                                        ExpressionAttributeValues={":s": {"S": WORKER_STATE}},
                                        PaginationConfig={"MaxItems": limit}):
-            workers += [Worker.model_validate_json(i["doc"]["S"]) for i in page["Items"]]
+            for item in page["Items"]:
+                try:
+                    workers.append(Worker.model_validate_json(item["doc"]["S"]))
+                except (KeyError, ValidationError) as error:
+                    # One bad record must not take the whole registry view down with it.
+                    logger.warning("unreadable worker item left out of a listing",
+                                   extra={"pk": item.get("pk", {}).get("S"),
+                                          "error": str(error)[:300]})
         return workers
 
     def _put(self, worker: Worker, condition: str, values: dict) -> None:

@@ -36,6 +36,7 @@ class Rule:
 ANYONE = Rule(Proof.NONE, "anyone")
 SIGNED_IN = Rule(Proof.SESSION, "any signed-in DID; sees only its own")
 JOB_OWNER = Rule(Proof.SESSION, "the job's client, or an operator")
+UPLOADER_SIGNED = Rule(Proof.SIGNATURE, "the uploader, signing")
 UPLOAD_OWNER = Rule(Proof.SESSION, "the uploader, or an operator")
 WORKER_SELF = Rule(Proof.SESSION, "the worker itself, or an operator")
 OPERATOR = Rule(Proof.SESSION, "an operator", operator_only=True)
@@ -58,6 +59,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/jobs/{job_id}/cancel"): OWNER_SIGNED,
     ("POST", "/uploads"): CLIENT_SIGNED,
     ("GET", "/uploads/{upload_id}"): UPLOAD_OWNER,
+    ("POST", "/uploads/{upload_id}/complete"): UPLOADER_SIGNED,
     ("POST", "/workers"): WORKER_SIGNED,
     ("GET", "/workers"): OPERATOR,
     ("GET", "/workers/{did}"): WORKER_SELF,

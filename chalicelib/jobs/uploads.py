@@ -25,7 +25,7 @@ from chalicelib.aws.blobs import S3Uri, input_key
 from chalicelib.aws.uploadstore import Upload
 from chalicelib.callers import authenticate
 from chalicelib.context import Ports
-from chalicelib.errors import Forbidden, InputError, InvalidRequest, JobNotFound
+from chalicelib.errors import Conflict, Forbidden, InputError, InvalidRequest, JobNotFound
 from chalicelib.identity.access import Caller
 from chalicelib.models import Manifest, utcnow
 
@@ -61,14 +61,75 @@ def create(ports: Ports, headers, body: dict) -> dict:
     answer = {"input_uri": str(content), "input_hash": request.sha256, "size": request.size}
     if ports.uploads.holds(request.sha256, owner):
         return {**answer, "upload_id": None, "state": "ready", "upload_url": None}
-    upload = Upload(upload_id=secrets.token_hex(16), owner=owner, sha256=request.sha256,
+    upload_id = secrets.token_hex(16)
+    quarantine = _quarantine(ports, upload_id)
+    expires = min(ports.settings.presign_seconds, UPLOAD_URL_SECONDS)
+    if request.size > ports.settings.multipart_bytes:
+        return _multipart(ports, answer, upload_id, owner, request, quarantine)
+    upload = Upload(upload_id=upload_id, owner=owner, sha256=request.sha256,
                     size=request.size, state="pending", created_at=utcnow().isoformat())
     ports.uploads.create(upload)
-    expires = min(ports.settings.presign_seconds, UPLOAD_URL_SECONDS)
-    url, put_headers = ports.blobs.presign_upload(_quarantine(ports, upload.upload_id), expires,
-                                                  size=request.size, sha256=request.sha256)
+    url, put_headers = ports.blobs.presign_upload(quarantine, expires, size=request.size,
+                                                  sha256=request.sha256)
     return {**answer, "upload_id": upload.upload_id, "state": "pending", "upload_url": url,
             "upload_headers": put_headers, "expires_in": expires}
+
+
+MAX_PARTS = 10_000                    # S3's limit
+PART_URL_SECONDS = 6 * 3600           # parts of a large file take a while to send
+
+
+def _multipart(ports: Ports, answer: dict, upload_id: str, owner: str | None,
+               request: UploadRequest, quarantine: S3Uri) -> dict:
+    """Past S3's single-PUT limit: a multipart upload into quarantine, a URL per part bound
+    to its length; `POST /uploads/{id}/complete` with the parts' ETags finishes it."""
+    part = max(ports.settings.part_bytes, -(-request.size // MAX_PARTS))
+    multipart_id = ports.blobs.start_multipart(quarantine)
+    ports.uploads.create(Upload(upload_id=upload_id, owner=owner, sha256=request.sha256,
+                                size=request.size, state="pending",
+                                created_at=utcnow().isoformat(), multipart_id=multipart_id))
+    sizes = [min(part, request.size - offset) for offset in range(0, request.size, part)]
+    parts = [{"part_number": n, "size": size,
+              "url": ports.blobs.presign_part(quarantine, multipart_id, n, size,
+                                              PART_URL_SECONDS)}
+             for n, size in enumerate(sizes, start=1)]
+    return {**answer, "upload_id": upload_id, "state": "pending", "upload_url": None,
+            "part_bytes": part, "parts": parts, "expires_in": PART_URL_SECONDS}
+
+
+class PartDone(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    part_number: Annotated[int, Field(ge=1, le=MAX_PARTS)]
+    etag: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Completion(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    upload_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    parts: Annotated[list[PartDone], Field(min_length=1, max_length=MAX_PARTS)]
+
+
+def complete(ports: Ports, headers, upload_id: str, body: dict) -> dict:
+    """The uploader says every part is in: S3 assembles the object in quarantine, and its
+    arrival is hashed and promoted like any upload."""
+    try:
+        request = Completion.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidRequest(f"completion: {'.'.join(map(str, first['loc'])) or '(body)'}: "
+                             f"{first['msg']}", reason="invalid_value") from None
+    if request.upload_id != upload_id:
+        raise InvalidRequest("the body names another upload", reason="invalid_value")
+    upload = ports.uploads.get(upload_id)
+    by = authenticate(ports, headers, action="upload", body=body,
+                      owner=upload.owner if upload else None)
+    if upload is None or upload.owner != by or upload.multipart_id is None:
+        raise JobNotFound(f"no multipart upload {upload_id!r}", reason="upload_not_found")
+    if upload.state != "pending":
+        raise Conflict(f"upload {upload_id} is {upload.state}", reason="upload_finished")
+    ports.blobs.complete_multipart(_quarantine(ports, upload_id), upload.multipart_id,
+                                   [(p.part_number, p.etag) for p in request.parts])
+    return {"upload_id": upload_id, "state": "pending"}
 
 
 def status(ports: Ports, caller: Caller, upload_id: str) -> dict:

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.stack
 EXAMPLES = int(os.environ.get("PROOFLINE_FUZZ_EXAMPLES", 200))
 # The action each signed route's signature is for.
 ACTIONS = {("POST", "/jobs"): "submit", ("POST", "/jobs/{job_id}/cancel"): "cancel",
-           ("POST", "/uploads"): "upload", ("POST", "/workers"): "register",
+           ("POST", "/uploads"): "upload", ("POST", "/uploads/{upload_id}/complete"): "upload",
+           ("POST", "/workers"): "register",
            ("POST", "/workers/{did}/heartbeat"): "heartbeat",
            ("POST", "/workers/{did}/lease"): "lease", ("POST", "/tasks/{ref}/result"): "result",
            ("POST", "/tasks/{ref}/release"): "release", ("POST", "/jobs/{job_id}/result"): "result",

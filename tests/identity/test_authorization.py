@@ -44,6 +44,7 @@ EXPECTED = {
     ("POST", "/jobs/{job_id}/cancel"):      (401, 409, 403, 403, 403, 409),
     ("POST", "/uploads"):                   (201, 201, 201, 201, 201, 201),
     ("GET", "/uploads/{upload_id}"):        (401, 200, 404, 404, 404, 200),
+    ("POST", "/uploads/{upload_id}/complete"): (401, 404, 403, 403, 403, 403),
     ("POST", "/workers"):                   (401, 403, 403, 409, 403, 403),
     ("GET", "/workers"):                    (401, 403, 403, 403, 403, 200),
     ("GET", "/workers/{did}"):              (401, 403, 403, 200, 403, 200),
@@ -120,6 +121,8 @@ class World:
             "/jobs": ({"kind": "media_probe", "input_uri": self.upload["input_uri"]}, "submit"),
             "/jobs/{job_id}/cancel": ({"job_id": self.job_id}, "cancel"),
             "/uploads": ({"sha256": "sha256:" + uuid.uuid4().hex * 2, "size": 10}, "upload"),
+            "/uploads/{upload_id}/complete": ({"upload_id": self.upload_id, "parts": [
+                {"part_number": 1, "etag": "x"}]}, "upload"),
             "/workers": ({"did": a, "claims": self.claims}, "register"),
             "/workers/{did}/heartbeat": ({"did": a, "health": {}}, "heartbeat"),
             "/workers/{did}/lease": ({"did": a}, "lease"),

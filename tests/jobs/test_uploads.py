@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import uuid
 
@@ -201,3 +202,31 @@ def test_an_upload_signature_is_bound_to_its_hash_and_size(alice, tmp_path):
     response = requests.post(f"{alice.base_url}/uploads", json={"sha256": sha, "size": 11},
                              headers=signed, timeout=10)
     assert (response.status_code, response.json()["reason"]) == (403, "wrong_signer")
+
+
+def test_a_large_upload_goes_in_parts_and_is_hashed_whole(alice, aws, tmp_path):
+    """Past the single-PUT limit (5 GB deployed; 8 MiB on this stack) an upload is multipart:
+    a URL per part bound to its length, then the ETags; promoted only once hashed whole."""
+    path = tmp_path / "large.bin"
+    path.write_bytes(os.urandom(11 * 2**20))
+    sha = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    planned = slot(alice, sha, path.stat().st_size)
+    assert [p["size"] for p in planned["parts"]] == [5 * 2**20, 5 * 2**20, 2**20]
+    done = alice.upload(path)
+    assert done["state"] == "ready" and done["input_hash"] == sha
+    stored = S3Uri.parse(done["input_uri"])
+    assert aws.s3.head_object(Bucket=stored.bucket, Key=stored.key)["ContentLength"] == 11 * 2**20
+
+    # Parts of other bytes under the same claim: first a wrong ETag (a 400 with a reason,
+    # not a 500), then the parts as sent: assembled, hashed, refused.
+    forged = slot(alice, "sha256:" + "ab" * 32, path.stat().st_size)
+    etags = [{"part_number": p["part_number"],
+              "etag": requests.put(p["url"], data=b"z" * p["size"], timeout=30).headers["ETag"]}
+             for p in forged["parts"]]
+    for parts, status in (([{"part_number": 1, "etag": '"nope"'}], 400), (etags, 202)):
+        body = {"upload_id": forged["upload_id"], "parts": parts}
+        response = requests.post(f"{alice.base_url}/uploads/{forged['upload_id']}/complete",
+                                 json=body, headers=alice._signature("upload", body),
+                                 timeout=30)
+        assert response.status_code == status, response.text
+    assert settled_upload(alice, forged["upload_id"])["reason"] == "input_hash_mismatch"
