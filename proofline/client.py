@@ -213,11 +213,13 @@ class Api:
     def health(self) -> dict:
         return self._request("GET", "/health").json()
 
-    def upload(self, path: Path, *, wait_s: float = 120) -> dict:
+    def upload(self, path: Path, *, wait_s: float = 120, private: bool = False) -> dict:
         """Upload a local input (signed, as the job's client will be), then wait until the
         control plane has hashed and promoted it; skipped when this client already holds
-        those bytes. Returns the slot: `input_uri` and `input_hash` for a manifest."""
-        body = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        those bytes. A `private` object stays private in every job over it. Returns the
+        slot: `input_uri` and `input_hash` for a manifest."""
+        body = {"sha256": sha256_file(path), "size": path.stat().st_size,
+                **({"data_sensitivity": "private"} if private else {})}
         slot = self._request("POST", "/uploads", json=body,
                              headers=self._signature("upload", body)).json()
         if slot.get("parts"):

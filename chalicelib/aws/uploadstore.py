@@ -22,11 +22,12 @@ class Upload:
     created_at: str
     reason: str | None = None
     multipart_id: str | None = None   # S3's id of a multipart upload (objects past 5 GB)
+    sensitivity: str = "public"       # the object's; jobs over it inherit "private"
 
     def public(self) -> dict:
         return {"upload_id": self.upload_id, "owner": self.owner, "sha256": self.sha256,
                 "size": self.size, "state": self.state, "created_at": self.created_at,
-                "reason": self.reason}
+                "reason": self.reason, "data_sensitivity": self.sensitivity}
 
 
 class UploadStore:
@@ -41,6 +42,7 @@ class UploadStore:
                                 "sha256": {"S": upload.sha256}, "size": {"N": str(upload.size)},
                                 "upload_state": {"S": upload.state},
                                 "created_at": {"S": upload.created_at},
+                                "sensitivity": {"S": upload.sensitivity},
                                 **({"multipart_id": {"S": upload.multipart_id}}
                                    if upload.multipart_id else {})})
 
@@ -55,7 +57,8 @@ class UploadStore:
                       sha256=item["sha256"]["S"], size=int(item["size"]["N"]),
                       state=item["upload_state"]["S"], created_at=item["created_at"]["S"],
                       reason=item.get("reason", {}).get("S"),
-                      multipart_id=item.get("multipart_id", {}).get("S"))
+                      multipart_id=item.get("multipart_id", {}).get("S"),
+                      sensitivity=item.get("sensitivity", {}).get("S", "public"))
 
     def finish(self, upload: Upload, state: str, reason: str | None = None) -> bool:
         """pending → ready|failed, once; a ready upload also records its owner as a holder of
@@ -75,7 +78,8 @@ class UploadStore:
             items.append({"Put": {"TableName": self._table, "Item": {
                 "pk": {"S": f"INPUT#{upload.sha256}"},
                 "sk": {"S": f"OWNER#{upload.owner or ANONYMOUS}"},
-                "upload_id": {"S": upload.upload_id}, "size": {"N": str(upload.size)}}}})
+                "upload_id": {"S": upload.upload_id}, "size": {"N": str(upload.size)},
+                "sensitivity": {"S": upload.sensitivity}}}})
         try:
             self._db.transact_write_items(TransactItems=items)
             return True
@@ -84,8 +88,11 @@ class UploadStore:
                 return False
             raise
 
-    def holds(self, sha256: str, owner: str | None) -> bool:
-        """Whether `owner` has uploaded bytes hashing to `sha256` (and they were promoted)."""
-        return "Item" in self._db.get_item(
+    def holds(self, sha256: str, owner: str | None) -> str | None:
+        """The sensitivity under which `owner` holds bytes hashing to `sha256` (uploaded and
+        promoted), or None when it does not hold them."""
+        item = self._db.get_item(
             TableName=self._table, ConsistentRead=True,
-            Key={"pk": {"S": f"INPUT#{sha256}"}, "sk": {"S": f"OWNER#{owner or ANONYMOUS}"}})
+            Key={"pk": {"S": f"INPUT#{sha256}"}, "sk": {"S": f"OWNER#{owner or ANONYMOUS}"}}
+        ).get("Item")
+        return item.get("sensitivity", {}).get("S", "public") if item else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,6 +41,8 @@ class UploadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     sha256: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
     size: Annotated[int, Field(ge=0)]
+    # A private object stays private in every job that names it, whatever the manifest says.
+    data_sensitivity: Literal["public", "private"] = "public"
 
 
 def create(ports: Ports, headers, body: dict) -> dict:
@@ -59,7 +61,8 @@ def create(ports: Ports, headers, body: dict) -> dict:
                          f"({largest})", reason="input_too_large")
     content = S3Uri(ports.settings.artifacts_bucket, input_key(request.sha256))
     answer = {"input_uri": str(content), "input_hash": request.sha256, "size": request.size}
-    if ports.uploads.holds(request.sha256, owner):
+    held = ports.uploads.holds(request.sha256, owner)
+    if held is not None and (held == "private" or request.data_sensitivity == "public"):
         return {**answer, "upload_id": None, "state": "ready", "upload_url": None}
     upload_id = secrets.token_hex(16)
     quarantine = _quarantine(ports, upload_id)
@@ -67,7 +70,8 @@ def create(ports: Ports, headers, body: dict) -> dict:
     if request.size > ports.settings.multipart_bytes:
         return _multipart(ports, answer, upload_id, owner, request, quarantine)
     upload = Upload(upload_id=upload_id, owner=owner, sha256=request.sha256,
-                    size=request.size, state="pending", created_at=utcnow().isoformat())
+                    size=request.size, state="pending", created_at=utcnow().isoformat(),
+                    sensitivity=request.data_sensitivity)
     ports.uploads.create(upload)
     url, put_headers = ports.blobs.presign_upload(quarantine, expires, size=request.size,
                                                   sha256=request.sha256)
@@ -87,7 +91,8 @@ def _multipart(ports: Ports, answer: dict, upload_id: str, owner: str | None,
     multipart_id = ports.blobs.start_multipart(quarantine)
     ports.uploads.create(Upload(upload_id=upload_id, owner=owner, sha256=request.sha256,
                                 size=request.size, state="pending",
-                                created_at=utcnow().isoformat(), multipart_id=multipart_id))
+                                created_at=utcnow().isoformat(), multipart_id=multipart_id,
+                                sensitivity=request.data_sensitivity))
     sizes = [min(part, request.size - offset) for offset in range(0, request.size, part)]
     parts = [{"part_number": n, "size": size,
               "url": ports.blobs.presign_part(quarantine, multipart_id, n, size,
@@ -183,9 +188,12 @@ def owned_input(ports: Ports, manifest: Manifest, client: str | None) -> Manifes
         if manifest.input_hash not in (None, sha):
             raise InvalidRequest(f"{uri} holds {sha}, not {manifest.input_hash}",
                                  reason="input_hash_mismatch")
-        if ports.uploads.holds(sha, client):
+        held = ports.uploads.holds(sha, client)
+        if held is not None:
             ports.blobs.tag(uri, USED)
-            return manifest.model_copy(update={"input_hash": sha})
+            sensitivity = "private" if held == "private" else manifest.data_sensitivity
+            return manifest.model_copy(update={"input_hash": sha,
+                                               "data_sensitivity": sensitivity})
     elif uri.bucket == settings.intake_bucket and not uri.key.startswith(QUARANTINE) \
             and client is not None and intake_owner(settings.intake_clients, uri.key) == client:
         return manifest

@@ -230,3 +230,17 @@ def test_a_large_upload_goes_in_parts_and_is_hashed_whole(alice, aws, tmp_path):
                                  timeout=30)
         assert response.status_code == status, response.text
     assert settled_upload(alice, forged["upload_id"])["reason"] == "input_hash_mismatch"
+
+
+def test_a_private_objects_sensitivity_follows_it_into_every_job(alice, tmp_path):
+    path, _ = texts_file(tmp_path)
+    private = alice.upload(path, private=True)
+    for said in ({}, {"data_sensitivity": "public"}):
+        job, _ = alice.submit({"kind": "embed_batch", "input_uri": private["input_uri"],
+                               **said})
+        assert job["manifest"]["data_sensitivity"] == "private"
+    # Asking for it as public later does not make it public.
+    assert alice.upload(path)["upload_url"] is None
+    job, _ = alice.submit({"kind": "embed_batch", "input_uri": private["input_uri"],
+                           "max_attempts": 2})
+    assert job["manifest"]["data_sensitivity"] == "private"
