@@ -126,11 +126,9 @@ def list_jobs():
     params = app.current_request.query_params or {}
     try:
         state = State(params["state"]) if "state" in params else None
-        limit = int(params.get("limit", 50))
     except ValueError as exc:
         raise InvalidRequest(str(exc), reason="invalid_query") from exc
-    if not 1 <= limit <= 500:
-        raise InvalidRequest(f"limit must be 1-500, not {limit}", reason="invalid_query")
+    limit = bodies.limit(params.get("limit"), default=50)
     # A client lists its own jobs; an operator every job, or one client's (`?client=`).
     who = caller()
     client = params.get("client") if who.operator else who.did
@@ -246,8 +244,9 @@ def register_worker():
 @route("/workers", methods=["GET"])
 def list_workers():
     p = ports.default()
-    return {"workers": [w.public(p.clock(), p.settings.heartbeat_ttl_s)
-                        for w in p.workers.list()]}
+    params = app.current_request.query_params or {}
+    return workers.page(p, bodies.limit(params.get("limit"), default=100),
+                        bodies.cursor(params.get("cursor")))
 
 
 @route("/workers/{did}")

@@ -83,3 +83,25 @@ class _NonFinite(ValueError):
 
 def _no_constant(name: str):
     raise _NonFinite(f"{name} is not a JSON number; send finite numbers only")
+
+
+_CURSOR = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$")
+
+
+def cursor(value: str | None) -> str | None:
+    """A list's `cursor` query parameter: the `next` of a previous page, or nothing."""
+    if value is not None and not _CURSOR.match(value):
+        raise InvalidRequest("cursor must be the `next` of a previous page",
+                             reason="invalid_query")
+    return value
+
+
+def limit(value: str | None, default: int, most: int = 500) -> int:
+    """A list's `limit` query parameter: 1..most."""
+    try:
+        count = int(value) if value is not None else default
+    except ValueError:
+        count = 0
+    if not 1 <= count <= most:
+        raise InvalidRequest(f"limit must be 1-{most}, not {value}", reason="invalid_query")
+    return count

@@ -108,6 +108,10 @@ QUERIES: dict[tuple[str, str], list[dict]] = {
          "schema": {"type": "string"}},
         {"name": "cursor", "in": "query", "description": "`next` of the previous page",
          "schema": {"type": "string"}}],
+    ("GET", "/workers"): [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                    "maximum": 500, "default": 100}},
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
     ("DELETE", "/sessions"): [
         {"name": "did", "in": "query", "description": "an operator's: whose sessions",
          "schema": {"type": "string"}}],

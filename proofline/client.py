@@ -172,8 +172,19 @@ class Api:
                     if self._session is session:
                         self._session = None
 
-    def workers(self) -> list[dict]:
-        return self._read("GET", "/workers").json()["workers"]
+    def workers(self, limit: int = 1000) -> list[dict]:
+        """The registry (an operator's read), following the pages' cursors."""
+        found: list[dict] = []
+        cursor = None
+        while len(found) < limit:
+            page = self._read("GET", "/workers", params={
+                "limit": min(500, limit - len(found)),
+                **({"cursor": cursor} if cursor else {})}).json()
+            found += page["workers"]
+            cursor = page.get("next")
+            if not cursor:
+                break
+        return found
 
     def worker(self, did: str) -> dict:
         return self._read("GET", f"/workers/{did}").json()

@@ -27,11 +27,22 @@ class WorkerStore:
         self._candidates: tuple[float, list[Worker]] | None = None
 
     def candidates(self, now: datetime) -> list[Candidate]:
-        """The registry as the router sees it, read at most every CANDIDATES_MAX_AGE_S."""
+        """The registry as the router sees it, read at most every CANDIDATES_MAX_AGE_S, from
+        each record's routing projection (no challenge history, no address)."""
         if self._candidates is None or time.monotonic() - self._candidates[0] > \
                 self.CANDIDATES_MAX_AGE_S:
-            self._candidates = (time.monotonic(), self.list())
+            self._candidates = (time.monotonic(), self._routable())
         return [c for w in self._candidates[1] if (c := w.candidate(now)) is not None]
+
+    def _routable(self) -> list[Worker]:
+        workers = []
+        for item in self._query_state(ProjectionExpression="#r",
+                                      ExpressionAttributeNames={"#s": "state", "#r": "route"}):
+            if "route" in item:      # written with every heartbeat: a live worker has one
+                worker = _readable(item, "route")
+                if worker is not None:
+                    workers.append(worker)
+        return workers
 
     def create(self, worker: Worker) -> None:
         try:
@@ -56,23 +67,27 @@ class WorkerStore:
             raise WorkerNotFound(f"no worker {did!r}")
         return Worker.model_validate_json(item["doc"]["S"])
 
-    def list(self, limit: int = 1000) -> list[Worker]:
+    def list(self, limit: int = 1000, before: str | None = None) -> list[Worker]:
+        """Newest registration first, registered before `before` (a `stamp`) when given."""
         workers: list[Worker] = []
-        paginator = self._db.get_paginator("query")
-        for page in paginator.paginate(TableName=self._table, IndexName="by_state",
-                                       KeyConditionExpression="#s = :s",
-                                       ExpressionAttributeNames={"#s": "state"},
-                                       ExpressionAttributeValues={":s": {"S": WORKER_STATE}},
-                                       PaginationConfig={"MaxItems": limit}):
-            for item in page["Items"]:
-                try:
-                    workers.append(Worker.model_validate_json(item["doc"]["S"]))
-                except (KeyError, ValidationError) as error:
-                    # One bad record must not take the whole registry view down with it.
-                    logger.warning("unreadable worker item left out of a listing",
-                                   extra={"pk": item.get("pk", {}).get("S"),
-                                          "error": str(error)[:300]})
+        for item in self._query_state(before=before):
+            if (worker := _readable(item, "doc")) is not None:
+                workers.append(worker)
+            if len(workers) >= limit:
+                break
         return workers
+
+    def _query_state(self, before: str | None = None, **options):
+        window = " AND created_at < :before" if before else ""
+        names = options.pop("ExpressionAttributeNames", {"#s": "state"})
+        paginator = self._db.get_paginator("query")
+        for page in paginator.paginate(
+                TableName=self._table, IndexName="by_state", ScanIndexForward=False,
+                KeyConditionExpression="#s = :s" + window, ExpressionAttributeNames=names,
+                ExpressionAttributeValues={":s": {"S": WORKER_STATE},
+                                           **({":before": {"S": before}} if before else {})},
+                **options):
+            yield from page["Items"]
 
     def _put(self, worker: Worker, condition: str, values: dict) -> None:
         request = {"TableName": self._table, "ConditionExpression": condition,
@@ -80,7 +95,8 @@ class WorkerStore:
                             "state": {"S": WORKER_STATE},
                             "created_at": {"S": stamp(worker.registered_at)},
                             "version": {"N": str(worker.version)},
-                            "doc": {"S": worker.model_dump_json()}}}
+                            "doc": {"S": worker.model_dump_json()},
+                            "route": {"S": worker.model_dump_json(include=ROUTED)}}}
         if values:
             request["ExpressionAttributeValues"] = values
         try:
@@ -97,6 +113,22 @@ class _Moved(Exception):
 
 def _pk(did: str) -> str:
     return f"WORKER#{did}"
+
+
+# What routing reads of a worker record (Worker.candidate), kept beside the full document.
+ROUTED = {"did", "address", "claims", "verified", "health", "last_heartbeat", "registered_at",
+          "updated_at", "reputation", "version"}
+
+
+def _readable(item: dict, attribute: str) -> Worker | None:
+    """The worker in `attribute` of an item, or None (logged): one bad record must not take
+    the whole registry view down with it."""
+    try:
+        return Worker.model_validate_json(item[attribute]["S"])
+    except (KeyError, ValidationError) as error:
+        logger.warning("unreadable worker item left out", extra={
+            "pk": item.get("pk", {}).get("S"), "error": str(error)[:300]})
+        return None
 
 
 class DynamoNonceStore:

@@ -6,19 +6,18 @@ settlement, challenge outcomes, counts), each idempotent. This module imports no
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import datetime
 from typing import Callable, Mapping
 
 from aws_lambda_powertools import Logger
 
+from chalicelib import bodies
 from chalicelib.aws.store import JobView, stamp
 from chalicelib.bus import Committed
 from chalicelib.catalog import Catalog, JobClass, PaymentPolicy
 from chalicelib.context import Ports
 from chalicelib.errors import (
     InvalidManifest,
-    InvalidRequest,
     JobExists,
     ProoflineError,
     StaleVersion,
@@ -286,17 +285,13 @@ def assign(job: Job, job_class: JobClass, at: datetime,
 
 LISTED = ("job_id", "kind", "state", "profile", "source", "attempt", "reason", "created_at",
           "updated_at")
-_CURSOR = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$")
 
 
 def list_jobs(ports: Ports, state: State | None, limit: int, client: str | None = None,
               cursor: str | None = None) -> dict:
     """One page of jobs, newest first, each as a summary (no prompt, texts or links: those
     are in `GET /jobs/{id}`), and the cursor of the next page (None on the last)."""
-    if cursor is not None and not _CURSOR.match(cursor):
-        raise InvalidRequest("cursor must be the `next` of a previous page",
-                             reason="invalid_query")
-    jobs = ports.store.list(state, limit, client=client, before=cursor)
+    jobs = ports.store.list(state, limit, client=client, before=bodies.cursor(cursor))
     return {"jobs": [summary(job) for job in jobs],
             "next": stamp(jobs[-1].created_at) if len(jobs) == limit else None}
 

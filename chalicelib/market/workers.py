@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timedelta
 
 from chalicelib import callers
+from chalicelib.aws.store import stamp
 from chalicelib.aws.workerstore import WorkerStore
 from chalicelib.errors import Conflict, InvalidRequest, ProoflineError, RateLimited
 from chalicelib.identity.signing import address_of, parse_did, verify_request
@@ -20,6 +21,13 @@ from chalicelib.market.registry import (
 )
 from chalicelib.market.reputation import Outcome, Reputation, record
 from chalicelib.models import is_marketplace
+
+
+def page(ports, limit: int, cursor: str | None) -> dict:
+    """One page of the registry, newest registration first, and the next page's cursor."""
+    listed = ports.workers.list(limit, before=cursor)
+    return {"workers": [w.public(ports.clock(), ports.settings.heartbeat_ttl_s) for w in listed],
+            "next": stamp(listed[-1].registered_at) if len(listed) == limit else None}
 
 
 def register(store: WorkerStore, did: str, address: str, claims: Claims, *,

@@ -2,6 +2,7 @@
 (EIP-712, nonce, expiry); claims are shown apart from verified capabilities."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -153,3 +154,23 @@ def test_jobs_explain_shows_the_ranking_behind_each_assignment(api, stack, clip,
     assert first["ranked"][0]["factors"]["capability"] == 1.0
     human = runner.invoke(main, ["--api", stack.info.api_url, "jobs", "explain", job["job_id"]])
     assert "pool:media ranked first" in human.stdout
+
+
+def test_the_registry_is_read_a_page_at_a_time_and_routing_reads_a_projection(api, ports):
+    for _ in range(2):
+        register(api, *identity())
+    first = api._read("GET", "/workers", params={"limit": 1}).json()
+    second = api._read("GET", "/workers", params={"limit": 1, "cursor": first["next"]}).json()
+    assert len(first["workers"]) == len(second["workers"]) == 1
+    assert first["workers"][0]["did"] != second["workers"][0]["did"]
+    assert first["workers"][0]["registered_at"] > second["workers"][0]["registered_at"]
+    with pytest.raises(ApiError) as bad:
+        api._read("GET", "/workers", params={"limit": 0})
+    assert (bad.value.status, bad.value.reason) == (400, "invalid_query")
+    # What routing reads of a record is its projection: no challenge history in it.
+    did = first["workers"][0]["did"]
+    item = ports.workers._db.get_item(TableName=ports.settings.jobs_table,
+                                      Key={"pk": {"S": f"WORKER#{did}"}, "sk": {"S": "JOB"}})
+    routed = json.loads(item["Item"]["route"]["S"])
+    assert routed["did"] == did and "challenges" not in routed
+    assert len(item["Item"]["route"]["S"]) < len(item["Item"]["doc"]["S"])
