@@ -159,8 +159,13 @@ class Blobs:
                       ExtraArgs={"Tagging": urlencode(tags), "TaggingDirective": "REPLACE"})
 
     def tag(self, uri: S3Uri, tags: dict[str, str]) -> None:
-        self._s3.put_object_tagging(Bucket=uri.bucket, Key=uri.key, Tagging={
-            "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+        try:
+            self._s3.put_object_tagging(Bucket=uri.bucket, Key=uri.key, Tagging={
+                "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                raise InputError(f"{uri} does not exist", reason="input_missing") from exc
+            raise
 
     def delete(self, uri: S3Uri) -> None:
         self._s3.delete_object(Bucket=uri.bucket, Key=uri.key)

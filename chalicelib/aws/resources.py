@@ -82,7 +82,7 @@ RESOURCES = Resources(
               visibility_timeout=300, max_receive_count=20, batch_size=1),
     ),
     buckets=(
-        # Drops under intake/, and uploads in quarantine under uploads/ (until hashed).
+        # Drops, and uploads in quarantine under proofline-quarantine/ (until hashed).
         Bucket("IntakeBucket", "intake_bucket", notify_queue="intake_queue", cors=True),
         Bucket("ArtifactsBucket", "artifacts_bucket", cors=True),
     ),

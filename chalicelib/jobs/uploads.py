@@ -29,12 +29,13 @@ from chalicelib.errors import Conflict, Forbidden, InputError, InvalidRequest, J
 from chalicelib.identity.access import Caller
 from chalicelib.models import Manifest, utcnow
 
-QUARANTINE = "uploads/"
+# Reserved in the intake bucket: what lands here is an upload, never a drop.
+QUARANTINE = "proofline-quarantine/"
 UNUSED = {"proofline-used": "false"}          # the lifecycle rule expires inputs tagged so
 USED = {"proofline-used": "true"}
 UPLOAD_URL_SECONDS = 900
 _INPUT_KEY = re.compile(r"^inputs/sha256/([0-9a-f]{64})$")
-_UPLOAD_KEY = re.compile(r"^uploads/([0-9a-f]{32})$")
+_UPLOAD_KEY = re.compile(r"^" + re.escape(QUARANTINE) + r"([0-9a-f]{32})$")
 
 
 class UploadRequest(BaseModel):

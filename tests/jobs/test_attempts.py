@@ -19,6 +19,7 @@ from chalicelib.models import AttemptResult, Job, Manifest, Output, State
 from media_worker import handler as media_handler
 from media_worker.probe import probe
 from proofline import clips
+from proofline.client import ApiError
 from proofline.pump import LambdaContext, sqs_event
 
 pytestmark = pytest.mark.stack
@@ -211,17 +212,24 @@ def test_a_claimed_output_that_does_not_exist_fails_validation(held, stored_clip
     assert failed[0].data["checks"] == {"output_readable": False}
 
 
-def test_a_missing_input_fails_the_job_with_its_reason(api):
-    job, _ = api.submit({"kind": "media_probe", "input_uri": "s3://proofline-local-artifacts/none.mp4"})
-    final = wait_for(api, job["job_id"])
-    assert final["state"] == "failed" and final["reason"] == "input_missing"
+def test_an_input_gone_since_its_upload_is_refused_at_the_door_with_its_reason(api, aws,
+                                                                               tmp_path):
+    """Uploaded and recorded, then removed (say, expired unused): a 422, not a 500."""
+    path = tmp_path / "soon-gone.bin"
+    path.write_bytes(uuid.uuid4().bytes * 64)
+    slot = api.upload(path)
+    gone = S3Uri.parse(slot["input_uri"])
+    aws.s3.delete_object(Bucket=gone.bucket, Key=gone.key)
+    with pytest.raises(ApiError) as refused:
+        api.submit({"kind": "media_probe", "input_uri": slot["input_uri"]})
+    assert (refused.value.status, refused.value.reason) == (422, "input_missing")
 
 
-def test_an_input_that_does_not_match_its_hash_fails_the_job(api, stored_clip):
-    job, _ = api.submit({"kind": "media_probe", "input_uri": stored_clip["input_uri"],
-                         "input_hash": "sha256:" + "ab" * 32})
-    final = wait_for(api, job["job_id"])
-    assert final["state"] == "failed" and final["reason"] == "input_hash_mismatch"
+def test_a_manifest_whose_hash_is_not_its_inputs_is_refused_at_the_door(api, stored_clip):
+    with pytest.raises(ApiError) as refused:
+        api.submit({"kind": "media_probe", "input_uri": stored_clip["input_uri"],
+                    "input_hash": "sha256:" + "ab" * 32})
+    assert (refused.value.status, refused.value.reason) == (400, "input_hash_mismatch")
 
 
 def test_inputs_over_the_class_limit_are_refused_before_download(ports, stored_clip, tmp_path):

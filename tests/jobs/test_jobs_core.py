@@ -8,7 +8,7 @@ import pytest
 
 from chalicelib.catalog import load
 from chalicelib.errors import InvalidManifest, UnknownJobClass
-from chalicelib.jobs.lifecycle import derive_job_id, new_job, retry_or_fail
+from chalicelib.jobs.lifecycle import derive_job_id, named_job_id, new_job, retry_or_fail
 from chalicelib.jobs.states import transition
 from chalicelib.market.routing import route
 from chalicelib.models import Attempt, Job, Manifest, State
@@ -56,7 +56,9 @@ def test_new_job_takes_defaults_from_the_class():
 def test_manifest_overrides_max_attempts_and_job_id():
     job = make(manifest(max_attempts=7, job_id="client-chosen"))
     assert job.max_attempts == 7
-    assert job.job_id == "client-chosen"
+    # The client's name for the job, scoped to the client (here: none, an unsigned submit).
+    assert job.job_id == named_job_id(None, "client-chosen")
+    assert job.manifest.job_id == "client-chosen"
 
 
 def test_unknown_kind():

@@ -15,6 +15,7 @@ from eth_account import Account
 
 from chalicelib.aws.blobs import S3Uri
 from chalicelib.identity.signing import did_for
+from chalicelib.jobs.uploads import QUARANTINE
 from proofline.client import Api, ApiError
 from tests.conftest import INTAKE, drop, stage_signed, wait_for
 
@@ -75,13 +76,13 @@ def test_an_upload_is_promoted_only_after_it_is_hashed_and_then_needs_no_second_
     path, sha = texts_file(tmp_path)
     first = alice.upload(path)
     assert first["state"] == "ready" and first["input_hash"] == sha
-    assert first["upload_url"] and "uploads/" in first["upload_url"]   # quarantine, not content
+    assert first["upload_url"] and QUARANTINE in first["upload_url"]   # quarantine, not content
     stored = S3Uri.parse(first["input_uri"])
     body = aws.s3.get_object(Bucket=stored.bucket, Key=stored.key)["Body"].read()
     assert body == path.read_bytes()
     assert tags(aws, first["input_uri"]) == {"proofline-used": "false"}
     # The quarantine copy is gone once promoted.
-    assert aws.s3.list_objects_v2(Bucket=INTAKE, Prefix=f"uploads/{first['upload_id']}"
+    assert aws.s3.list_objects_v2(Bucket=INTAKE, Prefix=f"{QUARANTINE}{first['upload_id']}"
                                   ).get("KeyCount") == 0
     again = alice.upload(path)
     assert again["upload_url"] is None and again["input_uri"] == first["input_uri"]
@@ -153,7 +154,7 @@ def test_a_job_may_name_only_its_own_clients_input(alice, mallory, aws, stack, t
     aws.s3.put_object(Bucket=INTAKE, Key=dropped_key + ".job.json", Body=b"{}")
     for uri in (f"s3://{INTAKE}/{dropped_key}", f"s3://{ARTIFACTS}/challenges/media/x.mp4",
                 f"s3://{ARTIFACTS}/outputs/sha256/{'0' * 64}/probe.json",
-                f"s3://{INTAKE}/uploads/{victim['upload_id']}"):
+                f"s3://{INTAKE}/{QUARANTINE}{victim['upload_id']}"):
         with pytest.raises(ApiError) as other:
             mallory.submit({"kind": "media_probe", "input_uri": uri})
         assert (other.value.status, other.value.reason) == (403, "input_not_yours"), uri
