@@ -102,11 +102,13 @@ def test_duplicate_release_requests_pay_once(api, chain, stored_clip, ports, aws
     assert event_types(api, job["job_id"]).count("settlement.released") == 1
 
 
-def test_a_failed_escrow_job_is_refunded(api, chain, stored_clip):
-    job = escrow_job(api, stored_clip, input_hash="sha256:" + "ee" * 32)   # will not match
+def test_a_failed_escrow_job_is_refunded(api, chain, tmp_path):
+    garbage = tmp_path / "not-media.mp4"
+    garbage.write_bytes(b"\x00garbage" * 512)
+    job = escrow_job(api, api.upload(garbage))                  # no probe can read it
     fund(chain, job)
     final = wait_for(api, job["job_id"], timeout=90)
-    assert final["state"] == "failed" and final["reason"] == "input_hash_mismatch"
+    assert final["state"] == "failed" and final["reason"] == "media_unreadable"
     assert escrow_state(chain, job, until=EscrowState.REFUNDED) == EscrowState.REFUNDED
     assert recorded(api, job, "settlement.refunded")      # written once the receipt is in
 
