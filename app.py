@@ -14,7 +14,7 @@ from chalice import AuthResponse, Chalice, Rate, Response
 
 from chalicelib import bodies, callers, config, openapi, ports
 from chalicelib.errors import InvalidRequest, ProoflineError
-from chalicelib.identity import access
+from chalicelib.identity import access, sessions
 from chalicelib.identity.access import Caller, Proof
 from chalicelib.jobs import attempts, intake, lifecycle, sweeper, uploads
 from chalicelib.jobs.documents import job_document, package_document
@@ -32,7 +32,8 @@ def session_authorizer(auth_request):
     """At the gateway: a request to a session route carries a token this stage signed and
     that has not expired (the handler checks it again, and its revocation)."""
     try:
-        session = callers.session(ports.default(), auth_request.token.removeprefix("Bearer "))
+        session = callers.session(ports.default(),
+                                  sessions.bearer({"authorization": auth_request.token}))
     except ProoflineError:
         return AuthResponse(routes=[], principal_id="anonymous")
     return AuthResponse(routes=["*"], principal_id=session.did)
