@@ -7,9 +7,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from chalicelib.errors import InvalidRequest, ProoflineError
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 256 * 1024       # a worker's result or heartbeat is a few KB
 MAX_DEPTH = 16                    # the deepest legitimate body (a manifest) nests 4 levels
@@ -105,3 +109,13 @@ def limit(value: str | None, default: int, most: int = 500) -> int:
     if not 1 <= count <= most:
         raise InvalidRequest(f"limit must be 1-{most}, not {value}", reason="invalid_query")
     return count
+
+
+def model(schema: type[M], body: dict, *, what: str, reason: str = "invalid_value") -> M:
+    """`body` as the strict pydantic `schema`, or a 400 naming the first field at fault."""
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidRequest(f"{what}: {'.'.join(map(str, first['loc'])) or '(body)'}: "
+                             f"{first['msg']}", reason=reason) from None

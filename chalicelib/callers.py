@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from chalicelib import bodies
 from chalicelib.context import Ports
 from chalicelib.errors import (
     Forbidden,
@@ -73,12 +74,7 @@ class SignIn(BaseModel):
 
 
 def sign_in(ports: Ports, body: dict) -> dict:
-    try:
-        request = SignIn.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidRequest(f"sign-in: {'.'.join(map(str, first['loc'])) or '(body)'}: "
-                             f"{first['msg']}", reason="malformed_sign_in") from None
+    request = bodies.model(SignIn, body, what="sign-in", reason="malformed_sign_in")
     now = time.time()
     did = sessions.verify_sign_in(request.message, request.signature,
                                   domain=ports.settings.session_domain,

@@ -19,8 +19,9 @@ import re
 import secrets
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from chalicelib import bodies
 from chalicelib.aws.blobs import S3Uri, input_key
 from chalicelib.aws.uploadstore import Upload
 from chalicelib.callers import authenticate
@@ -49,12 +50,7 @@ class UploadRequest(BaseModel):
 def create(ports: Ports, headers, body: dict) -> dict:
     """A signed request to upload (sha256, size) → where to PUT it, or nothing to do when
     this client already holds those bytes."""
-    try:
-        request = UploadRequest.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidRequest(f"upload: {'.'.join(map(str, first['loc'])) or '(body)'}: "
-                             f"{first['msg']}", reason="invalid_value") from None
+    request = bodies.model(UploadRequest, body, what="upload")
     owner = authenticate(ports, headers, action="upload", body=body)
     largest = max(c.max_input_bytes for c in ports.catalog.job_classes.values())
     if request.size > largest:
@@ -118,12 +114,7 @@ class Completion(BaseModel):
 def complete(ports: Ports, headers, upload_id: str, body: dict) -> dict:
     """The uploader says every part is in: S3 assembles the object in quarantine, and its
     arrival is hashed and promoted like any upload."""
-    try:
-        request = Completion.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidRequest(f"completion: {'.'.join(map(str, first['loc'])) or '(body)'}: "
-                             f"{first['msg']}", reason="invalid_value") from None
+    request = bodies.model(Completion, body, what="completion")
     if request.upload_id != upload_id:
         raise InvalidRequest("the body names another upload", reason="invalid_value")
     upload = ports.uploads.get(upload_id)
