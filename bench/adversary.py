@@ -122,8 +122,7 @@ class Adversary(Agent):
                         "models_loaded": self.models_loaded()}
         if self.claims.get("hardware", {}).get("gpu"):
             self._health["gpu_free"] = 1.0           # (it says so: claims are checked by work)
-        body = {"did": self.did, "health": self._health}
-        return self.api.heartbeat(self.did, body, self._signed("heartbeat", body))
+        return self._send_heartbeat() or {}
 
     def lease(self):
         return super().lease() if self.active else None

@@ -141,11 +141,21 @@ class Agent:
                      + (f" ({challenge['job_id']})" if challenge.get("job_id") else ""))
         return worker
 
-    def heartbeat(self, accepting: bool = True) -> dict:
+    def heartbeat(self, accepting: bool = True) -> dict | None:
         self._health = health(accepting=accepting)
         self._health["models_loaded"] = self.models_loaded()
+        return self._send_heartbeat()
+
+    def _send_heartbeat(self) -> dict | None:
+        """None when the control plane says it heard from this worker a moment ago about
+        the same thing (429): the last heartbeat stands."""
         body = {"did": self.did, "health": self._health}
-        return self.api.heartbeat(self.did, body, self._signed("heartbeat", body))
+        try:
+            return self.api.heartbeat(self.did, body, self._signed("heartbeat", body))
+        except ApiError as error:
+            if error.reason != "rate_limited":
+                raise
+            return None
 
     def lease(self) -> dict | None:
         body = {"did": self.did}
