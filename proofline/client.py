@@ -174,17 +174,7 @@ class Api:
 
     def workers(self, limit: int = 1000) -> list[dict]:
         """The registry (an operator's read), following the pages' cursors."""
-        found: list[dict] = []
-        cursor = None
-        while len(found) < limit:
-            page = self._read("GET", "/workers", params={
-                "limit": min(500, limit - len(found)),
-                **({"cursor": cursor} if cursor else {})}).json()
-            found += page["workers"]
-            cursor = page.get("next")
-            if not cursor:
-                break
-        return found
+        return self._pages("/workers", "workers", {}, limit)
 
     def worker(self, did: str) -> dict:
         return self._read("GET", f"/workers/{did}").json()
@@ -202,13 +192,17 @@ class Api:
              client: str | None = None) -> list[dict]:
         """The newest `limit` jobs (summaries), following the pages' cursors."""
         params = {**({"state": state} if state else {}), **({"client": client} if client else {})}
+        return self._pages("/jobs", "jobs", params, limit)
+
+    def _pages(self, path: str, key: str, params: dict, limit: int) -> list[dict]:
+        """Up to `limit` items of a paged list, following each page's `next` cursor."""
         found: list[dict] = []
         cursor = None
         while len(found) < limit:
-            page = self._read("GET", "/jobs", params={
+            page = self._read("GET", path, params={
                 **params, "limit": min(500, limit - len(found)),
                 **({"cursor": cursor} if cursor else {})}).json()
-            found += page["jobs"]
+            found += page[key]
             cursor = page.get("next")
             if not cursor:
                 break
