@@ -10,9 +10,19 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 
 /// @title Proofline job escrow
 /// @notice Holds a client's payment for one job until the control plane has verified the
-/// worker's result, then pays the worker (less an optional protocol fee), or refunds the
-/// client. After the job's deadline the client can always take back funds that were not
-/// released, so nothing is stuck even if the control plane disappears.
+/// worker's result, then pays the worker the price fixed at assignment (less an optional
+/// protocol fee) and returns the change to the client; or refunds the client in full.
+///
+/// Who may do what:
+/// - Only the client a router quote names can fund its job, with exactly the quoted token
+///   and amount; the deadline is the quote's duration from the funding, never the client's
+///   choice. So nobody can fund someone else's job, nor fund on other terms.
+/// - The router assigns a funded job to a worker at a price within the amount, and may
+///   re-assign it once (work redone elsewhere) before any result is released.
+/// - The verifier releases against the assigned worker's own signature over the result.
+/// - The client may reclaim only after the deadline and only while nothing was released:
+///   never while the work is assigned. A dispute ends by the arbiter's decision within the
+///   arbitration window, or else by the default rule: the verified result stands.
 /// @dev Every transition writes its state before any external call and emits one event.
 /// A payment the receiver refuses is credited for `withdraw` instead of blocking the job.
 contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
@@ -23,21 +33,29 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
     bytes32 public constant ARBITER_ROLE = keccak256("ARBITER_ROLE");
     bytes32 public constant RESULT_TYPEHASH = keccak256("Result(bytes32 jobId,bytes32 resultHash)");
+    bytes32 public constant FUNDING_TYPEHASH = keccak256(
+        "Funding(bytes32 jobId,address client,address token,uint256 amount,uint256 duration,uint256 expiry)"
+    );
     address public constant NATIVE = address(0);
     uint16 public constant MAX_FEE_BPS = 1_000;
+    uint8 public constant MAX_ASSIGNMENTS = 2; // the first, and at most one re-assignment
 
     enum State { None, Funded, Assigned, Verified, Disputed, Released, Refunded, Reclaimed, Resolved }
 
-    /// @dev Three storage slots per job.
+    /// @dev Four storage slots per job; release touches the first three.
     struct Job {
         address client;
-        uint48 deadline;
-        State state;
+        uint40 deadline;
         uint40 verifiedAt;
+        State state;
+        uint8 assignments;
         address worker;
         uint96 amount;
         address token;
+        uint96 price;
         uint32 disputeWindow;
+        uint32 arbitrationWindow;
+        uint40 disputedAt;
         uint16 feeBps;
     }
 
@@ -48,28 +66,39 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
     address public treasury;
     uint16 public feeBps;
     uint32 public disputeWindow;
+    uint32 public arbitrationWindow = 3 days;
 
     event Funded(bytes32 indexed jobId, address indexed client, address token, uint256 amount, uint256 deadline);
-    event Assigned(bytes32 indexed jobId, address indexed worker);
+    event Assigned(bytes32 indexed jobId, address indexed worker, uint256 price, uint256 assignment);
     event Verified(bytes32 indexed jobId, bytes32 resultHash, uint256 releasableAt);
-    event Released(bytes32 indexed jobId, address indexed worker, bytes32 resultHash, uint256 paid, uint256 fee);
+    event Released(
+        bytes32 indexed jobId, address indexed worker, bytes32 resultHash, uint256 paid, uint256 fee, uint256 change
+    );
     event Refunded(bytes32 indexed jobId, address indexed client, uint256 amount);
     event Reclaimed(bytes32 indexed jobId, address indexed client, uint256 amount);
-    event DisputeOpened(bytes32 indexed jobId, address indexed client);
-    event DisputeResolved(bytes32 indexed jobId, uint256 workerShareBps, uint256 toWorker, uint256 toClient);
+    event DisputeOpened(bytes32 indexed jobId, address indexed client, uint256 decideBy);
+    event DisputeResolved(
+        bytes32 indexed jobId, uint256 workerShareBps, uint256 toWorker, uint256 toClient, bool byDefault
+    );
     event PaymentDeferred(address indexed token, address indexed account, uint256 amount);
 
     error AlreadyFunded(bytes32 jobId);
     error WrongState(bytes32 jobId, State state);
     error TokenNotAllowed(address token);
     error BadAmount();
-    error BadDeadline();
+    error BadDuration();
+    error QuoteExpired(uint256 expiry);
+    error BadQuote(address signer);
     error BadWorker();
+    error PriceAboveAmount(uint256 price, uint256 amount);
+    error ReassignedAlready(bytes32 jobId);
     error BadSignature(address signer, address worker);
     error NotClient(address caller);
     error DeadlineNotPassed(uint256 deadline);
     error DisputeWindowClosed(uint256 closedAt);
     error DisputeWindowOpen(uint256 opensAt);
+    error ArbitrationClosed(uint256 closedAt);
+    error ArbitrationOpen(uint256 closesAt);
     error BadShare(uint256 bps);
     error BadFee(uint256 bps);
     error LengthMismatch();
@@ -85,34 +114,45 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
 
     // ----------------------------------------------------------------------------- client
 
-    /// @notice Fund job `jobId` with `amount` of `token` (NATIVE: send the ETH along).
-    /// @param deadline after which, without a release, the client may `reclaim`
-    function fund(bytes32 jobId, address token, uint256 amount, uint256 deadline) external payable nonReentrant {
+    /// @notice Fund job `jobId` on the terms of a router quote: `amount` of `token` (NATIVE:
+    /// send the ETH along), the deadline `duration` seconds from now. Only the client the
+    /// quote names can send it, and only before the quote's `expiry`.
+    function fund(
+        bytes32 jobId,
+        address token,
+        uint256 amount,
+        uint256 duration,
+        uint256 expiry,
+        bytes calldata routerSignature
+    ) external payable nonReentrant {
         Job storage job = _jobs[jobId];
         if (job.state != State.None) revert AlreadyFunded(jobId);
+        if (block.timestamp > expiry) revert QuoteExpired(expiry);
+        address signer = ECDSA.recover(fundingDigest(jobId, msg.sender, token, amount, duration, expiry), routerSignature);
+        if (!hasRole(ROUTER_ROLE, signer)) revert BadQuote(signer);
         if (!allowedToken[token]) revert TokenNotAllowed(token);
         if (amount == 0 || amount > type(uint96).max) revert BadAmount();
         if (token == NATIVE ? msg.value != amount : msg.value != 0) revert BadAmount();
-        if (deadline <= block.timestamp || deadline > type(uint48).max) revert BadDeadline();
+        if (duration == 0 || duration > 365 days) revert BadDuration();
+        uint256 deadline = block.timestamp + duration;
         job.client = msg.sender;
-        job.deadline = uint48(deadline);
+        job.deadline = uint40(deadline);
         job.state = State.Funded;
         job.amount = uint96(amount);
         job.token = token;
         job.disputeWindow = disputeWindow;
+        job.arbitrationWindow = arbitrationWindow;
         job.feeBps = feeBps;
         emit Funded(jobId, msg.sender, token, amount, deadline);
         if (token != NATIVE) IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
     }
 
-    /// @notice After the deadline, take back funds that were never released.
+    /// @notice After the deadline, take back a job's funds if no result was released.
     function reclaim(bytes32 jobId) external nonReentrant {
         Job storage job = _jobs[jobId];
         if (msg.sender != job.client) revert NotClient(msg.sender);
         State state = job.state;
-        if (state != State.Funded && state != State.Assigned && state != State.Disputed) {
-            revert WrongState(jobId, state);
-        }
+        if (state != State.Funded && state != State.Assigned) revert WrongState(jobId, state);
         if (block.timestamp <= job.deadline) revert DeadlineNotPassed(job.deadline);
         job.state = State.Reclaimed;
         uint256 amount = job.amount;
@@ -128,19 +168,27 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         uint256 closesAt = uint256(job.verifiedAt) + job.disputeWindow;
         if (block.timestamp >= closesAt) revert DisputeWindowClosed(closesAt);
         job.state = State.Disputed;
-        emit DisputeOpened(jobId, msg.sender);
+        job.disputedAt = uint40(block.timestamp);
+        emit DisputeOpened(jobId, msg.sender, block.timestamp + job.arbitrationWindow);
     }
 
     // ----------------------------------------------------------------------- control plane
 
-    /// @notice Record the worker the router chose; only that worker's signature can be paid.
-    function assign(bytes32 jobId, address worker) external onlyRole(ROUTER_ROLE) {
-        Job storage job = _jobs[jobId];
-        if (job.state != State.Funded && job.state != State.Assigned) revert WrongState(jobId, job.state);
-        if (worker == address(0)) revert BadWorker();
-        job.worker = worker;
-        job.state = State.Assigned;
-        emit Assigned(jobId, worker);
+    /// @notice Record the worker the router chose and the price it will be paid; only that
+    /// worker's signature can be paid. A job can be re-assigned once, before any release.
+    function assign(bytes32 jobId, address worker, uint256 price) external onlyRole(ROUTER_ROLE) {
+        _assign(jobId, worker, price);
+    }
+
+    /// @notice `assign` for many jobs in one transaction; any invalid item reverts all.
+    function assignBatch(bytes32[] calldata jobIds, address[] calldata workers, uint256[] calldata prices)
+        external
+        onlyRole(ROUTER_ROLE)
+    {
+        if (jobIds.length != workers.length || jobIds.length != prices.length) revert LengthMismatch();
+        for (uint256 i = 0; i < jobIds.length; ++i) {
+            _assign(jobIds[i], workers[i], prices[i]);
+        }
     }
 
     /// @notice Pay for a verified result: `workerSignature` must be the assigned worker's
@@ -185,20 +233,26 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         _pay(job.token, job.client, amount);
     }
 
-    /// @notice Settle a dispute: the worker gets `workerShareBps` of the amount (less the
-    /// fee on that share), the client the rest.
+    /// @notice Settle a dispute within the arbitration window: the worker gets
+    /// `workerShareBps` of the price (less the fee on that share), the client the rest.
     function resolveDispute(bytes32 jobId, uint256 workerShareBps) external onlyRole(ARBITER_ROLE) nonReentrant {
         Job storage job = _jobs[jobId];
         if (job.state != State.Disputed) revert WrongState(jobId, job.state);
+        uint256 closesAt = uint256(job.disputedAt) + job.arbitrationWindow;
+        if (block.timestamp > closesAt) revert ArbitrationClosed(closesAt);
         if (workerShareBps > 10_000) revert BadShare(workerShareBps);
-        job.state = State.Resolved;
-        uint256 share = (uint256(job.amount) * workerShareBps) / 10_000;
-        uint256 fee = (share * job.feeBps) / 10_000;
-        uint256 toClient = job.amount - share;
-        feesAccrued[job.token] += fee;
-        emit DisputeResolved(jobId, workerShareBps, share - fee, toClient);
-        _pay(job.token, job.worker, share - fee);
-        _pay(job.token, job.client, toClient);
+        _settleDispute(jobId, job, workerShareBps, false);
+    }
+
+    /// @notice A dispute the arbiter did not decide in time ends by the default rule: the
+    /// verified result stands, so the worker is paid the price and the client gets the
+    /// change (anyone may send it). Neither side can hold the funds by waiting.
+    function settleUndecidedDispute(bytes32 jobId) external nonReentrant {
+        Job storage job = _jobs[jobId];
+        if (job.state != State.Disputed) revert WrongState(jobId, job.state);
+        uint256 closesAt = uint256(job.disputedAt) + job.arbitrationWindow;
+        if (block.timestamp <= closesAt) revert ArbitrationOpen(closesAt);
+        _settleDispute(jobId, job, 10_000, true);
     }
 
     // ------------------------------------------------------------------------------ admin
@@ -209,8 +263,10 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         treasury = treasury_;
     }
 
-    function setDisputeWindow(uint32 seconds_) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        disputeWindow = seconds_;
+    /// @notice Windows for jobs funded from now on (a funded job keeps the ones it was funded under).
+    function setDisputeWindows(uint32 disputeSeconds, uint32 arbitrationSeconds) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        disputeWindow = disputeSeconds;
+        arbitrationWindow = arbitrationSeconds;
     }
 
     function setTokenAllowed(address token, bool allowed) external onlyRole(DEFAULT_ADMIN_ROLE) {
@@ -248,7 +304,34 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         return _hashTypedDataV4(keccak256(abi.encode(RESULT_TYPEHASH, jobId, resultHash)));
     }
 
+    /// @notice The EIP-712 digest a router signs to quote a job's funding terms.
+    function fundingDigest(
+        bytes32 jobId,
+        address client,
+        address token,
+        uint256 amount,
+        uint256 duration,
+        uint256 expiry
+    ) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(FUNDING_TYPEHASH, jobId, client, token, amount, duration, expiry)));
+    }
+
     // --------------------------------------------------------------------------- internal
+
+    function _assign(bytes32 jobId, address worker, uint256 price) private {
+        Job storage job = _jobs[jobId];
+        State state = job.state;
+        if (state != State.Funded && state != State.Assigned) revert WrongState(jobId, state);
+        if (job.assignments >= MAX_ASSIGNMENTS) revert ReassignedAlready(jobId);
+        if (worker == address(0)) revert BadWorker();
+        if (price > job.amount) revert PriceAboveAmount(price, job.amount);
+        uint8 assignment = job.assignments + 1;
+        job.worker = worker;
+        job.price = uint96(price);
+        job.state = State.Assigned;
+        job.assignments = assignment;
+        emit Assigned(jobId, worker, price, assignment);
+    }
 
     function _release(bytes32 jobId, bytes32 resultHash, bytes calldata signature) private {
         Job storage job = _jobs[jobId];
@@ -264,27 +347,43 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         }
     }
 
+    /// @dev The price (less the fee) to the worker, the change back to the client, at once.
     function _payWorker(bytes32 jobId, Job storage job, bytes32 resultHash) private {
         job.state = State.Released;
-        uint256 amount = job.amount;
-        uint256 fee = (amount * job.feeBps) / 10_000;
+        uint256 price = job.price;
+        uint256 fee = (price * job.feeBps) / 10_000;
         if (fee != 0) feesAccrued[job.token] += fee;
+        uint256 change = job.amount - price;
         address worker = job.worker;
-        emit Released(jobId, worker, resultHash, amount - fee, fee);
-        _pay(job.token, worker, amount - fee);
+        emit Released(jobId, worker, resultHash, price - fee, fee, change);
+        _pay(job.token, worker, price - fee);
+        _pay(job.token, job.client, change);
     }
 
-    /// @dev Never lets a receiver block a transition: a refused ETH payment becomes a credit.
+    function _settleDispute(bytes32 jobId, Job storage job, uint256 workerShareBps, bool byDefault) private {
+        job.state = State.Resolved;
+        uint256 share = (uint256(job.price) * workerShareBps) / 10_000;
+        uint256 fee = (share * job.feeBps) / 10_000;
+        uint256 toClient = job.amount - share;
+        if (fee != 0) feesAccrued[job.token] += fee;
+        emit DisputeResolved(jobId, workerShareBps, share - fee, toClient, byDefault);
+        _pay(job.token, job.worker, share - fee);
+        _pay(job.token, job.client, toClient);
+    }
+
+    /// @dev Never lets a receiver block a transition: a refused payment (ETH to a contract
+    /// that reverts, a token that blocks the address) becomes a credit to `withdraw` later.
     function _pay(address token, address to, uint256 amount) private {
         if (amount == 0) return;
+        bool ok;
         if (token == NATIVE) {
-            (bool ok,) = to.call{value: amount}("");
-            if (!ok) {
-                credits[NATIVE][to] += amount;
-                emit PaymentDeferred(NATIVE, to, amount);
-            }
+            (ok,) = to.call{value: amount}("");
         } else {
-            IERC20(token).safeTransfer(to, amount);
+            ok = IERC20(token).trySafeTransfer(to, amount);
+        }
+        if (!ok) {
+            credits[token][to] += amount;
+            emit PaymentDeferred(token, to, amount);
         }
     }
 }

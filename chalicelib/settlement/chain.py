@@ -23,6 +23,7 @@ from chalicelib.config import secret
 from chalicelib.errors import ProoflineError
 from chalicelib.settlement.escrow import (
     EscrowState,
+    FundingQuote,
     domain,
     job_key_bytes,
     result_hash,
@@ -61,14 +62,19 @@ class Receipt:
 
 @dataclass(frozen=True)
 class EscrowJob:
+    """`jobOf`, field for field."""
     client: str
     deadline: int
-    state: EscrowState
     verified_at: int
+    state: EscrowState
+    assignments: int
     worker: str
     amount: int
     token: str
+    price: int
     dispute_window: int
+    arbitration_window: int
+    disputed_at: int
     fee_bps: int
 
 
@@ -102,8 +108,18 @@ class Escrow:
 
     # -- reads ----------------------------------------------------------------------------
     def job(self, job_id: bytes) -> EscrowJob:
-        raw = self.contract.functions.jobOf(job_id).call()
-        return EscrowJob(raw[0], raw[1], EscrowState(raw[2]), *raw[3:])
+        raw = list(self.contract.functions.jobOf(job_id).call())
+        raw[3] = EscrowState(raw[3])
+        return EscrowJob(*raw)
+
+    def windows(self) -> tuple[int, int]:
+        """(dispute window, arbitration window) in seconds, for jobs funded now."""
+        functions = self.contract.functions
+        return functions.disputeWindow().call(), functions.arbitrationWindow().call()
+
+    def has_role(self, role: str, address: str) -> bool:
+        functions = self.contract.functions
+        return functions.hasRole(getattr(functions, role)().call(), address).call()
 
     def result_domain(self) -> dict:
         return domain(self.w3.eth.chain_id, self.address)
@@ -123,17 +139,19 @@ class Escrow:
         return [events[log["topics"][0].to_0x_hex()].process_log(log) for log in raw]
 
     # -- writes ---------------------------------------------------------------------------
-    def fund(self, account: LocalAccount, job_id: bytes, amount: int, deadline: int,
-             token: str = NATIVE) -> Receipt:
-        """Fund a job; for an ERC-20, first allow the escrow to take exactly what is missing."""
+    def fund(self, account: LocalAccount, quote: FundingQuote, signature: bytes) -> Receipt:
+        """Fund a job on a router's quote; for an ERC-20, first allow the escrow to take
+        exactly what is missing."""
+        args = (quote.job_key, quote.token, quote.amount, quote.duration, quote.expiry, signature)
+        token = quote.token
         if token == NATIVE or not self.contract.functions.allowedToken(token).call():
-            return self.send(account, "fund", job_id, token, amount, deadline,
-                             value=amount if token == NATIVE else 0)
+            return self.send(account, "fund", *args, value=quote.amount if token == NATIVE else 0)
         erc20 = self.w3.eth.contract(address=Web3.to_checksum_address(token),
                                      abi=artifact("TestToken")["abi"])
-        if erc20.functions.allowance(account.address, self.address).call() < amount:
-            self._transact(account, erc20.functions.approve(self.address, amount), "approve")
-        return self.send(account, "fund", job_id, token, amount, deadline)
+        if erc20.functions.allowance(account.address, self.address).call() < quote.amount:
+            self._transact(account, erc20.functions.approve(self.address, quote.amount),
+                           "approve")
+        return self.send(account, "fund", *args)
 
     def send(self, account: LocalAccount, function: str, *args: Any, value: int = 0) -> Receipt:
         """Call an escrow function in a signed transaction and wait for its receipt."""

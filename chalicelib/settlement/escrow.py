@@ -1,11 +1,13 @@
 """The escrow contract's vocabulary, without a chain connection: its job states, job keys,
-result hashes, its EIP-712 domain, and signing or recovering a (jobId, resultHash) signature
-exactly as the contract's `ECDSA.recover` does. Workers, the verifier, the rules and the
-chain adapter (`settlement.chain`) share it."""
+result hashes, its EIP-712 domain, the router's funding quote, and signing or recovering
+(jobId, resultHash) and funding signatures exactly as the contract's `ECDSA.recover` does.
+Workers, the verifier, the rules and the chain adapter (`settlement.chain`) share it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 
+from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
@@ -24,9 +26,14 @@ class EscrowState(IntEnum):
     RESOLVED = 8
 
 
-def job_key(job_id: str) -> bytes:
-    """The bytes32 the contract knows a job by."""
-    return keccak(text=job_id)
+def job_key(*, chain_id: int, contract: str, client: str, job_id: str, salt: bytes) -> bytes:
+    """The bytes32 the contract knows a job by. Bound to the chain, the contract and the
+    client, and salted with bytes only the client and the control plane see, so a stranger
+    who knows a job id cannot name its escrow (the contract accepts a funding only from the
+    quote's client anyway)."""
+    return keccak(abi_encode(["uint256", "address", "address", "bytes32", "bytes32"],
+                             [chain_id, to_checksum_address(contract),
+                              to_checksum_address(client), keccak(text=job_id), salt]))
 
 
 def job_key_bytes(job) -> bytes:
@@ -41,6 +48,46 @@ def result_hash(output_hashes: list[str]) -> bytes:
 
 RESULT_TYPES = {"Result": [{"name": "jobId", "type": "bytes32"},
                            {"name": "resultHash", "type": "bytes32"}]}
+
+
+FUNDING_TYPES = {"Funding": [{"name": "jobId", "type": "bytes32"},
+                             {"name": "client", "type": "address"},
+                             {"name": "token", "type": "address"},
+                             {"name": "amount", "type": "uint256"},
+                             {"name": "duration", "type": "uint256"},
+                             {"name": "expiry", "type": "uint256"}]}
+
+
+@dataclass(frozen=True)
+class FundingQuote:
+    """The terms a router agrees a job may be funded on: only `client` can fund `job_key`,
+    with exactly `amount` of `token`, before `expiry` (unix seconds); the on-chain deadline
+    is `duration` seconds after the funding."""
+    job_key: bytes
+    client: str
+    token: str
+    amount: int
+    duration: int
+    expiry: int
+
+    def message(self) -> dict:
+        return {"jobId": self.job_key, "client": to_checksum_address(self.client),
+                "token": to_checksum_address(self.token), "amount": self.amount,
+                "duration": self.duration, "expiry": self.expiry}
+
+
+def sign_funding(account: LocalAccount, domain_data: dict, quote: FundingQuote) -> bytes:
+    """The router's EIP-712 signature over a funding quote: what `fund` checks."""
+    signed = Account.sign_typed_data(account.key, domain_data=domain_data,
+                                     message_types=FUNDING_TYPES, message_data=quote.message())
+    return bytes(signed.signature)
+
+
+def funding_signer(domain_data: dict, quote: FundingQuote, signature: bytes) -> str:
+    """Who signed a funding quote (a client checks it is the stage's router)."""
+    message = encode_typed_data(domain_data=domain_data, message_types=FUNDING_TYPES,
+                                message_data=quote.message())
+    return Account.recover_message(message, signature=signature)
 
 
 def domain(chain_id: int, contract: str) -> dict:

@@ -2,7 +2,9 @@
 pragma solidity ^0.8.24;
 
 interface IEscrow {
-    function fund(bytes32 jobId, address token, uint256 amount, uint256 deadline) external payable;
+    function fund(bytes32 jobId, address token, uint256 amount, uint256 duration, uint256 expiry, bytes calldata routerSignature)
+        external
+        payable;
     function release(bytes32 jobId, bytes32 resultHash, bytes calldata signature) external;
     function reclaim(bytes32 jobId) external;
     function withdraw(address token) external;
@@ -23,8 +25,8 @@ contract MaliciousReceiver {
         target = jobId;
     }
 
-    function fundTarget(uint256 deadline) external payable {
-        escrow.fund{value: msg.value}(target, address(0), msg.value, deadline);
+    function fundTarget(uint256 duration, uint256 expiry, bytes calldata quote) external payable {
+        escrow.fund{value: msg.value}(target, address(0), msg.value, duration, expiry, quote);
     }
 
     function reclaimTarget() external {

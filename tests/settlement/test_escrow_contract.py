@@ -1,11 +1,15 @@
 """The escrow contract on anvil, grouped by state: every function, every revert path, the
-events, the ERC-20 path, and a receiver that tries to re-enter."""
+events, the ERC-20 path, and the people who try to break it — a third party funding someone
+else's job, a client escaping mid-job or on its own terms, a second re-assignment, an arbiter
+who never answers, and a receiver that re-enters."""
 import pytest
 from web3 import Web3
 
 from chalicelib.settlement import chain
 from chalicelib.settlement.chain import NATIVE, ContractReverted, Escrow, EscrowState
-from chalicelib.settlement.escrow import job_key, sign_result
+import secrets
+
+from chalicelib.settlement.escrow import FundingQuote, job_key, sign_funding, sign_result
 from proofline.anvil import Anvil
 from proofline.devstack import free_port
 
@@ -45,10 +49,12 @@ def escrow(actors):
 
 
 _counter = iter(range(10**6))
+PRICE = AMOUNT * 6 // 10
 
 
-def new_id() -> bytes:
-    return job_key(f"job-contract-test-{next(_counter)}")
+def new_id(escrow, client) -> bytes:
+    return job_key(chain_id=escrow.w3.eth.chain_id, contract=escrow.address, client=client.address,
+                   job_id=f"job-contract-test-{next(_counter)}", salt=secrets.token_bytes(32))
 
 
 def now(w3: Web3) -> int:
@@ -60,15 +66,24 @@ def travel(w3: Web3, seconds: int) -> None:
     w3.provider.make_request("evm_mine", [])
 
 
+def quote(escrow, actors, *, client=None, job=None, amount=AMOUNT, duration=3600, expiry=None,
+          token=NATIVE, signer=None):
+    client = client or actors.client
+    q = FundingQuote(job_key=job or new_id(escrow, client), client=client.address, token=token,
+                     amount=amount, duration=duration,
+                     expiry=expiry if expiry is not None else now(actors.w3) + 600)
+    return q, sign_funding(signer or actors.router, escrow.result_domain(), q)
+
+
 def funded(escrow, actors, amount=AMOUNT, ttl=3600) -> bytes:
-    job = new_id()
-    escrow.fund(actors.client, job, amount, now(actors.w3) + ttl)
-    return job
+    q, signature = quote(escrow, actors, amount=amount, duration=ttl)
+    escrow.fund(actors.client, q, signature)
+    return q.job_key
 
 
-def assigned(escrow, actors, **kw) -> bytes:
+def assigned(escrow, actors, price=PRICE, **kw) -> bytes:
     job = funded(escrow, actors, **kw)
-    escrow.send(actors.router, "assign", job, actors.worker.address)
+    escrow.send(actors.router, "assign", job, actors.worker.address, price)
     return job
 
 
@@ -82,62 +97,142 @@ def reverts(name, fn, *args, **kw):
 RESULT = chain.result_hash(["sha256:" + "ab" * 32])
 
 
+def release(escrow, actors, job, worker=None):
+    worker = worker or actors.worker
+    return escrow.send(actors.verifier, "release", job, RESULT, sign_result(worker, escrow, job, RESULT))
+
+
+def balance(actors, account) -> int:
+    return actors.w3.eth.get_balance(account.address)
+
+
 # -- funding -----------------------------------------------------------------------------------
-def test_fund_holds_the_ether_and_records_the_job(escrow, actors):
-    job = new_id()
-    deadline = now(actors.w3) + 600
-    receipt = escrow.fund(actors.client, job, AMOUNT, deadline)
+def test_fund_holds_the_ether_on_the_quoted_terms(escrow, actors):
+    q, signature = quote(escrow, actors, duration=900)
+    receipt = escrow.fund(actors.client, q, signature)
     [event] = [e for e in receipt.events if e["event"] == "Funded"]
-    assert event["jobId"] == job and event["amount"] == AMOUNT and event["deadline"] == deadline
-    record = escrow.job(job)
+    block_time = actors.w3.eth.get_block(receipt.block)["timestamp"]
+    assert event["jobId"] == q.job_key and event["amount"] == AMOUNT
+    assert event["deadline"] == block_time + 900          # the quote's duration, from funding
+    record = escrow.job(q.job_key)
     assert (record.state, record.client, record.amount) == (EscrowState.FUNDED, actors.client.address, AMOUNT)
     assert actors.w3.eth.get_balance(escrow.address) == AMOUNT
 
 
+def test_a_third_party_cannot_fund_a_clients_job(escrow, actors):
+    """The griefing that failed a victim's job with 1 wei: the quote names the client."""
+    q, signature = quote(escrow, actors)
+    reverts("BadQuote", escrow.fund, actors.stranger, q, signature)
+    small = FundingQuote(**{**q.__dict__, "amount": 1})
+    reverts("BadQuote", escrow.fund, actors.stranger, small, signature)
+    assert escrow.job(q.job_key).state == EscrowState.NONE
+    escrow.fund(actors.client, q, signature)               # the victim's own funding still works
+    assert escrow.job(q.job_key).client == actors.client.address
+
+
+def test_a_client_cannot_fund_on_other_terms(escrow, actors):
+    """Less money, a longer or shorter deadline, another token: each breaks the router's signature."""
+    q, signature = quote(escrow, actors)
+    for changed in ({"amount": AMOUNT - 1}, {"duration": 3}, {"duration": 10**7},
+                    {"token": actors.stranger.address}):
+        forged = FundingQuote(**{**q.__dict__, **changed})
+        with pytest.raises(ContractReverted) as info:
+            escrow.send(actors.client, "fund", forged.job_key, forged.token, forged.amount,
+                        forged.duration, forged.expiry, signature,
+                        value=forged.amount if forged.token == NATIVE else 0)
+        assert info.value.error == "BadQuote"
+    own, own_signature = quote(escrow, actors, signer=actors.client)   # signing its own quote
+    reverts("BadQuote", escrow.fund, actors.client, own, own_signature)
+
+
+def test_an_expired_quote_cannot_be_funded(escrow, actors):
+    q, signature = quote(escrow, actors, expiry=now(actors.w3) + 5)
+    travel(actors.w3, 10)
+    reverts("QuoteExpired", escrow.fund, actors.client, q, signature)
+
+
 def test_funding_twice_reverts(escrow, actors):
-    job = funded(escrow, actors)
-    reverts("AlreadyFunded", escrow.fund, actors.other_client, job, AMOUNT, now(actors.w3) + 600)
+    q, signature = quote(escrow, actors)
+    escrow.fund(actors.client, q, signature)
+    reverts("AlreadyFunded", escrow.fund, actors.client, q, signature)
 
 
-@pytest.mark.parametrize("amount, value", [(0, 0), (AMOUNT, AMOUNT - 1), (AMOUNT, 0)])
-def test_funding_with_a_wrong_amount_reverts(escrow, actors, amount, value):
-    reverts("BadAmount", escrow.send, actors.client, "fund", new_id(), NATIVE, amount,
-            now(actors.w3) + 600, value=value)
+@pytest.mark.parametrize("amount, value", [(AMOUNT, AMOUNT - 1), (AMOUNT, 0)])
+def test_funding_with_a_wrong_value_reverts(escrow, actors, amount, value):
+    q, signature = quote(escrow, actors, amount=amount)
+    reverts("BadAmount", escrow.send, actors.client, "fund", q.job_key, NATIVE, amount,
+            q.duration, q.expiry, signature, value=value)
 
 
-def test_funding_with_a_past_deadline_or_an_unknown_token_reverts(escrow, actors):
-    reverts("BadDeadline", escrow.fund, actors.client, new_id(), AMOUNT, now(actors.w3) - 1)
-    reverts("TokenNotAllowed", escrow.fund, actors.client, new_id(), AMOUNT,
-            now(actors.w3) + 600, token=actors.stranger.address)
+def test_a_router_cannot_quote_nonsense(escrow, actors):
+    q, signature = quote(escrow, actors, amount=0)
+    reverts("BadAmount", escrow.send, actors.client, "fund", q.job_key, NATIVE, 0, q.duration,
+            q.expiry, signature)
+    q, signature = quote(escrow, actors, duration=0)
+    reverts("BadDuration", escrow.fund, actors.client, q, signature)
+    q, signature = quote(escrow, actors, token=actors.stranger.address)
+    reverts("TokenNotAllowed", escrow.fund, actors.client, q, signature)
 
 
 # -- assignment --------------------------------------------------------------------------------
-def test_only_the_router_assigns(escrow, actors):
+def test_only_the_router_assigns_at_a_price_within_the_amount(escrow, actors):
     job = funded(escrow, actors)
     reverts("AccessControlUnauthorizedAccount", escrow.send, actors.stranger, "assign", job,
-            actors.worker.address)
-    receipt = escrow.send(actors.router, "assign", job, actors.worker.address)
-    assert receipt.events[0]["event"] == "Assigned" and escrow.job(job).worker == actors.worker.address
-    reverts("WrongState", escrow.send, actors.router, "assign", new_id(), actors.worker.address)
+            actors.worker.address, PRICE)
+    reverts("PriceAboveAmount", escrow.send, actors.router, "assign", job, actors.worker.address,
+            AMOUNT + 1)
+    receipt = escrow.send(actors.router, "assign", job, actors.worker.address, PRICE)
+    [event] = receipt.events
+    assert (event["event"], event["price"], event["assignment"]) == ("Assigned", PRICE, 1)
+    record = escrow.job(job)
+    assert (record.worker, record.price) == (actors.worker.address, PRICE)
+    reverts("WrongState", escrow.send, actors.router, "assign", new_id(escrow, actors.client),
+            actors.worker.address, PRICE)
+
+
+def test_one_re_assignment_and_no_second(escrow, actors):
+    job = assigned(escrow, actors)
+    receipt = escrow.send(actors.router, "assign", job, actors.stranger.address, PRICE // 2)
+    assert receipt.events[0]["assignment"] == 2
+    reverts("ReassignedAlready", escrow.send, actors.router, "assign", job, actors.worker.address, PRICE)
+    # The first worker's signature no longer pays; the second's does, at the new price.
+    reverts("BadSignature", release, escrow, actors, job)
+    worker_before = balance(actors, actors.stranger)
+    release(escrow, actors, job, worker=actors.stranger)
+    assert balance(actors, actors.stranger) - worker_before == PRICE // 2
+
+
+def test_no_re_assignment_after_a_release(escrow, actors):
+    job = assigned(escrow, actors)
+    release(escrow, actors, job)
+    reverts("WrongState", escrow.send, actors.router, "assign", job, actors.stranger.address, PRICE)
+
+
+def test_assign_batch(escrow, actors):
+    jobs = [funded(escrow, actors) for _ in range(3)]
+    receipt = escrow.send(actors.router, "assignBatch", jobs, [actors.worker.address] * 3, [1, 2, 3])
+    assert [e["price"] for e in receipt.events] == [1, 2, 3]
+    reverts("LengthMismatch", escrow.send, actors.router, "assignBatch", jobs, [actors.worker.address], [1])
 
 
 # -- release -----------------------------------------------------------------------------------
-def test_release_pays_the_worker_for_its_signed_result(escrow, actors):
+def test_release_pays_the_price_and_returns_the_change_at_once(escrow, actors):
     job = assigned(escrow, actors)
-    before = actors.w3.eth.get_balance(actors.worker.address)
-    signature = sign_result(actors.worker, escrow, job, RESULT)
-    receipt = escrow.send(actors.verifier, "release", job, RESULT, signature)
+    worker, client = balance(actors, actors.worker), balance(actors, actors.client)
+    receipt = release(escrow, actors, job)
     [event] = [e for e in receipt.events if e["event"] == "Released"]
-    assert event["resultHash"] == RESULT and event["paid"] == AMOUNT and event["fee"] == 0
-    assert actors.w3.eth.get_balance(actors.worker.address) - before == AMOUNT
+    assert event["resultHash"] == RESULT and (event["paid"], event["fee"], event["change"]) == (
+        PRICE, 0, AMOUNT - PRICE)
+    assert balance(actors, actors.worker) - worker == PRICE
+    assert balance(actors, actors.client) - client == AMOUNT - PRICE     # the verifier paid the gas
     assert escrow.job(job).state == EscrowState.RELEASED
+    assert actors.w3.eth.get_balance(escrow.address) == 0
 
 
 def test_release_twice_pays_once(escrow, actors):
     job = assigned(escrow, actors)
-    signature = sign_result(actors.worker, escrow, job, RESULT)
-    escrow.send(actors.verifier, "release", job, RESULT, signature)
-    reverts("WrongState", escrow.send, actors.verifier, "release", job, RESULT, signature)
+    release(escrow, actors, job)
+    reverts("WrongState", release, escrow, actors, job)
 
 
 def test_release_needs_the_assigned_workers_signature_over_this_result(escrow, actors):
@@ -155,31 +250,31 @@ def test_only_the_verifier_releases_and_not_before_assignment(escrow, actors):
     job = funded(escrow, actors)
     signature = sign_result(actors.worker, escrow, job, RESULT)
     reverts("WrongState", escrow.send, actors.verifier, "release", job, RESULT, signature)
-    escrow.send(actors.router, "assign", job, actors.worker.address)
-    reverts("AccessControlUnauthorizedAccount", escrow.send, actors.worker, "release", job,
-            RESULT, signature)
+    escrow.send(actors.router, "assign", job, actors.worker.address, PRICE)
+    for not_verifier in (actors.worker, actors.router, actors.operator):
+        reverts("AccessControlUnauthorizedAccount", escrow.send, not_verifier, "release", job,
+                RESULT, signature)
 
 
 def test_release_batch(escrow, actors):
     jobs = [assigned(escrow, actors) for _ in range(3)]
     signatures = [sign_result(actors.worker, escrow, j, RESULT) for j in jobs]
-    before = actors.w3.eth.get_balance(actors.worker.address)
+    before = balance(actors, actors.worker)
     receipt = escrow.send(actors.verifier, "releaseBatch", jobs, [RESULT] * 3, signatures)
     assert [e["event"] for e in receipt.events].count("Released") == 3
-    assert actors.w3.eth.get_balance(actors.worker.address) - before == 3 * AMOUNT
+    assert balance(actors, actors.worker) - before == 3 * PRICE
     reverts("LengthMismatch", escrow.send, actors.verifier, "releaseBatch", jobs, [RESULT], signatures)
 
 
-def test_a_protocol_fee_goes_to_the_treasury(escrow, actors):
+def test_a_protocol_fee_comes_out_of_the_price(escrow, actors):
     escrow.send(actors.admin, "setFee", 250, actors.treasury.address)
     job = assigned(escrow, actors)
-    receipt = escrow.send(actors.verifier, "release", job, RESULT,
-                          sign_result(actors.worker, escrow, job, RESULT))
-    released = [e for e in receipt.events if e["event"] == "Released"][0]
-    assert released["fee"] == AMOUNT * 250 // 10_000 and released["paid"] == AMOUNT - released["fee"]
-    before = actors.w3.eth.get_balance(actors.treasury.address)
+    released = [e for e in release(escrow, actors, job).events if e["event"] == "Released"][0]
+    assert released["fee"] == PRICE * 250 // 10_000 and released["paid"] == PRICE - released["fee"]
+    assert released["change"] == AMOUNT - PRICE
+    before = balance(actors, actors.treasury)
     escrow.send(actors.stranger, "withdrawFees", NATIVE)
-    assert actors.w3.eth.get_balance(actors.treasury.address) - before == released["fee"]
+    assert balance(actors, actors.treasury) - before == released["fee"]
     reverts("BadFee", escrow.send, actors.admin, "setFee", 1001, actors.treasury.address)
 
 
@@ -187,60 +282,90 @@ def test_a_protocol_fee_goes_to_the_treasury(escrow, actors):
 def test_refund_returns_the_funds_and_blocks_a_later_release(escrow, actors):
     job = assigned(escrow, actors)
     reverts("AccessControlUnauthorizedAccount", escrow.send, actors.stranger, "refund", job)
-    before = actors.w3.eth.get_balance(actors.client.address)
+    reverts("AccessControlUnauthorizedAccount", escrow.send, actors.router, "refund", job)
+    before = balance(actors, actors.client)
     receipt = escrow.send(actors.operator, "refund", job)
     assert receipt.events[0]["event"] == "Refunded"
-    assert actors.w3.eth.get_balance(actors.client.address) - before == AMOUNT
-    reverts("WrongState", escrow.send, actors.verifier, "release", job, RESULT,
-            sign_result(actors.worker, escrow, job, RESULT))
+    assert balance(actors, actors.client) - before == AMOUNT
+    reverts("WrongState", release, escrow, actors, job)
     reverts("WrongState", escrow.send, actors.operator, "refund", job)
 
 
-def test_reclaim_only_after_the_deadline_and_only_by_the_client(escrow, actors):
+def test_no_reclaim_while_assigned_before_the_deadline(escrow, actors):
+    """The escape that kept the work and the money: reclaim mid-job."""
     job = assigned(escrow, actors, ttl=100)
     reverts("DeadlineNotPassed", escrow.send, actors.client, "reclaim", job)
+    release(escrow, actors, job)                       # the work finished in time: paid
+    travel(actors.w3, 101)
+    reverts("WrongState", escrow.send, actors.client, "reclaim", job)
+
+
+def test_after_the_deadline_only_the_client_reclaims_what_is_held(escrow, actors):
+    job = assigned(escrow, actors, ttl=100)
     travel(actors.w3, 101)
     reverts("NotClient", escrow.send, actors.stranger, "reclaim", job)
+    before = escrow.w3.eth.get_balance(escrow.address)
     receipt = escrow.send(actors.client, "reclaim", job)
     assert receipt.events[0]["event"] == "Reclaimed" and escrow.job(job).state == EscrowState.RECLAIMED
+    assert before - escrow.w3.eth.get_balance(escrow.address) == AMOUNT
     reverts("WrongState", escrow.send, actors.client, "reclaim", job)
-
-
-def test_no_reclaim_after_release(escrow, actors):
-    job = assigned(escrow, actors, ttl=100)
-    escrow.send(actors.verifier, "release", job, RESULT, sign_result(actors.worker, escrow, job, RESULT))
-    travel(actors.w3, 101)
-    reverts("WrongState", escrow.send, actors.client, "reclaim", job)
+    reverts("WrongState", release, escrow, actors, job)
 
 
 # -- disputes ----------------------------------------------------------------------------------
-def test_with_a_dispute_window_release_waits_and_the_client_can_dispute(escrow, actors):
-    escrow.send(actors.admin, "setDisputeWindow", 600)
+def test_a_dispute_is_decided_by_the_arbiter_within_its_window(escrow, actors):
+    escrow.send(actors.admin, "setDisputeWindows", 600, 3600)
     job = assigned(escrow, actors)
-    receipt = escrow.send(actors.verifier, "release", job, RESULT,
-                          sign_result(actors.worker, escrow, job, RESULT))
+    receipt = release(escrow, actors, job)
     assert receipt.events[0]["event"] == "Verified" and escrow.job(job).state == EscrowState.VERIFIED
     reverts("DisputeWindowOpen", escrow.send, actors.stranger, "finalize", job)
     reverts("NotClient", escrow.send, actors.stranger, "openDispute", job)
-    escrow.send(actors.client, "openDispute", job)
+    opened = escrow.send(actors.client, "openDispute", job).events[0]
+    assert opened["decideBy"] == actors.w3.eth.get_block("latest")["timestamp"] + 3600
+    reverts("WrongState", escrow.send, actors.client, "reclaim", job)     # no escape by disputing
+    reverts("ArbitrationOpen", escrow.send, actors.client, "settleUndecidedDispute", job)
     reverts("AccessControlUnauthorizedAccount", escrow.send, actors.client, "resolveDispute", job, 7000)
     reverts("BadShare", escrow.send, actors.arbiter, "resolveDispute", job, 10_001)
-    worker, client = (actors.w3.eth.get_balance(a.address) for a in (actors.worker, actors.client))
+    worker, client = balance(actors, actors.worker), balance(actors, actors.client)
     receipt = escrow.send(actors.arbiter, "resolveDispute", job, 7000)
-    assert receipt.events[0]["event"] == "DisputeResolved"
-    assert actors.w3.eth.get_balance(actors.worker.address) - worker == AMOUNT * 7 // 10
-    assert actors.w3.eth.get_balance(actors.client.address) - client == AMOUNT * 3 // 10
+    event = receipt.events[0]
+    assert event["event"] == "DisputeResolved" and event["byDefault"] is False
+    assert balance(actors, actors.worker) - worker == PRICE * 7 // 10
+    assert balance(actors, actors.client) - client == AMOUNT - PRICE * 7 // 10
+
+
+def test_a_dispute_the_arbiter_never_answers_ends_by_the_default_rule(escrow, actors):
+    escrow.send(actors.admin, "setDisputeWindows", 600, 3600)
+    job = assigned(escrow, actors)
+    release(escrow, actors, job)
+    escrow.send(actors.client, "openDispute", job)
+    travel(actors.w3, 3601)
+    reverts("ArbitrationClosed", escrow.send, actors.arbiter, "resolveDispute", job, 0)
+    worker, client = balance(actors, actors.worker), balance(actors, actors.client)
+    event = escrow.send(actors.stranger, "settleUndecidedDispute", job).events[0]
+    assert event["byDefault"] is True and event["toWorker"] == PRICE
+    assert balance(actors, actors.worker) - worker == PRICE
+    assert balance(actors, actors.client) - client == AMOUNT - PRICE
+    assert escrow.job(job).state == EscrowState.RESOLVED
+
+
+def test_windows_are_fixed_when_a_job_is_funded(escrow, actors):
+    escrow.send(actors.admin, "setDisputeWindows", 600, 3600)
+    job = assigned(escrow, actors)
+    escrow.send(actors.admin, "setDisputeWindows", 0, 60)
+    assert escrow.job(job).dispute_window == 600 and escrow.job(job).arbitration_window == 3600
+    assert release(escrow, actors, job).events[0]["event"] == "Verified"
 
 
 def test_after_the_window_anyone_finalizes_and_disputes_are_closed(escrow, actors):
-    escrow.send(actors.admin, "setDisputeWindow", 600)
+    escrow.send(actors.admin, "setDisputeWindows", 600, 3600)
     job = assigned(escrow, actors)
-    escrow.send(actors.verifier, "release", job, RESULT, sign_result(actors.worker, escrow, job, RESULT))
+    release(escrow, actors, job)
     travel(actors.w3, 601)
     reverts("DisputeWindowClosed", escrow.send, actors.client, "openDispute", job)
-    before = actors.w3.eth.get_balance(actors.worker.address)
+    before = balance(actors, actors.worker)
     escrow.send(actors.stranger, "finalize", job)
-    assert actors.w3.eth.get_balance(actors.worker.address) - before == AMOUNT
+    assert balance(actors, actors.worker) - before == PRICE
 
 
 # -- ERC-20 ------------------------------------------------------------------------------------
@@ -256,23 +381,28 @@ def test_token_jobs_move_tokens(escrow, actors):
         assert actors.w3.eth.wait_for_transaction_receipt(h)["status"] == 1
 
     call(actors.admin, "mint", actors.client.address, 5_000_000)
-    call(actors.client, "approve", escrow.address, 5_000_000)
-    job = new_id()
-    reverts("TokenNotAllowed", tokens.fund, actors.client, job, 2_000_000, now(actors.w3) + 600,
-            token=token_address)
+    escrow.send(actors.admin, "setFee", 100, actors.treasury.address)
+    q, signature = quote(escrow, actors, amount=2_000_000, token=token_address)
+    reverts("TokenNotAllowed", tokens.fund, actors.client, q, signature)
     escrow.send(actors.admin, "setTokenAllowed", token_address, True)
-    tokens.fund(actors.client, job, 2_000_000, now(actors.w3) + 600, token=token_address)
-    escrow.send(actors.router, "assign", job, actors.worker.address)
-    escrow.send(actors.verifier, "release", job, RESULT, sign_result(actors.worker, escrow, job, RESULT))
-    assert token.functions.balanceOf(actors.worker.address).call() == 2_000_000
-    assert token.functions.balanceOf(escrow.address).call() == 0
+    client_eth = balance(actors, actors.client)
+    receipt = tokens.fund(actors.client, q, signature)       # approves exactly, then funds
+    escrow.send(actors.router, "assign", q.job_key, actors.worker.address, 1_500_000)
+    release(escrow, actors, q.job_key)
+    tokens_of = lambda who: token.functions.balanceOf(who).call()   # noqa: E731
+    assert tokens_of(actors.client.address) == 5_000_000 - 1_500_000   # charged the price only
+    assert tokens_of(actors.worker.address) == 1_500_000 - 15_000      # the price less 1 %
+    assert tokens_of(escrow.address) == 15_000 == escrow.contract.functions.feesAccrued(token_address).call()
+    gas_paid = client_eth - balance(actors, actors.client)
+    assert gas_paid > 0 and gas_paid < receipt.gas_used * 10**11      # its ETH moved by gas only
 
 
 # -- reentrancy --------------------------------------------------------------------------------
 def test_a_receiver_that_re_enters_is_paid_at_most_once(escrow, actors):
     malicious = chain.deploy(actors.w3, actors.admin, "MaliciousReceiver", escrow.address)
     attacker = actors.w3.eth.contract(address=malicious, abi=chain.artifact("MaliciousReceiver")["abi"])
-    job = new_id()
+    q, signature = quote(escrow, actors, client=type("C", (), {"address": malicious}), duration=600)
+    job = q.job_key
 
     def call(fn, *args, value=0):
         tx = getattr(attacker.functions, fn)(*args).build_transaction({
@@ -282,7 +412,7 @@ def test_a_receiver_that_re_enters_is_paid_at_most_once(escrow, actors):
         return actors.w3.eth.wait_for_transaction_receipt(h)
 
     call("aim", job)
-    call("fundTarget", now(actors.w3) + 600, value=AMOUNT)
+    call("fundTarget", q.duration, q.expiry, signature, value=AMOUNT)
     assert escrow.job(job).client == malicious
     receipt = escrow.send(actors.operator, "refund", job)       # pays the attacker, who re-enters
     assert [e["event"] for e in receipt.events] == ["Refunded", "PaymentDeferred"]
