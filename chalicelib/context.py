@@ -3,6 +3,7 @@ their own, so tests and the local stack can hand them other ones; `ports.default
 the real set."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
@@ -22,15 +23,29 @@ from chalicelib.config import Settings
 from chalicelib.identity.sessions import KeyRing
 from chalicelib.models import utcnow
 from chalicelib.settlement.chain import Escrow
+from chalicelib.settlement.rules import EscrowStage
+
+WINDOWS_TTL_S = 300     # how long the contract's dispute window is taken as read
 
 
 @dataclass
 class ChainPorts:
-    """The escrow, the control plane's signer (router, verifier and operator roles) and
-    where each built-in pool is paid."""
+    """The escrow, the control plane's three signers — each holds one role, so a leaked
+    key does one thing — and where each built-in pool is paid."""
     escrow: Escrow
-    control: LocalAccount
+    router: LocalAccount        # signs funding quotes; assigns (and re-assigns once)
+    verifier: LocalAccount      # releases verified work
+    operator: LocalAccount      # refunds failed and cancelled jobs
     pool_payout: dict[str, str]
+    _windows: tuple[float, tuple[int, int]] | None = field(default=None, repr=False)
+
+    def stage(self, settings: Settings) -> EscrowStage:
+        """Where and on what windows jobs accepted now will settle."""
+        now = time.monotonic()
+        if self._windows is None or now - self._windows[0] > WINDOWS_TTL_S:
+            self._windows = (now, self.escrow.windows())
+        return EscrowStage(chain_id=settings.chain_id, contract=self.escrow.address,
+                           dispute_s=self._windows[1][0], countersign_s=settings.countersign_s)
 
 
 @dataclass

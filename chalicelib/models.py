@@ -95,16 +95,29 @@ class Manifest(BaseModel):
 
 
 class EscrowTerms(BaseModel):
-    """What the chain must show before the job runs, and where its money sits."""
+    """What the chain must show before the job runs, where its money sits, and what became
+    of it. Amounts are base units of the token: exact, never floats."""
     job_key: str                      # 0x… bytes32 the contract knows the job by
     chain_id: int
     contract: str
     token: str
-    amount: int                       # base units: exact, never a float
+    amount: int                       # what the client holds in escrow: the job's max_price
     symbol: str = "ETH"
     decimals: int = 18
+    # The router's quote: only `client` may fund, with exactly `amount` of `token`, before
+    # `quote_expiry` (unix seconds); the on-chain deadline is `duration_s` after the funding.
+    client: str | None = None
+    duration_s: int | None = None
+    quote_expiry: int | None = None
+    quote_signature: str | None = None
     funded_by: str | None = None
     funded_tx: str | None = None
+    deadline: int | None = None       # on chain, from the funding: reclaimable after it
+    price: int | None = None          # fixed at assignment: what the worker will be paid
+    payee: str | None = None          # the address the chain will pay
+    charged: int | None = None        # at settlement: what the client paid (the price)
+    fee: int | None = None            # the protocol's share of the charge
+    refunded: int | None = None       # what went back to the client (change, or everything)
 
 
 class Output(BaseModel):

@@ -48,7 +48,9 @@ def _chain(s: Settings) -> ChainPorts | None:
     if not s.settlement_enabled:
         return None
     return ChainPorts(escrow=Escrow(connect(s.chain_rpc_url), s.escrow_address),
-                      control=Account.from_key(secret("PROOFLINE_CONTROL_KEY")),
+                      router=Account.from_key(secret("PROOFLINE_ROUTER_KEY")),
+                      verifier=Account.from_key(secret("PROOFLINE_VERIFIER_KEY")),
+                      operator=Account.from_key(secret("PROOFLINE_REFUNDER_KEY")),
                       pool_payout={pool: secret("PROOFLINE_POOL_ADDRESS")
                                    for pool in ("media", "inference")})
 

@@ -89,7 +89,7 @@ def submit(ctx, manifest, idempotency_key, fund, wait, as_json, **flags):
         console.print(f"{'created' if created else 'existing'} job [bold]{job['job_id']}[/bold] "
                       f"({job['kind']}, {job['state']})")
     if fund and job.get("escrow") and job["state"] == "requested":
-        receipt = fund_escrow(job)
+        receipt = fund_escrow(job, fields.get("max_price"))
         if not as_json:
             terms = job["escrow"]
             err.print(f"funded escrow {terms['job_key'][:18]}… with "

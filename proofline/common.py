@@ -11,13 +11,18 @@ from pathlib import Path
 
 import click
 from eth_account import Account
+from pydantic import ValidationError
 from rich.console import Console
 from web3 import Web3
 
 from chalicelib.config import secret
 from chalicelib.errors import ProoflineError
 from chalicelib.identity.signing import did_for
-from chalicelib.settlement.chain import Escrow
+from chalicelib.models import EscrowTerms
+from chalicelib.settlement import rules as settlement
+from chalicelib.settlement.chain import NATIVE, Escrow, Receipt, artifact
+from chalicelib.settlement.escrow import funding_signer, quote_of
+from chalicelib.settlement.money import from_base_units, to_base_units
 
 from . import client as api_client
 from . import identity as ids
@@ -89,16 +94,54 @@ class Cli(click.Group):
             sys.exit(2)
 
 
-def fund_escrow(job: dict):
-    """Fund a job's escrow with the client's key (ETH, or approve-then-fund for an ERC-20)."""
+def fund_escrow(job: dict, max_price) -> Receipt:
+    """Fund a job's escrow with the client's key (ETH, or approve-then-fund for an ERC-20),
+    after checking the terms the API answered against what this machine knows: the stage's
+    configured chain and escrow contract, a quote signed by a key holding that contract's
+    router role, this client as the funder, and an amount within `max_price`."""
     w3, client = chain_signer("PROOFLINE_CLIENT_KEY", "client")
-    deadline = job["manifest"].get("deadline")
-    deadline = (int(datetime.fromisoformat(deadline.replace("Z", "+00:00")).timestamp()) if deadline
-                else w3.eth.get_block("latest")["timestamp"] + 86_400)
-    terms = job["escrow"]
-    return escrow_call(lambda escrow: escrow.fund(client, bytes.fromhex(terms["job_key"][2:]),
-                                                   terms["amount"], deadline,
-                                                   token=terms["token"]), w3, terms)
+    chain_id, contract = stage_escrow()
+    try:
+        terms = EscrowTerms.model_validate(job["escrow"])
+    except ValidationError as exc:
+        raise click.ClickException(f"the job's escrow terms are malformed: {exc}") from None
+    escrow = Escrow(w3, contract)
+    decimals = 18 if terms.token == NATIVE else token_decimals(w3, terms.token)
+    ceiling = to_base_units(str(max_price), decimals) if max_price is not None else None
+    problems = settlement.quote_problems(terms, chain_id=chain_id, rpc_chain_id=w3.eth.chain_id,
+                                         contract=contract, client=client.address,
+                                         ceiling=ceiling)
+    quote = quote_of(terms)
+    if not problems:
+        signer = funding_signer(escrow.result_domain(), quote,
+                                bytes.fromhex(terms.quote_signature.removeprefix("0x")))
+        if not escrow.has_role("ROUTER_ROLE", signer):
+            problems.append(f"the quote is signed by {signer}, not by this escrow's router")
+    if problems:
+        raise click.ClickException("refusing to fund: " + "; ".join(problems))
+    err.print(f"funding {from_base_units(terms.amount, decimals)} {terms.symbol} (max price "
+              f"{max_price}) into escrow {contract} on chain {chain_id}", highlight=False)
+    return escrow_call(lambda e: e.fund(client, quote, bytes.fromhex(
+        terms.quote_signature.removeprefix("0x"))), w3, contract)
+
+
+def stage_escrow() -> tuple[int, str]:
+    """(chain id, escrow contract) this machine trusts: `PROOFLINE_CHAIN_ID` and
+    `PROOFLINE_ESCROW_ADDRESS`, else the local stack's."""
+    chain_id, contract = os.environ.get("PROOFLINE_CHAIN_ID"), os.environ.get(
+        "PROOFLINE_ESCROW_ADDRESS")
+    if chain_id and contract:
+        return int(chain_id), contract
+    info = read_state(STATE_DIR)
+    if info and info.escrow_address:
+        return info.chain_id, info.escrow_address
+    raise click.ClickException("set PROOFLINE_CHAIN_ID and PROOFLINE_ESCROW_ADDRESS (the stage's "
+                               "escrow) to fund: the CLI never pays a contract the API names")
+
+
+def token_decimals(w3: Web3, token: str) -> int:
+    return w3.eth.contract(address=Web3.to_checksum_address(token),
+                           abi=artifact("TestToken")["abi"]).functions.decimals().call()
 
 
 def chain_signer(key_env: str, dev_key: str):
@@ -116,9 +159,9 @@ def chain_signer(key_env: str, dev_key: str):
     return Web3(Web3.HTTPProvider(rpc)), Account.from_key(key)
 
 
-def escrow_call(call, w3, terms: dict):
+def escrow_call(call, w3, contract: str):
     try:
-        return call(Escrow(w3, terms["contract"]))
+        return call(Escrow(w3, contract))
     except ProoflineError as error:
         raise click.ClickException(f"{error.reason}: {error}") from error
 

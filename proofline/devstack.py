@@ -68,7 +68,9 @@ class StackInfo:
                 "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
                 "PROOFLINE_API_URL": self.api_url, "CHAIN_RPC_URL": self.rpc_url,
                 "CHAIN_ID": str(self.chain_id), "ESCROW_ADDRESS": self.escrow_address,
-                "PROOFLINE_CONTROL_KEY": keys.get("control", ""),
+                "PROOFLINE_ROUTER_KEY": keys.get("router", ""),
+                "PROOFLINE_VERIFIER_KEY": keys.get("verifier", ""),
+                "PROOFLINE_REFUNDER_KEY": keys.get("refunder", ""),
                 "PROOFLINE_POOL_KEY": keys.get("pool", ""),
                 "PROOFLINE_POOL_ADDRESS": keys.get("pool_address", ""),
                 "PROOFLINE_AUDIT_SECRET": self.audit_secret,
@@ -156,27 +158,30 @@ class DevStack:
 
 TEST_TOKEN, TEST_TOKEN_DECIMALS = "PUSD", 6
 CLIENT_TOKENS = 1_000_000 * 10**TEST_TOKEN_DECIMALS
-ROLES = ("ROUTER_ROLE", "VERIFIER_ROLE", "OPERATOR_ROLE", "ARBITER_ROLE")
+# Each role on its own anvil account, as on a real stage (the arbiter is a person's key).
+ROLE_ACCOUNTS = {"ROUTER_ROLE": 1, "VERIFIER_ROLE": 4, "OPERATOR_ROLE": 5, "ARBITER_ROLE": 6}
 
 
 def _deploy_escrow(anvil: Anvil) -> dict:
     """Deploy the escrow and a test ERC-20 (allow-listed, the client holds a million);
-    give the control plane its roles. Accounts: 0 admin, 1 control plane, 2 media pool,
-    3 client, 9 treasury."""
+    give each control-plane role its own key. Accounts: 0 admin, 1 router, 2 media pool,
+    3 client, 4 verifier, 5 refunder (OPERATOR_ROLE), 6 arbiter, 9 treasury."""
     w3 = anvil.web3()
-    admin, control, pool, client, treasury = (anvil.accounts[i] for i in (0, 1, 2, 3, 9))
+    admin, pool, client, treasury = (anvil.accounts[i] for i in (0, 2, 3, 9))
     escrow = Escrow(w3, deploy(w3, admin, "ProoflineEscrow", admin.address, treasury.address))
-    for role in ROLES:
+    for role, index in ROLE_ACCOUNTS.items():
         escrow.send(admin, "grantRole", getattr(escrow.contract.functions, role)().call(),
-                    control.address)
+                    anvil.accounts[index].address)
     token = deploy(w3, admin, "TestToken")
     escrow.send(admin, "setTokenAllowed", token, True)
     test_token = w3.eth.contract(address=token, abi=artifact("TestToken")["abi"])
     tx = test_token.functions.mint(client.address, CLIENT_TOKENS).transact({"from": admin.address})
     w3.eth.wait_for_transaction_receipt(tx)
+    key = lambda role: anvil.accounts[ROLE_ACCOUNTS[role]].key.to_0x_hex()  # noqa: E731
     return {"escrow_address": escrow.address, "token_address": token,
-            "dev_keys": {"control": control.key.to_0x_hex(), "pool": pool.key.to_0x_hex(),
-                         "operator": admin.key.to_0x_hex(),
+            "dev_keys": {"router": key("ROUTER_ROLE"), "verifier": key("VERIFIER_ROLE"),
+                         "refunder": key("OPERATOR_ROLE"), "arbiter": key("ARBITER_ROLE"),
+                         "pool": pool.key.to_0x_hex(), "operator": admin.key.to_0x_hex(),
                          "pool_address": pool.address, "client": client.key.to_0x_hex(),
                          "client_address": client.address}}
 

@@ -43,8 +43,9 @@ def settle_dispute(ctx, job_id):
     if not job.get("escrow"):
         raise click.ClickException(f"job {job_id} has no escrow")
     w3, client = common.chain_signer("PROOFLINE_CLIENT_KEY", "client")
+    _, contract = common.stage_escrow()
     receipt = common.escrow_call(lambda escrow: escrow.send(
-        client, "openDispute", bytes.fromhex(job["escrow"]["job_key"][2:])), w3, job["escrow"])
+        client, "openDispute", bytes.fromhex(job["escrow"]["job_key"][2:])), w3, contract)
     common.console.print(f"dispute opened on {job_id} in tx {receipt.tx_hash}; the payment waits "
                   "for the arbiter")
 
@@ -59,9 +60,10 @@ def settle_resolve(ctx, job_id, worker_share_bps):
     job = common.api_for(ctx).job(job_id)
     if not job.get("escrow"):
         raise click.ClickException(f"job {job_id} has no escrow")
-    w3, arbiter = common.chain_signer("PROOFLINE_ARBITER_KEY", "control")
+    w3, arbiter = common.chain_signer("PROOFLINE_ARBITER_KEY", "arbiter")
+    _, contract = common.stage_escrow()
     receipt = common.escrow_call(lambda escrow: escrow.send(
         arbiter, "resolveDispute", bytes.fromhex(job["escrow"]["job_key"][2:]),
-        worker_share_bps), w3, job["escrow"])
+        worker_share_bps), w3, contract)
     common.console.print(f"dispute on {job_id} resolved ({worker_share_bps / 100:g}% to the worker) "
                   f"in tx {receipt.tx_hash}")

@@ -83,7 +83,7 @@ def transcode_submit(ctx, source, profile, output, idempotency_key, fund, timeou
         common.err.print(f"{'created' if created else 'existing'} job [bold]{job['job_id']}[/bold] "
                       f"({job.get('profile') or KIND}, {job['state']})")
     if fund and job.get("escrow") and job["state"] == "requested":
-        receipt = common.fund_escrow(job)
+        receipt = common.fund_escrow(job, flags.get("max_price"))
         if not as_json:
             terms = job["escrow"]
             common.err.print(f"funded escrow {terms['job_key'][:18]}… with "

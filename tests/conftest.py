@@ -61,6 +61,27 @@ def api(stack) -> Api:
 
 
 @pytest.fixture(scope="session")
+def client_api(stack) -> Api:
+    """The stack's development client: signs its writes (so its escrow jobs name it, the
+    one account that can fund them) and reads its own jobs."""
+    account = Account.from_key(stack.info.dev_keys["client"])
+    return Api(stack.info.api_url, signer=(account, did_for(account.address, stack.info.chain_id)))
+
+
+def fund_job(stack, job: dict, funder=None):
+    """Fund an escrow job on the router's quote, as the development client (or `funder`)."""
+    from web3 import Web3
+
+    from chalicelib.models import EscrowTerms
+    from chalicelib.settlement.chain import Escrow
+    from chalicelib.settlement.escrow import quote_of
+    terms = EscrowTerms.model_validate(job["escrow"])
+    escrow = Escrow(Web3(Web3.HTTPProvider(stack.info.rpc_url)), stack.info.escrow_address)
+    return escrow.fund(funder or Account.from_key(stack.info.dev_keys["client"]),
+                       quote_of(terms), bytes.fromhex(terms.quote_signature[2:]))
+
+
+@pytest.fixture(scope="session")
 def aws(stack):
     """boto3 clients of a test's own, outside the control plane's request counting."""
     session = boto3.session.Session()

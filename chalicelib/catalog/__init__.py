@@ -71,6 +71,15 @@ class Limits(_Strict):
     max_batch: Annotated[int, Field(ge=1)] | None = None
 
 
+class WorkQuote(_Strict):
+    """What an escrow job of a class priced by time is charged: quoted seconds of work (a
+    base, plus a share per text embedded or per token asked for) times the rate in its
+    payment token. (A transcode is priced from its plan instead: profiles.yaml.)"""
+    seconds_per_job: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+    seconds_per_item: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+    per_second: dict[str, Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]]
+
+
 class JobClass(_Strict):
     name: str
     description: str
@@ -87,6 +96,7 @@ class JobClass(_Strict):
     requires_gpu: bool = False
     limits: Limits = Limits()
     price_per_second: Decimal | None = None   # USD per second of model time, for job cost
+    quote: WorkQuote | None = None             # an escrow job's charge by time of work
     # Patterns (inference_inputs.PATTERNS) stripped from inputs sent to untrusted workers.
     redact: tuple[Literal["email", "secret_key"], ...] = ()
 

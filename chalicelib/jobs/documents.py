@@ -8,15 +8,35 @@ from chalicelib.aws.store import JobView
 from chalicelib.context import Ports
 from chalicelib.errors import Conflict
 from chalicelib.jobs.lifecycle import class_rates
+from chalicelib.models import State
+from chalicelib.settlement.money import from_base_units
 from chalicelib.verification import guarantee
 
 
+def handed_out(view: JobView) -> bool:
+    """Whether a job's outputs may be downloaded: always without escrow; with escrow, once
+    the money is committed to the worker on chain (released, held for the dispute window,
+    or in dispute). A job whose client reclaimed its funds, or that is verified but not yet
+    paid, keeps its outputs."""
+    job = view.job
+    if job.escrow is None:
+        return True
+    if job.state in (State.SETTLED, State.DISPUTED):
+        return job.escrow.charged != 0            # 0: forfeited, the client was refunded
+    return job.state == State.VERIFIED and any(e.type == "settlement.scheduled"
+                                               for e in view.events)
+
+
 def job_document(ports: Ports, view: JobView) -> dict:
-    """The job, its attempts, and a short-lived download link per promoted output."""
+    """The job, its attempts, and a short-lived download link per promoted output (once
+    they are paid for), and for an escrow job what is held, charged, refunded and the fee."""
     doc = view.job.model_dump(mode="json")
+    paid_for = handed_out(view)
     for output in doc["outputs"]:
-        output["download_url"] = ports.blobs.presign_get(S3Uri.parse(output["uri"]),
-                                                         ports.settings.presign_seconds)
+        output["download_url"] = ports.blobs.presign_get(
+            S3Uri.parse(output["uri"]), ports.settings.presign_seconds) if paid_for else None
+    if view.job.escrow is not None:
+        doc["payment"] = payment(view.job)
     doc["attempts"] = [a.model_dump(mode="json") for a in view.attempts]
     if view.tasks:
         doc["progress"] = progress(view.tasks)
@@ -55,6 +75,20 @@ def progress(tasks) -> dict:
             "by_rendition": {k: {"passed": d, "total": t} for k, (d, t) in groups.items()}}
 
 
+def payment(job) -> dict:
+    """An escrow job's money in its token's units (decimal strings): held on chain now,
+    and once settled what was charged, the fee within it, and what went back."""
+    terms = job.escrow
+    settled = terms.charged is not None or terms.refunded is not None
+    held = 0 if settled or not terms.funded_tx else terms.amount
+    as_units = lambda units: None if units is None else str(  # noqa: E731
+        from_base_units(units, terms.decimals))
+    return {"symbol": terms.symbol, "max_price": as_units(terms.amount),
+            "price": as_units(terms.price), "held": as_units(held),
+            "charged": as_units(terms.charged), "fee": as_units(terms.fee),
+            "refunded": as_units(terms.refunded)}
+
+
 PACKAGE_LIMIT = 8 * 1024 * 1024
 
 
@@ -62,6 +96,9 @@ def package_document(ports: Ports, view: JobView) -> dict:
     """Every file of a job's verified package, each with a short-lived download link; the
     listing is the package.json the job's output hash pins."""
     output = next((o for o in view.job.outputs if o.name == "package.json"), None)
+    if output is not None and not handed_out(view):
+        raise Conflict(f"job {view.job.job_id}'s package is handed out once it is paid for "
+                       f"(state {view.job.state})", reason="payment_pending")
     if output is None:
         raise Conflict(f"job {view.job.job_id} has no verified package (state {view.job.state})",
                        reason="no_package")

@@ -6,6 +6,7 @@ settlement, challenge outcomes, counts), each idempotent. This module imports no
 from __future__ import annotations
 
 import hashlib
+import secrets
 from datetime import datetime
 from typing import Callable, Mapping
 
@@ -25,8 +26,10 @@ from chalicelib.errors import (
 from chalicelib.jobs import states
 from chalicelib.market.routing import route
 from chalicelib.models import NATIVE_TOKEN, Attempt, Event, Job, Manifest, PaymentToken, State
+from chalicelib.settlement import pricing
 from chalicelib.settlement import rules as settlement
-from chalicelib.settlement.escrow import job_key
+from chalicelib.settlement.escrow import quote_of, sign_funding
+from chalicelib.settlement.rules import EscrowStage
 
 logger = Logger(child=True)
 
@@ -44,24 +47,29 @@ def named_job_id(client_did: str | None, name: str) -> str:
 
 
 def new_job(manifest: Manifest, *, catalog: Catalog, job_id: str, source: str,
-            correlation_id: str, now: datetime, escrow: tuple[int, str] | None = None,
-            tokens: Mapping[str, PaymentToken] | None = None) -> tuple[Job, JobClass]:
+            correlation_id: str, now: datetime, escrow: EscrowStage | None = None,
+            tokens: Mapping[str, PaymentToken] | None = None,
+            salt: bytes = b"\0" * 32) -> tuple[Job, JobClass]:
     """Validate a manifest against its class and policies; the job as `requested`.
-    `escrow` is (chain id, contract) where this stage settles on chain, else None;
-    `tokens` the payment tokens it accepts."""
+    `escrow` is where this stage settles on chain, else None; `tokens` the payment tokens
+    it accepts; `salt` keeps the job's escrow key from being guessed from its id."""
     job_class, policy = validate(manifest, catalog=catalog, now=now, settles=escrow is not None)
     job_id = named_job_id(manifest.client_did, manifest.job_id) if manifest.job_id else job_id
+    max_attempts = manifest.max_attempts or job_class.defaults.max_attempts
     terms = None
     if policy.escrow:
-        terms = settlement.terms(manifest, "0x" + job_key(job_id).hex(), chain_id=escrow[0],
-                                 contract=escrow[1], tokens=tokens or {"ETH": NATIVE_TOKEN})
+        terms = settlement.terms(manifest, job_id=job_id, salt=salt, stage=escrow,
+                                 job_class=job_class, max_attempts=max_attempts,
+                                 now_s=int(now.timestamp()),
+                                 tokens=tokens or {"ETH": NATIVE_TOKEN})
     job = Job(job_id=job_id, kind=job_class.name, state=State.REQUESTED,
               version=1, manifest=manifest,
               profile=manifest.profile or job_class.defaults.profile,
-              payment_policy=policy.name,
-              max_attempts=manifest.max_attempts or job_class.defaults.max_attempts,
+              payment_policy=policy.name, max_attempts=max_attempts,
               timeouts_s=job_class.timeouts_s, escrow=terms,
               correlation_id=correlation_id, source=source, created_at=now, updated_at=now)
+    if terms:
+        pricing.price(job, job_class)    # what can be priced at the door is, against max_price
     return job, job_class
 
 
@@ -129,8 +137,12 @@ def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,
     chain = ports.chain
     job, job_class = new_job(manifest, catalog=ports.catalog, job_id=job_id, source=source,
                              correlation_id=correlation_id, now=now,
-                             escrow=(chain.escrow.w3.eth.chain_id, chain.escrow.address)
-                             if chain else None, tokens=ports.settings.payment_tokens)
+                             escrow=chain.stage(ports.settings) if chain else None,
+                             tokens=ports.settings.payment_tokens, salt=secrets.token_bytes(32))
+    if job.escrow:      # the router signs the terms: the only funding the contract accepts
+        signature = sign_funding(chain.router, chain.escrow.result_domain(), quote_of(job.escrow))
+        job = job.model_copy(update={"escrow": job.escrow.model_copy(
+            update={"quote_signature": "0x" + signature.hex()})})
     if challenge:
         job = job.model_copy(update={"challenge": challenge})
     created = Event(job_id=job.job_id, seq=1, type="job.created", at=now, state=job.state,

@@ -33,7 +33,6 @@ PROFILES_PATH = CATALOG_DIR / "profiles.yaml"
 
 AAC_LC_CODECS = "mp4a.40.2"
 
-_MONEY_QUANTUM = Decimal("0.000001")
 _BYTES_PER_GB = Decimal(10) ** 9
 _DAYS_PER_MONTH = 30
 _MIN_KBPS = 100
@@ -143,12 +142,30 @@ class Profile(_Strict):
         return self
 
 
+class TokenRates(_Strict):
+    compute_per_megapixel_second: _Rate
+    storage_per_gb_month: _Rate
+    transfer_per_gb: _Rate
+
+
 class Pricing(_Strict):
-    currency: Literal["USD"]
+    currency: Literal["USD"]          # the reference the router ranks offers in
     compute_per_megapixel_second: _Rate
     storage_per_gb_month: _Rate
     retention_days: Annotated[int, Strict(), Field(ge=1, le=3650)]
     transfer_per_gb: _Rate
+    # The same rates in each payment token an escrow job may be paid in, in its units.
+    tokens: dict[str, TokenRates] = Field(default_factory=dict)
+
+    def in_token(self, symbol: str) -> Pricing | None:
+        """These rates in payment token `symbol` (None: the catalog does not price it)."""
+        if symbol == self.currency:
+            return self
+        rates = self.tokens.get(symbol)
+        if rates is None:
+            return None
+        # A copy, not a validated model: the reference currency is USD, this one is `symbol`.
+        return self.model_copy(update={"currency": symbol, **rates.model_dump()})
 
 
 class ProfileSet(_Strict):
@@ -172,7 +189,7 @@ class ProfileSet(_Strict):
 
 class Quote(_Strict):
     profile: str
-    currency: Literal["USD"]
+    currency: str
     duration_s: Decimal
     renditions: tuple[PlannedRendition, ...]
     estimated_output_bytes: int
@@ -302,9 +319,11 @@ def check_source(profile: Profile, *, duration_s: float, source_width: int, sour
 
 # -- pricing ----------------------------------------------------------------------------------
 def quote(profile: Profile, *, duration_s: float, source_width: int, source_height: int,
-          source_bytes: int, rotation: int = 0, pricing: Pricing | None = None) -> Quote:
+          source_bytes: int, rotation: int = 0, pricing: Pricing | None = None,
+          places: int = 6) -> Quote:
     """Price a job before it runs, from the rates in profiles.yaml (see the formulas there).
-    Each line item is rounded half-up to 6 places and the total is their exact sum."""
+    Each line item is rounded half-up to `places` decimals (a token's own precision when
+    quoting in it) and the total is their exact sum."""
     check_source(profile, duration_s=duration_s, source_width=source_width,
                  source_height=source_height, rotation=rotation)
     if isinstance(source_bytes, bool) or not isinstance(source_bytes, int) or source_bytes < 0:
@@ -316,18 +335,15 @@ def quote(profile: Profile, *, duration_s: float, source_width: int, source_heig
     megapixels = sum(Decimal(r.width * r.height) for r in planned) / Decimal(10) ** 6
     kbps = sum(r.video_bitrate_k for r in planned) + profile.audio.bitrate_k
     output_bytes = int((Decimal(kbps) * 1000 * seconds / 8).to_integral_value(ROUND_CEILING))
-    compute = _money(megapixels * seconds * pricing.compute_per_megapixel_second)
-    storage = _money(Decimal(source_bytes + output_bytes) / _BYTES_PER_GB
-                     * pricing.storage_per_gb_month * pricing.retention_days / _DAYS_PER_MONTH)
-    transfer = _money(Decimal(output_bytes) / _BYTES_PER_GB * pricing.transfer_per_gb)
+    money = lambda value: value.quantize(Decimal(10) ** -places, rounding=ROUND_HALF_UP)  # noqa: E731
+    compute = money(megapixels * seconds * pricing.compute_per_megapixel_second)
+    storage = money(Decimal(source_bytes + output_bytes) / _BYTES_PER_GB
+                    * pricing.storage_per_gb_month * pricing.retention_days / _DAYS_PER_MONTH)
+    transfer = money(Decimal(output_bytes) / _BYTES_PER_GB * pricing.transfer_per_gb)
     return Quote(profile=profile.name, currency=pricing.currency, duration_s=seconds,
                  renditions=tuple(planned), estimated_output_bytes=output_bytes,
                  compute=compute, storage=storage, transfer=transfer,
                  total=compute + storage + transfer)
-
-
-def _money(value: Decimal) -> Decimal:
-    return value.quantize(_MONEY_QUANTUM, rounding=ROUND_HALF_UP)
 
 
 # -- codec strings ----------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from chalicelib.models import (
     TranscodePlan,
     is_marketplace,
 )
+from chalicelib.settlement import pricing
+from chalicelib.settlement.pricing import PriceAboveCeiling
 from chalicelib.verification.policies import Verdict
 
 logger = Logger(child=True)
@@ -45,11 +47,23 @@ def record_plan(ports: Ports, job: Job, plan: TranscodePlan, tasks: list[Task]) 
     def note(j: Job):
         if j.state != State.RUNNING or j.attempt != job.attempt:
             return None
-        noted, event = states.note(j, "segments.planned", at=now, data=summary)
-        return noted.model_copy(update={"plan": plan}), [event], []
+        planned = j.model_copy(update={"plan": plan})
+        changes, data = {"plan": plan}, summary
+        if j.escrow is not None and j.escrow.price is None:
+            # The price is fixed now, from the probed source: the chain's assign carries it.
+            try:
+                price = pricing.price(planned, ports.catalog.job_class(j.kind))
+            except PriceAboveCeiling as over:
+                failed, event = states.transition(j, State.FAILED, at=now, reason=over.reason,
+                                                  data=over.to_dict())
+                return failed, [event], []
+            changes["escrow"] = j.escrow.model_copy(update={"price": price})
+            data = {**summary, "price": str(price), "symbol": j.escrow.symbol}
+        noted, event = states.note(j, "segments.planned", at=now, data=data)
+        return noted.model_copy(update=changes), [event], []
 
     moved = apply(ports, job, note)
-    if moved is None:
+    if moved is None or moved.state == State.FAILED:
         return None
     ports.tasks.create(tasks)
     stored = ports.tasks.list(job.job_id)

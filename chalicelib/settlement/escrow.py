@@ -76,6 +76,13 @@ class FundingQuote:
                 "duration": self.duration, "expiry": self.expiry}
 
 
+def quote_of(terms) -> FundingQuote:
+    """The funding quote recorded in a job's escrow terms, as the contract checks it."""
+    return FundingQuote(job_key=bytes.fromhex(terms.job_key.removeprefix("0x")),
+                        client=terms.client, token=terms.token, amount=terms.amount,
+                        duration=terms.duration_s, expiry=terms.quote_expiry)
+
+
 def sign_funding(account: LocalAccount, domain_data: dict, quote: FundingQuote) -> bytes:
     """The router's EIP-712 signature over a funding quote: what `fund` checks."""
     signed = Account.sign_typed_data(account.key, domain_data=domain_data,

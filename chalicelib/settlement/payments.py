@@ -19,15 +19,18 @@ from chalicelib.market.routing import MARKETPLACE_CLASSES
 from chalicelib.market.workers import observe
 from chalicelib.media import profiles
 from chalicelib.models import Job, State
+from chalicelib.settlement import pricing
 from chalicelib.settlement import rules as settlement
 from chalicelib.settlement.chain import ContractReverted, EscrowState
 from chalicelib.settlement.escrow import job_key_bytes, result_hash
+from chalicelib.settlement.pricing import PriceAboveCeiling
 from chalicelib.settlement.reconcile import classify
 
 logger = Logger(child=True)
 CURSOR = "chain:escrow"
 MAX_BLOCKS = 5_000
 DUE_AGAIN = timedelta(minutes=1)
+MAX_ASSIGNMENTS = 2          # the contract's: the first assignment and one re-assignment
 
 
 def follow_chain(ports: Ports) -> int:
@@ -67,26 +70,42 @@ def on_dispute_opened(ports: Ports, job: Job, log) -> Job | None:
 def on_dispute_resolved(ports: Ports, job: Job, log) -> Job | None:
     args = log["args"]
     data = {**_log_data(log), "worker_share_bps": args["workerShareBps"],
-            "to_worker": str(args["toWorker"]), "to_client": str(args["toClient"])}
-    return apply(ports, job, lambda j: _moved(ports, j, State.DISPUTED, State.SETTLED,
-                                              "settlement.resolved", data))
+            "to_worker": str(args["toWorker"]), "to_client": str(args["toClient"]),
+            "by_default": args["byDefault"]}
+    return apply(ports, job, lambda j: _moved(
+        ports, j, State.DISPUTED, State.SETTLED, "settlement.resolved", data,
+        escrow=j.escrow.model_copy(update={"charged": j.escrow.amount - args["toClient"],
+                                           "refunded": args["toClient"]})))
 
 
 def on_released(ports: Ports, job: Job, log) -> Job | None:
     """A release seen on chain: ours (already recorded, so nothing to do) or a `finalize`
     anyone may send once a dispute window passed."""
     args = log["args"]
-    data = {**_log_data(log), "worker": args["worker"], "paid": str(args["paid"]),
-            "fee": str(args["fee"]), "note": "seen on chain"}
+    data = {**_log_data(log), "worker": args["worker"], **_charges(args), "note": "seen on chain"}
     return apply(ports, job, lambda j: _moved(ports, j, State.VERIFIED, State.SETTLED,
-                                              "settlement.released", data))
+                                              "settlement.released", data,
+                                              escrow=_charged(j.escrow, args)))
 
 
-def _moved(ports: Ports, job: Job, source: State, target: State, event: str, data: dict):
+def _moved(ports: Ports, job: Job, source: State, target: State, event: str, data: dict,
+           **changes):
     if job.state != source:
         return None                         # recorded already, or the log was read again
-    moved, e = states.transition(job, target, at=ports.clock(), event=event, data=data)
+    moved, e = states.transition(job, target, at=ports.clock(), event=event, data=data,
+                                 **changes)
     return moved, [e], []
+
+
+def _charges(released: dict) -> dict:
+    """A `Released` event's money, as the timeline shows it (base units, exact strings)."""
+    return {"charged": str(released["paid"] + released["fee"]), "paid": str(released["paid"]),
+            "fee": str(released["fee"]), "refunded": str(released["change"])}
+
+
+def _charged(terms, released: dict):
+    return terms.model_copy(update={"charged": released["paid"] + released["fee"],
+                                    "fee": released["fee"], "refunded": released["change"]})
 
 
 def on_funded(ports: Ports, job: Job, log) -> Job | None:
@@ -100,13 +119,15 @@ def on_funded(ports: Ports, job: Job, log) -> Job | None:
 
     def plan(j: Job):
         terms = j.escrow.model_copy(update={"funded_by": args["client"],
-                                            "funded_tx": funding["tx_hash"]})
+                                            "funded_tx": funding["tx_hash"],
+                                            "deadline": args["deadline"]})
         if j.state.terminal and not j.escrow.funded_tx:  # funded after it ended: given back
             noted, event = states.note(j, "escrow.funded", at=now, data={**funding, "late": True})
             return noted.model_copy(update={"escrow": terms}), [event], []
         if j.state != State.REQUESTED:
             return None                              # seen before: the follower re-read a block
-        problem = settlement.funding_problem(j.escrow, args["token"], args["amount"])
+        problem = settlement.funding_problem(j.escrow, args["client"], args["token"],
+                                             args["amount"])
         if problem:
             failed, event = states.transition(j, State.FAILED, at=now, escrow=terms,
                                               reason="funding_insufficient",
@@ -115,9 +136,65 @@ def on_funded(ports: Ports, job: Job, log) -> Job | None:
             return failed, [event], []
         funded, e1 = states.transition(j, State.FUNDED, at=now, escrow=terms, data=funding)
         assigned, attempt, e2 = assign(funded, job_class, now, **marketplace)
-        return assigned, [e1, e2], [attempt]
+        try:                # a model job's price is known now; a transcode's once it is planned
+            price = pricing.price(assigned, job_class)
+        except PriceAboveCeiling as over:
+            failed, e3 = states.transition(funded, State.FAILED, at=now, reason=over.reason,
+                                           data=over.to_dict())
+            return failed, [e1, e3], []
+        priced = assigned.escrow.model_copy(update={"price": price})
+        return assigned.model_copy(update={"escrow": priced}), [e1, e2], [attempt]
 
     return apply(ports, job, plan)       # the bus sends assign (or refund) and dispatches
+
+
+def on_reclaimed(ports: Ports, job: Job, log) -> Job | None:
+    """The client took its funds back after the deadline: the job stops where it is, and
+    nothing it made is handed out (its outputs were not paid for)."""
+    data = {**_log_data(log), "amount": str(log["args"]["amount"])}
+
+    def plan(j: Job):
+        if any(e.type == "settlement.reclaimed" for e in ports.store.view(j.job_id).events):
+            return None
+        terms = j.escrow.model_copy(update={"refunded": log["args"]["amount"]})
+        if j.state.terminal:
+            noted, event = states.note(j, "settlement.reclaimed", at=ports.clock(), data=data)
+            return noted.model_copy(update={"escrow": terms}), [event], []
+        failed, event = states.transition(j, State.FAILED, at=ports.clock(), escrow=terms,
+                                          event="settlement.reclaimed", reason="reclaimed",
+                                          data={**data, "reason": "reclaimed"})
+        return failed, [event], []
+    return apply(ports, job, plan)
+
+
+def on_refunded(ports: Ports, job: Job, log) -> Job | None:
+    """A refund seen on chain that this control plane did not record (sent by another
+    process, or recorded before a crash)."""
+    data = {**_log_data(log), "amount": str(log["args"]["amount"]), "note": "seen on chain"}
+
+    def plan(j: Job):
+        if any(e.type == "settlement.refunded" for e in ports.store.view(j.job_id).events):
+            return None
+        return _noted(j, ports, "settlement.refunded", data, escrow=j.escrow.model_copy(
+            update={"refunded": log["args"]["amount"]}))
+    return apply(ports, job, plan)
+
+
+def on_assigned(ports: Ports, job: Job, log) -> Job | None:
+    """An assignment seen on chain: recorded already when this control plane sent it; a
+    re-assignment sent elsewhere is put on the timeline."""
+    args = log["args"]
+    tx = log["transactionHash"].to_0x_hex()
+
+    def plan(j: Job):
+        if any(e.data.get("tx_hash") == tx for e in ports.store.view(j.job_id).events):
+            return None
+        event = "escrow.reassigned" if args["assignment"] > 1 else "escrow.assigned"
+        return _noted(j, ports, event, {**_log_data(log), "worker": args["worker"],
+                                        "price": str(args["price"]), "note": "seen on chain"},
+                      escrow=j.escrow.model_copy(update={"payee": args["worker"],
+                                                         "price": args["price"]}))
+    return apply(ports, job, plan)
 
 
 def request_settlement(ports: Ports, committed: Committed) -> None:
@@ -133,6 +210,8 @@ def request_settlement(ports: Ports, committed: Committed) -> None:
         elif after.state == State.ASSIGNED:
             _send(ports, "assign", after)
         return
+    if committed.wrote("segments.planned") and after.escrow.price is not None:
+        _send(ports, "assign", after)         # a transcode's price is fixed once it is planned
     if not committed.moved():
         return
     if after.state == State.VERIFIED:
@@ -145,8 +224,9 @@ def _send(ports: Ports, action: str, job: Job) -> None:
     ports.queues.send("settlement", {"action": action, "job_id": job.job_id})
 
 
-FOLLOWED = {"Funded": on_funded, "DisputeOpened": on_dispute_opened,
-            "DisputeResolved": on_dispute_resolved, "Released": on_released}
+FOLLOWED = {"Funded": on_funded, "Assigned": on_assigned, "DisputeOpened": on_dispute_opened,
+            "DisputeResolved": on_dispute_resolved, "Released": on_released,
+            "Refunded": on_refunded, "Reclaimed": on_reclaimed}
 
 
 def settle(ports: Ports, action: str, job_id: str) -> str:
@@ -164,16 +244,28 @@ def _marketplace_inputs(ports: Ports, job_class, now) -> dict:
             "heartbeat_ttl_s": ports.settings.heartbeat_ttl_s}
 
 
-def _assign_on_chain(ports: Ports, view) -> str:
+def _assign_on_chain(ports: Ports, view, on_chain=None) -> str:
+    """Tell the escrow who will be paid and how much: the job's payee at its price. A payee
+    that changed (the work moved after a lapse or a caught cheat) is re-assigned, once."""
     job, chain = view.job, ports.chain
+    if job.escrow.price is None:
+        return "price not fixed yet"
     key = job_key_bytes(job)
-    if chain.escrow.job(key).state != EscrowState.FUNDED:
-        return "already assigned or settled"
-    worker = settlement.payee(job.worker, chain.pool_payout)
-    receipt = chain.escrow.send(chain.control, "assign", key, worker)
+    on_chain = on_chain or chain.escrow.job(key)
+    payee = settlement.payee(job.worker, chain.pool_payout)
+    if on_chain.state == EscrowState.ASSIGNED and on_chain.worker.lower() == payee.lower():
+        return "already assigned"
+    if on_chain.state not in (EscrowState.FUNDED, EscrowState.ASSIGNED):
+        return f"escrow is {on_chain.state.name}; nothing to assign"
+    if on_chain.assignments >= MAX_ASSIGNMENTS:
+        return "re-assigned once already; the payee stays"
+    receipt = chain.escrow.send(chain.router, "assign", key, payee, job.escrow.price)
+    event = "escrow.reassigned" if on_chain.state == EscrowState.ASSIGNED else "escrow.assigned"
     apply(ports, ports.store.get(job.job_id), lambda j: _noted(
-        j, ports, "escrow.assigned", {**receipt.as_event(), "worker": worker}))
-    return "assigned"
+        j, ports, event, {**receipt.as_event(), "worker": payee, "price": str(j.escrow.price),
+                          "symbol": j.escrow.symbol},
+        escrow=j.escrow.model_copy(update={"payee": payee})))
+    return "reassigned" if event == "escrow.reassigned" else "assigned"
 
 
 def _ask_countersignature(ports: Ports, view, hashes: list[str]) -> str:
@@ -198,7 +290,7 @@ def _ask_countersignature(ports: Ports, view, hashes: list[str]) -> str:
 
 def _forfeit(ports: Ports, job: Job) -> str:
     chain = ports.chain
-    receipt = chain.escrow.send(chain.control, "refund", job_key_bytes(job))
+    receipt = chain.escrow.send(chain.operator, "refund", job_key_bytes(job))
     ports.tasks.signature_given(job.worker, job.job_id)
     data = {**receipt.as_event(), "amount": str(job.escrow.amount), "worker": job.worker,
             "reason": "payee_did_not_countersign"}
@@ -206,8 +298,9 @@ def _forfeit(ports: Ports, job: Job) -> str:
     def plan(j: Job):
         if j.state != State.VERIFIED:
             return None
-        settled, event = states.transition(j, State.SETTLED, at=ports.clock(),
-                                           event="settlement.forfeited", data=data)
+        settled, event = states.transition(
+            j, State.SETTLED, at=ports.clock(), event="settlement.forfeited", data=data,
+            escrow=j.escrow.model_copy(update={"charged": 0, "refunded": j.escrow.amount}))
         return settled, [event], []
     if apply(ports, job, plan) is not None:
         observe(ports.workers, job.worker, job.kind, "timeout", now=ports.clock())
@@ -230,15 +323,17 @@ def _release(ports: Ports, view) -> str:
         logger.error("release blocked", extra={"job_id": job.job_id, "why": why["message"]})
         return "blocked"
     key = job_key_bytes(job)
-    on_chain = chain.escrow.job(key).state
-    if on_chain == EscrowState.FUNDED:
-        _assign_on_chain(ports, view)
-        on_chain = EscrowState.ASSIGNED
+    record = chain.escrow.job(key)
+    if record.state in (EscrowState.FUNDED, EscrowState.ASSIGNED):
+        outcome = _assign_on_chain(ports, view, record)   # the payee and price, first
+        if outcome in ("assigned", "reassigned"):
+            record = chain.escrow.job(key)
+    on_chain, changes = record.state, {}
     if on_chain == EscrowState.ASSIGNED:
         attempt = next(a for a in view.attempts if a.number == job.attempt)
         if attempt.signature is None:
             return _ask_countersignature(ports, view, hashes)
-        receipt = chain.escrow.send(chain.control, "release", key, result_hash(hashes),
+        receipt = chain.escrow.send(chain.verifier, "release", key, result_hash(hashes),
                                     bytes.fromhex(attempt.signature.removeprefix("0x")))
         data = {**receipt.as_event(), "result_hash": "0x" + result_hash(hashes).hex(),
                 "outputs": hashes, "worker": attempt.worker}
@@ -250,14 +345,20 @@ def _release(ports: Ports, view) -> str:
                                                {**data, "releasable_at": due.isoformat()},
                                                next_deadline=due))
             return "scheduled"
+        released = next(e for e in receipt.events if e["event"] == "Released")
+        data.update(_charges(released))
+        changes = {"escrow": _charged(job.escrow, released)}
     elif on_chain == EscrowState.VERIFIED:
         try:
-            receipt = chain.escrow.send(chain.control, "finalize", key)
+            receipt = chain.escrow.send(chain.verifier, "finalize", key)
         except ContractReverted as refused:
             if refused.error == "DisputeWindowOpen":
                 return "dispute window open"
             raise
-        data = {**receipt.as_event(), "outputs": hashes, "note": "dispute window passed"}
+        released = next(e for e in receipt.events if e["event"] == "Released")
+        data = {**receipt.as_event(), "outputs": hashes, "note": "dispute window passed",
+                **_charges(released)}
+        changes = {"escrow": _charged(job.escrow, released)}
     elif on_chain == EscrowState.RELEASED:
         data = {"tx_hash": chain.escrow.released_tx(key), "outputs": hashes,
                 "note": "found released on chain"}
@@ -268,7 +369,7 @@ def _release(ports: Ports, view) -> str:
         if j.state != State.VERIFIED:
             return None
         settled, event = states.transition(j, State.SETTLED, at=ports.clock(),
-                                           event="settlement.released", data=data)
+                                           event="settlement.released", data=data, **changes)
         return settled, [event], []
     apply(ports, job, plan)
     return "released"
@@ -281,13 +382,15 @@ def _refund(ports: Ports, view) -> str:
     key = job_key_bytes(job)
     on_chain = chain.escrow.job(key).state
     if on_chain in (EscrowState.FUNDED, EscrowState.ASSIGNED):
-        receipt = chain.escrow.send(chain.control, "refund", key)
+        receipt = chain.escrow.send(chain.operator, "refund", key)
         data = {**receipt.as_event(), "amount": str(job.escrow.amount)}
     elif on_chain in (EscrowState.REFUNDED, EscrowState.RECLAIMED):
         data = {"note": f"found {on_chain.name.lower()} on chain"}
     else:
         return f"escrow is {on_chain.name}; nothing to refund"
-    apply(ports, job, lambda j: _noted(j, ports, "settlement.refunded", data))
+    apply(ports, job, lambda j: _noted(j, ports, "settlement.refunded", data,
+                                       escrow=j.escrow.model_copy(
+                                           update={"refunded": j.escrow.amount, "charged": 0})))
     return "refunded"
 
 

@@ -27,7 +27,14 @@ from chalicelib.identity.signing import did_for
 from proofline import clips
 from proofline.client import ApiError
 from proofline.worker_agent import Agent
-from tests.conftest import OPERATOR, challenge_passed, forged_headers, stage_signed, wait_for
+from tests.conftest import (
+    OPERATOR,
+    challenge_passed,
+    forged_headers,
+    fund_job,
+    stage_signed,
+    wait_for,
+)
 
 pytestmark = pytest.mark.stack
 PASSPHRASE = "correct horse battery staple"
@@ -313,10 +320,10 @@ def test_max_jobs_ends_the_agent_by_itself(stack, api, tmp_path):
     assert worker["health"]["accepting"] is False              # it said it was leaving
 
 
-def test_an_escrow_transcode_pays_the_worker_that_did_it(stack, api, market, media_dir):
+def test_an_escrow_transcode_pays_the_worker_that_did_it(stack, api, client_api, market,
+                                                         media_dir):
     from web3 import Web3
 
-    from chalicelib.settlement.chain import Escrow
     from chalicelib.settlement.escrow import result_hash
     honest_did = market.agents["honest"][0]
     market.cheat.stop()                                       # the cheaper ones are gone
@@ -324,19 +331,16 @@ def test_an_escrow_transcode_pays_the_worker_that_did_it(stack, api, market, med
     wait_until(lambda: api.worker(market.cheat.did)["health"]["accepting"] is False, 30,
                "the cheat to leave")
     w3 = Web3(Web3.HTTPProvider(stack.info.rpc_url))
-    escrow = Escrow(w3, stack.info.escrow_address)
     source = clips.make_gop_clip(media_dir / "paid.mp4", seconds=4.0, gop=100, width=320,
                                  height=240, fps=25)
-    slot = api.upload(source)
-    job, _ = api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
-                         "input_hash": slot["input_hash"], "profile": "hls-720p",
-                         "payment_policy": "escrow_before_start", "max_price": "0.02"},
-                        idempotency_key=str(uuid.uuid4()))
+    slot = client_api.upload(source)
+    job, _ = client_api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
+                                "input_hash": slot["input_hash"], "profile": "hls-720p",
+                                "payment_policy": "escrow_before_start", "max_price": "0.02"},
+                               idempotency_key=str(uuid.uuid4()))
     payee = Web3.to_checksum_address(honest_did.split(":")[-1])
     before = w3.eth.get_balance(payee)
-    escrow.fund(Account.from_key(stack.info.dev_keys["client"]),
-                bytes.fromhex(job["escrow"]["job_key"][2:]), 2 * 10**16,
-                w3.eth.get_block("latest")["timestamp"] + 3600)
+    fund_job(stack, job)
     final = wait_for(api, job["job_id"], timeout=180)
     events = api.events(job["job_id"])["events"]
     assert final["state"] == "settled", [(e["type"], e["data"].get("reason")) for e in events]
@@ -351,7 +355,9 @@ def test_an_escrow_transcode_pays_the_worker_that_did_it(stack, api, market, med
     package = final["outputs"][0]["sha256"]
     assert signed["data"]["result_hash"] == released["data"]["result_hash"] \
         == "0x" + result_hash([package]).hex()
-    assert w3.eth.get_balance(payee) - before == 2 * 10**16   # paid to the worker's DID
+    price = final["escrow"]["price"]
+    assert assigned["data"]["price"] == str(price) and 0 < price < 2 * 10**16
+    assert w3.eth.get_balance(payee) - before == price       # paid to the worker's DID
 
 
 class Mute(Agent):
@@ -362,7 +368,7 @@ class Mute(Agent):
 
 
 def test_a_payee_that_never_countersigns_forfeits_and_the_client_is_refunded(
-        stack, api, market, media_dir):
+        stack, api, client_api, market, media_dir):
     from web3 import Web3
 
     from chalicelib.settlement.chain import Escrow
@@ -377,14 +383,13 @@ def test_a_payee_that_never_countersigns_forfeits_and_the_client_is_refunded(
         client = Account.from_key(stack.info.dev_keys["client"])
         source = clips.make_gop_clip(media_dir / "unsigned.mp4", seconds=4.0, gop=100,
                                      width=320, height=240, fps=25)
-        slot = api.upload(source)
-        job, _ = api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
-                             "input_hash": slot["input_hash"], "profile": "hls-720p",
-                             "payment_policy": "escrow_before_start", "max_price": "0.02"},
-                            idempotency_key=str(uuid.uuid4()))
+        slot = client_api.upload(source)
+        job, _ = client_api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
+                                    "input_hash": slot["input_hash"], "profile": "hls-720p",
+                                    "payment_policy": "escrow_before_start",
+                                    "max_price": "0.02"}, idempotency_key=str(uuid.uuid4()))
         escrow = Escrow(w3, stack.info.escrow_address)
-        escrow.fund(client, bytes.fromhex(job["escrow"]["job_key"][2:]), 2 * 10**16,
-            w3.eth.get_block("latest")["timestamp"] + 3600)
+        fund_job(stack, job, funder=client)
         final = wait_for(api, job["job_id"], timeout=180)
     finally:
         mute.stop()

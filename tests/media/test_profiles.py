@@ -128,6 +128,8 @@ def _rung(raw, index=0):
     lambda raw: raw["pricing"].update(transfer_per_gb="-0.09"),
     lambda raw: raw["pricing"].update(transfer_per_gb="NaN"),
     lambda raw: raw["pricing"].update(currency="EUR"),
+    lambda raw: raw["pricing"]["tokens"]["PUSD"].update(transfer_per_gb="-1"),
+    lambda raw: raw["pricing"]["tokens"]["PUSD"].pop("compute_per_megapixel_second"),
     lambda raw: raw.pop("pricing"),
 ])
 def test_invalid_profile_file_is_a_catalog_error(tmp_path, change):

@@ -11,7 +11,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import m3u8
 import pytest
-from conftest import INTAKE, drop, event_types, wait_for
+from conftest import INTAKE, drop, event_types, fund_job, wait_for
 
 from chalicelib.verification.audit import caught_probability
 from chalicelib.verification.segments import SSIM_MIN
@@ -337,29 +337,37 @@ def test_sources_that_need_normalizing_come_out_as_a_clean_ladder(case, api, med
     assert decode.returncode == 0 and decode.stderr == ""
 
 
-def test_an_escrow_transcode_pays_the_pool_for_the_verified_package(api, stack, small):
-    from eth_account import Account
+def test_an_escrow_transcode_pays_the_pool_its_quoted_price_and_returns_the_change(
+        client_api, stack, small):
     from web3 import Web3
 
-    from chalicelib.settlement.chain import Escrow
+    from chalicelib.settlement import pricing
     from chalicelib.settlement.escrow import result_hash
+    from chalicelib.settlement.money import to_base_units
+    api = client_api
     w3 = Web3(Web3.HTTPProvider(stack.info.rpc_url))
-    escrow = Escrow(w3, stack.info.escrow_address)
     pool = stack.info.dev_keys["pool_address"]
     job = submit(api, small, profile="hls-720p", payment_policy="escrow_before_start",
                  max_price="0.02")
-    assert job["state"] == "requested"
+    assert job["state"] == "requested" and job["escrow"]["price"] is None   # not probed yet
     before = w3.eth.get_balance(pool)
-    escrow.fund(Account.from_key(stack.info.dev_keys["client"]),
-                bytes.fromhex(job["escrow"]["job_key"][2:]), 2 * 10**16,
-                w3.eth.get_block("latest")["timestamp"] + 3600)
+    fund_job(stack, job)
     final = wait_for(api, job["job_id"], timeout=120)
     assert final["state"] == "settled", timeline(api, job["job_id"])
-    [released] = [e for e in api.events(job["job_id"])["events"]
-                  if e["type"] == "settlement.released"]
+    events = api.events(job["job_id"])["events"]
+    [released] = [e for e in events if e["type"] == "settlement.released"]
     package_hash = final["outputs"][0]["sha256"]
     assert released["data"]["result_hash"] == "0x" + result_hash([package_hash]).hex()
-    assert w3.eth.get_balance(pool) - before == 2 * 10**16
+    # The price is the transcode quote of the probed source, in ETH, fixed before the
+    # chain's assign; the pool is paid exactly that and the client gets the rest back.
+    from chalicelib.models import TranscodePlan
+    plan = TranscodePlan.model_validate(final["plan"])
+    price = to_base_units(pricing.transcode_price(plan, "ETH", 18).total, 18)
+    [assigned] = [e for e in events if e["type"] == "escrow.assigned"]
+    assert assigned["data"]["price"] == str(price) == str(final["escrow"]["price"])
+    assert 0 < price < 2 * 10**16
+    assert w3.eth.get_balance(pool) - before == price
+    assert released["data"]["refunded"] == str(2 * 10**16 - price)
 
 
 def test_a_source_over_the_class_size_limit_fails_before_it_is_downloaded(ports, api, small,

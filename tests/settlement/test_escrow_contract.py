@@ -2,13 +2,13 @@
 events, the ERC-20 path, and the people who try to break it — a third party funding someone
 else's job, a client escaping mid-job or on its own terms, a second re-assignment, an arbiter
 who never answers, and a receiver that re-enters."""
+import secrets
+
 import pytest
 from web3 import Web3
 
 from chalicelib.settlement import chain
 from chalicelib.settlement.chain import NATIVE, ContractReverted, Escrow, EscrowState
-import secrets
-
 from chalicelib.settlement.escrow import FundingQuote, job_key, sign_funding, sign_result
 from proofline.anvil import Anvil
 from proofline.devstack import free_port

@@ -1,5 +1,6 @@
-"""Escrow jobs on the real stack and chain: funded before they run, released only after
-verification and only once, refunded when they fail — including across an RPC outage."""
+"""Escrow jobs on the real stack and chain: funded only by their client on the quoted terms,
+run once funded, paid the price fixed at assignment with the change returned, released only
+after verification and only once, refunded when they fail — including across an RPC outage."""
 import dataclasses
 import json
 import time
@@ -10,16 +11,24 @@ from conftest import event_types, wait_for
 from eth_account import Account
 from web3 import Web3
 
+from chalicelib import catalog
 from chalicelib.jobs import attempts
 from chalicelib.jobs import lifecycle as jobs
-from chalicelib.models import Manifest, State
+from chalicelib.models import EscrowTerms, Manifest, State
 from chalicelib.settlement import payments
-from chalicelib.settlement.chain import Escrow, EscrowState
-from chalicelib.settlement.escrow import job_key_bytes
+from chalicelib.settlement.chain import ContractReverted, Escrow, EscrowState
+from chalicelib.settlement.escrow import FundingQuote, job_key_bytes, quote_of
+from chalicelib.settlement.money import to_base_units
 
 pytestmark = pytest.mark.stack
 PRICE = "0.01"
 WEI = 10**16
+
+
+def probe_price(symbol="ETH", decimals=18) -> int:
+    """What the catalog says a probe costs in `symbol`: one flat job of work."""
+    quote = catalog.default().job_class("media_probe").quote
+    return to_base_units(quote.seconds_per_job * quote.per_second[symbol], decimals)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +38,21 @@ def chain(stack):
     return dataclasses.make_dataclass("Chain", ["w3", "escrow", "client", "pool"])(
         w3, Escrow(w3, stack.info.escrow_address), Account.from_key(keys["client"]),
         keys["pool_address"])
+
+
+@pytest.fixture(scope="module")
+def operator_api(stack):
+    from conftest import OPERATOR
+
+    from chalicelib.identity.signing import did_for
+    from proofline.client import Api
+    return Api(stack.info.api_url, reader=(OPERATOR, did_for(OPERATOR.address, 31337)))
+
+
+@pytest.fixture(scope="module")
+def api(client_api):
+    """Escrow jobs are the client's: it submits them (signed), funds them and reads them."""
+    return client_api
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +69,16 @@ def escrow_job(api, stored_clip, **extra):
     return job
 
 
-def fund(chain, job, amount=WEI):
-    key = bytes.fromhex(job["escrow"]["job_key"][2:])
-    deadline = chain.w3.eth.get_block("latest")["timestamp"] + 3600
-    return chain.escrow.fund(chain.client, key, amount, deadline)
+def fund(chain, job, funder=None):
+    """Fund on the router's quote, as the client (or `funder`, who will be refused)."""
+    terms = EscrowTerms.model_validate(job["escrow"])
+    return chain.escrow.fund(funder or chain.client, quote_of(terms),
+                             bytes.fromhex(terms.quote_signature[2:]))
+
+
+def paid_gas(chain, receipt) -> int:
+    tx = chain.w3.eth.get_transaction_receipt(receipt.tx_hash)
+    return tx["gasUsed"] * tx["effectiveGasPrice"]
 
 
 def recorded(api, job, event_type, timeout=15) -> bool:
@@ -70,21 +100,57 @@ def escrow_state(chain, job, *, until, timeout=30):
     return chain.escrow.job(key).state
 
 
-def test_an_escrow_job_waits_for_funding_runs_and_pays_the_worker(api, chain, stored_clip):
+def test_an_escrow_job_waits_for_funding_runs_and_pays_the_price(api, chain, stored_clip):
     job = escrow_job(api, stored_clip)
     time.sleep(2)
     assert api.job(job["job_id"])["state"] == "requested"          # not routed unfunded
-    before = chain.w3.eth.get_balance(chain.pool)
-    fund(chain, job)
+    pool_before = chain.w3.eth.get_balance(chain.pool)
+    client_before = chain.w3.eth.get_balance(chain.client.address)
+    funding = fund(chain, job)
     final = wait_for(api, job["job_id"], timeout=90)
     assert final["state"] == "settled", api.events(job["job_id"])
     types = event_types(api, job["job_id"])
-    assert types.index("escrow.funded") < types.index("job.assigned") < types.index("validation.passed") \
-        < types.index("settlement.released")
-    released = [e for e in api.events(job["job_id"])["events"] if e["type"] == "settlement.released"][0]
+    assert types.index("escrow.funded") < types.index("job.assigned") < types.index("escrow.assigned") \
+        < types.index("validation.passed") < types.index("settlement.released")
+    events = api.events(job["job_id"])["events"]
+    released = [e for e in events if e["type"] == "settlement.released"][0]
     assert released["data"]["gas_used"] > 0 and released["data"]["outputs"] == [final["outputs"][0]["sha256"]]
-    assert chain.w3.eth.get_balance(chain.pool) - before == WEI
+    price = probe_price()
+    assert final["escrow"]["price"] == price and final["escrow"]["charged"] == price
+    assert released["data"]["charged"] == str(price) and released["data"]["refunded"] == str(WEI - price)
+    assert final["payment"] == {"symbol": "ETH", "max_price": "0.01", "price": "4E-8", "held": "0",
+                                "charged": "4E-8", "fee": "0", "refunded": "0.00999996"}
+    # The worker gets the price; the client pays the price and its own gas, nothing else.
+    assert chain.w3.eth.get_balance(chain.pool) - pool_before == price
+    assert client_before - chain.w3.eth.get_balance(chain.client.address) == price + paid_gas(chain, funding)
     assert chain.escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:])).state == EscrowState.RELEASED
+
+
+def test_a_third_party_cannot_fund_or_grief_a_clients_job(api, chain, stack, stored_clip):
+    """The griefing that once failed a victim's job with 1 wei: the contract refuses anyone
+    but the quoted client, and the client on any other terms."""
+    job = escrow_job(api, stored_clip)
+    stranger = stack.anvil.accounts[7]
+    with pytest.raises(ContractReverted) as refused:
+        fund(chain, job, funder=stranger)
+    assert refused.value.error == "BadQuote"
+    terms = EscrowTerms.model_validate(job["escrow"])
+    for changed in ({"amount": 1}, {"duration": 3}):        # a client on its own terms
+        forged = FundingQuote(**{**quote_of(terms).__dict__, **changed})
+        with pytest.raises(ContractReverted) as refused:
+            chain.escrow.fund(chain.client, forged, bytes.fromhex(terms.quote_signature[2:]))
+        assert refused.value.error == "BadQuote"
+    assert api.job(job["job_id"])["state"] == "requested"
+    fund(chain, job)                                   # the client's own funding still works
+    assert wait_for(api, job["job_id"], timeout=90)["state"] == "settled"
+
+
+def test_the_job_key_cannot_be_derived_from_the_job_id(api, stored_clip, chain):
+    job = escrow_job(api, stored_clip)
+    from eth_utils import keccak
+    assert job["escrow"]["job_key"] != "0x" + keccak(text=job["job_id"]).hex()
+    again = escrow_job(api, stored_clip)             # same client, same input: another key
+    assert again["escrow"]["job_key"] != job["escrow"]["job_key"]
 
 
 def test_duplicate_release_requests_pay_once(api, chain, stored_clip, ports, aws, stack):
@@ -121,12 +187,16 @@ def test_funding_that_arrives_after_cancel_is_refunded(api, chain, stored_clip):
     assert api.job(job["job_id"])["state"] == "cancelled"
 
 
-def test_underfunding_fails_the_job_and_returns_the_money(api, chain, stored_clip):
-    job = escrow_job(api, stored_clip)
-    fund(chain, job, amount=WEI - 1)
-    final = wait_for(api, job["job_id"], timeout=60)
-    assert final["state"] == "failed" and final["reason"] == "funding_insufficient"
-    assert escrow_state(chain, job, until=EscrowState.REFUNDED) == EscrowState.REFUNDED
+def test_a_price_above_the_ceiling_is_refused_at_the_door(api, stored_clip):
+    from proofline.client import ApiError
+    with pytest.raises(ApiError) as refused:
+        escrow_job(api, stored_clip, max_price="0.00000001")   # under the probe's 0.00000004
+    assert refused.value.status == 400 and refused.value.reason == "price_above_ceiling"
+
+
+def stack_client_did(chain) -> str:
+    from chalicelib.identity.signing import did_for
+    return did_for(chain.client.address, chain.w3.eth.chain_id)
 
 
 class RecordingQueues:
@@ -141,18 +211,17 @@ def verified_but_unpaid(ports, chain, stored_clip):
     """An escrow job taken to `verified` by hand, its settlement message held back."""
     held = dataclasses.replace(ports, queues=RecordingQueues())
     manifest = Manifest(kind="media_probe", input_uri=stored_clip["input_uri"],
-                        input_hash=stored_clip["input_hash"],
+                        input_hash=stored_clip["input_hash"], client_did=stack_client_did(chain),
                         payment_policy="escrow_before_start", max_price=PRICE)
     job, _ = jobs.accept(held, manifest, job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
-    key = job_key_bytes(job)
     # The stack's chain follower finds jobs by their escrow alias; without it the follower
     # cannot take this job's funding before the test does (it runs every second).
     from chalicelib import aws
     aws.client("dynamodb").delete_item(
         TableName=ports.settings.jobs_table,
         Key={"pk": {"S": f"ALIAS#escrow:{job.escrow.job_key}"}, "sk": {"S": "JOB"}})
-    receipt = chain.escrow.fund(chain.client, key, WEI,
-                                chain.w3.eth.get_block("latest")["timestamp"] + 3600)
+    receipt = chain.escrow.fund(chain.client, quote_of(job.escrow),
+                                bytes.fromhex(job.escrow.quote_signature[2:]))
     log = chain.escrow.contract.events.Funded().get_logs(from_block=receipt.block,
                                                          to_block=receipt.block)[0]
     assigned = payments.on_funded(held, job, log)
@@ -180,7 +249,7 @@ def test_the_rpc_down_then_back_pays_exactly_once(ports, chain, stored_clip):
     before = chain.w3.eth.get_balance(chain.pool)
     assert payments.settle(held, "release", job.job_id) == "released"
     assert payments.settle(held, "release", job.job_id) == "already settled"
-    assert chain.w3.eth.get_balance(chain.pool) - before == WEI
+    assert chain.w3.eth.get_balance(chain.pool) - before == probe_price()
     assert held.store.get(job.job_id).state == State.SETTLED
 
 
@@ -200,7 +269,8 @@ def test_no_release_without_validation_of_the_exact_outputs(ports, chain, stored
     assert row["kind"] == "release_blocked" and row["repair"] is None
 
 
-def test_reconcile_finds_planted_drift_and_repairs_what_is_safe(ports, chain, stored_clip, api):
+def test_reconcile_finds_planted_drift_and_repairs_what_is_safe(ports, chain, stored_clip, api,
+                                                                 operator_api):
     held, job = verified_but_unpaid(ports, chain, stored_clip)    # verified, never released
     rows = {r["job_id"]: r for r in payments.reconcile(held)}
     assert rows[job.job_id]["kind"] == "verified_not_released"
@@ -208,7 +278,7 @@ def test_reconcile_finds_planted_drift_and_repairs_what_is_safe(ports, chain, st
     # The stack's scheduled reconciliation re-sends the release; the handler pays it.
     assert wait_for(api, job.job_id, timeout=60)["state"] == "settled"
     assert chain.escrow.job(job_key_bytes(job)).state == EscrowState.RELEASED
-    assert job.job_id not in {r["job_id"] for r in api.settlement_drift()}
+    assert job.job_id not in {r["job_id"] for r in operator_api.settlement_drift()}
 
 
 
@@ -219,19 +289,26 @@ def token_balance(chain, token, account):
     return erc20.functions.balanceOf(account).call()
 
 
-def test_an_erc20_priced_job_is_funded_and_paid_in_the_token(api, chain, stack, stored_clip):
-    from proofline.devstack import TEST_TOKEN
+def test_an_erc20_priced_job_is_charged_the_price_in_the_token(api, chain, stack, stored_clip):
+    from proofline.devstack import TEST_TOKEN, TEST_TOKEN_DECIMALS
     job, _ = api.submit({"kind": "media_probe", "input_uri": stored_clip["input_uri"],
                          "payment_policy": "escrow_before_start", "max_price": "2.5",
                          "payment_token": TEST_TOKEN}, idempotency_key=str(uuid.uuid4()))
     token = stack.info.token_address
     assert job["escrow"]["token"].lower() == token.lower()
     assert job["escrow"]["amount"] == 2_500_000 and job["escrow"]["decimals"] == 6  # exact units
-    before = token_balance(chain, token, chain.pool)
-    chain.escrow.fund(chain.client, bytes.fromhex(job["escrow"]["job_key"][2:]), 2_500_000,
-                      chain.w3.eth.get_block("latest")["timestamp"] + 3600, token=token)
-    assert wait_for(api, job["job_id"], timeout=90)["state"] == "settled"
-    assert token_balance(chain, token, chain.pool) - before == 2_500_000
+    pool, client = (token_balance(chain, token, a) for a in (chain.pool, chain.client.address))
+    client_eth = chain.w3.eth.get_balance(chain.client.address)
+    funding = fund(chain, job)
+    final = wait_for(api, job["job_id"], timeout=90)
+    assert final["state"] == "settled"
+    price = probe_price(TEST_TOKEN, TEST_TOKEN_DECIMALS)
+    assert final["escrow"]["price"] == price == 100             # 0.0001 PUSD
+    assert token_balance(chain, token, chain.pool) - pool == price
+    assert client - token_balance(chain, token, chain.client.address) == price
+    # The client's ETH moved by gas only (the approval and the funding).
+    spent = client_eth - chain.w3.eth.get_balance(chain.client.address)
+    assert spent >= paid_gas(chain, funding) and spent < 3 * paid_gas(chain, funding)
 
 
 def test_a_price_in_a_token_the_stage_does_not_accept_is_refused(api, stored_clip):
@@ -243,19 +320,23 @@ def test_a_price_in_a_token_the_stage_does_not_accept_is_refused(api, stored_cli
     assert refused.value.status == 400 and refused.value.reason == "unknown_payment_token"
 
 
-def test_a_job_funded_with_too_little_of_the_token_is_refunded(api, chain, stack, stored_clip):
+def test_a_failed_token_job_refunds_everything(api, chain, stack, tmp_path):
     from proofline.devstack import TEST_TOKEN
-    job, _ = api.submit({"kind": "media_probe", "input_uri": stored_clip["input_uri"],
+    garbage = tmp_path / "not-media-either.mp4"
+    garbage.write_bytes(b"\x01garbage" * 512)
+    stored = api.upload(garbage)
+    job, _ = api.submit({"kind": "media_probe", "input_uri": stored["input_uri"],
                          "payment_policy": "escrow_before_start", "max_price": "1",
                          "payment_token": TEST_TOKEN}, idempotency_key=str(uuid.uuid4()))
     token = stack.info.token_address
     before = token_balance(chain, token, chain.client.address)
-    chain.escrow.fund(chain.client, bytes.fromhex(job["escrow"]["job_key"][2:]), 999_999,
-                      chain.w3.eth.get_block("latest")["timestamp"] + 3600, token=token)
-    final = wait_for(api, job["job_id"], timeout=60)
-    assert final["state"] == "failed" and final["reason"] == "funding_insufficient"
+    fund(chain, job)
+    final = wait_for(api, job["job_id"], timeout=90)
+    assert final["state"] == "failed" and final["reason"] == "media_unreadable"
     assert escrow_state(chain, job, until=EscrowState.REFUNDED) == EscrowState.REFUNDED
+    assert recorded(api, job, "settlement.refunded")
     assert token_balance(chain, token, chain.client.address) == before
+    assert api.job(job["job_id"])["payment"]["refunded"] == "1"
 
 
 @pytest.fixture
@@ -265,7 +346,7 @@ def dispute_window(stack, chain):
     admin = stack.anvil.accounts[0]
 
     def set_window(seconds):
-        chain.escrow.send(admin, "setDisputeWindow", seconds)
+        chain.escrow.send(admin, "setDisputeWindows", seconds, 3600)
     yield set_window
     set_window(0)
 
@@ -290,7 +371,7 @@ def test_a_dispute_window_holds_the_payment_then_it_is_finalized(api, chain, sto
     assert final["state"] == "settled"
     types = event_types(api, job["job_id"])
     assert types.index("settlement.scheduled") < types.index("settlement.released")
-    assert chain.w3.eth.get_balance(chain.pool) - before == WEI
+    assert chain.w3.eth.get_balance(chain.pool) - before == probe_price()
     assert chain.escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:])).state == EscrowState.RELEASED
 
 
@@ -302,12 +383,13 @@ def test_a_disputed_job_waits_for_the_arbiter_and_settles_on_the_split(api, chai
     chain.escrow.send(chain.client, "openDispute", key)
     assert wait_for(api, job["job_id"], states={"disputed"}, timeout=30)["state"] == "disputed"
     pool_before = chain.w3.eth.get_balance(chain.pool)
-    arbiter = Account.from_key(stack.info.dev_keys["control"])
-    chain.escrow.send(arbiter, "resolveDispute", key, 2_500)      # a quarter to the worker
+    arbiter = Account.from_key(stack.info.dev_keys["arbiter"])
+    chain.escrow.send(arbiter, "resolveDispute", key, 2_500)      # a quarter of the price
     final = wait_for(api, job["job_id"], timeout=30)
     assert final["state"] == "settled"
     resolved = [e for e in api.events(job["job_id"])["events"] if e["type"] == "settlement.resolved"]
-    assert resolved[0]["data"]["to_worker"] == str(WEI // 4)
-    assert resolved[0]["data"]["to_client"] == str(WEI - WEI // 4)
-    assert chain.w3.eth.get_balance(chain.pool) - pool_before == WEI // 4
+    quarter = probe_price() // 4
+    assert resolved[0]["data"]["to_worker"] == str(quarter)
+    assert resolved[0]["data"]["to_client"] == str(WEI - quarter)
+    assert chain.w3.eth.get_balance(chain.pool) - pool_before == quarter
     assert "settlement.released" not in event_types(api, job["job_id"])

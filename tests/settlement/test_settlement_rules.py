@@ -1,5 +1,6 @@
-"""Settlement rules without a chain: exact amounts, escrow terms, funding checks, and the
-evidence a release needs."""
+"""Settlement rules without a chain: exact amounts, escrow terms and their deadline, prices
+in the payment token, funding checks, what a client checks before it pays, and the evidence
+a release needs."""
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -10,11 +11,21 @@ from chalicelib.errors import InvalidManifest, InvalidRequest, ProoflineError
 from chalicelib.jobs.lifecycle import new_job
 from chalicelib.models import Event, Manifest, Output, State
 from chalicelib.settlement.money import from_base_units, to_base_units
-from chalicelib.settlement.rules import ReleaseBlocked, funding_problem, release_evidence
+from chalicelib.settlement.rules import (
+    DEADLINE_MARGIN_S,
+    EscrowStage,
+    ReleaseBlocked,
+    funding_problem,
+    quote_problems,
+    release_evidence,
+)
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 SHA = "sha256:" + "ab" * 32
+CLIENT = "0x" + "c1" * 20
+CLIENT_DID = f"did:pkh:eip155:31337:{CLIENT}"
+STAGE = EscrowStage(chain_id=31337, contract=CONTRACT, dispute_s=600, countersign_s=3600)
 
 
 @pytest.mark.parametrize("amount, decimals, units", [
@@ -32,19 +43,56 @@ def test_amounts_that_cannot_be_exact_are_refused(amount):
     assert info.value.reason == "invalid_amount"
 
 
-def escrow_job(**fields):
+def escrow_job(salt=b"\1" * 32, **fields):
+    fields.setdefault("client_did", CLIENT_DID)
     manifest = Manifest(kind="media_probe", input_uri="s3://bucket-a/x",
                         payment_policy="escrow_before_start", **fields)
     job, _ = new_job(manifest, catalog=load(), job_id="job-escrow1", source="http",
-                     correlation_id="c", now=NOW, escrow=(31337, CONTRACT))
+                     correlation_id="c", now=NOW, escrow=STAGE, salt=salt)
     return job
 
 
-def test_escrow_terms_are_exact_base_units_under_the_job_key():
+def test_escrow_terms_are_exact_base_units_under_a_salted_key():
     job = escrow_job(max_price="0.01")
     assert job.escrow.amount == 10**16 and job.escrow.chain_id == 31337
     assert job.escrow.job_key.startswith("0x") and len(job.escrow.job_key) == 66
+    assert job.escrow.client.lower() == CLIENT
     assert job.state == State.REQUESTED
+    assert escrow_job(max_price="0.01", salt=b"\2" * 32).escrow.job_key != job.escrow.job_key
+
+
+def test_the_deadline_covers_every_attempt_the_countersign_and_dispute_windows():
+    job = escrow_job(max_price="0.01")
+    timeouts = load().job_class("media_probe").timeouts_s
+    per_attempt = sum(v for k, v in timeouts.items() if k != State.REQUESTED)
+    assert job.escrow.duration_s == per_attempt * job.max_attempts + 3600 + 600 + DEADLINE_MARGIN_S
+    # The quote lasts as long as the job waits for its funding.
+    assert job.escrow.quote_expiry == int(NOW.timestamp()) + timeouts[State.REQUESTED]
+
+
+def test_an_escrow_job_needs_a_client_to_fund_it():
+    with pytest.raises(InvalidManifest) as info:
+        escrow_job(max_price="0.01", client_did=None)
+    assert info.value.reason == "client_required"
+
+
+def test_a_job_priced_over_its_ceiling_is_refused_at_the_door():
+    with pytest.raises(InvalidManifest) as info:
+        escrow_job(max_price="0.00000001")        # a probe is 0.00000004 ETH
+    assert (info.value.status, info.value.reason) == (400, "price_above_ceiling")
+
+
+def test_a_client_checks_the_terms_before_it_pays():
+    terms = escrow_job(max_price="0.01").escrow.model_copy(update={"quote_signature": "0x01"})
+    ok = dict(chain_id=31337, rpc_chain_id=31337, contract=CONTRACT, client=CLIENT, ceiling=10**16)
+    assert quote_problems(terms, **ok) == []
+    assert "contract" in quote_problems(terms, **{**ok, "contract": "0x" + "99" * 20})[0]
+    assert "chain" in quote_problems(terms, **{**ok, "rpc_chain_id": 1})[0]
+    assert "chain" in quote_problems(terms, **{**ok, "chain_id": 1})[0]
+    assert "not this key" in quote_problems(terms, **{**ok, "client": "0x" + "77" * 20})[0]
+    assert "over the max price" in quote_problems(terms, **{**ok, "ceiling": 10**16 - 1})[0]
+    assert "no router signature" in quote_problems(
+        terms.model_copy(update={"quote_signature": None}), **ok)[0]
 
 
 @pytest.mark.parametrize("price", [None, "0"])
@@ -56,10 +104,11 @@ def test_an_escrow_job_needs_a_price(price):
 
 def test_funding_checks():
     terms = escrow_job(max_price="0.01").escrow
-    assert funding_problem(terms, terms.token, 10**16) is None
-    assert funding_problem(terms, terms.token, 10**16 + 1) is None
-    assert "needs" in funding_problem(terms, terms.token, 10**16 - 1)
-    assert "priced in" in funding_problem(terms, CONTRACT, 10**16)
+    assert funding_problem(terms, CLIENT, terms.token, 10**16) is None
+    assert funding_problem(terms, CLIENT, terms.token, 10**16 + 1) is None
+    assert "needs" in funding_problem(terms, CLIENT, terms.token, 10**16 - 1)
+    assert "priced in" in funding_problem(terms, CLIENT, CONTRACT, 10**16)
+    assert "client is" in funding_problem(terms, CONTRACT, terms.token, 10**16)
 
 
 def passed(sha):
@@ -106,13 +155,28 @@ def test_a_price_is_converted_exactly_in_the_payment_tokens_units():
     from chalicelib.settlement.rules import terms
     tokens = {"ETH": NATIVE_TOKEN, "PUSD": PaymentToken("PUSD", "0x" + "11" * 20, 6)}
     manifest = Manifest(kind="media_probe", input_uri="s3://bucket/k", max_price="0.000001",
-                        payment_token="PUSD")
-    agreed = terms(manifest, "0x" + "00" * 32, chain_id=1, contract="0x" + "22" * 20, tokens=tokens)
+                        payment_token="PUSD", client_did=CLIENT_DID)
+    shared = dict(job_id="job-1", salt=b"\0" * 32, stage=STAGE, max_attempts=1, now_s=0,
+                  job_class=load().job_class("media_probe"), tokens=tokens)
+    agreed = terms(manifest, **shared)
     assert (agreed.amount, agreed.token, agreed.decimals) == (1, "0x" + "11" * 20, 6)
     too_fine = manifest.model_copy(update={"max_price": Decimal("0.0000001")})
     with pytest.raises(ProoflineError) as refused:
-        terms(too_fine, "0x" + "00" * 32, chain_id=1, contract="0x" + "22" * 20, tokens=tokens)
+        terms(too_fine, **shared)
     assert refused.value.reason == "invalid_amount"
+
+
+def test_prices_are_in_the_payment_token_from_the_catalog():
+    from chalicelib.settlement import pricing
+    catalog = load()
+    embed = catalog.job_class("embed_batch")
+    texts = Manifest(kind="embed_batch", texts=["a"] * 100)
+    # 0.5 s + 100 x 0.002 s at 0.000164 PUSD/s, rounded up to the token's 6 places.
+    assert pricing.work_price(embed, texts, "PUSD", 6) == Decimal("0.000115")
+    assert pricing.work_price(embed, texts, "ETH", 18) == Decimal("0.7") * Decimal("0.0000000656")
+    with pytest.raises(InvalidManifest) as unpriced:
+        pricing.work_price(embed, texts, "DOGE", 8)
+    assert unpriced.value.reason == "unpriced_token"
 
 
 def test_keys_open_from_an_encrypted_keystore(tmp_path, monkeypatch):
@@ -122,15 +186,15 @@ def test_keys_open_from_an_encrypted_keystore(tmp_path, monkeypatch):
 
     from chalicelib.config import secret
     account = Account.create()
-    (tmp_path / "control.json").write_text(json.dumps(Account.encrypt(account.key, "s3cret",
+    (tmp_path / "router.json").write_text(json.dumps(Account.encrypt(account.key, "s3cret",
                                                                       iterations=2)))
-    monkeypatch.delenv("PROOFLINE_CONTROL_KEY", raising=False)
-    monkeypatch.setenv("PROOFLINE_CONTROL_KEY_KEYSTORE", str(tmp_path / "control.json"))
+    monkeypatch.delenv("PROOFLINE_ROUTER_KEY", raising=False)
+    monkeypatch.setenv("PROOFLINE_ROUTER_KEY_KEYSTORE", str(tmp_path / "router.json"))
     monkeypatch.setenv("PROOFLINE_PASSPHRASE", "s3cret")
-    assert Account.from_key(secret("PROOFLINE_CONTROL_KEY")).address == account.address
+    assert Account.from_key(secret("PROOFLINE_ROUTER_KEY")).address == account.address
     monkeypatch.setenv("PROOFLINE_PASSPHRASE", "wrong")
     with pytest.raises(ValueError):
-        secret("PROOFLINE_CONTROL_KEY")
+        secret("PROOFLINE_ROUTER_KEY")
     monkeypatch.delenv("PROOFLINE_PASSPHRASE")
     with pytest.raises(KeyError):
-        secret("PROOFLINE_CONTROL_KEY")
+        secret("PROOFLINE_ROUTER_KEY")
