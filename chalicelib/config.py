@@ -43,6 +43,9 @@ class Settings:
     presign_seconds: int
     payment_tokens: dict[str, PaymentToken]
     heartbeat_ttl_s: int
+    chain_start_block: int = 0        # the escrow's deployment block: the follower starts there
+    chain_confirmations: int = 12     # a log is applied once this many blocks are on top of it
+    chain_log_range: int = 2_000      # blocks per eth_getLogs (providers cap the range)
     heartbeat_min_interval_s: float = 5.0   # a worker's heartbeats, at most this often
     multipart_bytes: int = 5 * 2**30  # uploads larger than this go in parts (S3's PUT limit)
     part_bytes: int = 256 * 2**20     # the size of each part but the last
@@ -156,6 +159,9 @@ def _settings(env) -> Settings:
         chain_rpc_url=env.get("CHAIN_RPC_URL") or None,
         chain_id=int(env["CHAIN_ID"]) if env.get("CHAIN_ID") else None,
         escrow_address=env.get("ESCROW_ADDRESS") or None,
+        chain_start_block=int(env.get("CHAIN_START_BLOCK") or 0),
+        chain_confirmations=int(env.get("CHAIN_CONFIRMATIONS") or 12),
+        chain_log_range=max(1, int(env.get("CHAIN_LOG_RANGE") or 2_000)),
         aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         max_manifest_bytes=int(env.get("PROOFLINE_MAX_MANIFEST_BYTES", 64 * 1024)),

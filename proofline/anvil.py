@@ -19,8 +19,10 @@ CHAIN_ID = 31337
 
 
 class Anvil:
-    def __init__(self, port: int, *, chain_id: int = CHAIN_ID, accounts: int = 10):
+    def __init__(self, port: int, *, chain_id: int = CHAIN_ID, accounts: int = 10,
+                 block_time: int | None = 1):
         self.port, self.chain_id, self.accounts_count = port, chain_id, accounts
+        self.block_time = block_time          # None: blocks only when a transaction comes
         self.url = f"http://127.0.0.1:{port}"
         self._process: subprocess.Popen | None = None
         self._dir = Path(tempfile.mkdtemp(prefix="proofline-anvil-"))
@@ -36,7 +38,8 @@ class Anvil:
              "--silent", "--config-out", str(config),
              # Transactions mine at once, and an empty block each second keeps chain time
              # moving as on a real network (dispute windows end without new transactions).
-             "--block-time", "1", "--mixed-mining"],
+             *(["--block-time", str(self.block_time), "--mixed-mining"]
+               if self.block_time else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         w3 = Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": 10}))
         deadline = time.monotonic() + timeout

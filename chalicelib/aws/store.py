@@ -135,6 +135,19 @@ class JobStore:
                                                                ":now": {"S": stamp(now)}}):
                 yield Job.model_validate_json(item["doc"]["S"])
 
+    def open_escrows(self) -> Iterator[Job]:
+        """Every escrow job whose money is not final, oldest first (sparse index, paged)."""
+        for item in self._query(IndexName="by_open_escrow",
+                                KeyConditionExpression="escrow_open = :o",
+                                ExpressionAttributeValues={":o": {"S": "open"}}):
+            if (job := _readable(item)) is not None and escrow_open(job):
+                yield job
+
+    def close_escrow(self, job_id: str) -> None:
+        """Take a job out of the open-escrow index (its escrow can no longer be funded)."""
+        self._db.update_item(TableName=self._table, UpdateExpression="REMOVE escrow_open",
+                             Key={"pk": {"S": _pk(job_id)}, "sk": {"S": JOB_SK}})
+
     def resolve(self, alias: str) -> str | None:
         item = self._db.get_item(TableName=self._table, ConsistentRead=True,
                                  Key={"pk": {"S": f"ALIAS#{alias}"}, "sk": {"S": JOB_SK}}).get("Item")
@@ -190,6 +203,8 @@ class JobStore:
                 "doc": {"S": job.model_dump_json()}}
         if job.manifest.client_did:
             item["client"] = {"S": job.manifest.client_did}
+        if escrow_open(job):
+            item["escrow_open"] = {"S": "open"}
         if job.next_deadline and not job.state.terminal:
             item["due_state"] = {"S": job.state.value}
             item["next_deadline"] = {"S": stamp(job.next_deadline)}
@@ -229,6 +244,13 @@ class JobStore:
         paginator = self._db.get_paginator("query")
         for page in paginator.paginate(TableName=self._table, **kwargs):
             yield from page["Items"]
+
+
+def escrow_open(job: Job) -> bool:
+    """An escrow job whose money is not final: nothing charged or refunded yet."""
+    terms = job.escrow
+    return (terms is not None and job.state != State.REJECTED
+            and terms.charged is None and terms.refunded is None)
 
 
 def _pk(job_id: str) -> str:

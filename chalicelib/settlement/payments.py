@@ -28,27 +28,35 @@ from chalicelib.settlement.reconcile import classify
 
 logger = Logger(child=True)
 CURSOR = "chain:escrow"
-MAX_BLOCKS = 5_000
+MAX_RANGES = 20              # log ranges one run reads before it yields to the next
 DUE_AGAIN = timedelta(minutes=1)
 MAX_ASSIGNMENTS = 2          # the contract's: the first assignment and one re-assignment
 
 
 def follow_chain(ports: Ports) -> int:
     """Apply the escrow's logs since the last processed block, in chain order: fundings,
-    disputes and their resolutions, and releases anyone finalized. Returns how many matched."""
-    escrow = ports.chain.escrow
-    previous = ports.store.cursor(CURSOR)
-    start = 0 if previous is None else previous + 1
-    end = min(escrow.w3.eth.block_number, start + MAX_BLOCKS)
-    if end < start:
-        return 0
+    assignments, releases, refunds, reclaims, disputes and their resolutions. Starts at
+    the configured block, reads bounded ranges, and takes a block only once it has
+    `chain_confirmations` blocks on top (a funding in a block that is reorged away is never
+    applied). Returns how many logs matched a job."""
+    escrow, s = ports.chain.escrow, ports.settings
+    head = escrow.w3.eth.block_number - s.chain_confirmations
+    # Per chain and contract: a new deployment is followed from its own start block.
+    cursor = f"{CURSOR}:{s.chain_id}:{escrow.address}"
     matched = 0
-    for log in escrow.logs(FOLLOWED, start, end):
-        job_id = ports.store.resolve(f"escrow:0x{log['args']['jobId'].hex()}")
-        if job_id is not None:
-            matched += 1
-            FOLLOWED[log["event"]](ports, ports.store.get(job_id), log)
-    ports.store.advance_cursor(CURSOR, previous, end)
+    for _ in range(MAX_RANGES):
+        previous = ports.store.cursor(cursor)
+        start = s.chain_start_block if previous is None else previous + 1
+        end = min(head, start + s.chain_log_range - 1)
+        if end < start:
+            break
+        for log in escrow.logs(FOLLOWED, start, end):
+            job_id = ports.store.resolve(f"escrow:0x{log['args']['jobId'].hex()}")
+            if job_id is not None:
+                matched += 1
+                FOLLOWED[log["event"]](ports, ports.store.get(job_id), log)
+        if not ports.store.advance_cursor(cursor, previous, end):
+            break                             # another follower moved it: it has this range
     return matched
 
 
@@ -417,19 +425,23 @@ def release_due(ports: Ports, job: Job) -> Job | None:
 ACTIONS = {"assign": _assign_on_chain, "release": _release, "refund": _refund}
 
 
-def reconcile(ports: Ports, *, repair: bool = False, limit: int = 500) -> list[dict]:
-    """Compare every escrow job with the chain; with `repair`, re-send the settlement
-    action for each drift that has a safe one. Returns the drift rows."""
+def reconcile(ports: Ports, *, repair: bool = False) -> list[dict]:
+    """Compare every escrow job whose money is not final with the chain (the open-escrow
+    index: every one, not the newest few); with `repair`, re-send the settlement action for
+    each drift that has a safe one. A job that ended unfunded and whose quote expired can
+    never be funded: it leaves the index. Returns the drift rows."""
     rows = []
-    for job in ports.store.list(None, limit):
-        if job.escrow is None:
-            continue
+    now_s = ports.clock().timestamp()
+    for job in ports.store.open_escrows():
         seen = {e.type for e in ports.store.view(job.job_id).events}
+        on_chain = ports.chain.escrow.job(job_key_bytes(job)).state
         drift = classify(job.job_id, job.state, bool(job.escrow.funded_tx),
-                         "settlement.refunded" in seen,
-                         ports.chain.escrow.job(job_key_bytes(job)).state,
+                         "settlement.refunded" in seen, on_chain,
                          blocked="settlement.blocked" in seen)
         if drift is None:
+            if (job.state.terminal and on_chain == EscrowState.NONE
+                    and now_s > (job.escrow.quote_expiry or 0)):
+                ports.store.close_escrow(job.job_id)
             continue
         row = drift.as_row()
         if repair and drift.repair:
