@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.batch import (
 from chalice import AuthResponse, Chalice, Rate, Response
 
 from chalicelib import bodies, callers, config, openapi, ports
+from chalicelib.aws.resources import RESOURCES
 from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.identity import access, sessions
 from chalicelib.identity.access import Caller, Proof
@@ -20,7 +21,7 @@ from chalicelib.jobs import attempts, intake, lifecycle, sweeper, uploads
 from chalicelib.jobs.documents import job_document, package_document
 from chalicelib.market import challenges, job_leases, leases, workers
 from chalicelib.models import AttemptResult, Job, State
-from chalicelib.settlement import payments
+from chalicelib.settlement import follower, payments
 
 app = Chalice(app_name="proofline")
 logger = Logger(service="proofline")
@@ -215,22 +216,39 @@ def on_verify(event):
     return _batch(event, verify)
 
 
-@app.on_sqs_message(queue=config.settings().settlement_queue, batch_size=1)
+SETTLEMENT = RESOURCES.queue("settlement_queue")
+
+
+@app.on_sqs_message(queue=config.settings().settlement_queue, batch_size=SETTLEMENT.batch_size,
+                    maximum_batching_window_in_seconds=SETTLEMENT.batch_window_s)
 def on_settlement(event):
-    """Chain calls driven by committed job state: assign, release, refund."""
-    def settle(record):
-        body = json.loads(record.body)
-        logger.set_correlation_id(body["job_id"])
-        outcome = payments.settle(ports.default(), body["action"], body["job_id"])
-        logger.info("settlement", extra={"action": body["action"], "outcome": outcome})
-    return _batch(event, settle)
+    """Chain calls driven by committed job state: assign, release, refund. Those that come
+    within the batching window go out together (one assignBatch, one releaseBatch); a
+    record that fails alone is retried alone."""
+    requests, failed = [], []
+    for record in event:
+        try:
+            body = json.loads(record.body)
+            requests.append((record.message_id, body["action"], body["job_id"]))
+        except (ValueError, KeyError, TypeError):
+            logger.error("malformed settlement message", extra={"body": record.body[:500]})
+    outcomes = payments.settle_batch(ports.default(), [(a, j) for _, a, j in requests])
+    for (message_id, action, job_id), outcome in zip(requests, outcomes):
+        if isinstance(outcome, Exception):
+            logger.error("settlement failed", extra={"action": action, "job_id": job_id,
+                                                     "error": repr(outcome)})
+            failed.append({"itemIdentifier": message_id})
+        else:
+            logger.info("settlement", extra={"action": action, "job_id": job_id,
+                                             "outcome": outcome})
+    return {"batchItemFailures": failed}
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def follow_chain(event):
     """Funding is learned from the chain's Funded logs, never from the client's word."""
     if ports.default().chain is not None:
-        payments.follow_chain(ports.default())
+        follower.follow_chain(ports.default())
 
 
 @route("/workers", methods=["POST"])

@@ -10,8 +10,9 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 
 /// @title Proofline job escrow
 /// @notice Holds a client's payment for one job until the control plane has verified the
-/// worker's result, then pays the worker the price fixed at assignment (less an optional
-/// protocol fee) and returns the change to the client; or refunds the client in full.
+/// worker's result, then credits the worker the price fixed at assignment (less an optional
+/// protocol fee) and the client the change, each to `withdraw` whenever (one transaction for
+/// any number of jobs); or refunds the client in full.
 ///
 /// Who may do what:
 /// - Only the client a router quote names can fund its job, with exactly the quoted token
@@ -42,7 +43,7 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
 
     enum State { None, Funded, Assigned, Verified, Disputed, Released, Refunded, Reclaimed, Resolved }
 
-    /// @dev Four storage slots per job; release touches the first three.
+    /// @dev Four storage slots per job: assign writes two (state; worker and price).
     struct Job {
         address client;
         uint40 deadline;
@@ -50,9 +51,9 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         State state;
         uint8 assignments;
         address worker;
-        uint96 amount;
-        address token;
         uint96 price;
+        address token;
+        uint96 amount;
         uint32 disputeWindow;
         uint32 arbitrationWindow;
         uint40 disputedAt;
@@ -139,6 +140,7 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         job.deadline = uint40(deadline);
         job.state = State.Funded;
         job.amount = uint96(amount);
+        job.price = uint96(amount); // the ceiling, until the router fixes the price
         job.token = token;
         job.disputeWindow = disputeWindow;
         job.arbitrationWindow = arbitrationWindow;
@@ -280,7 +282,8 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         _pay(token, treasury, amount);
     }
 
-    /// @notice Collect payments that could not be delivered when they were made.
+    /// @notice Collect what was credited to the caller in `token`: pay for work, change and
+    /// dispute shares, and refunds its address refused.
     function withdraw(address token) external nonReentrant {
         uint256 amount = credits[token][msg.sender];
         if (amount == 0) revert NothingToWithdraw();
@@ -347,28 +350,36 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         }
     }
 
-    /// @dev The price (less the fee) to the worker, the change back to the client, at once.
+    /// @dev The price (less the fee) credited to the worker, the change to the client, at once.
     function _payWorker(bytes32 jobId, Job storage job, bytes32 resultHash) private {
         job.state = State.Released;
         uint256 price = job.price;
+        address token = job.token;
         uint256 fee = (price * job.feeBps) / 10_000;
-        if (fee != 0) feesAccrued[job.token] += fee;
+        if (fee != 0) feesAccrued[token] += fee;
         uint256 change = job.amount - price;
         address worker = job.worker;
         emit Released(jobId, worker, resultHash, price - fee, fee, change);
-        _pay(job.token, worker, price - fee);
-        _pay(job.token, job.client, change);
+        _credit(token, worker, price - fee);
+        _credit(token, job.client, change);
     }
 
     function _settleDispute(bytes32 jobId, Job storage job, uint256 workerShareBps, bool byDefault) private {
         job.state = State.Resolved;
+        address token = job.token;
         uint256 share = (uint256(job.price) * workerShareBps) / 10_000;
         uint256 fee = (share * job.feeBps) / 10_000;
         uint256 toClient = job.amount - share;
-        if (fee != 0) feesAccrued[job.token] += fee;
+        if (fee != 0) feesAccrued[token] += fee;
         emit DisputeResolved(jobId, workerShareBps, share - fee, toClient, byDefault);
-        _pay(job.token, job.worker, share - fee);
-        _pay(job.token, job.client, toClient);
+        _credit(token, job.worker, share - fee);
+        _credit(token, job.client, toClient);
+    }
+
+    /// @dev A payment to collect with `withdraw`: no external call, so nothing a receiver
+    /// does can block a release, and a batch costs one storage write per new receiver.
+    function _credit(address token, address to, uint256 amount) private {
+        if (amount != 0) credits[token][to] += amount;
     }
 
     /// @dev Never lets a receiver block a transition: a refused payment (ETH to a contract

@@ -159,15 +159,34 @@ class EventPump:
             "Attributes"]["QueueArn"]
         while not self._stop.is_set():
             try:
-                messages = self._sqs.receive_message(
-                    QueueUrl=url, MaxNumberOfMessages=queue.batch_size,
-                    WaitTimeSeconds=self._wait_s, AttributeNames=["All"],
-                    MessageAttributeNames=["All"]).get("Messages", [])
+                messages = self._receive(url, queue)
                 if messages:
                     self._deliver(queue, url, sqs_event(messages, arn, self._settings.region))
             except Exception:  # the pump must outlive any one bad poll, as Lambda's does
                 logger.exception("poll failed", extra={"queue": name})
                 self._stop.wait(1)
+
+    def _receive(self, url: str, queue: Queue) -> list[dict]:
+        """One batch as Lambda's event source mapping gathers it: up to `batch_size`
+        records, waiting up to the queue's batching window once the first arrives (SQS
+        hands out at most ten per call)."""
+        def take(wait_s: float) -> list[dict]:
+            return self._sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=min(10, queue.batch_size - len(messages)),
+                WaitTimeSeconds=int(wait_s), AttributeNames=["All"],
+                MessageAttributeNames=["All"]).get("Messages", [])
+        messages: list[dict] = []
+        messages += take(self._wait_s)
+        closes = time.monotonic() + queue.batch_window_s
+        while messages and len(messages) < queue.batch_size:
+            left = closes - time.monotonic()
+            if left <= 0:
+                break
+            more = take(min(1, left))
+            if not more:
+                self._stop.wait(min(0.2, left))
+            messages += more
+        return messages
 
     def _deliver(self, queue: Queue, url: str, event: dict) -> None:
         records = event["Records"]

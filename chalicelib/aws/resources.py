@@ -36,6 +36,7 @@ class Queue:
     max_receive_count: int
     batch_size: int = 10
     process_pool: bool = False        # execution plane: a container Lambda, run in processes
+    batch_window_s: int = 0           # wait up to this long to fill a batch (MaximumBatchingWindow)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Resources:
     tables: tuple[Table, ...] = field(default_factory=tuple)
     queues: tuple[Queue, ...] = field(default_factory=tuple)
     buckets: tuple[Bucket, ...] = field(default_factory=tuple)
+
+    def queue(self, setting: str) -> Queue:
+        return next(q for q in self.queues if q.setting == setting)
 
     def name(self, settings: Settings, resource: Table | Queue | Bucket) -> str:
         return getattr(settings, resource.setting)
@@ -80,8 +84,9 @@ RESOURCES = Resources(
               visibility_timeout=900, max_receive_count=3, batch_size=10, process_pool=True),
         Queue("VerifyQueue", "verify_queue", "app:on_verify",
               visibility_timeout=120, max_receive_count=5),
+        # Assignments and releases that come within two seconds go out as one transaction.
         Queue("SettlementQueue", "settlement_queue", "app:on_settlement",
-              visibility_timeout=300, max_receive_count=20, batch_size=1),
+              visibility_timeout=300, max_receive_count=20, batch_size=50, batch_window_s=2),
     ),
     buckets=(
         # Drops, and uploads in quarantine under proofline-quarantine/ (until hashed).

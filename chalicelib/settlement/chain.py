@@ -69,9 +69,9 @@ class EscrowJob:
     state: EscrowState
     assignments: int
     worker: str
-    amount: int
-    token: str
     price: int
+    token: str
+    amount: int
     dispute_window: int
     arbitration_window: int
     disputed_at: int
@@ -116,6 +116,10 @@ class Escrow:
         """(dispute window, arbitration window) in seconds, for jobs funded now."""
         functions = self.contract.functions
         return functions.disputeWindow().call(), functions.arbitrationWindow().call()
+
+    def credit(self, token: str, account: str) -> int:
+        """What `account` can `withdraw` in `token`."""
+        return self.contract.functions.credits(token, account).call()
 
     def has_role(self, role: str, address: str) -> bool:
         functions = self.contract.functions

@@ -1,5 +1,6 @@
-"""Settlement services: learn of funding from the chain, and move money after committed
-state changes — release verified jobs, refund failed or cancelled ones.
+"""Settlement services: move money after committed state changes — assign funded jobs at
+their price, release verified ones, refund failed or cancelled ones — and reconcile the
+records with the chain. (What the chain says happened is read by `settlement.follower`.)
 
 Every action reads the escrow's on-chain state first, so a duplicate message, a retry after
 an RPC outage or a second handler never pays twice (invariant 2); a release is sent only
@@ -7,6 +8,7 @@ with a `validation.passed` on the timeline for exactly the outputs paid for (inv
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from aws_lambda_powertools import Logger
@@ -14,195 +16,28 @@ from aws_lambda_powertools import Logger
 from chalicelib.bus import Committed
 from chalicelib.context import Ports
 from chalicelib.jobs import states
-from chalicelib.jobs.lifecycle import apply, assign
-from chalicelib.market.routing import MARKETPLACE_CLASSES
+from chalicelib.jobs.lifecycle import apply
 from chalicelib.market.workers import observe
-from chalicelib.media import profiles
 from chalicelib.models import Job, State
-from chalicelib.settlement import pricing
 from chalicelib.settlement import rules as settlement
 from chalicelib.settlement.chain import ContractReverted, EscrowState
 from chalicelib.settlement.escrow import job_key_bytes, result_hash
-from chalicelib.settlement.pricing import PriceAboveCeiling
 from chalicelib.settlement.reconcile import classify
 
 logger = Logger(child=True)
-CURSOR = "chain:escrow"
-MAX_RANGES = 20              # log ranges one run reads before it yields to the next
 DUE_AGAIN = timedelta(minutes=1)
 MAX_ASSIGNMENTS = 2          # the contract's: the first assignment and one re-assignment
 
 
-def follow_chain(ports: Ports) -> int:
-    """Apply the escrow's logs since the last processed block, in chain order: fundings,
-    assignments, releases, refunds, reclaims, disputes and their resolutions. Starts at
-    the configured block, reads bounded ranges, and takes a block only once it has
-    `chain_confirmations` blocks on top (a funding in a block that is reorged away is never
-    applied). Returns how many logs matched a job."""
-    escrow, s = ports.chain.escrow, ports.settings
-    head = escrow.w3.eth.block_number - s.chain_confirmations
-    # Per chain and contract: a new deployment is followed from its own start block.
-    cursor = f"{CURSOR}:{s.chain_id}:{escrow.address}"
-    matched = 0
-    for _ in range(MAX_RANGES):
-        previous = ports.store.cursor(cursor)
-        start = s.chain_start_block if previous is None else previous + 1
-        end = min(head, start + s.chain_log_range - 1)
-        if end < start:
-            break
-        for log in escrow.logs(FOLLOWED, start, end):
-            job_id = ports.store.resolve(f"escrow:0x{log['args']['jobId'].hex()}")
-            if job_id is not None:
-                matched += 1
-                FOLLOWED[log["event"]](ports, ports.store.get(job_id), log)
-        if not ports.store.advance_cursor(cursor, previous, end):
-            break                             # another follower moved it: it has this range
-    return matched
-
-
-def _log_data(log) -> dict:
-    return {"tx_hash": log["transactionHash"].to_0x_hex(), "block": log["blockNumber"]}
-
-
-def on_dispute_opened(ports: Ports, job: Job, log) -> Job | None:
-    """The client contests a verified result inside its window: nothing is paid until the
-    arbiter resolves it on chain."""
-    data = {**_log_data(log), "client": log["args"]["client"]}
-    moved = apply(ports, job, lambda j: _moved(ports, j, State.VERIFIED, State.DISPUTED,
-                                               "dispute.opened", data))
-    if moved is not None:
-        observe(ports.workers, moved.worker, moved.kind, "disputed", now=ports.clock())
-    return moved
-
-
-def on_dispute_resolved(ports: Ports, job: Job, log) -> Job | None:
-    args = log["args"]
-    data = {**_log_data(log), "worker_share_bps": args["workerShareBps"],
-            "to_worker": str(args["toWorker"]), "to_client": str(args["toClient"]),
-            "by_default": args["byDefault"]}
-    return apply(ports, job, lambda j: _moved(
-        ports, j, State.DISPUTED, State.SETTLED, "settlement.resolved", data,
-        escrow=j.escrow.model_copy(update={"charged": j.escrow.amount - args["toClient"],
-                                           "refunded": args["toClient"]})))
-
-
-def on_released(ports: Ports, job: Job, log) -> Job | None:
-    """A release seen on chain: ours (already recorded, so nothing to do) or a `finalize`
-    anyone may send once a dispute window passed."""
-    args = log["args"]
-    data = {**_log_data(log), "worker": args["worker"], **_charges(args), "note": "seen on chain"}
-    return apply(ports, job, lambda j: _moved(ports, j, State.VERIFIED, State.SETTLED,
-                                              "settlement.released", data,
-                                              escrow=_charged(j.escrow, args)))
-
-
-def _moved(ports: Ports, job: Job, source: State, target: State, event: str, data: dict,
-           **changes):
-    if job.state != source:
-        return None                         # recorded already, or the log was read again
-    moved, e = states.transition(job, target, at=ports.clock(), event=event, data=data,
-                                 **changes)
-    return moved, [e], []
-
-
-def _charges(released: dict) -> dict:
+def charges(released: dict) -> dict:
     """A `Released` event's money, as the timeline shows it (base units, exact strings)."""
     return {"charged": str(released["paid"] + released["fee"]), "paid": str(released["paid"]),
             "fee": str(released["fee"]), "refunded": str(released["change"])}
 
 
-def _charged(terms, released: dict):
+def charged_terms(terms, released: dict):
     return terms.model_copy(update={"charged": released["paid"] + released["fee"],
                                     "fee": released["fee"], "refunded": released["change"]})
-
-
-def on_funded(ports: Ports, job: Job, log) -> Job | None:
-    now = ports.clock()
-    args = log["args"]
-    funding = {"tx_hash": log["transactionHash"].to_0x_hex(), "block": log["blockNumber"],
-               "client": args["client"], "token": args["token"], "amount": str(args["amount"]),
-               "deadline": args["deadline"]}
-    job_class = ports.catalog.job_class(job.kind)
-    marketplace = _marketplace_inputs(ports, job_class, now)
-
-    def plan(j: Job):
-        terms = j.escrow.model_copy(update={"funded_by": args["client"],
-                                            "funded_tx": funding["tx_hash"],
-                                            "deadline": args["deadline"]})
-        if j.state.terminal and not j.escrow.funded_tx:  # funded after it ended: given back
-            noted, event = states.note(j, "escrow.funded", at=now, data={**funding, "late": True})
-            return noted.model_copy(update={"escrow": terms}), [event], []
-        if j.state != State.REQUESTED:
-            return None                              # seen before: the follower re-read a block
-        problem = settlement.funding_problem(j.escrow, args["client"], args["token"],
-                                             args["amount"])
-        if problem:
-            failed, event = states.transition(j, State.FAILED, at=now, escrow=terms,
-                                              reason="funding_insufficient",
-                                              data={**funding, "reason": "funding_insufficient",
-                                                    "message": problem})
-            return failed, [event], []
-        funded, e1 = states.transition(j, State.FUNDED, at=now, escrow=terms, data=funding)
-        assigned, attempt, e2 = assign(funded, job_class, now, **marketplace)
-        try:                # a model job's price is known now; a transcode's once it is planned
-            price = pricing.price(assigned, job_class)
-        except PriceAboveCeiling as over:
-            failed, e3 = states.transition(funded, State.FAILED, at=now, reason=over.reason,
-                                           data=over.to_dict())
-            return failed, [e1, e3], []
-        priced = assigned.escrow.model_copy(update={"price": price})
-        return assigned.model_copy(update={"escrow": priced}), [e1, e2], [attempt]
-
-    return apply(ports, job, plan)       # the bus sends assign (or refund) and dispatches
-
-
-def on_reclaimed(ports: Ports, job: Job, log) -> Job | None:
-    """The client took its funds back after the deadline: the job stops where it is, and
-    nothing it made is handed out (its outputs were not paid for)."""
-    data = {**_log_data(log), "amount": str(log["args"]["amount"])}
-
-    def plan(j: Job):
-        if any(e.type == "settlement.reclaimed" for e in ports.store.view(j.job_id).events):
-            return None
-        terms = j.escrow.model_copy(update={"refunded": log["args"]["amount"]})
-        if j.state.terminal:
-            noted, event = states.note(j, "settlement.reclaimed", at=ports.clock(), data=data)
-            return noted.model_copy(update={"escrow": terms}), [event], []
-        failed, event = states.transition(j, State.FAILED, at=ports.clock(), escrow=terms,
-                                          event="settlement.reclaimed", reason="reclaimed",
-                                          data={**data, "reason": "reclaimed"})
-        return failed, [event], []
-    return apply(ports, job, plan)
-
-
-def on_refunded(ports: Ports, job: Job, log) -> Job | None:
-    """A refund seen on chain that this control plane did not record (sent by another
-    process, or recorded before a crash)."""
-    data = {**_log_data(log), "amount": str(log["args"]["amount"]), "note": "seen on chain"}
-
-    def plan(j: Job):
-        if any(e.type == "settlement.refunded" for e in ports.store.view(j.job_id).events):
-            return None
-        return _noted(j, ports, "settlement.refunded", data, escrow=j.escrow.model_copy(
-            update={"refunded": log["args"]["amount"]}))
-    return apply(ports, job, plan)
-
-
-def on_assigned(ports: Ports, job: Job, log) -> Job | None:
-    """An assignment seen on chain: recorded already when this control plane sent it; a
-    re-assignment sent elsewhere is put on the timeline."""
-    args = log["args"]
-    tx = log["transactionHash"].to_0x_hex()
-
-    def plan(j: Job):
-        if any(e.data.get("tx_hash") == tx for e in ports.store.view(j.job_id).events):
-            return None
-        event = "escrow.reassigned" if args["assignment"] > 1 else "escrow.assigned"
-        return _noted(j, ports, event, {**_log_data(log), "worker": args["worker"],
-                                        "price": str(args["price"]), "note": "seen on chain"},
-                      escrow=j.escrow.model_copy(update={"payee": args["worker"],
-                                                         "price": args["price"]}))
-    return apply(ports, job, plan)
 
 
 def request_settlement(ports: Ports, committed: Committed) -> None:
@@ -232,29 +67,69 @@ def _send(ports: Ports, action: str, job: Job) -> None:
     ports.queues.send("settlement", {"action": action, "job_id": job.job_id})
 
 
-FOLLOWED = {"Funded": on_funded, "Assigned": on_assigned, "DisputeOpened": on_dispute_opened,
-            "DisputeResolved": on_dispute_resolved, "Released": on_released,
-            "Refunded": on_refunded, "Reclaimed": on_reclaimed}
-
-
 def settle(ports: Ports, action: str, job_id: str) -> str:
     """Carry out one settlement action; returns what happened. The RPC provider retries
     with backoff (ports.RPC_RETRIES); past that this raises and the queue redelivers."""
     return ACTIONS[action](ports, ports.store.view(job_id))
 
 
-def _marketplace_inputs(ports: Ports, job_class, now) -> dict:
-    """Marketplace workers compete for escrow jobs of the classes they can lease."""
-    if job_class.name not in MARKETPLACE_CLASSES or ports.workers is None:
-        return {}
-    return {"candidates": ports.workers.candidates(now),
-            "pool_price": profiles.default_profiles().pricing.compute_per_megapixel_second,
-            "heartbeat_ttl_s": ports.settings.heartbeat_ttl_s}
+def settle_batch(ports: Ports, requests: list[tuple[str, str]]) -> list[str | Exception]:
+    """Carry out many settlement actions (action, job id) at once, as the settlement queue
+    delivers them: the assignments that are due go out as one `assignBatch`, then the
+    releases that are ready as one `releaseBatch`; refunds and the rest one by one. Returns
+    each request's outcome, or the exception that failed it (the queue redelivers those)."""
+    outcomes: list[str | Exception | None] = [None] * len(requests)
+    views: dict[str, object] = {}
+    for action in ("assign", "release"):
+        indexes = [i for i, (a, _) in enumerate(requests) if a == action]
+        if not indexes:
+            continue
+        batch = {}
+        for i in indexes:
+            job_id = requests[i][1]
+            try:
+                views[job_id] = views.get(job_id) or ports.store.view(job_id)
+                prepared = PREPARE[action](ports, views[job_id])
+            except Exception as exc:  # noqa: BLE001 - this request alone is retried
+                outcomes[i] = exc
+                continue
+            if isinstance(prepared, str):
+                outcomes[i] = prepared
+            elif job_id in batch:
+                outcomes[i] = "sent in this batch"
+            else:
+                batch[job_id] = (i, prepared)
+        for job_id, outcome in SEND_MANY[action](ports, [p for _, p in batch.values()]).items():
+            outcomes[batch[job_id][0]] = outcome
+    for i, (action, job_id) in enumerate(requests):
+        if outcomes[i] is None:
+            try:
+                outcomes[i] = settle(ports, action, job_id)
+            except Exception as exc:  # noqa: BLE001 - this request alone is retried
+                outcomes[i] = exc
+    return outcomes
+
+
+# -- assignment ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DueAssignment:
+    job_id: str
+    key: bytes
+    payee: str
+    price: int
+    reassign: bool
 
 
 def _assign_on_chain(ports: Ports, view, on_chain=None) -> str:
     """Tell the escrow who will be paid and how much: the job's payee at its price. A payee
     that changed (the work moved after a lapse or a caught cheat) is re-assigned, once."""
+    due = _due_assignment(ports, view, on_chain)
+    if isinstance(due, str):
+        return due
+    return _assign_many(ports, [due])[due.job_id]
+
+
+def _due_assignment(ports: Ports, view, on_chain=None) -> DueAssignment | str:
     job, chain = view.job, ports.chain
     if job.escrow.price is None:
         return "price not fixed yet"
@@ -267,13 +142,34 @@ def _assign_on_chain(ports: Ports, view, on_chain=None) -> str:
         return f"escrow is {on_chain.state.name}; nothing to assign"
     if on_chain.assignments >= MAX_ASSIGNMENTS:
         return "re-assigned once already; the payee stays"
-    receipt = chain.escrow.send(chain.router, "assign", key, payee, job.escrow.price)
-    event = "escrow.reassigned" if on_chain.state == EscrowState.ASSIGNED else "escrow.assigned"
-    apply(ports, ports.store.get(job.job_id), lambda j: _noted(
-        j, ports, event, {**receipt.as_event(), "worker": payee, "price": str(j.escrow.price),
-                          "symbol": j.escrow.symbol},
-        escrow=j.escrow.model_copy(update={"payee": payee})))
-    return "reassigned" if event == "escrow.reassigned" else "assigned"
+    return DueAssignment(job.job_id, key, payee, job.escrow.price,
+                         reassign=on_chain.state == EscrowState.ASSIGNED)
+
+
+def _assign_many(ports: Ports, due: list[DueAssignment]) -> dict[str, str]:
+    """One transaction for all (`assignBatch`), or one each if the batch is refused."""
+    if not due:
+        return {}
+    chain = ports.chain
+    if len(due) == 1:
+        receipt = chain.escrow.send(chain.router, "assign", due[0].key, due[0].payee,
+                                    due[0].price)
+    else:
+        try:
+            receipt = chain.escrow.send(chain.router, "assignBatch", [d.key for d in due],
+                                        [d.payee for d in due], [d.price for d in due])
+        except ContractReverted:        # one item is no longer due: the rest go one by one
+            return {d.job_id: _assign_many(ports, [d])[d.job_id] for d in due}
+    outcomes = {}
+    for d in due:
+        event = "escrow.reassigned" if d.reassign else "escrow.assigned"
+        data = {**receipt.as_event(), "worker": d.payee, "price": str(d.price),
+                **({"batch": len(due)} if len(due) > 1 else {})}
+        apply(ports, ports.store.get(d.job_id), lambda j, event=event, data=data, d=d: noted(
+            j, ports, event, {**data, "symbol": j.escrow.symbol},
+            escrow=j.escrow.model_copy(update={"payee": d.payee})))
+        outcomes[d.job_id] = "reassigned" if d.reassign else "assigned"
+    return outcomes
 
 
 def _ask_countersignature(ports: Ports, view, hashes: list[str]) -> str:
@@ -286,7 +182,7 @@ def _ask_countersignature(ports: Ports, view, hashes: list[str]) -> str:
     if asked is None:
         ports.tasks.ask_signature(job.worker, job.job_id)
         due = now + timedelta(seconds=ports.settings.countersign_s)
-        apply(ports, job, lambda j: _noted(j, ports, "settlement.awaiting_signature", {
+        apply(ports, job, lambda j: noted(j, ports, "settlement.awaiting_signature", {
             "worker": job.worker, "outputs": hashes, "until": due.isoformat(),
             "result_hash": "0x" + result_hash(hashes).hex()}, next_deadline=due))
         return "awaiting signature"
@@ -315,7 +211,28 @@ def _forfeit(ports: Ports, job: Job) -> str:
     return "forfeited"
 
 
+# -- release ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReadyRelease:
+    job_id: str
+    key: bytes
+    result: bytes
+    signature: bytes
+    hashes: list[str]
+    worker: str
+
+
 def _release(ports: Ports, view) -> str:
+    ready = _ready_release(ports, view)
+    if isinstance(ready, str):
+        return ready
+    return _release_many(ports, [ready])[ready.job_id]
+
+
+def _ready_release(ports: Ports, view) -> ReadyRelease | str:
+    """What a verified job's release needs, or what happened instead: nothing to do, the
+    evidence missing (blocked), the payee's countersignature awaited, or a dispute window's
+    finalize sent."""
     job, chain = view.job, ports.chain
     if job.state == State.SETTLED:
         return "already settled"
@@ -327,7 +244,7 @@ def _release(ports: Ports, view) -> str:
         # Permanent until a person looks: say so on the timeline once, never pay, never retry.
         why = blocked.to_dict()
         if not any(e.type == "settlement.blocked" for e in view.events):
-            apply(ports, job, lambda j: _noted(j, ports, "settlement.blocked", why))
+            apply(ports, job, lambda j: noted(j, ports, "settlement.blocked", why))
         logger.error("release blocked", extra={"job_id": job.job_id, "why": why["message"]})
         return "blocked"
     key = job_key_bytes(job)
@@ -336,27 +253,14 @@ def _release(ports: Ports, view) -> str:
         outcome = _assign_on_chain(ports, view, record)   # the payee and price, first
         if outcome in ("assigned", "reassigned"):
             record = chain.escrow.job(key)
-    on_chain, changes = record.state, {}
-    if on_chain == EscrowState.ASSIGNED:
+    if record.state == EscrowState.ASSIGNED:
         attempt = next(a for a in view.attempts if a.number == job.attempt)
         if attempt.signature is None:
             return _ask_countersignature(ports, view, hashes)
-        receipt = chain.escrow.send(chain.verifier, "release", key, result_hash(hashes),
-                                    bytes.fromhex(attempt.signature.removeprefix("0x")))
-        data = {**receipt.as_event(), "result_hash": "0x" + result_hash(hashes).hex(),
-                "outputs": hashes, "worker": attempt.worker}
-        verified = next((e for e in receipt.events if e["event"] == "Verified"), None)
-        if verified:
-            # A dispute window holds the payment on chain; the sweeper comes back when it ends.
-            due = datetime.fromtimestamp(verified["releasableAt"], timezone.utc)
-            apply(ports, job, lambda j: _noted(j, ports, "settlement.scheduled",
-                                               {**data, "releasable_at": due.isoformat()},
-                                               next_deadline=due))
-            return "scheduled"
-        released = next(e for e in receipt.events if e["event"] == "Released")
-        data.update(_charges(released))
-        changes = {"escrow": _charged(job.escrow, released)}
-    elif on_chain == EscrowState.VERIFIED:
+        return ReadyRelease(job.job_id, key, result_hash(hashes),
+                            bytes.fromhex(attempt.signature.removeprefix("0x")), hashes,
+                            attempt.worker)
+    if record.state == EscrowState.VERIFIED:
         try:
             receipt = chain.escrow.send(chain.verifier, "finalize", key)
         except ContractReverted as refused:
@@ -364,15 +268,53 @@ def _release(ports: Ports, view) -> str:
                 return "dispute window open"
             raise
         released = next(e for e in receipt.events if e["event"] == "Released")
-        data = {**receipt.as_event(), "outputs": hashes, "note": "dispute window passed",
-                **_charges(released)}
-        changes = {"escrow": _charged(job.escrow, released)}
-    elif on_chain == EscrowState.RELEASED:
-        data = {"tx_hash": chain.escrow.released_tx(key), "outputs": hashes,
-                "note": "found released on chain"}
-    else:
-        return f"escrow is {on_chain.name}; nothing to release"
+        return _settled(ports, job, {**receipt.as_event(), "outputs": hashes,
+                                     "note": "dispute window passed", **charges(released)},
+                        escrow=charged_terms(job.escrow, released))
+    if record.state == EscrowState.RELEASED:
+        return _settled(ports, job, {"tx_hash": chain.escrow.released_tx(key), "outputs": hashes,
+                                     "note": "found released on chain"})
+    return f"escrow is {record.state.name}; nothing to release"
 
+
+def _release_many(ports: Ports, ready: list[ReadyRelease]) -> dict[str, str]:
+    """One transaction for all (`releaseBatch`), or one each if the batch is refused; then
+    each job's money on its timeline, with the transaction that moved it."""
+    if not ready:
+        return {}
+    chain = ports.chain
+    if len(ready) == 1:
+        r = ready[0]
+        receipt = chain.escrow.send(chain.verifier, "release", r.key, r.result, r.signature)
+    else:
+        try:
+            receipt = chain.escrow.send(chain.verifier, "releaseBatch", [r.key for r in ready],
+                                        [r.result for r in ready],
+                                        [r.signature for r in ready])
+        except ContractReverted:        # one item is refused: the rest go one by one
+            return {r.job_id: _release_many(ports, [r])[r.job_id] for r in ready}
+    outcomes = {}
+    for r in ready:
+        events = [e for e in receipt.events if e.get("jobId") == r.key]
+        data = {**receipt.as_event(), "result_hash": "0x" + r.result.hex(), "outputs": r.hashes,
+                "worker": r.worker, **({"batch": len(ready)} if len(ready) > 1 else {})}
+        job = ports.store.get(r.job_id)
+        verified = next((e for e in events if e["event"] == "Verified"), None)
+        if verified:
+            # A dispute window holds the payment on chain; the sweeper comes back when it ends.
+            due = datetime.fromtimestamp(verified["releasableAt"], timezone.utc)
+            apply(ports, job, lambda j, data=data, due=due: noted(
+                j, ports, "settlement.scheduled", {**data, "releasable_at": due.isoformat()},
+                next_deadline=due))
+            outcomes[r.job_id] = "scheduled"
+            continue
+        released = next(e for e in events if e["event"] == "Released")
+        outcomes[r.job_id] = _settled(ports, job, {**data, **charges(released)},
+                                      escrow=charged_terms(job.escrow, released))
+    return outcomes
+
+
+def _settled(ports: Ports, job: Job, data: dict, **changes) -> str:
     def plan(j: Job):
         if j.state != State.VERIFIED:
             return None
@@ -396,13 +338,13 @@ def _refund(ports: Ports, view) -> str:
         data = {"note": f"found {on_chain.name.lower()} on chain"}
     else:
         return f"escrow is {on_chain.name}; nothing to refund"
-    apply(ports, job, lambda j: _noted(j, ports, "settlement.refunded", data,
+    apply(ports, job, lambda j: noted(j, ports, "settlement.refunded", data,
                                        escrow=j.escrow.model_copy(
                                            update={"refunded": j.escrow.amount, "charged": 0})))
     return "refunded"
 
 
-def _noted(job: Job, ports: Ports, event: str, data: dict, **changes):
+def noted(job: Job, ports: Ports, event: str, data: dict, **changes):
     noted, e = states.note(job, event, at=ports.clock(), data=data)
     return noted.model_copy(update=changes), [e], []
 
@@ -415,7 +357,7 @@ def release_due(ports: Ports, job: Job) -> Job | None:
     def plan(j: Job):
         if j.state != State.VERIFIED or j.next_deadline is None or j.next_deadline > now:
             return None
-        return _noted(j, ports, "settlement.due", {}, next_deadline=now + DUE_AGAIN)
+        return noted(j, ports, "settlement.due", {}, next_deadline=now + DUE_AGAIN)
     moved = apply(ports, job, plan)
     if moved:
         ports.queues.send("settlement", {"action": "release", "job_id": job.job_id})
@@ -423,6 +365,8 @@ def release_due(ports: Ports, job: Job) -> Job | None:
 
 
 ACTIONS = {"assign": _assign_on_chain, "release": _release, "refund": _refund}
+PREPARE = {"assign": _due_assignment, "release": _ready_release}
+SEND_MANY = {"assign": _assign_many, "release": _release_many}
 
 
 def reconcile(ports: Ports, *, repair: bool = False) -> list[dict]:

@@ -339,7 +339,9 @@ def test_an_escrow_transcode_pays_the_worker_that_did_it(stack, api, client_api,
                                 "payment_policy": "escrow_before_start", "max_price": "0.02"},
                                idempotency_key=str(uuid.uuid4()))
     payee = Web3.to_checksum_address(honest_did.split(":")[-1])
-    before = w3.eth.get_balance(payee)
+    from chalicelib.settlement.chain import NATIVE, Escrow
+    escrow = Escrow(w3, stack.info.escrow_address)
+    before = escrow.credit(NATIVE, payee)
     fund_job(stack, job)
     final = wait_for(api, job["job_id"], timeout=180)
     events = api.events(job["job_id"])["events"]
@@ -357,7 +359,7 @@ def test_an_escrow_transcode_pays_the_worker_that_did_it(stack, api, client_api,
         == "0x" + result_hash([package]).hex()
     price = final["escrow"]["price"]
     assert assigned["data"]["price"] == str(price) and 0 < price < 2 * 10**16
-    assert w3.eth.get_balance(payee) - before == price       # paid to the worker's DID
+    assert escrow.credit(NATIVE, payee) - before == price     # owed to the worker's DID
 
 
 class Mute(Agent):
@@ -432,7 +434,7 @@ def test_a_dispute_opened_on_chain_counts_against_the_paid_worker(ports, stack):
 
     from chalicelib.market import workers
     from chalicelib.models import Event, Job, Manifest, State
-    from chalicelib.settlement import payments
+    from chalicelib.settlement import follower
     from tests.media.test_transcode import RecordingQueues
     held = dataclasses.replace(ports, queues=RecordingQueues())
     account = Account.create()
@@ -448,9 +450,9 @@ def test_a_dispute_opened_on_chain_counts_against_the_paid_worker(ports, stack):
                                   state=job.state, correlation_id="c")], [])
     log = {"transactionHash": HexBytes(b"\x01" * 32), "blockNumber": 7,
            "args": {"client": Account.create().address}}
-    assert payments.on_dispute_opened(held, job, log).state == State.DISPUTED
+    assert follower.on_dispute_opened(held, job, log).state == State.DISPUTED
     assert held.workers.get(did).reputation["ffmpeg_hls"]["disputes"] == 1
-    assert payments.on_dispute_opened(held, held.store.get(job.job_id), log) is None
+    assert follower.on_dispute_opened(held, held.store.get(job.job_id), log) is None
     assert held.workers.get(did).reputation["ffmpeg_hls"]["disputes"] == 1   # read once
 
 

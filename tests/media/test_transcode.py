@@ -350,7 +350,9 @@ def test_an_escrow_transcode_pays_the_pool_its_quoted_price_and_returns_the_chan
     job = submit(api, small, profile="hls-720p", payment_policy="escrow_before_start",
                  max_price="0.02")
     assert job["state"] == "requested" and job["escrow"]["price"] is None   # not probed yet
-    before = w3.eth.get_balance(pool)
+    from chalicelib.settlement.chain import NATIVE, Escrow
+    escrow = Escrow(w3, stack.info.escrow_address)
+    before = escrow.credit(NATIVE, pool)
     fund_job(stack, job)
     final = wait_for(api, job["job_id"], timeout=120)
     assert final["state"] == "settled", timeline(api, job["job_id"])
@@ -366,7 +368,7 @@ def test_an_escrow_transcode_pays_the_pool_its_quoted_price_and_returns_the_chan
     [assigned] = [e for e in events if e["type"] == "escrow.assigned"]
     assert assigned["data"]["price"] == str(price) == str(final["escrow"]["price"])
     assert 0 < price < 2 * 10**16
-    assert w3.eth.get_balance(pool) - before == price
+    assert escrow.credit(NATIVE, pool) - before == price       # the pool's to withdraw
     assert released["data"]["refunded"] == str(2 * 10**16 - price)
 
 

@@ -11,6 +11,7 @@ from chalicelib.identity.signing import did_for
 from chalicelib.jobs import lifecycle as jobs
 from chalicelib.models import Manifest, State
 from chalicelib.settlement import chain as chain_adapter
+from chalicelib.settlement import follower as chain_follower
 from chalicelib.settlement import payments
 from chalicelib.settlement.chain import Escrow
 from chalicelib.settlement.escrow import quote_of
@@ -95,16 +96,16 @@ def test_a_funding_reorged_away_before_it_is_confirmed_is_never_applied(follower
     job = new_job(f, stored_clip)
     snapshot = f.w3.provider.make_request("evm_snapshot", [])["result"]
     fund(f, job)
-    payments.follow_chain(f.ports)                    # seen, but not yet confirmed
+    chain_follower.follow_chain(f.ports)                    # seen, but not yet confirmed
     assert state(f, job) == State.REQUESTED
     f.w3.provider.make_request("evm_revert", [snapshot])     # the block is reorged away
     mine(f, CONFIRMATIONS + 2)
-    payments.follow_chain(f.ports)
+    chain_follower.follow_chain(f.ports)
     assert state(f, job) == State.REQUESTED           # the phantom funding never counted
     receipt = fund(f, job)                            # the funding that stays on the chain
     mine(f, CONFIRMATIONS)
     while f.ports.store.cursor(f"chain:escrow:{f.ports.settings.chain_id}:{f.escrow.address}") < receipt.block:
-        payments.follow_chain(f.ports)
+        chain_follower.follow_chain(f.ports)
     assert state(f, job) == State.ASSIGNED
     funded = [e for e in f.ports.store.view(job.job_id).events if e.type == "escrow.funded"]
     assert [e.data["tx_hash"] for e in funded] == [receipt.tx_hash]
@@ -115,12 +116,12 @@ def test_the_follower_starts_at_the_configured_block_and_reads_bounded_ranges(fo
     cursor = f"chain:escrow:{f.ports.settings.chain_id}:{f.escrow.address}"
     assert f.ports.store.cursor(cursor) is None
     mine(f, 100)
-    payments.follow_chain(f.ports)
+    chain_follower.follow_chain(f.ports)
     first = f.ports.store.cursor(cursor)
     # One run reads at most MAX_RANGES ranges of chain_log_range blocks, from the start block.
-    assert first == f.start + payments.MAX_RANGES * 2 - 1
-    payments.follow_chain(f.ports)
-    assert f.ports.store.cursor(cursor) == first + payments.MAX_RANGES * 2
+    assert first == f.start + chain_follower.MAX_RANGES * 2 - 1
+    chain_follower.follow_chain(f.ports)
+    assert f.ports.store.cursor(cursor) == first + chain_follower.MAX_RANGES * 2
 
 
 def test_reconcile_walks_every_open_escrow_and_only_those(follower, stored_clip):

@@ -15,8 +15,8 @@ from chalicelib import catalog
 from chalicelib.jobs import attempts
 from chalicelib.jobs import lifecycle as jobs
 from chalicelib.models import EscrowTerms, Manifest, State
-from chalicelib.settlement import payments
-from chalicelib.settlement.chain import ContractReverted, Escrow, EscrowState
+from chalicelib.settlement import follower, payments
+from chalicelib.settlement.chain import NATIVE, ContractReverted, Escrow, EscrowState
 from chalicelib.settlement.escrow import FundingQuote, job_key_bytes, quote_of
 from chalicelib.settlement.money import to_base_units
 
@@ -76,6 +76,11 @@ def fund(chain, job, funder=None):
                              bytes.fromhex(terms.quote_signature[2:]))
 
 
+def credit(chain, account, token=NATIVE) -> int:
+    """What `account` can withdraw from the escrow: pay, change, refunds it refused."""
+    return chain.escrow.credit(token, account)
+
+
 def paid_gas(chain, receipt) -> int:
     tx = chain.w3.eth.get_transaction_receipt(receipt.tx_hash)
     return tx["gasUsed"] * tx["effectiveGasPrice"]
@@ -104,8 +109,9 @@ def test_an_escrow_job_waits_for_funding_runs_and_pays_the_price(api, chain, sto
     job = escrow_job(api, stored_clip)
     time.sleep(2)
     assert api.job(job["job_id"])["state"] == "requested"          # not routed unfunded
-    pool_before = chain.w3.eth.get_balance(chain.pool)
+    pool_before = credit(chain, chain.pool)
     client_before = chain.w3.eth.get_balance(chain.client.address)
+    change_before = credit(chain, chain.client.address)
     funding = fund(chain, job)
     final = wait_for(api, job["job_id"], timeout=90)
     assert final["state"] == "settled", api.events(job["job_id"])
@@ -120,9 +126,11 @@ def test_an_escrow_job_waits_for_funding_runs_and_pays_the_price(api, chain, sto
     assert released["data"]["charged"] == str(price) and released["data"]["refunded"] == str(WEI - price)
     assert final["payment"] == {"symbol": "ETH", "max_price": "0.01", "price": "4E-8", "held": "0",
                                 "charged": "4E-8", "fee": "0", "refunded": "0.00999996"}
-    # The worker gets the price; the client pays the price and its own gas, nothing else.
-    assert chain.w3.eth.get_balance(chain.pool) - pool_before == price
-    assert client_before - chain.w3.eth.get_balance(chain.client.address) == price + paid_gas(chain, funding)
+    # The worker is owed the price; the client paid the amount and its gas, and is owed the
+    # change: the price and its own gas, nothing else.
+    assert credit(chain, chain.pool) - pool_before == price
+    assert client_before - chain.w3.eth.get_balance(chain.client.address) == WEI + paid_gas(chain, funding)
+    assert credit(chain, chain.client.address) - change_before == WEI - price
     assert chain.escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:])).state == EscrowState.RELEASED
 
 
@@ -157,14 +165,14 @@ def test_duplicate_release_requests_pay_once(api, chain, stored_clip, ports, aws
     job = escrow_job(api, stored_clip)
     fund(chain, job)
     wait_for(api, job["job_id"], timeout=90)
-    before = chain.w3.eth.get_balance(chain.pool)
+    before = credit(chain, chain.pool)
     url = aws.sqs.get_queue_url(QueueName=ports.settings.settlement_queue)["QueueUrl"]
     for _ in range(3):
         aws.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(
             {"action": "release", "job_id": job["job_id"]}))
     assert payments.settle(ports, "release", job["job_id"]) == "already settled"
     time.sleep(3)
-    assert chain.w3.eth.get_balance(chain.pool) == before
+    assert credit(chain, chain.pool) == before
     assert event_types(api, job["job_id"]).count("settlement.released") == 1
 
 
@@ -224,7 +232,7 @@ def verified_but_unpaid(ports, chain, stored_clip):
                                 bytes.fromhex(job.escrow.quote_signature[2:]))
     log = chain.escrow.contract.events.Funded().get_logs(from_block=receipt.block,
                                                          to_block=receipt.block)[0]
-    assigned = payments.on_funded(held, job, log)
+    assigned = follower.on_funded(held, job, log)
     import tempfile
     from pathlib import Path
 
@@ -246,10 +254,10 @@ def test_the_rpc_down_then_back_pays_exactly_once(ports, chain, stored_clip):
     with pytest.raises(OSError):                            # after the provider's retries
         payments.settle(offline, "release", job.job_id)
     assert chain.escrow.job(job_key_bytes(job)).state == EscrowState.FUNDED    # nothing reached the chain
-    before = chain.w3.eth.get_balance(chain.pool)
+    before = credit(chain, chain.pool)
     assert payments.settle(held, "release", job.job_id) == "released"
     assert payments.settle(held, "release", job.job_id) == "already settled"
-    assert chain.w3.eth.get_balance(chain.pool) - before == probe_price()
+    assert credit(chain, chain.pool) - before == probe_price()
     assert held.store.get(job.job_id).state == State.SETTLED
 
 
@@ -298,17 +306,24 @@ def test_an_erc20_priced_job_is_charged_the_price_in_the_token(api, chain, stack
     assert job["escrow"]["token"].lower() == token.lower()
     assert job["escrow"]["amount"] == 2_500_000 and job["escrow"]["decimals"] == 6  # exact units
     pool, client = (token_balance(chain, token, a) for a in (chain.pool, chain.client.address))
+    owed = credit(chain, chain.pool, token), credit(chain, chain.client.address, token)
     client_eth = chain.w3.eth.get_balance(chain.client.address)
     funding = fund(chain, job)
     final = wait_for(api, job["job_id"], timeout=90)
     assert final["state"] == "settled"
     price = probe_price(TEST_TOKEN, TEST_TOKEN_DECIMALS)
     assert final["escrow"]["price"] == price == 100             # 0.0001 PUSD
-    assert token_balance(chain, token, chain.pool) - pool == price
-    assert client - token_balance(chain, token, chain.client.address) == price
-    # The client's ETH moved by gas only (the approval and the funding).
+    assert credit(chain, chain.pool, token) - owed[0] == price
+    assert credit(chain, chain.client.address, token) - owed[1] == 2_500_000 - price
+    # Both collect: the pool gains the price, the client has paid exactly the price.
+    chain.escrow.send(Account.from_key(stack.info.dev_keys["pool"]), "withdraw", token)
+    withdrawal = chain.escrow.send(chain.client, "withdraw", token)
+    assert token_balance(chain, token, chain.pool) - pool == price + owed[0]
+    assert client - token_balance(chain, token, chain.client.address) == price - owed[1]
+    # The client's ETH moved by gas only (the approval, the funding, the withdrawal).
     spent = client_eth - chain.w3.eth.get_balance(chain.client.address)
-    assert spent >= paid_gas(chain, funding) and spent < 3 * paid_gas(chain, funding)
+    assert spent >= paid_gas(chain, funding) + paid_gas(chain, withdrawal)
+    assert spent < 4 * (paid_gas(chain, funding) + paid_gas(chain, withdrawal))
 
 
 def test_a_price_in_a_token_the_stage_does_not_accept_is_refused(api, stored_clip):
@@ -362,16 +377,16 @@ def funded_with_window(api, chain, stored_clip, dispute_window, seconds):
 
 def test_a_dispute_window_holds_the_payment_then_it_is_finalized(api, chain, stored_clip,
                                                                  dispute_window):
-    before = chain.w3.eth.get_balance(chain.pool)
+    before = credit(chain, chain.pool)
     job = funded_with_window(api, chain, stored_clip, dispute_window, 3)
     assert api.job(job["job_id"])["state"] == "verified"      # paid only after the window
     assert escrow_state(chain, job, until=EscrowState.VERIFIED) == EscrowState.VERIFIED
-    assert chain.w3.eth.get_balance(chain.pool) == before
+    assert credit(chain, chain.pool) == before
     final = wait_for(api, job["job_id"], timeout=120)
     assert final["state"] == "settled"
     types = event_types(api, job["job_id"])
     assert types.index("settlement.scheduled") < types.index("settlement.released")
-    assert chain.w3.eth.get_balance(chain.pool) - before == probe_price()
+    assert credit(chain, chain.pool) - before == probe_price()
     assert chain.escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:])).state == EscrowState.RELEASED
 
 
@@ -382,7 +397,7 @@ def test_a_disputed_job_waits_for_the_arbiter_and_settles_on_the_split(api, chai
     assert escrow_state(chain, job, until=EscrowState.VERIFIED) == EscrowState.VERIFIED
     chain.escrow.send(chain.client, "openDispute", key)
     assert wait_for(api, job["job_id"], states={"disputed"}, timeout=30)["state"] == "disputed"
-    pool_before = chain.w3.eth.get_balance(chain.pool)
+    pool_before = credit(chain, chain.pool)
     arbiter = Account.from_key(stack.info.dev_keys["arbiter"])
     chain.escrow.send(arbiter, "resolveDispute", key, 2_500)      # a quarter of the price
     final = wait_for(api, job["job_id"], timeout=30)
@@ -391,5 +406,26 @@ def test_a_disputed_job_waits_for_the_arbiter_and_settles_on_the_split(api, chai
     quarter = probe_price() // 4
     assert resolved[0]["data"]["to_worker"] == str(quarter)
     assert resolved[0]["data"]["to_client"] == str(WEI - quarter)
-    assert chain.w3.eth.get_balance(chain.pool) - pool_before == quarter
+    assert credit(chain, chain.pool) - pool_before == quarter
     assert "settlement.released" not in event_types(api, job["job_id"])
+
+
+def test_a_burst_of_twenty_jobs_is_assigned_in_batches_and_each_worker_paid_once(api, chain,
+                                                                                  stored_clip):
+    jobs_ = [escrow_job(api, stored_clip) for _ in range(20)]
+    before = credit(chain, chain.pool)
+    for job in jobs_:
+        fund(chain, job)
+    finals = [wait_for(api, job["job_id"], timeout=180) for job in jobs_]
+    assert [f["state"] for f in finals] == ["settled"] * 20
+    events = {job["job_id"]: api.events(job["job_id"])["events"] for job in jobs_}
+    released = [e for evs in events.values() for e in evs if e["type"] == "settlement.released"]
+    assert len(released) == 20                                  # once each
+    assert credit(chain, chain.pool) - before == 20 * probe_price()
+    # Fundings seen together are assigned together: fewer assign transactions than jobs.
+    assigns = {e["data"]["tx_hash"] for evs in events.values() for e in evs
+               if e["type"] == "escrow.assigned"}
+    assert len(assigns) < 20
+    for job in jobs_:
+        record = chain.escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:]))
+        assert record.state == EscrowState.RELEASED and record.assignments == 1
