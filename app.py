@@ -13,7 +13,6 @@ from aws_lambda_powertools.utilities.batch import (
 from chalice import AuthResponse, Chalice, Rate, Response
 
 from chalicelib import bodies, callers, config, openapi, ports
-from chalicelib.aws.resources import RESOURCES
 from chalicelib.errors import InvalidRequest, ProoflineError
 from chalicelib.identity import access, sessions
 from chalicelib.identity.access import Caller, Proof
@@ -21,7 +20,7 @@ from chalicelib.jobs import attempts, intake, lifecycle, sweeper, uploads
 from chalicelib.jobs.documents import job_document, package_document
 from chalicelib.market import challenges, job_leases, leases, workers
 from chalicelib.models import AttemptResult, Job, State
-from chalicelib.settlement import follower, payments
+from chalicelib.settlement import follower, payments, pricing
 
 app = Chalice(app_name="proofline")
 logger = Logger(service="proofline")
@@ -92,6 +91,15 @@ def health():
 @route("/openapi.json")
 def openapi_document():
     return openapi.document()
+
+
+@route("/quotes", methods=["POST"])
+def quote():
+    """What a job would be charged here, in its payment token, before it is submitted."""
+    p = ports.default()
+    return pricing.quote(bodies.model(pricing.QuoteRequest, _body(), what="quote request"),
+                         catalog=p.catalog,
+                         tokens=p.settings.payment_tokens)
 
 
 @route("/sessions", methods=["POST"])
@@ -216,7 +224,7 @@ def on_verify(event):
     return _batch(event, verify)
 
 
-SETTLEMENT = RESOURCES.queue("settlement_queue")
+SETTLEMENT = ports.SETTLEMENT_QUEUE
 
 
 @app.on_sqs_message(queue=config.settings().settlement_queue, batch_size=SETTLEMENT.batch_size,
@@ -229,8 +237,10 @@ def on_settlement(event):
     for record in event:
         try:
             body = json.loads(record.body)
-            requests.append((record.message_id, body["action"], body["job_id"]))
-        except (ValueError, KeyError, TypeError):
+            if body["action"] not in payments.ACTIONS:
+                raise KeyError(body["action"])
+            requests.append((record.to_dict()["messageId"], body["action"], body["job_id"]))
+        except (ValueError, KeyError, TypeError):   # never retried: it would never parse
             logger.error("malformed settlement message", extra={"body": record.body[:500]})
     outcomes = payments.settle_batch(ports.default(), [(a, j) for _, a, j in requests])
     for (message_id, action, job_id), outcome in zip(requests, outcomes):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from aws_lambda_powertools.utilities import parameters
 from eth_account import Account
 
 from chalicelib.models import NATIVE_TOKEN, PaymentToken
@@ -80,16 +81,32 @@ def stage_environment(stage: str = "local", path: Path = CHALICE_CONFIG) -> dict
     return env
 
 
+# Keys and secrets: on a deployed stage only from a secrets store, never a plain variable.
+SECRETS = ("PROOFLINE_ROUTER_KEY", "PROOFLINE_VERIFIER_KEY", "PROOFLINE_REFUNDER_KEY",
+           "PROOFLINE_POOL_KEY", "PROOFLINE_AUDIT_SECRET", "PROOFLINE_SESSION_KEYS")
+SECRET_MAX_AGE_S = 300      # read again after this long: a rotated secret takes over
+
+
 def secret(name: str) -> str:
-    """A key from the environment, or from an encrypted keystore file (Web3 Secret Storage,
-    as eth-account writes it) named by `<name>_KEYSTORE` and opened with the passphrase in
-    `PROOFLINE_PASSPHRASE`. Keys are never stored in the repository."""
+    """A key or secret, from the first of: AWS Secrets Manager (`<name>_SECRET` names the
+    secret) or SSM Parameter Store (`<name>_PARAMETER` names a SecureString), both read
+    through Powertools Parameters with a cache; the environment (the local stack, and
+    commands on a developer's machine); an encrypted keystore file (Web3 Secret Storage, as
+    eth-account writes it) named by `<name>_KEYSTORE`, opened with `PROOFLINE_PASSPHRASE`.
+    Keys are never stored in the repository."""
+    store = os.environ.get(f"{name}_SECRET")
+    if store:
+        return parameters.get_secret(store, max_age=SECRET_MAX_AGE_S)
+    store = os.environ.get(f"{name}_PARAMETER")
+    if store:
+        return parameters.get_parameter(store, decrypt=True, max_age=SECRET_MAX_AGE_S)
     value = os.environ.get(name)
     if value:
         return value
     keystore = os.environ.get(f"{name}_KEYSTORE")
     if not keystore:
-        raise KeyError(f"{name} is not set (nor {name}_KEYSTORE)")
+        raise KeyError(f"{name} is not set (nor {name}_SECRET, {name}_PARAMETER or "
+                       f"{name}_KEYSTORE)")
     passphrase = os.environ.get("PROOFLINE_PASSPHRASE")
     if passphrase is None:
         raise KeyError(f"{name}_KEYSTORE needs PROOFLINE_PASSPHRASE to open it")
@@ -136,6 +153,11 @@ def settings() -> Settings:
     made = _settings(env)
     if made.allow_unsigned and made.stage != "local":
         raise ConfigError(f"PROOFLINE_ALLOW_UNSIGNED is for the local stage, not {made.stage!r}")
+    exposed = [name for name in SECRETS if env.get(name)]
+    if exposed and made.stage != "local":
+        raise ConfigError(f"{', '.join(exposed)} must come from a secrets store on stage "
+                          f"{made.stage!r} (set <name>_SECRET or <name>_PARAMETER), not a "
+                          "plain environment variable")
     if made.settlement_enabled and made.chain_id is None:
         # Signatures and sign-ins are bound to the chain the money is on; never "any chain".
         raise ConfigError("a stage that settles on chain (CHAIN_RPC_URL, ESCROW_ADDRESS) needs "

@@ -13,6 +13,7 @@ from chalicelib.identity.access import Proof
 from chalicelib.jobs.uploads import Completion, UploadRequest
 from chalicelib.market.registry import Claims, Health, ModelExecution, SegmentExecution
 from chalicelib.models import Manifest, State
+from chalicelib.settlement.pricing import QuoteRequest
 
 Sha256 = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 Did = Annotated[str, Field(pattern=r"^did:pkh:eip155:[1-9][0-9]{0,11}:0x[0-9a-fA-F]{40}$")]
@@ -85,6 +86,7 @@ class Countersign(_Body):
 
 BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/sessions"): SignIn,
+    ("POST", "/quotes"): QuoteRequest,
     ("POST", "/jobs"): Manifest,
     ("POST", "/uploads"): UploadRequest,
     ("POST", "/uploads/{upload_id}/complete"): Completion,

@@ -9,6 +9,7 @@ from eth_account import Account
 from chalicelib import aws, catalog
 from chalicelib.aws.blobs import Blobs
 from chalicelib.aws.queues import Queues
+from chalicelib.aws.resources import RESOURCES
 from chalicelib.aws.sessionstore import DynamoRevocations
 from chalicelib.aws.store import JobStore
 from chalicelib.aws.taskstore import TaskStore
@@ -23,6 +24,9 @@ from chalicelib.market.challenges import close_challenge
 from chalicelib.market.dispatch import dispatch_assigned
 from chalicelib.settlement.chain import Escrow, connect
 from chalicelib.settlement.payments import request_settlement
+
+# How the settlement queue is consumed: a batching window, so chain calls go out together.
+SETTLEMENT_QUEUE = RESOURCES.queue("settlement_queue")
 
 # In order: where the work goes next, then money, then bookkeeping.
 AFTER_COMMIT = (dispatch_assigned, request_settlement, close_challenge, count_outcomes)

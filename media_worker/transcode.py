@@ -76,9 +76,12 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
         renditions=[r.model_dump(mode="json") for r in planned], segments=stored,
         has_audio=info.has_audio,
         split={"method": split.method, "reasons": split.reasons,
+               # What a quote of this file would have read: the escrow's price uses it.
                "source": {"width": info.width, "height": info.height,
                           "rotation": info.rotation, "fps": info.frame_rate,
-                          "codec": info.codec, "vfr": info.variable_frame_rate}},
+                          "codec": info.codec, "vfr": info.variable_frame_rate,
+                          "duration_s": info.duration_s,
+                          "size_bytes": source.stat().st_size}},
         command_template=ffmpeg_args.command_template(profile, planned, fps=fps))
     transcode.record_plan(p, job, plan, tasks)
 

@@ -218,6 +218,10 @@ class Api:
     def health(self) -> dict:
         return self._request("GET", "/health").json()
 
+    def quote(self, request: dict) -> dict:
+        """What a job would be charged on this stage, in its payment token (POST /quotes)."""
+        return self._request("POST", "/quotes", json=request).json()
+
     def upload(self, path: Path, *, wait_s: float = 120, private: bool = False) -> dict:
         """Upload a local input (signed, as the job's client will be), then wait until the
         control plane has hashed and promoted it; skipped when this client already holds

@@ -61,6 +61,25 @@ def infer():
     """Embeddings and text generation, each result re-executed before it counts."""
 
 
+# -- quote ----------------------------------------------------------------------------------
+@infer.command("quote")
+@click.argument("kind", type=click.Choice([EMBED, GENERATE]))
+@click.option("--texts", type=int, help="How many texts (embed_batch).")
+@click.option("--max-tokens", type=int, help="Tokens to generate (generate_small).")
+@click.option("--token", "symbol", default="ETH", show_default=True,
+              help="The payment token an escrow job would be paid in.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def infer_quote(ctx, kind, texts, max_tokens, symbol, as_json):
+    """What an escrow job of KIND would be charged on this stage, in a payment token."""
+    answer = common.api_for(ctx).quote({
+        "kind": kind, "payment_token": symbol,
+        **({"texts": texts} if texts else {}), **({"max_tokens": max_tokens} if max_tokens else {})})
+    common.emit(answer, as_json, lambda a: common.console.print(
+        f"{a['kind']}: [bold]{a['price']} {a['symbol']}[/bold] (its max_price must be at "
+        "least that)", highlight=False))
+
+
 # -- embed ----------------------------------------------------------------------------------
 def _waiting_options(command):
     """The options every `infer` command shares: idempotency, how long to wait, --json."""

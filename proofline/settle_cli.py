@@ -1,12 +1,19 @@
-"""`proofline settle`: escrow reconciliation, disputes and their resolution."""
+"""`proofline settle`: escrow reconciliation, disputes and their resolution, and collecting
+what the escrow owes (pay, change, dispute shares)."""
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 import click
 from rich.table import Table
 
+from chalicelib.settlement.chain import NATIVE, Escrow
+from chalicelib.settlement.money import from_base_units
+
 from . import common
+from .devstack import TEST_TOKEN, read_state
 
 
 @click.group()
@@ -67,3 +74,61 @@ def settle_resolve(ctx, job_id, worker_share_bps):
         worker_share_bps), w3, contract)
     common.console.print(f"dispute on {job_id} resolved ({worker_share_bps / 100:g}% to the worker) "
                   f"in tx {receipt.tx_hash}")
+
+
+def _tokens() -> dict[str, str]:
+    """Symbol → address of the tokens this machine knows: ETH, the stage's
+    `PROOFLINE_PAYMENT_TOKENS` ({"PUSD": "0x…"}), or the local stack's stablecoin."""
+    tokens = {"ETH": NATIVE}
+    configured = os.environ.get("PROOFLINE_PAYMENT_TOKENS")
+    if configured:
+        tokens.update(json.loads(configured))
+    else:
+        info = read_state(common.STATE_DIR)
+        if info and info.token_address:
+            tokens[TEST_TOKEN] = info.token_address
+    return tokens
+
+
+ROLE_KEYS = {"client": "PROOFLINE_CLIENT_KEY", "pool": "PROOFLINE_POOL_KEY",
+             "worker": "PROOFLINE_WORKER_KEY"}
+
+
+@settle.command("balance")
+@click.option("--as", "role", type=click.Choice(sorted(ROLE_KEYS)), default="client",
+              show_default=True, help="Whose credits: the key in PROOFLINE_<ROLE>_KEY.")
+@click.option("--json", "as_json", is_flag=True)
+def settle_balance(role, as_json):
+    """What the escrow owes this key, per token: pay for verified work, change from jobs that
+    cost less than their max price, dispute shares."""
+    w3, account = common.chain_signer(ROLE_KEYS[role], role)
+    _, contract = common.stage_escrow()
+    escrow = Escrow(w3, contract)
+    rows = {}
+    for symbol, token in _tokens().items():
+        decimals = 18 if token == NATIVE else common.token_decimals(w3, token)
+        rows[symbol] = str(from_base_units(escrow.credit(token, account.address), decimals))
+
+    def render(balances):
+        table = Table("token", "withdrawable", title=f"escrow credits of {account.address}")
+        for symbol, amount in balances.items():
+            table.add_row(symbol, amount)
+        common.console.print(table)
+    common.emit(rows, as_json, render)
+
+
+@settle.command("withdraw")
+@click.option("--token", "symbol", default="ETH", show_default=True)
+@click.option("--as", "role", type=click.Choice(sorted(ROLE_KEYS)), default="client",
+              show_default=True, help="Whose credits: the key in PROOFLINE_<ROLE>_KEY.")
+def settle_withdraw(symbol, role):
+    """Collect everything the escrow owes this key in one token, in one transaction."""
+    token = _tokens().get(symbol)
+    if token is None:
+        raise click.ClickException(f"unknown token {symbol!r}; known: {sorted(_tokens())}")
+    w3, account = common.chain_signer(ROLE_KEYS[role], role)
+    _, contract = common.stage_escrow()
+    receipt = common.escrow_call(lambda escrow: escrow.send(account, "withdraw", token), w3,
+                                 contract)
+    common.console.print(f"withdrew {symbol} credits of {account.address} in tx "
+                         f"{receipt.tx_hash}")

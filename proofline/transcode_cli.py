@@ -290,9 +290,13 @@ def _print_summary(job: dict, entry: Path, count: int, size: int) -> None:
 @click.option("--input", "source", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--profile", help="A transcode profile (default: the job class's, hls-abr).")
+@click.option("--token", "symbol", help="Ask the stage what an escrow job in this payment "
+              "token (ETH, PUSD, …) would be charged; without it, the USD reference rates.")
 @click.option("--json", "as_json", is_flag=True)
-def transcode_quote(source, profile, as_json):
-    """Price a transcode of a local file before submitting it (no stack needed)."""
+@click.pass_context
+def transcode_quote(ctx, source, profile, symbol, as_json):
+    """Price a transcode of a local file before submitting it: in USD offline, or in a
+    payment token by the stage's own rates (`--token`)."""
     from media_worker.segments import inspect_source
 
     name = profile or catalog.default().job_class(KIND).defaults.profile
@@ -315,10 +319,16 @@ def transcode_quote(source, profile, as_json):
                        "rotation": info.rotation, "fps": info.fps,
                        "duration_s": info.duration_s, "bytes": source.stat().st_size,
                        "has_audio": info.has_audio}}
-    common.emit(data, as_json, lambda _: _print_quote(priced, info, chosen))
+    if symbol:
+        data["charge"] = common.api_for(ctx).quote({
+            "kind": KIND, "profile": chosen.name, "payment_token": symbol,
+            "source": {"duration_s": info.duration_s, "width": info.width,
+                       "height": info.height, "rotation": info.rotation,
+                       "size_bytes": source.stat().st_size}})
+    common.emit(data, as_json, lambda _: _print_quote(priced, info, chosen, data.get("charge")))
 
 
-def _print_quote(priced, info, profile) -> None:
+def _print_quote(priced, info, profile, charge=None) -> None:
     console = common.console
     console.print(f"{profile.name}: {info.width}x{info.height}"
                   f"{f' rotated {info.rotation}°' if info.rotation else ''}, "
@@ -338,3 +348,6 @@ def _print_quote(priced, info, profile) -> None:
     console.print(cost)
     console.print(f"estimated output {human_bytes(priced.estimated_output_bytes)}",
                   highlight=False)
+    if charge:
+        console.print(f"an escrow job here is charged [bold]{charge['price']} {charge['symbol']}"
+                      f"[/bold]; its max_price must be at least that", highlight=False)

@@ -19,7 +19,6 @@ from pathlib import Path
 import boto3
 import requests
 from rich.console import Console
-from web3 import Web3
 
 from chalicelib.jobs.lifecycle import derive_job_id
 from proofline import clips
@@ -80,19 +79,16 @@ def run(stack: dict) -> int:
     http_job = json.loads(submitted.stdout)["job_id"]
     cli("jobs", "watch", http_job)
 
-    console.rule("door 2 again, paid through the escrow on anvil")
-    w3 = Web3(Web3.HTTPProvider(stack["rpc_url"]))
-    pool = stack["dev_keys"]["pool_address"]
-    before = w3.eth.get_balance(pool)
+    console.rule("door 2 again, paid through the escrow on anvil, in the stablecoin")
     paid = cli("submit", "--kind", "media_probe", "--input", str(clip), "--payment-policy",
-               "escrow_before_start", "--max-price", "0.01", "--json", capture=True)
+               "escrow_before_start", "--payment-token", "PUSD", "--max-price", "0.01",
+               "--json", capture=True)
     if paid.returncode != 0:
         console.print(paid.stderr)
         return 1
     escrow_job = json.loads(paid.stdout)["job_id"]
     cli("jobs", "watch", escrow_job)
-    gained = Web3.from_wei(w3.eth.get_balance(pool) - before, "ether")
-    console.print(f"media pool {pool} balance change: [bold]+{gained} ETH[/bold]")
+    _money(_api(stack).job(escrow_job))
 
     console.rule("outputs")
     ok = True
@@ -117,18 +113,35 @@ def transcode(stack: dict) -> int:
     source = clips.make_gop_clip(DEMO / "source.mp4", seconds=8.0, gop=100, width=854,
                                  height=480, fps=25)
     console.print(f"made {source} (8 s 854x480 H.264 + AAC, keyframes every 4 s)")
-    cli("transcode", "quote", "--input", str(source), "--profile", "hls-abr")
-    w3 = Web3(Web3.HTTPProvider(stack["rpc_url"]))
-    pool = stack["dev_keys"]["pool_address"]
-    before = w3.eth.get_balance(pool)
+    quoted = cli("transcode", "quote", "--input", str(source), "--profile", "hls-abr",
+                 "--token", "PUSD", "--json", capture=True)
+    if quoted.returncode != 0:
+        console.print(quoted.stderr)
+        return 1
+    charge = json.loads(quoted.stdout)["charge"]
+    console.print(f"quoted: [bold]{charge['price']} PUSD[/bold] for {charge['renditions']} "
+                  f"(compute {charge['breakdown']['compute']}, storage "
+                  f"{charge['breakdown']['storage']}, transfer {charge['breakdown']['transfer']})")
     done = cli("transcode", "submit", "--input", str(source), "--profile", "hls-abr",
                "--output", str(DEMO / "hls"), "--payment-policy", "escrow_before_start",
-               "--max-price", "0.01")
+               "--payment-token", "PUSD", "--max-price", "0.05", "--json", capture=True)
     if done.returncode != 0:
+        console.print(done.stderr)
         return 1
-    gained = Web3.from_wei(w3.eth.get_balance(pool) - before, "ether")
-    console.print(f"media pool {pool} balance change: [bold]+{gained} ETH[/bold]")
+    job = _api(stack).job(json.loads(done.stdout)["job_id"])
+    console.print(f"package in {DEMO / 'hls'}: {job['job_id']} {job['state']}")
+    _money(job)
+    console.print("the pool and the client collect with `proofline settle withdraw --token PUSD`"
+                  " (`--as pool` for the pool)")
     return 0
+
+
+def _money(job: dict) -> None:
+    """Quote, charge and change, in one unit: the stablecoin the job was paid in."""
+    paid = job["payment"]
+    console.print(f"{job['job_id']}: held {paid['max_price']} {paid['symbol']}, charged "
+                  f"[bold]{paid['charged']}[/bold] (fee {paid['fee']}), refunded "
+                  f"[bold]{paid['refunded']}[/bold] {paid['symbol']}")
 
 
 def infer() -> int:

@@ -79,8 +79,7 @@ def settle_batch(ports: Ports, requests: list[tuple[str, str]]) -> list[str | Ex
     releases that are ready as one `releaseBatch`; refunds and the rest one by one. Returns
     each request's outcome, or the exception that failed it (the queue redelivers those)."""
     outcomes: list[str | Exception | None] = [None] * len(requests)
-    views: dict[str, object] = {}
-    for action in ("assign", "release"):
+    for action in ("assign", "release"):     # an assign first: a release may need it
         indexes = [i for i, (a, _) in enumerate(requests) if a == action]
         if not indexes:
             continue
@@ -88,8 +87,7 @@ def settle_batch(ports: Ports, requests: list[tuple[str, str]]) -> list[str | Ex
         for i in indexes:
             job_id = requests[i][1]
             try:
-                views[job_id] = views.get(job_id) or ports.store.view(job_id)
-                prepared = PREPARE[action](ports, views[job_id])
+                prepared = PREPARE[action](ports, ports.store.view(job_id))
             except Exception as exc:  # noqa: BLE001 - this request alone is retried
                 outcomes[i] = exc
                 continue

@@ -2,14 +2,14 @@
 import pytest
 
 from chalicelib import config
-from chalicelib.config import REQUIRED, ConfigError, stage_environment
+from chalicelib.config import REQUIRED, SECRETS, ConfigError, stage_environment
 
 
 @pytest.fixture
 def environment(monkeypatch):
     config.settings.cache_clear()
-    for name in [*REQUIRED, "PROOFLINE_ALLOW_UNSIGNED", "CHAIN_RPC_URL", "ESCROW_ADDRESS",
-                 "CHAIN_ID", "PROOFLINE_INTAKE_CLIENTS"]:
+    for name in [*REQUIRED, *SECRETS, "PROOFLINE_ALLOW_UNSIGNED", "CHAIN_RPC_URL",
+                 "ESCROW_ADDRESS", "CHAIN_ID", "PROOFLINE_INTAKE_CLIENTS"]:
         monkeypatch.delenv(name, raising=False)
     yield monkeypatch
     config.settings.cache_clear()
@@ -58,3 +58,17 @@ def test_intake_client_mappings_must_name_dids(environment, raw):
     environment.setenv("PROOFLINE_INTAKE_CLIENTS", raw)
     with pytest.raises(ConfigError):
         config.settings()
+
+
+@pytest.mark.parametrize("name", SECRETS)
+def test_a_deployed_stage_refuses_keys_in_plain_environment_variables(environment, name):
+    for key, value in stage_environment("prod").items():
+        environment.setenv(key, value)
+    environment.setenv(name, "0x" + "11" * 32)
+    with pytest.raises(ConfigError) as error:
+        config.settings()
+    assert name in str(error.value) and "secrets store" in str(error.value)
+    config.settings.cache_clear()
+    environment.delenv(name)
+    environment.setenv(f"{name}_SECRET", "proofline/prod/key")     # where it should come from
+    assert config.settings().stage == "prod"

@@ -118,3 +118,27 @@ def test_quote_of_an_unknown_profile_lists_the_known_ones(workdir):
                  check=False)
     assert result.returncode == 1
     assert "unknown_profile" in result.stderr and "hls-abr" in result.stderr
+
+
+def test_a_quote_in_the_stablecoin_is_what_an_escrow_job_is_charged(stack):
+    quoted = json.loads(run(stack, "transcode", "quote", "--input", "source.mp4", "--profile",
+                            "hls-abr", "--token", "PUSD", "--json").stdout)["charge"]
+    assert quoted["symbol"] == "PUSD" and quoted["decimals"] == 6
+    assert Decimal(quoted["price"]) > 0 and quoted["renditions"] == ["480p", "360p"]
+    paid = run(stack, "transcode", "submit", "--input", "source.mp4", "--output", "dist/paid",
+               "--profile", "hls-abr", "--payment-policy", "escrow_before_start",
+               "--max-price", "1", "--payment-token", "PUSD", "--json")
+    job = json.loads(paid.stdout)
+    shown = json.loads(run(stack, "jobs", "show", job["job_id"], "--json").stdout)
+    assert shown["state"] == "settled"
+    # The probe the pool made of the file agrees with the local one: quote = charge.
+    assert shown["payment"]["charged"] == quoted["price"]
+    assert Decimal(shown["payment"]["refunded"]) == 1 - Decimal(quoted["price"])
+
+
+def test_an_inference_quote_and_a_price_over_the_ceiling(stack):
+    quoted = json.loads(run(stack, "infer", "quote", "embed_batch", "--texts", "100", "--token",
+                            "PUSD", "--json").stdout)
+    assert quoted["price"] == "0.000115" and quoted["price_units"] == 115
+    refused = run(stack, "infer", "quote", "embed_batch", "--token", "DOGE", check=False)
+    assert refused.returncode == 2 and "unknown_payment_token" in refused.stderr

@@ -170,7 +170,7 @@ def test_prices_are_in_the_payment_token_from_the_catalog():
     from chalicelib.settlement import pricing
     catalog = load()
     embed = catalog.job_class("embed_batch")
-    texts = Manifest(kind="embed_batch", texts=["a"] * 100)
+    texts = pricing.items(Manifest(kind="embed_batch", texts=["a"] * 100))
     # 0.5 s + 100 x 0.002 s at 0.000164 PUSD/s, rounded up to the token's 6 places.
     assert pricing.work_price(embed, texts, "PUSD", 6) == Decimal("0.000115")
     assert pricing.work_price(embed, texts, "ETH", 18) == Decimal("0.7") * Decimal("0.0000000656")
@@ -198,3 +198,28 @@ def test_keys_open_from_an_encrypted_keystore(tmp_path, monkeypatch):
     monkeypatch.delenv("PROOFLINE_PASSPHRASE")
     with pytest.raises(KeyError):
         secret("PROOFLINE_ROUTER_KEY")
+
+
+def test_a_quote_before_submitting_uses_the_same_rates_as_the_charge():
+    from chalicelib.config import NATIVE_TOKEN, PaymentToken
+    from chalicelib.models import TranscodePlan
+    from chalicelib.settlement import pricing
+    tokens = {"ETH": NATIVE_TOKEN, "PUSD": PaymentToken("PUSD", "0x" + "11" * 20, 6)}
+    source = {"duration_s": 10.0, "width": 1280, "height": 720, "size_bytes": 2_000_000}
+    asked = pricing.quote(pricing.QuoteRequest(kind="ffmpeg_hls", profile="hls-720p",
+                                               payment_token="PUSD", source=source),
+                          catalog=load(), tokens=tokens)
+    # The plan the media pool would make of that source is charged exactly the quote.
+    plan = TranscodePlan(profile="hls-720p", container="hls", segment_s=4, fps="30",
+                         duration_s=10.0, renditions=[], has_audio=True, command_template={},
+                         segments=[{"size_bytes": 2_000_000}],
+                         split={"source": {"width": 1280, "height": 720, "rotation": 0}})
+    charged = pricing.transcode_price(plan, "PUSD", 6).total
+    assert Decimal(asked["price"]) == charged and asked["symbol"] == "PUSD"
+    assert asked["price_units"] == to_base_units(charged, 6) > 0
+    embed = pricing.quote(pricing.QuoteRequest(kind="embed_batch", texts=100, payment_token="PUSD"),
+                          catalog=load(), tokens=tokens)
+    assert embed["price"] == "0.000115"
+    with pytest.raises(InvalidRequest) as missing:
+        pricing.quote(pricing.QuoteRequest(kind="ffmpeg_hls"), catalog=load(), tokens=tokens)
+    assert missing.value.reason == "missing_source"
