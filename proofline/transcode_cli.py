@@ -129,15 +129,16 @@ class _StillRunning(Exception):
 
 
 def _follow(api, job: dict, *, timeout: float, show: bool) -> dict:
-    """Poll the job until it ends, or until its package is verified while an escrow job's
-    dispute window keeps it from settling."""
-    ready = {"settled"} | ({"verified", "disputed"} if job.get("escrow") else set())
+    """Poll the job until it ends, or until its package is paid for while an escrow job's
+    dispute window keeps it from settling (the outputs are handed out from then on)."""
     deadline = time.monotonic() + timeout
     with _Board(show) as board:
         while True:
             job = api.job(job["job_id"])
             board.update(job)
-            if job["state"] in ready or job["state"] in TERMINAL:
+            handed_out = any(o.get("download_url") for o in job["outputs"])
+            if job["state"] in TERMINAL or (job["state"] in ("verified", "disputed")
+                                            and handed_out):
                 return job
             if time.monotonic() > deadline:
                 raise _StillRunning(job["state"])

@@ -1,5 +1,6 @@
 """Keys from a secrets store, through Powertools Parameters against moto: Secrets Manager and
 SSM SecureString, cached for a while and then read again (a rotated key takes over)."""
+import time
 import uuid
 
 import boto3
@@ -36,11 +37,12 @@ def test_a_key_from_an_ssm_securestring_and_its_rotation(aws_clients, monkeypatc
     ssm.put_parameter(Name=name, Type="SecureString", Value=first.key.to_0x_hex())
     monkeypatch.delenv("PROOFLINE_VERIFIER_KEY", raising=False)
     monkeypatch.setenv("PROOFLINE_VERIFIER_KEY_PARAMETER", name)
+    monkeypatch.setattr(config, "SECRET_MAX_AGE_S", 1)
     assert Account.from_key(config.secret("PROOFLINE_VERIFIER_KEY")).address == first.address
     ssm.put_parameter(Name=name, Type="SecureString", Value=second.key.to_0x_hex(), Overwrite=True)
     # Cached: the same key until the cache lapses, then the rotated one.
     assert Account.from_key(config.secret("PROOFLINE_VERIFIER_KEY")).address == first.address
-    monkeypatch.setattr(config, "SECRET_MAX_AGE_S", 0)
+    time.sleep(1.5)
     assert Account.from_key(config.secret("PROOFLINE_VERIFIER_KEY")).address == second.address
 
 

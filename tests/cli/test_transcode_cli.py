@@ -141,4 +141,4 @@ def test_an_inference_quote_and_a_price_over_the_ceiling(stack):
                             "PUSD", "--json").stdout)
     assert quoted["price"] == "0.000115" and quoted["price_units"] == 115
     refused = run(stack, "infer", "quote", "embed_batch", "--token", "DOGE", check=False)
-    assert refused.returncode == 2 and "unknown_payment_token" in refused.stderr
+    assert refused.returncode != 0 and "unknown_payment_token" in refused.stderr
