@@ -115,6 +115,7 @@ class EscrowTerms(BaseModel):
     deadline: int | None = None       # on chain, from the funding: reclaimable after it
     price: int | None = None          # fixed at assignment: what the worker will be paid
     payee: str | None = None          # the address the chain will pay
+    reassigned: bool = False          # the payee moved once (after a lapse or a caught cheat)
     charged: int | None = None        # at settlement: what the client paid (the price)
     fee: int | None = None            # the protocol's share of the charge
     refunded: int | None = None       # what went back to the client (change, or everything)

@@ -139,7 +139,7 @@ def transcode(stack: dict) -> int:
 def _money(job: dict) -> None:
     """Quote, charge and change, in one unit: the stablecoin the job was paid in."""
     paid = job["payment"]
-    console.print(f"{job['job_id']}: held {paid['max_price']} {paid['symbol']}, charged "
+    console.print(f"{job['job_id']}: escrowed {paid['max_price']} {paid['symbol']}, charged "
                   f"[bold]{paid['charged']}[/bold] (fee {paid['fee']}), refunded "
                   f"[bold]{paid['refunded']}[/bold] {paid['symbol']}")
 

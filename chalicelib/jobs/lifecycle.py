@@ -190,6 +190,22 @@ def reject(ports: Ports, *, key: str, uri: str, error: ProoflineError,
     return rejected
 
 
+def move_payee(ports: Ports, job: Job, *, reason: str, failed: str) -> Job | None:
+    """An escrow job's marketplace payee was caught or lapsed on its work: the job's payee
+    becomes its class's pool, which redoes what is left, and the bus re-assigns the escrow
+    (once: a job already moved keeps its payee)."""
+    pool = f"pool:{ports.catalog.job_class(job.kind).pool}"
+
+    def plan(j: Job):
+        if j.escrow is None or j.escrow.reassigned or j.worker != failed or j.state.terminal:
+            return None
+        noted, event = states.note(j, "escrow.payee_moved", at=ports.clock(),
+                                   data={"from": failed, "to": pool, "reason": reason})
+        return noted.model_copy(update={"worker": pool, "escrow": j.escrow.model_copy(
+            update={"reassigned": True})}), [event], []
+    return apply(ports, job, plan)
+
+
 def cancel(ports: Ports, job_id: str, *, by: str = "client") -> Job:
     def plan(job: Job):
         moved, event = states.transition(job, State.CANCELLED, at=ports.clock(),
@@ -288,9 +304,12 @@ def assign(job: Job, job_class: JobClass, at: datetime,
     """Route the job and open its next attempt."""
     assignment = route(job_class, job, now=at.timestamp(), **routing_inputs)
     number = job.attempt + 1
+    changes = {}
+    if job.escrow and job.worker and assignment.worker != job.worker:
+        changes["escrow"] = job.escrow.model_copy(update={"reassigned": True})
     moved, event = states.transition(job, State.ASSIGNED, at=at,
                                      data={"attempt": number, **assignment.as_event()},
-                                     attempt=number, worker=assignment.worker)
+                                     attempt=number, worker=assignment.worker, **changes)
     return moved, Attempt(job_id=job.job_id, number=number, worker=assignment.worker,
                           state="assigned"), event
 

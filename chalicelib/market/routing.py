@@ -49,15 +49,19 @@ def route(job_class: JobClass, job: Job, *, now: float | None = None,
           heartbeat_ttl_s: float = 60.0, allow_list: frozenset[str] = frozenset()) -> Assignment:
     """Rank the candidates for `job`; the class's pool is also the fallback. Marketplace
     `candidates` compete for whole jobs only where an escrow must name one payee (a
-    transcode with escrow); once chosen, that payee stays through the job's retries, since
-    the chain has it."""
+    transcode with escrow). A marketplace payee whose attempt was lost or refused does not
+    get the job back: it moves to the pool, which the escrow is re-assigned to."""
     now = time.time() if now is None else now
-    if job.escrow and is_marketplace(job.worker):
-        return Assignment(worker=job.worker, queue=job_class.pool,
-                          reason=f"{job.worker} is the escrow's payee; it keeps the job.",
-                          ranking={"worker": job.worker, "chosen": [job.worker],
-                                   "reason": "escrow payee", "ranked": [], "excluded": {}})
     pool = pool_candidate(job_class, now=now, price=pool_price)
+    if job.escrow and is_marketplace(job.worker):
+        # The escrow's payee lost or failed its attempt: the work moves to the pool, and the
+        # escrow is re-assigned, once. The chain allows no second move.
+        reason = (f"{job.worker}, the escrow's payee, did not deliver; the work is redone by "
+                  f"{pool.worker} and the escrow re-assigned to it (once).")
+        return Assignment(worker=pool.worker, queue=job_class.pool, reason=reason,
+                          ranking={"worker": pool.worker, "chosen": [pool.worker],
+                                   "reason": "escrow payee moved", "from": job.worker,
+                                   "ranked": [], "excluded": {}})
     ranking = rank(JobRequirements.of(job_class, job.manifest), [pool, *candidates],
                    RoutingPolicy(fallback=pool.worker, heartbeat_ttl_s=heartbeat_ttl_s,
                                  allow_list=allow_list), now=now)

@@ -15,7 +15,7 @@ from chalicelib.context import Ports
 from chalicelib.errors import StaleVersion
 from chalicelib.jobs import states
 from chalicelib.jobs.attempts import promote_and_record
-from chalicelib.jobs.lifecycle import apply
+from chalicelib.jobs.lifecycle import apply, move_payee
 from chalicelib.market import routing, workers
 from chalicelib.media import profiles
 from chalicelib.models import (
@@ -216,6 +216,9 @@ def retry_or_fail(ports: Ports, task: Task, *, reason: str, event: str, data: di
     """A new attempt of this task alone (new path, other segments untouched) while attempts
     remain; otherwise the task fails and takes the job with it."""
     data = {**data, "attempt": task.attempt, "reason": reason, "worker": task.worker}
+    job = ports.store.get(task.job_id)
+    if job.escrow and job.worker == task.worker and is_marketplace(task.worker):
+        move_payee(ports, job, reason=reason, failed=task.worker)   # caught, or lapsed
     tried = task.tried
     if is_marketplace(task.worker) and task.worker not in tried:
         tried = [*tried, task.worker]

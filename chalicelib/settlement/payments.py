@@ -55,6 +55,12 @@ def request_settlement(ports: Ports, committed: Committed) -> None:
         return
     if committed.wrote("segments.planned") and after.escrow.price is not None:
         _send(ports, "assign", after)         # a transcode's price is fixed once it is planned
+        return
+    before = committed.before
+    if (after.escrow.funded_tx and before is not None and before.worker
+            and after.worker != before.worker and not after.state.terminal):
+        _send(ports, "assign", after)         # the payee moved: the escrow is re-assigned
+        return
     if not committed.moved():
         return
     if after.state == State.VERIFIED:

@@ -409,6 +409,54 @@ def test_a_payee_that_never_countersigns_forfeits_and_the_client_is_refunded(
     assert api.worker(mute.did)["reputation"]["ffmpeg_hls"]["timeouts"] == 1
 
 
+def test_a_payee_caught_cheating_loses_the_job_and_the_escrow_is_reassigned_once(
+        stack, api, client_api, market, media_dir):
+    """The worker who wants to be paid for tampered output: it wins an escrow transcode
+    (cheapest, fresh standing), then encodes another video. Verification catches it, the
+    pool redoes the work, and the escrow is re-assigned to the pool — once, on chain and on
+    the timeline; the cheat is owed nothing."""
+    from web3 import Web3
+
+    from chalicelib.settlement.chain import NATIVE, Escrow
+    account = Account.create()
+    cheat = Cheat(api=api, account=account, did=did_for(account.address, stack.info.chain_id),
+                  claims=claims("0.000004"), heartbeat_every_s=1, poll_s=0.3, log=lambda _: None)
+    thread = in_thread(cheat)
+    escrow = Escrow(Web3(Web3.HTTPProvider(stack.info.rpc_url)), stack.info.escrow_address)
+    pool = stack.info.dev_keys["pool_address"]
+    try:
+        wait_until(lambda: challenge_state(api, cheat.did) == "passed", 120, "its challenge")
+        source = clips.make_gop_clip(media_dir / "tampered.mp4", seconds=4.0, gop=100,
+                                     width=320, height=240, fps=25)
+        slot = client_api.upload(source)
+        job, _ = client_api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
+                                    "input_hash": slot["input_hash"], "profile": "hls-720p",
+                                    "payment_policy": "escrow_before_start",
+                                    "max_price": "0.02"}, idempotency_key=str(uuid.uuid4()))
+        pool_before = escrow.credit(NATIVE, pool)
+        fund_job(stack, job)
+        final = wait_for(api, job["job_id"], timeout=240)
+    finally:
+        cheat.stop()
+        thread.join(timeout=30)
+    events = api.events(job["job_id"])["events"]
+    types = [e["type"] for e in events]
+    assert final["state"] == "settled", [(e["type"], e["data"].get("reason")) for e in events]
+    [chosen] = [e for e in events if e["type"] == "job.assigned"]
+    assert chosen["data"]["worker"] == cheat.did                   # it won the job
+    assert any(e["type"] == "segment.rejected" and e["data"]["worker"] == cheat.did
+               for e in events)                                     # and was caught
+    [moved] = [e for e in events if e["type"] == "escrow.payee_moved"]
+    assert (moved["data"]["from"], moved["data"]["to"]) == (cheat.did, "pool:media")
+    assert types.index("escrow.assigned") < types.index("escrow.reassigned") \
+        < types.index("settlement.released")
+    record = escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:]))
+    assert record.assignments == 2 and record.worker == Web3.to_checksum_address(pool)
+    assert escrow.credit(NATIVE, Web3.to_checksum_address(cheat.did.split(":")[-1])) == 0
+    assert escrow.credit(NATIVE, pool) - pool_before == final["escrow"]["price"]
+    assert final["worker"] == "pool:media" and final["escrow"]["reassigned"] is True
+
+
 def test_sigterm_lets_the_agent_leave_cleanly(api, market):
     market.honest.send_signal(signal.SIGTERM)
     market.honest.wait(timeout=60)
