@@ -23,7 +23,8 @@ ALLOWED: Mapping[State, frozenset[State]] = {
     S.RETRYING: frozenset({S.ASSIGNED, S.FAILED}),
     S.SUBMITTED: frozenset({S.VERIFYING, S.FAILED}),
     S.VERIFYING: frozenset({S.VERIFIED, S.RETRYING, S.FAILED}),
-    S.VERIFIED: frozenset({S.SETTLED, S.DISPUTED}),
+    # Failed from verified: the client reclaimed after the deadline, the release never came.
+    S.VERIFIED: frozenset({S.SETTLED, S.DISPUTED, S.FAILED}),
     S.DISPUTED: frozenset({S.SETTLED}),
     S.SETTLED: frozenset(),
     S.FAILED: frozenset(),

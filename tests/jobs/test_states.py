@@ -73,7 +73,8 @@ def test_terminal_states_allow_nothing(terminal):
     (State.RETRYING, State.ASSIGNED, True),
     (State.RUNNING, State.SUBMITTED, True),
     (State.SUBMITTED, State.RUNNING, False),
-    (State.VERIFIED, State.FAILED, False),
+    (State.VERIFIED, State.FAILED, True),      # the deadline passed unpaid: reclaimed
+    (State.VERIFIED, State.ASSIGNED, False),
     (State.DISPUTED, State.SETTLED, True),
     *[(State.SETTLED, t, False) for t in State],
 ])

@@ -429,3 +429,27 @@ def test_a_burst_of_twenty_jobs_is_assigned_in_batches_and_each_worker_paid_once
     for job in jobs_:
         record = chain.escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:]))
         assert record.state == EscrowState.RELEASED and record.assignments == 1
+
+
+def test_after_the_deadline_a_reclaim_stops_the_job_and_withholds_its_outputs(
+        ports, chain, stored_clip, stack):
+    """The client who wants the work for free: it waits out a job the control plane never
+    paid (its release held back here), reclaims, and finds the outputs withheld."""
+    from chalicelib.jobs.documents import handed_out, job_document
+    held, job = verified_but_unpaid(ports, chain, stored_clip)
+    key = job_key_bytes(job)
+    with pytest.raises(ContractReverted) as early:
+        chain.escrow.send(chain.client, "reclaim", key)           # mid-job: refused
+    assert early.value.error == "DeadlineNotPassed"
+    chain.w3.provider.make_request("evm_increaseTime", [job.escrow.duration_s + 1])
+    chain.w3.provider.make_request("evm_mine", [])
+    receipt = chain.escrow.send(chain.client, "reclaim", key)
+    log = chain.escrow.contract.events.Reclaimed().get_logs(from_block=receipt.block,
+                                                            to_block=receipt.block)[0]
+    stopped = follower.on_reclaimed(held, held.store.get(job.job_id), log)
+    assert stopped.state == State.FAILED and stopped.reason == "reclaimed"
+    view = held.store.view(job.job_id)
+    assert not handed_out(view)
+    assert all(o["download_url"] is None for o in job_document(held, view)["outputs"])
+    # Its release, if it came now, finds nothing to pay.
+    assert payments.settle(held, "release", job.job_id).startswith("not releasable")
