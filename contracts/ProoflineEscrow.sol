@@ -43,21 +43,24 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
 
     enum State { None, Funded, Assigned, Verified, Disputed, Released, Refunded, Reclaimed, Resolved }
 
-    /// @dev Four storage slots per job: assign writes two (state; worker and price).
+    /// @dev Four storage slots per job, laid out for the control plane's gas: `assign` writes
+    /// only slot 1 (a job is assigned while it is Funded with assignments > 0: `jobOf` and
+    /// the errors report that as Assigned), and a release reads slots 0 to 2. Slot 3 is read
+    /// only by disputes. Timestamps fit until 2106; amounts up to 2^80 base units.
     struct Job {
         address client;
-        uint40 deadline;
-        uint40 verifiedAt;
+        uint32 deadline;
+        uint32 verifiedAt;
+        uint24 disputeWindow;
         State state;
-        uint8 assignments;
         address worker;
-        uint96 price;
+        uint80 price;
+        uint8 assignments;
         address token;
-        uint96 amount;
-        uint32 disputeWindow;
-        uint32 arbitrationWindow;
-        uint40 disputedAt;
+        uint80 amount;
         uint16 feeBps;
+        uint32 arbitrationWindow;
+        uint32 disputedAt;
     }
 
     mapping(bytes32 jobId => Job) private _jobs;
@@ -66,7 +69,7 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
     mapping(address token => mapping(address account => uint256)) public credits;
     address public treasury;
     uint16 public feeBps;
-    uint32 public disputeWindow;
+    uint24 public disputeWindow;
     uint32 public arbitrationWindow = 3 days;
 
     event Funded(bytes32 indexed jobId, address indexed client, address token, uint256 amount, uint256 deadline);
@@ -132,15 +135,15 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         address signer = ECDSA.recover(fundingDigest(jobId, msg.sender, token, amount, duration, expiry), routerSignature);
         if (!hasRole(ROUTER_ROLE, signer)) revert BadQuote(signer);
         if (!allowedToken[token]) revert TokenNotAllowed(token);
-        if (amount == 0 || amount > type(uint96).max) revert BadAmount();
+        if (amount == 0 || amount > type(uint80).max) revert BadAmount();
         if (token == NATIVE ? msg.value != amount : msg.value != 0) revert BadAmount();
         if (duration == 0 || duration > 365 days) revert BadDuration();
         uint256 deadline = block.timestamp + duration;
         job.client = msg.sender;
-        job.deadline = uint40(deadline);
+        job.deadline = uint32(deadline);
         job.state = State.Funded;
-        job.amount = uint96(amount);
-        job.price = uint96(amount); // the ceiling, until the router fixes the price
+        job.amount = uint80(amount);
+        job.price = uint80(amount); // the ceiling, until the router fixes the price
         job.token = token;
         job.disputeWindow = disputeWindow;
         job.arbitrationWindow = arbitrationWindow;
@@ -153,8 +156,7 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
     function reclaim(bytes32 jobId) external nonReentrant {
         Job storage job = _jobs[jobId];
         if (msg.sender != job.client) revert NotClient(msg.sender);
-        State state = job.state;
-        if (state != State.Funded && state != State.Assigned) revert WrongState(jobId, state);
+        if (job.state != State.Funded) revert WrongState(jobId, _state(job));
         if (block.timestamp <= job.deadline) revert DeadlineNotPassed(job.deadline);
         job.state = State.Reclaimed;
         uint256 amount = job.amount;
@@ -170,7 +172,7 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
         uint256 closesAt = uint256(job.verifiedAt) + job.disputeWindow;
         if (block.timestamp >= closesAt) revert DisputeWindowClosed(closesAt);
         job.state = State.Disputed;
-        job.disputedAt = uint40(block.timestamp);
+        job.disputedAt = uint32(block.timestamp);
         emit DisputeOpened(jobId, msg.sender, block.timestamp + job.arbitrationWindow);
     }
 
@@ -228,7 +230,7 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
     /// @notice Return the funds of a failed or cancelled job to its client.
     function refund(bytes32 jobId) external onlyRole(OPERATOR_ROLE) nonReentrant {
         Job storage job = _jobs[jobId];
-        if (job.state != State.Funded && job.state != State.Assigned) revert WrongState(jobId, job.state);
+        if (job.state != State.Funded) revert WrongState(jobId, _state(job));
         job.state = State.Refunded;
         uint256 amount = job.amount;
         emit Refunded(jobId, job.client, amount);
@@ -266,7 +268,7 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
     }
 
     /// @notice Windows for jobs funded from now on (a funded job keeps the ones it was funded under).
-    function setDisputeWindows(uint32 disputeSeconds, uint32 arbitrationSeconds) external onlyRole(DEFAULT_ADMIN_ROLE) {
+    function setDisputeWindows(uint24 disputeSeconds, uint32 arbitrationSeconds) external onlyRole(DEFAULT_ADMIN_ROLE) {
         disputeWindow = disputeSeconds;
         arbitrationWindow = arbitrationSeconds;
     }
@@ -298,8 +300,9 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
 
     // ------------------------------------------------------------------------------ views
 
-    function jobOf(bytes32 jobId) external view returns (Job memory) {
-        return _jobs[jobId];
+    function jobOf(bytes32 jobId) external view returns (Job memory job) {
+        job = _jobs[jobId];
+        job.state = _state(_jobs[jobId]);
     }
 
     /// @notice The EIP-712 digest a worker signs for (jobId, resultHash).
@@ -323,29 +326,33 @@ contract ProoflineEscrow is AccessControl, ReentrancyGuardTransient, EIP712 {
 
     function _assign(bytes32 jobId, address worker, uint256 price) private {
         Job storage job = _jobs[jobId];
-        State state = job.state;
-        if (state != State.Funded && state != State.Assigned) revert WrongState(jobId, state);
+        if (job.state != State.Funded) revert WrongState(jobId, _state(job));
         if (job.assignments >= MAX_ASSIGNMENTS) revert ReassignedAlready(jobId);
         if (worker == address(0)) revert BadWorker();
         if (price > job.amount) revert PriceAboveAmount(price, job.amount);
         uint8 assignment = job.assignments + 1;
         job.worker = worker;
-        job.price = uint96(price);
-        job.state = State.Assigned;
+        job.price = uint80(price);
         job.assignments = assignment;
         emit Assigned(jobId, worker, price, assignment);
     }
 
+    /// @dev The state as callers see it: a funded job with a worker is Assigned.
+    function _state(Job storage job) private view returns (State) {
+        State state = job.state;
+        return state == State.Funded && job.assignments > 0 ? State.Assigned : state;
+    }
+
     function _release(bytes32 jobId, bytes32 resultHash, bytes calldata signature) private {
         Job storage job = _jobs[jobId];
-        if (job.state != State.Assigned) revert WrongState(jobId, job.state);
+        if (job.state != State.Funded || job.assignments == 0) revert WrongState(jobId, _state(job));
         address signer = ECDSA.recover(resultDigest(jobId, resultHash), signature);
         if (signer != job.worker) revert BadSignature(signer, job.worker);
         if (job.disputeWindow == 0) {
             _payWorker(jobId, job, resultHash);
         } else {
             job.state = State.Verified;
-            job.verifiedAt = uint40(block.timestamp);
+            job.verifiedAt = uint32(block.timestamp);
             emit Verified(jobId, resultHash, block.timestamp + job.disputeWindow);
         }
     }

@@ -66,16 +66,16 @@ class EscrowJob:
     client: str
     deadline: int
     verified_at: int
+    dispute_window: int
     state: EscrowState
-    assignments: int
     worker: str
     price: int
+    assignments: int
     token: str
     amount: int
-    dispute_window: int
+    fee_bps: int
     arbitration_window: int
     disputed_at: int
-    fee_bps: int
 
 
 # Backs off 0.5, 1, 2, 4, 8 s while the RPC is down; the queue redelivers after that.
@@ -109,7 +109,7 @@ class Escrow:
     # -- reads ----------------------------------------------------------------------------
     def job(self, job_id: bytes) -> EscrowJob:
         raw = list(self.contract.functions.jobOf(job_id).call())
-        raw[3] = EscrowState(raw[3])
+        raw[4] = EscrowState(raw[4])
         return EscrowJob(*raw)
 
     def windows(self) -> tuple[int, int]:

@@ -85,7 +85,8 @@ def settle_batch(ports: Ports, requests: list[tuple[str, str]]) -> list[str | Ex
     releases that are ready as one `releaseBatch`; refunds and the rest one by one. Returns
     each request's outcome, or the exception that failed it (the queue redelivers those)."""
     outcomes: list[str | Exception | None] = [None] * len(requests)
-    for action in ("assign", "release"):     # an assign first: a release may need it
+    # Assigns first: a release in the same batch often needs its job's assign on chain.
+    for action in ("assign", "release"):
         indexes = [i for i, (a, _) in enumerate(requests) if a == action]
         if not indexes:
             continue
