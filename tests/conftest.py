@@ -39,9 +39,11 @@ OPERATOR = Account.from_key("0x" + "5e" * 32)
 def stack(tmp_path_factory):
     from proofline.devstack import DevStack
     os.environ.setdefault("PROOFLINE_OPERATORS", did_for(OPERATOR.address, 31337))
-    # Marketplace leases and offers lapse in seconds here, so lost workers are noticed fast.
-    os.environ.setdefault("PROOFLINE_WORKER_LEASE_SECONDS", "5")
-    os.environ.setdefault("PROOFLINE_OFFER_SECONDS", "8")
+    # Marketplace leases and offers lapse in seconds here, so lost workers are noticed fast;
+    # not so fast that a loaded machine (moto's transactions slow as its tables fill) makes an
+    # honest agent miss its offer: a lapse costs an escrow payee its job.
+    os.environ.setdefault("PROOFLINE_WORKER_LEASE_SECONDS", "10")
+    os.environ.setdefault("PROOFLINE_OFFER_SECONDS", "20")
     os.environ.setdefault("PROOFLINE_COUNTERSIGN_SECONDS", "6")
     os.environ.setdefault("PROOFLINE_RECHALLENGE_SECONDS", "2")
     # Uploads past 8 MiB go in 5 MiB parts here (5 GB in a deployment), so they are tested.

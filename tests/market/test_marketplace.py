@@ -397,7 +397,9 @@ def test_a_payee_that_never_countersigns_forfeits_and_the_client_is_refunded(
         mute.stop()
         thread.join(timeout=30)
     events = api.events(job["job_id"])["events"]
-    assert final["state"] == "settled" and final["worker"] == mute.did
+    story = [(e["type"], e.get("task"), e["data"].get("worker"), e["data"].get("reason"))
+             for e in events]
+    assert final["state"] == "settled" and final["worker"] == mute.did, story
     types = [e["type"] for e in events]
     assert "settlement.awaiting_signature" in types and "settlement.released" not in types
     [forfeited] = [e for e in events if e["type"] == "settlement.forfeited"]
@@ -441,13 +443,15 @@ def test_a_payee_caught_cheating_loses_the_job_and_the_escrow_is_reassigned_once
         thread.join(timeout=30)
     events = api.events(job["job_id"])["events"]
     types = [e["type"] for e in events]
-    assert final["state"] == "settled", [(e["type"], e["data"].get("reason")) for e in events]
-    [chosen] = [e for e in events if e["type"] == "job.assigned"]
-    assert chosen["data"]["worker"] == cheat.did                   # it won the job
+    story = [(e["type"], e.get("task"), e["data"].get("worker"), e["data"].get("reason"))
+             for e in events]
+    assert final["state"] == "settled", story
+    chosen = next(e for e in events if e["type"] == "job.assigned")
+    assert chosen["data"]["worker"] == cheat.did, story            # it won the job
     assert any(e["type"] == "segment.rejected" and e["data"]["worker"] == cheat.did
                for e in events)                                     # and was caught
     [moved] = [e for e in events if e["type"] == "escrow.payee_moved"]
-    assert (moved["data"]["from"], moved["data"]["to"]) == (cheat.did, "pool:media")
+    assert (moved["data"]["from"], moved["data"]["to"]) == (cheat.did, "pool:media"), story
     assert types.index("escrow.assigned") < types.index("escrow.reassigned") \
         < types.index("settlement.released")
     record = escrow.job(bytes.fromhex(job["escrow"]["job_key"][2:]))
