@@ -20,7 +20,8 @@ $(NODE_STAMP): package.json package-lock.json
 
 install: $(STAMP) $(NODE_STAMP)
 
-# Recompile the escrow into contracts/artifacts/ (committed: the runtime needs no compiler).
+# Recompile the escrow into chalicelib/settlement/artifacts/ (committed, and packaged with the
+# control plane: the runtime needs no compiler).
 contracts: $(NODE_STAMP)
 	node contracts/build.js
 

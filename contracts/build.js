@@ -1,4 +1,5 @@
-// Compile contracts/*.sol (and contracts/test/*.sol) with solcjs into contracts/artifacts/.
+// Compile contracts/*.sol (and contracts/test/*.sol) with solcjs into
+// chalicelib/settlement/artifacts/ (packaged with the control plane).
 // `node contracts/build.js --check` compiles and compares instead of writing (exit 1 on drift).
 const fs = require("fs");
 const path = require("path");
@@ -32,7 +33,7 @@ const ours = (e) => !e.sourceLocation || e.sourceLocation.file.startsWith("contr
 for (const e of (output.errors || []).filter(ours)) console.error(e.formattedMessage);
 if (errors.length) process.exit(1);
 
-const outDir = path.join(root, "contracts", "artifacts");
+const outDir = path.join(root, "chalicelib", "settlement", "artifacts");
 let drift = false;
 for (const [source, contracts] of Object.entries(output.contracts)) {
   if (!source.startsWith("contracts/")) continue;

@@ -30,7 +30,8 @@ from chalicelib.settlement.escrow import (
     sign_result,
 )
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "contracts" / "artifacts"
+# ABI and bytecode, packaged with this module (every package that talks to the chain has them).
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 NATIVE = "0x0000000000000000000000000000000000000000"
 NONCE_RETRIES = 3
 

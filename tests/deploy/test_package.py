@@ -1,0 +1,128 @@
+"""The packages as Lambda runs them. `chalice package` builds the control plane's zip; unpacked
+into an empty directory and imported by an isolated interpreter (`python -I`) from a bare
+virtualenv holding boto3 alone (what the Lambda runtime provides), it starts without PyAV,
+stays under Chalice's 50 MB limit, and serves a request against the local stack. The media
+worker's image cannot be built here (no Docker): its requirements are installed for the
+Lambda platform into a target directory, with the code its Dockerfile copies, and each
+entry point is imported the same isolated way."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHALICE_LIMIT = 50 * 2**20
+PLATFORM = ["--platform", "manylinux2014_x86_64", "--only-binary=:all:",
+            "--python-version", "3.11", "--implementation", "cp"]
+
+pytestmark = pytest.mark.stack
+
+
+def run(args, **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, **kw)
+    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory) -> Path:
+    """A virtualenv with boto3 and nothing else: the Lambda runtime's Python."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    run([sys.executable, "-m", "venv", str(venv)])
+    run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "boto3"])
+    return venv / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def control_plane_zip(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("chalice-package")
+    run([sys.executable, "-m", "chalice", "package", "--stage", "dev", str(out)], cwd=ROOT)
+    return out / "deployment.zip"
+
+
+def isolated(python: Path, path: Path, code: str, env: dict[str, str]) -> dict:
+    """Run `code` in `python -I` with only `path` added to sys.path; it prints one JSON line."""
+    script = f"import sys; sys.path.insert(0, {str(path)!r})\n{code}"
+    done = run([str(python), "-I", "-c", script], env=env, cwd=path)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+HEALTH = """
+import json
+try:
+    import av  # noqa: F401
+    has_av = True
+except ImportError:
+    has_av = False
+import app
+
+class Context:
+    aws_request_id = "req-1"
+    function_name = "proofline-dev-api"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:proofline-dev-api"
+    def get_remaining_time_in_millis(self):
+        return 30000
+
+event = {"resource": "/health", "path": "/health", "httpMethod": "GET",
+         "headers": {"Host": "localhost"}, "multiValueHeaders": {"Host": ["localhost"]},
+         "queryStringParameters": None, "multiValueQueryStringParameters": None,
+         "pathParameters": None, "stageVariables": None, "body": None,
+         "isBase64Encoded": False,
+         "requestContext": {"resourcePath": "/health", "httpMethod": "GET", "stage": "api",
+                            "requestId": "req-1", "identity": {"sourceIp": "127.0.0.1"}}}
+response = app.app(event, Context())
+print(json.dumps({"has_av": has_av, "status": response["statusCode"],
+                  "body": json.loads(response["body"]),
+                  "app_file": app.__file__}))
+"""
+
+
+def test_the_control_plane_zip_starts_without_pyav_and_serves_a_request(
+        control_plane_zip, bare_python, stack, tmp_path):
+    size = control_plane_zip.stat().st_size
+    assert size < CHALICE_LIMIT, f"{size / 2**20:.1f} MiB"
+    with zipfile.ZipFile(control_plane_zip) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path / "task")
+    assert "app.py" in names and "chalicelib/settlement/artifacts/ProoflineEscrow.json" in names
+    assert "chalicelib/catalog/job_classes.yaml" in names
+    assert not any(n.startswith("av/") for n in names)
+    env = {**stack.info.environment(), "PATH": "/usr/bin:/bin"}
+    answer = isolated(bare_python, tmp_path / "task", HEALTH, env)
+    assert answer["has_av"] is False
+    assert answer["app_file"].startswith(str(tmp_path / "task"))
+    assert answer["status"] == 200 and answer["body"]["status"] == "ok"
+    assert answer["body"]["signing"]["verifyingContract"].lower() == \
+        stack.info.escrow_address.lower()
+
+
+IMAGE_HANDLERS = """
+import json, importlib
+loaded = {}
+for name in ("media_worker.handler", "gpu_functions.handler"):
+    module = importlib.import_module(name)
+    loaded[name] = module.__file__
+import av
+print(json.dumps({"loaded": loaded, "av": av.__version__}))
+"""
+
+
+def test_the_worker_image_installs_for_the_lambda_platform_and_its_handlers_import(
+        bare_python, stack, tmp_path):
+    task = tmp_path / "task"            # ${LAMBDA_TASK_ROOT}, as the Dockerfile fills it
+    run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         *PLATFORM, "--target", str(task), "-r", str(ROOT / "media_worker" / "requirements.txt")])
+    for package in ("chalicelib", "media_worker", "gpu_functions"):
+        shutil.copytree(ROOT / package, task / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**stack.info.environment(), "PATH": "/usr/bin:/bin"}
+    answer = isolated(bare_python, task, IMAGE_HANDLERS, env)
+    assert set(answer["loaded"]) == {"media_worker.handler", "gpu_functions.handler"}
+    assert all(path.startswith(str(task)) for path in answer["loaded"].values())
