@@ -8,6 +8,7 @@ entry point is imported the same isolated way."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from chalicelib.config import stage_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 CHALICE_LIMIT = 50 * 2**20
@@ -42,7 +45,13 @@ def bare_python(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def control_plane_zip(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("chalice-package")
-    run([sys.executable, "-m", "chalice", "package", "--stage", "dev", str(out)], cwd=ROOT)
+    # Chalice imports app.py to find its handlers: with the stage's variables, as a deploy does.
+    # Nothing of this machine's stack leaks in: the stage's own variables, pip's settings.
+    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")
+              or k.startswith("PIP_")},
+           **stage_environment("dev"), "AWS_DEFAULT_REGION": "us-east-1"}
+    run([str(Path(sys.executable).with_name("chalice")), "package", "--stage", "dev", str(out)],
+        cwd=ROOT, env=env)
     return out / "deployment.zip"
 
 
@@ -99,7 +108,7 @@ def test_the_control_plane_zip_starts_without_pyav_and_serves_a_request(
     assert answer["has_av"] is False
     assert answer["app_file"].startswith(str(tmp_path / "task"))
     assert answer["status"] == 200 and answer["body"]["status"] == "ok"
-    assert answer["body"]["signing"]["verifyingContract"].lower() == \
+    assert answer["body"]["signing"]["verifying_contract"].lower() == \
         stack.info.escrow_address.lower()
 
 

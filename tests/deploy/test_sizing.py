@@ -15,8 +15,9 @@ IMPORT_MB = 128          # `import app` alone takes ~100 MB: Chalice's default l
 
 def chalice_functions() -> dict[str, str | None]:
     """Function name → the queue setting it consumes (None for the API, authorizer, schedules)."""
-    import app
     from chalice.app import SQSEventConfig
+
+    import app
     functions = {"api_handler": None, "session_authorizer": None}
     for source in app.app.event_sources:
         queue = None
