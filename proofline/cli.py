@@ -35,6 +35,7 @@ MANIFEST_FLAGS = ("kind", "input_uri", "profile", "model", "max_attempts", "paym
 
 
 @click.group(cls=Cli)
+@click.version_option(package_name="proofline", prog_name="proofline")
 @click.option("--api", envvar="PROOFLINE_API_URL", help="API base URL (default: the local stack).")
 @click.option("--sign/--no-sign", envvar="PROOFLINE_SIGN", default=False,
               help="Sign submit and cancel with your identity (EIP-712); required by "

@@ -276,9 +276,15 @@ def test_media_worker_environment_matches_chalice_config(template: dict) -> None
                 "INTAKE_QUEUE", "MEDIA_QUEUE", "VERIFY_QUEUE", "PROOFLINE_STAGE",
                 "POWERTOOLS_SERVICE_NAME"}
     assert required <= set(variables)
-    # Secrets come from Secrets Manager at deploy time, never as plain values.
-    secret = variables.pop("PROOFLINE_AUDIT_SECRET")
-    assert "{{resolve:secretsmanager:proofline-${Stage}-audit-secret}}" in str(secret)
+    # Secrets are read from Secrets Manager by name at run time, never set as plain values
+    # (a deployed stage refuses them), and each function may read its secret.
+    assert "PROOFLINE_AUDIT_SECRET" not in variables
+    secret = variables.pop("PROOFLINE_AUDIT_SECRET_SECRET")
+    assert "proofline-${Stage}-audit-secret" in str(secret)
+    policies = template["Resources"]["MediaWorkerFunction"]["Properties"]["Policies"]
+    granted = [p["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"] for p in policies
+               if "AWSSecretsManagerGetSecretValuePolicy" in p]
+    assert len(granted) == 1 and "proofline-${Stage}-audit-secret-*" in str(granted[0])
     for stage in ("local", "dev", "prod"):
         env = stage_environment(stage)
         resolved = {k: _resolve(v, template, stage) for k, v in variables.items()}
