@@ -49,13 +49,21 @@ def route(job_class: JobClass, job: Job, *, now: float | None = None,
           heartbeat_ttl_s: float = 60.0, allow_list: frozenset[str] = frozenset()) -> Assignment:
     """Rank the candidates for `job`; the class's pool is also the fallback. Marketplace
     `candidates` compete for whole jobs only where an escrow must name one payee (a
-    transcode with escrow). A marketplace payee whose attempt was lost or refused does not
-    get the job back: it moves to the pool, which the escrow is re-assigned to."""
+    transcode with escrow). A marketplace payee whose own attempt at a whole job was lost or
+    refused does not get it back: it moves to the pool, which the escrow is re-assigned to
+    (a transcode's payee moves when it fails one of its video tasks: media.tasks)."""
     now = time.time() if now is None else now
     pool = pool_candidate(job_class, now=now, price=pool_price)
+    if job.escrow and is_marketplace(job.worker) and job_class.name not in MARKETPLACE_JOB_CLASSES:
+        # A transcode's job-level attempt is the pool's (planning, assembly): its payee does
+        # the video tasks, and a payee caught or lapsed on one of those moves there.
+        return Assignment(worker=job.worker, queue=job_class.pool,
+                          reason=f"{job.worker} is the escrow's payee; it keeps the job.",
+                          ranking={"worker": job.worker, "chosen": [job.worker],
+                                   "reason": "escrow payee", "ranked": [], "excluded": {}})
     if job.escrow and is_marketplace(job.worker):
-        # The escrow's payee lost or failed its attempt: the work moves to the pool, and the
-        # escrow is re-assigned, once. The chain allows no second move.
+        # The escrow's payee lost or failed its own attempt at a whole job: the work moves to
+        # the pool, and the escrow is re-assigned, once. The chain allows no second move.
         reason = (f"{job.worker}, the escrow's payee, did not deliver; the work is redone by "
                   f"{pool.worker} and the escrow re-assigned to it (once).")
         return Assignment(worker=pool.worker, queue=job_class.pool, reason=reason,

@@ -50,7 +50,10 @@ def control_plane_zip(tmp_path_factory) -> Path:
     env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")
               or k.startswith("PIP_")},
            **stage_environment("dev"), "AWS_DEFAULT_REGION": "us-east-1"}
-    run([str(Path(sys.executable).with_name("chalice")), "package", "--stage", "dev", str(out)],
+    # The merge template turns on partial batch responses for every SQS trigger: without it
+    # Lambda deletes a whole batch when the handler returns, failed records included.
+    run([str(Path(sys.executable).with_name("chalice")), "package", "--stage", "dev",
+         "--merge-template", str(ROOT / ".chalice" / "batch-failures.json"), str(out)],
         cwd=ROOT, env=env)
     return out / "deployment.zip"
 
@@ -135,3 +138,23 @@ def test_the_worker_image_installs_for_the_lambda_platform_and_its_handlers_impo
     answer = isolated(bare_python, task, IMAGE_HANDLERS, env)
     assert set(answer["loaded"]) == {"media_worker.handler", "gpu_functions.handler"}
     assert all(path.startswith(str(task)) for path in answer["loaded"].values())
+
+
+def test_every_sqs_trigger_reports_batch_item_failures(control_plane_zip):
+    """Configured by the deployment itself, never by hand after it."""
+    from chalice.app import SQSEventConfig
+
+    import app
+    template = json.loads((control_plane_zip.parent / "sam.json").read_text())
+    events = {name: event for resource in template["Resources"].values()
+              if resource["Type"] == "AWS::Serverless::Function"
+              for name, event in resource["Properties"].get("Events", {}).items()
+              if event["Type"] == "SQS"}
+    handlers = [s.name for s in app.app.event_sources if isinstance(s, SQSEventConfig)]
+    assert len(events) == len(handlers) == 3
+    for name, event in events.items():
+        assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
+    # A merge entry for a trigger that no longer exists would leave a function without it.
+    extras = json.loads((ROOT / ".chalice" / "batch-failures.json").read_text())
+    assert {e for r in extras["Resources"].values() for e in r["Properties"]["Events"]} \
+        == set(events)

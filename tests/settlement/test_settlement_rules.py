@@ -223,3 +223,22 @@ def test_a_quote_before_submitting_uses_the_same_rates_as_the_charge():
     with pytest.raises(InvalidRequest) as missing:
         pricing.quote(pricing.QuoteRequest(kind="ffmpeg_hls"), catalog=load(), tokens=tokens)
     assert missing.value.reason == "missing_source"
+
+
+def test_a_marketplace_payee_that_fails_its_own_whole_job_loses_it_once():
+    from chalicelib.jobs.lifecycle import assign
+    catalog = load()
+    payee = "did:pkh:eip155:31337:0x" + "ab" * 20
+    for kind, fields, moves in (("embed_batch", {"texts": ["a", "b"]}, True),
+                                ("ffmpeg_hls", {"input_uri": "s3://bucket-a/k.mp4"}, False)):
+        manifest = Manifest(kind=kind, payment_policy="escrow_before_start", max_price="0.01",
+                            client_did=CLIENT_DID, **fields)
+        job, job_class = new_job(manifest, catalog=catalog, job_id=f"job-{kind}", source="http",
+                                 correlation_id="c", now=NOW, escrow=STAGE)
+        retried = job.model_copy(update={"worker": payee, "attempt": 1})
+        again, attempt, _ = assign(retried, job_class, NOW)
+        if moves:      # its own attempt failed: the pool redoes it, the escrow moves once
+            assert again.worker == attempt.worker == "pool:inference"
+            assert again.escrow.reassigned is True
+        else:          # a transcode's job-level attempt is the pool's: the payee keeps it
+            assert again.worker == payee and again.escrow.reassigned is False
