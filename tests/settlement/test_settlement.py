@@ -455,3 +455,26 @@ def test_after_the_deadline_a_reclaim_stops_the_job_and_withholds_its_outputs(
     assert all(o["download_url"] is None for o in job_document(held, view)["outputs"])
     # Its release, if it came now, finds nothing to pay.
     assert payments.settle(held, "release", job.job_id).startswith("not releasable")
+
+
+def test_the_control_plane_reassigns_a_moved_payee_once_and_never_twice(ports, chain, stored_clip):
+    from chalicelib.identity.signing import did_for
+    held, job = verified_but_unpaid(ports, chain, stored_clip)
+    key = job_key_bytes(job)
+    assert payments.settle(held, "assign", job.job_id) == "assigned"
+    assert chain.escrow.job(key).worker == chain.pool
+    first, second = (did_for(Account.create().address, 31337) for _ in range(2))
+
+    def pay(worker):
+        stored = held.store.get(job.job_id)
+        held.store.commit(stored, stored.model_copy(update={"version": stored.version + 1,
+                                                           "worker": worker}))
+        return payments.settle(held, "assign", job.job_id)
+
+    assert pay(first) == "reassigned"
+    record = chain.escrow.job(key)
+    assert record.assignments == 2 and record.worker == Web3.to_checksum_address(first.split(":")[-1])
+    assert pay(second) == "re-assigned once already; the payee stays"
+    assert chain.escrow.job(key).worker == record.worker
+    types = [e.type for e in held.store.view(job.job_id).events]
+    assert types.count("escrow.assigned") == 1 and types.count("escrow.reassigned") == 1
