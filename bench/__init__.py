@@ -1,4 +1,23 @@
 """Benchmarks: `make bench` (python -m bench) prints a table and writes bench/results.json."""
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def local_stack(**options) -> Iterator[tuple[object, Path]]:
+    """A local stack of the benchmark's own, in a scratch directory: (stack, directory)."""
+    from proofline.devstack import DevStack
+    with tempfile.TemporaryDirectory(prefix="proofline-bench-") as tmp:
+        stack = DevStack(Path(tmp) / "state", **options)
+        stack.start()
+        try:
+            yield stack, Path(tmp)
+        finally:
+            stack.stop()
 
 
 def event_at(event: dict):

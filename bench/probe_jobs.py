@@ -8,7 +8,6 @@ polling is not counted.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -22,20 +21,16 @@ from proofline import clips
 from proofline.client import Api
 from proofline.devstack import DevStack
 
+from . import local_stack
+
 JOBS = 200
 LATENCY_SAMPLES = 30
 SUBMITTERS = 8
 
 
 def run() -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="proofline-bench-") as tmp:
-        stack = DevStack(Path(tmp) / "state", visibility_cap=30, schedule_every_s=3600,
-                         pool_workers=2)
-        stack.start()
-        try:
-            return _measure(stack, Path(tmp))
-        finally:
-            stack.stop()
+    with local_stack(visibility_cap=30, schedule_every_s=3600, pool_workers=2) as (stack, tmp):
+        return _measure(stack, tmp)
 
 
 def _measure(stack: DevStack, tmp: Path) -> dict[str, float]:

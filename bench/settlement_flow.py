@@ -6,7 +6,6 @@ the worker's), per job, and the time from `validation.passed` to the release rec
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -24,21 +23,17 @@ from proofline import clips
 from proofline.client import TERMINAL, Api
 from proofline.devstack import TEST_TOKEN, DevStack
 
+from . import local_stack
+
 JOBS = 24
 CONTROL_PLANE_EVENTS = ("escrow.assigned", "escrow.reassigned", "settlement.released",
                         "settlement.refunded")
 
 
 def run() -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="proofline-bench-") as tmp:
-        # Schedules at a deployed stage's cadence: the chain follower once a minute.
-        stack = DevStack(Path(tmp) / "state", visibility_cap=5, schedule_every_s=60,
-                         pool_workers=2)
-        stack.start()
-        try:
-            return _measure(stack, Path(tmp))
-        finally:
-            stack.stop()
+    # Schedules at a deployed stage's cadence: the chain follower once a minute.
+    with local_stack(visibility_cap=5, schedule_every_s=60, pool_workers=2) as (stack, tmp):
+        return _measure(stack, tmp)
 
 
 def _measure(stack: DevStack, tmp: Path) -> dict[str, float]:
