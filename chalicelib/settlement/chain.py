@@ -129,11 +129,17 @@ class Escrow:
     def result_domain(self) -> dict:
         return domain(self.w3.eth.chain_id, self.address)
 
-    def released_tx(self, job_id: bytes) -> str | None:
-        """The transaction that released `job_id`, if any (for idempotent bookkeeping)."""
-        logs = self.contract.events.Released().get_logs(from_block=0,
-                                                        argument_filters={"jobId": job_id})
-        return logs[0]["transactionHash"].to_0x_hex() if logs else None
+    def released_tx(self, job_id: bytes, from_block: int, step: int) -> str | None:
+        """The transaction that released `job_id`, if any (for idempotent bookkeeping),
+        searched from `from_block` (its funding) in ranges of `step` blocks, as providers
+        cap `eth_getLogs`."""
+        event, head = self.contract.events.Released(), self.w3.eth.block_number
+        for start in range(from_block, head + 1, step):
+            logs = event.get_logs(from_block=start, to_block=min(head, start + step - 1),
+                                  argument_filters={"jobId": job_id})
+            if logs:
+                return logs[0]["transactionHash"].to_0x_hex()
+        return None
 
     def logs(self, names, from_block: int, to_block: int) -> list:
         """The escrow's logs of the named events in a block range, decoded, in chain order."""

@@ -109,8 +109,8 @@ def on_funded(ports: Ports, job: Job, log) -> Job | None:
                                             "funded_tx": funding["tx_hash"],
                                             "deadline": args["deadline"]})
         if j.state.terminal and not j.escrow.funded_tx:  # funded after it ended: given back
-            noted, event = states.note(j, "escrow.funded", at=now, data={**funding, "late": True})
-            return noted.model_copy(update={"escrow": terms}), [event], []
+            late, event = states.note(j, "escrow.funded", at=now, data={**funding, "late": True})
+            return late.model_copy(update={"escrow": terms}), [event], []
         if j.state != State.REQUESTED:
             return None                              # seen before: the follower re-read a block
         problem = settlement.funding_problem(j.escrow, args["client"], args["token"],
@@ -145,8 +145,8 @@ def on_reclaimed(ports: Ports, job: Job, log) -> Job | None:
             return None
         terms = j.escrow.model_copy(update={"refunded": log["args"]["amount"]})
         if j.state.terminal:
-            noted, event = states.note(j, "settlement.reclaimed", at=ports.clock(), data=data)
-            return noted.model_copy(update={"escrow": terms}), [event], []
+            recorded, event = states.note(j, "settlement.reclaimed", at=ports.clock(), data=data)
+            return recorded.model_copy(update={"escrow": terms}), [event], []
         failed, event = states.transition(j, State.FAILED, at=ports.clock(), escrow=terms,
                                           event="settlement.reclaimed", reason="reclaimed",
                                           data={**data, "reason": "reclaimed"})
@@ -174,8 +174,9 @@ def on_assigned(ports: Ports, job: Job, log) -> Job | None:
     tx = log["transactionHash"].to_0x_hex()
 
     def plan(j: Job):
-        if any(e.data.get("tx_hash") == tx for e in ports.store.view(j.job_id).events):
-            return None
+        ours = (j.escrow.payee or "").lower() == args["worker"].lower()
+        if ours or any(e.data.get("tx_hash") == tx for e in ports.store.view(j.job_id).events):
+            return None            # this control plane sent it and recorded it already
         event = "escrow.reassigned" if args["assignment"] > 1 else "escrow.assigned"
         return noted(j, ports, event, {**_log_data(log), "worker": args["worker"],
                                         "price": str(args["price"]), "note": "seen on chain"},

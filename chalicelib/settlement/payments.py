@@ -277,7 +277,10 @@ def _ready_release(ports: Ports, view) -> ReadyRelease | str:
                                      "note": "dispute window passed", **charges(released)},
                         escrow=charged_terms(job.escrow, released))
     if record.state == EscrowState.RELEASED:
-        return _settled(ports, job, {"tx_hash": chain.escrow.released_tx(key), "outputs": hashes,
+        funded = next((e.data["block"] for e in view.events if e.type == "escrow.funded"),
+                      ports.settings.chain_start_block)
+        tx = chain.escrow.released_tx(key, funded, ports.settings.chain_log_range)
+        return _settled(ports, job, {"tx_hash": tx, "outputs": hashes,
                                      "note": "found released on chain"})
     return f"escrow is {record.state.name}; nothing to release"
 

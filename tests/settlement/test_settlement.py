@@ -478,3 +478,24 @@ def test_the_control_plane_reassigns_a_moved_payee_once_and_never_twice(ports, c
     assert chain.escrow.job(key).worker == record.worker
     types = [e.type for e in held.store.view(job.job_id).events]
     assert types.count("escrow.assigned") == 1 and types.count("escrow.reassigned") == 1
+
+
+def test_a_release_sent_elsewhere_is_found_on_chain_with_its_transaction(ports, chain,
+                                                                          stored_clip, stack):
+    """Another process (a crashed handler's retry, say) released the job: the handler finds
+    the release on chain, records its transaction, and pays nothing again."""
+    from chalicelib.settlement.escrow import result_hash
+    held, job = verified_but_unpaid(ports, chain, stored_clip)
+    assert payments.settle(held, "assign", job.job_id) == "assigned"
+    view = held.store.view(job.job_id)
+    attempt = next(a for a in view.attempts if a.number == job.attempt)
+    verifier = Account.from_key(stack.info.dev_keys["verifier"])
+    elsewhere = chain.escrow.send(verifier, "release", job_key_bytes(job),
+                                  result_hash([o.sha256 for o in job.outputs]),
+                                  bytes.fromhex(attempt.signature[2:]))
+    owed = credit(chain, chain.pool)
+    assert payments.settle(held, "release", job.job_id) == "released"
+    released = [e for e in held.store.view(job.job_id).events if e.type == "settlement.released"]
+    assert [e.data["tx_hash"] for e in released] == [elsewhere.tx_hash]
+    assert released[0].data["note"] == "found released on chain"
+    assert credit(chain, chain.pool) == owed
