@@ -72,3 +72,25 @@ def test_a_deployed_stage_refuses_keys_in_plain_environment_variables(environmen
     environment.delenv(name)
     environment.setenv(f"{name}_SECRET", "proofline/prod/key")     # where it should come from
     assert config.settings().stage == "prod"
+
+
+def test_settings_name_the_variable_that_is_wrong(environment):
+    for name, value in stage_environment("dev").items():
+        environment.setenv(name, value)
+    environment.setenv("PROOFLINE_LEASE_SECONDS", "soon")
+    environment.setenv("CHAIN_LOG_RANGE", "0")
+    with pytest.raises(ConfigError) as error:
+        config.settings()
+    assert "PROOFLINE_LEASE_SECONDS" in str(error.value)
+    assert "CHAIN_LOG_RANGE" in str(error.value)
+
+
+def test_blank_variables_read_as_their_defaults(environment):
+    for name, value in stage_environment("dev").items():     # CHAIN_RPC_URL="" there
+        environment.setenv(name, value)
+    environment.setenv("CHAIN_CONFIRMATIONS", "")
+    settings = config.settings()
+    assert settings.chain_rpc_url is None and not settings.settlement_enabled
+    assert settings.chain_confirmations == 12
+    assert settings.session_domain == "proofline-dev"
+    assert set(REQUIRED) <= set(config.VARIABLES)

@@ -2,7 +2,6 @@
 only that client may cancel it, and a stage that refuses unsigned requests refuses them."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -84,7 +83,7 @@ def test_a_stage_that_refuses_unsigned_requests_refuses_them(api, client, clip, 
     signed_api, _, did = client
     anonymous, mine = probe_manifest(api, clip), probe_manifest(signed_api, clip)
     p = ports.default()
-    monkeypatch.setattr(p, "settings", dataclasses.replace(p.settings, allow_unsigned=False))
+    monkeypatch.setattr(p, "settings", p.settings.model_copy(update={"allow_unsigned": False}))
     with pytest.raises(ApiError) as unsigned:
         api.submit(anonymous)
     assert (unsigned.value.status, unsigned.value.reason) == (401, "missing_signature")

@@ -53,8 +53,9 @@ def follower(ports, node, stored_clip):
         escrow.send(admin, "grantRole", getattr(escrow.contract.functions, role)().call(),
                     who.address)
     start = w3.eth.block_number
-    settings = dataclasses.replace(ports.settings, chain_id=node.chain_id, chain_start_block=start,
-                                   chain_confirmations=CONFIRMATIONS, chain_log_range=2)
+    settings = ports.settings.model_copy(update=dict(
+        chain_id=node.chain_id, chain_start_block=start, chain_confirmations=CONFIRMATIONS,
+        chain_log_range=2))
     held = dataclasses.replace(
         ports, settings=settings, queues=RecordingQueues(),
         chain=ChainPorts(escrow=escrow, router=router, verifier=verifier, operator=refunder,
