@@ -31,13 +31,33 @@ WINDOWS_TTL_S = 300     # how long the contract's dispute window is taken as rea
 @dataclass
 class ChainPorts:
     """The escrow, the control plane's three signers — each holds one role, so a leaked
-    key does one thing — and where each built-in pool is paid."""
+    key does one thing — and where each built-in pool is paid.
+
+    Keys are read on first use, by role: a function is given only the keys it uses (the
+    workers none of these), and one that never signs never asks for a key."""
     escrow: Escrow
-    router: LocalAccount        # signs funding quotes; assigns (and re-assigns once)
-    verifier: LocalAccount      # releases verified work
-    operator: LocalAccount      # refunds failed and cancelled jobs
-    pool_payout: dict[str, str]
+    keys: Callable[[str], LocalAccount] = field(repr=False)   # "router" → its account
+    payouts: Callable[[], dict[str, str]] = field(repr=False)  # built-in pool → address
     _windows: tuple[float, tuple[int, int]] | None = field(default=None, repr=False)
+
+    @property
+    def router(self) -> LocalAccount:
+        """Signs funding quotes; assigns (and re-assigns once)."""
+        return self.keys("router")
+
+    @property
+    def verifier(self) -> LocalAccount:
+        """Releases verified work."""
+        return self.keys("verifier")
+
+    @property
+    def operator(self) -> LocalAccount:
+        """Refunds failed and cancelled jobs."""
+        return self.keys("operator")
+
+    @property
+    def pool_payout(self) -> dict[str, str]:
+        return self.payouts()
 
     def stage(self, settings: Settings) -> EscrowStage:
         """Where and on what windows jobs accepted now will settle."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 
 from chalicelib import aws, catalog
 from chalicelib.aws.blobs import Blobs
@@ -52,11 +53,22 @@ def _chain(s: Settings) -> ChainPorts | None:
     if not s.settlement_enabled:
         return None
     return ChainPorts(escrow=Escrow(connect(s.chain_rpc_url), s.escrow_address),
-                      router=Account.from_key(secret("PROOFLINE_ROUTER_KEY")),
-                      verifier=Account.from_key(secret("PROOFLINE_VERIFIER_KEY")),
-                      operator=Account.from_key(secret("PROOFLINE_REFUNDER_KEY")),
-                      pool_payout={pool: secret("PROOFLINE_POOL_ADDRESS")
-                                   for pool in ("media", "inference")})
+                      keys=_signer, payouts=_payouts)
+
+
+# Each chain role's key, by the secret that holds it.
+ROLE_KEYS = {"router": "PROOFLINE_ROUTER_KEY", "verifier": "PROOFLINE_VERIFIER_KEY",
+             "operator": "PROOFLINE_REFUNDER_KEY"}
+
+
+@lru_cache(maxsize=None)
+def _signer(role: str) -> LocalAccount:
+    return Account.from_key(secret(ROLE_KEYS[role]))
+
+
+@lru_cache(maxsize=1)
+def _payouts() -> dict[str, str]:
+    return {pool: secret("PROOFLINE_POOL_ADDRESS") for pool in ("media", "inference")}
 
 
 def _session_keys() -> KeyRing | None:

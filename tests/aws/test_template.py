@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 from chalicelib.aws.deploy import enable_partial_batch_responses
 from chalicelib.aws.resources import RESOURCES, Bucket, Queue, Table
-from chalicelib.config import CHALICE_CONFIG, stage_environment
+from chalicelib.config import CHALICE_CONFIG, REQUIRED, SECRETS, stage_environment
 from chalicelib.jobs import uploads
 
 TEMPLATE = ROOT / "template.yaml"
@@ -269,26 +269,30 @@ def test_every_container_queue_has_an_image_function_with_its_consumer(template:
         assert command == [queue.consumer.replace(":", ".")]
 
 
-def test_media_worker_environment_matches_chalice_config(template: dict) -> None:
-    variables = template["Resources"]["MediaWorkerFunction"]["Properties"][
-        "Environment"]["Variables"]
-    required = {"JOBS_TABLE", "IDEMPOTENCY_TABLE", "INTAKE_BUCKET", "ARTIFACTS_BUCKET",
-                "INTAKE_QUEUE", "MEDIA_QUEUE", "VERIFY_QUEUE", "PROOFLINE_STAGE",
-                "POWERTOOLS_SERVICE_NAME"}
-    assert required <= set(variables)
+WORKERS = ("MediaWorkerFunction", "SegmentWorkerFunction", "InferenceWorkerFunction")
+
+
+@pytest.mark.parametrize("function", WORKERS)
+def test_worker_environment_matches_the_stage(template: dict, function: str) -> None:
+    variables = {**template["Globals"]["Function"]["Environment"]["Variables"],
+                 **template["Resources"][function]["Properties"].get(
+                     "Environment", {}).get("Variables", {})}
+    # Everything Settings requires, the chain escrow jobs settle on, and where pools are paid.
+    assert set(REQUIRED) <= set(variables)
+    assert {"CHAIN_RPC_URL", "CHAIN_ID", "ESCROW_ADDRESS", "PROOFLINE_POOL_ADDRESS"} <= set(variables)
     # Secrets are read from Secrets Manager by name at run time, never set as plain values
-    # (a deployed stage refuses them), and each function may read its secret.
-    assert "PROOFLINE_AUDIT_SECRET" not in variables
-    secret = variables.pop("PROOFLINE_AUDIT_SECRET_SECRET")
-    assert "proofline-${Stage}-audit-secret" in str(secret)
-    policies = template["Resources"]["MediaWorkerFunction"]["Properties"]["Policies"]
-    granted = [p["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"] for p in policies
-               if "AWSSecretsManagerGetSecretValuePolicy" in p]
-    assert len(granted) == 1 and "proofline-${Stage}-audit-secret-*" in str(granted[0])
+    # (a deployed stage refuses them); the workers get the audit secret and the pool key,
+    # and never the control plane's chain keys or session keys.
+    assert not set(SECRETS) & set(variables)
+    names = {k: str(v) for k, v in variables.items() if k.endswith("_SECRET")}
+    assert names == {"PROOFLINE_AUDIT_SECRET_SECRET": str({"Fn::Sub": "proofline-${Stage}-audit-secret"}),
+                     "PROOFLINE_POOL_KEY_SECRET": str({"Fn::Sub": "proofline-${Stage}-pool-key"})}
+    parameters = {"ChainRpcUrl", "ChainId", "EscrowAddress", "PoolAddress"}
     for stage in ("local", "dev", "prod"):
         env = stage_environment(stage)
-        resolved = {k: _resolve(v, template, stage) for k, v in variables.items()}
-        assert resolved == {k: env[k] for k in variables}, stage
+        resolved = {k: _resolve(v, template, stage) for k, v in variables.items()
+                    if not k.endswith("_SECRET") and v not in [{"Ref": p} for p in parameters]}
+        assert resolved == {k: env[k] for k in resolved}, stage
 
 
 # ------------------------------------------------------------------ (c) the post-deploy fix-up

@@ -58,8 +58,9 @@ def follower(ports, node, stored_clip):
         chain_log_range=2))
     held = dataclasses.replace(
         ports, settings=settings, queues=RecordingQueues(),
-        chain=ChainPorts(escrow=escrow, router=router, verifier=verifier, operator=refunder,
-                         pool_payout={"media": admin.address, "inference": admin.address}))
+        chain=ChainPorts(escrow=escrow,
+                         keys={"router": router, "verifier": verifier, "operator": refunder}.get,
+                         payouts=lambda: {"media": admin.address, "inference": admin.address}))
     return dataclasses.make_dataclass("Follower", ["ports", "w3", "escrow", "client", "start"])(
         held, w3, escrow, client, start)
 
