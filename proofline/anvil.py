@@ -1,8 +1,13 @@
 """anvil (Foundry's local Ethereum node, from the npm package) on 127.0.0.1, with its dev
-accounts read from the config it writes — no keys live in this repository."""
+accounts read from the config it writes — no keys live in this repository.
+
+`@foundry-rs/anvil` is platform-neutral: npm installs the one build for this machine as an
+optional dependency (`@foundry-rs/anvil-<os>-<arch>`), which is run directly, not through
+the package's Node wrapper, so stopping it stops the node."""
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -14,7 +19,18 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 ROOT = Path(__file__).resolve().parent.parent
-BINARY = ROOT / "node_modules" / ".bin" / "anvil"
+ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def binary(modules: Path = ROOT / "node_modules") -> Path:
+    """This platform's anvil build, as npm installed it."""
+    system = {"windows": "win32"}.get(platform.system().lower(), platform.system().lower())
+    arch = ARCHES.get(platform.machine().lower(), platform.machine().lower())
+    name = "anvil.exe" if system == "win32" else "anvil"
+    return modules / "@foundry-rs" / f"anvil-{system}-{arch}" / "bin" / name
+
+
+BINARY = binary()
 CHAIN_ID = 31337
 
 
@@ -30,7 +46,8 @@ class Anvil:
 
     def start(self, timeout: float = 30) -> "Anvil":
         if not BINARY.exists():
-            raise RuntimeError(f"{BINARY} is missing: run `npm ci` (make does)")
+            raise RuntimeError(f"{BINARY} is missing: run `npm ci` (make does); anvil is "
+                               f"published for linux and darwin (amd64, arm64) and win32-amd64")
         config = self._dir / "anvil.json"
         self._process = subprocess.Popen(
             [str(BINARY), "--host", "127.0.0.1", "--port", str(self.port), "--chain-id",

@@ -7,9 +7,11 @@ import json
 import os
 import sys
 from datetime import datetime
+from enum import IntEnum
 from pathlib import Path
 
 import click
+import requests
 from eth_account import Account
 from pydantic import ValidationError
 from rich.console import Console
@@ -29,20 +31,35 @@ from . import identity as ids
 from .devstack import read_state
 from .identity_cli import _passphrase, _run
 
+
+class Exit(IntEnum):
+    """Every command's exit status (docs/cli.md)."""
+    OK = 0
+    FAILED = 1          # it ran and did not succeed: a job not settled, a check failed
+    USAGE = 2           # the command line is wrong (click's own usage errors)
+    UNAVAILABLE = 3     # nothing to talk to: no local stack, the API or chain unreachable
+    REFUSED = 4         # the API refused the request (4xx), with its reason code
+    TIMED_OUT = 5       # still running when --timeout ran out; the job goes on
+    INTERRUPTED = 130   # Ctrl-C while following; the job goes on
+
+
 STATE_DIR = Path(".proofline")      # the local stack's address and log, in the working directory
 console = Console()
 err = Console(stderr=True)
 
 
-def api_for(ctx: click.Context, *, operator: bool = False) -> api_client.Api:
-    """The API client of this invocation, signing (writes) and signing in (reads) as the
-    identity in the keystore with `--sign`; without it, on the local stack as the stack's
-    development client (or its operator, for `operator` commands), elsewhere as the key in
-    `PROOFLINE_CLIENT_KEY` (`PROOFLINE_OPERATOR_KEY`)."""
+def api_for(ctx: click.Context, *, operator: bool = False,
+            url: str | None = None) -> api_client.Api:
+    """The API client of this invocation (at `url`, else `--api`, else the local stack),
+    signing (writes) and signing in (reads) as the identity in the keystore with `--sign`;
+    without it, on the local stack as the stack's development client (or its operator, for
+    `operator` commands), elsewhere as the key in `PROOFLINE_CLIENT_KEY`
+    (`PROOFLINE_OPERATOR_KEY`)."""
     try:
-        url = api_client.resolve_api_url(ctx.obj["api"], STATE_DIR)
+        url = url or api_client.resolve_api_url(ctx.obj["api"], STATE_DIR)
     except api_client.NoStack as exc:
-        raise click.ClickException(str(exc)) from None
+        err.print(f"[red]error[/red] {exc}", soft_wrap=True)
+        sys.exit(Exit.UNAVAILABLE)
     if ctx.obj.get("sign"):
         opened = _run(lambda: ids.load_identity(ctx.obj.get("keystore"),
                                                 _passphrase(confirm=False)))
@@ -83,7 +100,7 @@ def emit(data, as_json: bool, render) -> None:
 
 
 class Cli(click.Group):
-    """Turn API errors into one readable line and a non-zero exit."""
+    """Turn API errors into one readable line and the exit status of their kind."""
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -91,7 +108,11 @@ class Cli(click.Group):
             err.print(f"[red]error[/red] {exc.status} [bold]{exc.reason}[/bold]: {exc.message}")
             for detail in exc.details if isinstance(exc.details, list) else []:
                 err.print(f"  - {detail.get('field', '')}: {detail.get('message', detail)}")
-            sys.exit(2)
+            sys.exit(Exit.REFUSED if exc.status < 500 else Exit.UNAVAILABLE)
+        except requests.ConnectionError as exc:
+            err.print(f"[red]unavailable[/red] {exc.request.url if exc.request else ''}: "
+                      "nothing answers there", soft_wrap=True)
+            sys.exit(Exit.UNAVAILABLE)
 
 
 def fund_escrow(job: dict, max_price) -> Receipt:

@@ -303,11 +303,11 @@ def _await(api, job: dict, *, timeout: float, show: bool) -> dict:
         err.print(f"[red]timeout[/red] job {job['job_id']} is still {late.state} after "
                   f"{timeout:g}s; it goes on: `proofline jobs watch {job['job_id']}`",
                   soft_wrap=True)
-        sys.exit(2)
+        sys.exit(common.Exit.TIMED_OUT)
     except KeyboardInterrupt:
         err.print(f"stopped following; job {job['job_id']} goes on: "
                   f"`proofline jobs watch {job['job_id']}`", soft_wrap=True)
-        sys.exit(130)
+        sys.exit(common.Exit.INTERRUPTED)
 
 
 def _follow(api, job: dict, *, timeout: float, show: bool) -> dict:

@@ -60,7 +60,7 @@ def dev_status(as_json):
     common.emit(data, as_json, lambda d: common.console.print(
         f"running: API {d['api_url']}  AWS {d['aws_endpoint']}  pid {d['pid']}" if d["running"]
         else "not running"))
-    sys.exit(0 if info else 3)
+    sys.exit(common.Exit.OK if info else common.Exit.UNAVAILABLE)
 
 
 @dev.command("down")

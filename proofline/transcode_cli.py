@@ -96,11 +96,11 @@ def transcode_submit(ctx, source, profile, output, idempotency_key, fund, timeou
         common.err.print(f"[red]timeout[/red] job {job['job_id']} is still {late.state} after "
                       f"{timeout:g}s; it goes on: `proofline jobs watch {job['job_id']}`",
                       soft_wrap=True)
-        sys.exit(2)
+        sys.exit(common.Exit.TIMED_OUT)
     except KeyboardInterrupt:
         common.err.print(f"stopped following; job {job['job_id']} goes on: "
                       f"`proofline jobs watch {job['job_id']}`", soft_wrap=True)
-        sys.exit(130)
+        sys.exit(common.Exit.INTERRUPTED)
 
     plan = final.get("plan") or {}
     result = {"job_id": final["job_id"], "state": final["state"], "reason": final.get("reason"),

@@ -106,8 +106,8 @@ def test_too_many_tokens_are_refused_by_the_api(stack):
     assert "max_tokens_too_large" in result.stderr or "invalid_value" in result.stderr
 
 
-def test_a_timeout_exits_2_and_says_the_job_goes_on(stack):
+def test_a_timeout_exits_5_and_says_the_job_goes_on(stack):
     result = run(stack, "infer", "generate", "--prompt", "still going", "--timeout", "0",
                  "--json", check=False)
-    assert result.returncode == 2
+    assert result.returncode == 5
     assert "still" in result.stderr and "proofline jobs watch" in result.stderr

@@ -87,11 +87,11 @@ def test_an_unknown_profile_is_refused_by_the_api(stack):
     assert result.returncode != 0 and "unknown_profile" in result.stderr
 
 
-def test_a_timeout_exits_2_and_says_the_job_goes_on(stack):
+def test_a_timeout_exits_5_and_says_the_job_goes_on(stack):
     result = run(stack, "transcode", "submit", "--input", "source.mp4", "--output", "dist/late",
                  "--idempotency-key", "transcode-cli-late", "--timeout", "0", "--json",
                  check=False)
-    assert result.returncode == 2
+    assert result.returncode == 5
     assert "still" in result.stderr and "proofline jobs watch" in result.stderr
 
 
