@@ -225,7 +225,15 @@ def settings() -> Settings:
 def stage_settings(environment: Mapping[str, str]) -> Settings:
     """A stage from an explicit environment (e.g. `stage_environment("dev")` for a command
     that inspects a deployed stage), under the same checks."""
-    return _checked(lambda: Settings.model_validate(dict(environment)), environment)
+    return _checked(lambda: _Given(**environment), environment)
+
+
+class _Given(Settings):
+    """Settings from the mapping given, and nothing from this process's environment."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **others):
+        return (init_settings,)
 
 
 def _checked(make: Callable[[], Settings], environment: Mapping[str, str]) -> Settings:

@@ -94,3 +94,14 @@ def test_blank_variables_read_as_their_defaults(environment):
     assert settings.chain_confirmations == 12
     assert settings.session_domain == "proofline-dev"
     assert set(REQUIRED) <= set(config.VARIABLES)
+
+
+def test_a_stage_read_from_a_mapping_ignores_this_process(environment):
+    """`proofline doctor --stage dev` and the deploy rehearsal read a deployed stage's
+    variables; the local stack's, in this shell, must not fill its gaps."""
+    environment.setenv("PROOFLINE_ALLOW_UNSIGNED", "true")
+    environment.setenv("CHAIN_ID", "31337")
+    stage = {k: v for k, v in stage_environment("dev").items()
+             if k not in ("PROOFLINE_ALLOW_UNSIGNED", "CHAIN_ID")}
+    settings = config.stage_settings(stage)
+    assert settings.allow_unsigned is False and settings.chain_id is None

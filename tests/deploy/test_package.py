@@ -8,16 +8,14 @@ entry point is imported the same isolated way."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from chalicelib.config import stage_environment
+from tests.deploy.rehearsal import run
 
 ROOT = Path(__file__).resolve().parents[2]
 CHALICE_LIMIT = 50 * 2**20
@@ -27,12 +25,6 @@ PLATFORM = ["--platform", "manylinux2014_x86_64", "--only-binary=:all:",
 pytestmark = pytest.mark.stack
 
 
-def run(args, **kw) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, capture_output=True, text=True, timeout=900, **kw)
-    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done
-
-
 @pytest.fixture(scope="module")
 def bare_python(tmp_path_factory) -> Path:
     """A virtualenv with boto3 and nothing else: the Lambda runtime's Python."""
@@ -40,22 +32,6 @@ def bare_python(tmp_path_factory) -> Path:
     run([sys.executable, "-m", "venv", str(venv)])
     run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "boto3"])
     return venv / "bin" / "python"
-
-
-@pytest.fixture(scope="module")
-def control_plane_zip(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("chalice-package")
-    # Chalice imports app.py to find its handlers: with the stage's variables, as a deploy does.
-    # Nothing of this machine's stack leaks in: the stage's own variables, pip's settings.
-    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")
-              or k.startswith("PIP_")},
-           **stage_environment("dev"), "AWS_DEFAULT_REGION": "us-east-1"}
-    # The merge template turns on partial batch responses for every SQS trigger: without it
-    # Lambda deletes a whole batch when the handler returns, failed records included.
-    run([str(Path(sys.executable).with_name("chalice")), "package", "--stage", "dev",
-         "--merge-template", str(ROOT / ".chalice" / "batch-failures.json"), str(out)],
-        cwd=ROOT, env=env)
-    return out / "deployment.zip"
 
 
 def isolated(python: Path, path: Path, code: str, env: dict[str, str]) -> dict:
