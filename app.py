@@ -4,16 +4,17 @@ import functools
 import json
 import uuid
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
     process_partial_response,
 )
-from chalice import AuthResponse, Chalice, Rate, Response
+from chalice import AuthResponse, Chalice, ConvertToMiddleware, Rate, Response
 
 from chalicelib import bodies, callers, config, openapi, ports
-from chalicelib.errors import InvalidRequest, ProoflineError
+from chalicelib.errors import InputError, InvalidManifest, InvalidRequest, ProoflineError
+from chalicelib.health import checks as health_checks
+from chalicelib.health import verdicts
 from chalicelib.identity import access, sessions
 from chalicelib.identity.access import Caller, Proof
 from chalicelib.jobs import attempts, intake, lifecycle, sweeper, uploads
@@ -21,9 +22,14 @@ from chalicelib.jobs.documents import job_document, package_document
 from chalicelib.market import challenges, job_leases, leases, workers
 from chalicelib.models import AttemptResult, Job, State
 from chalicelib.settlement import follower, payments, pricing
+from chalicelib.telemetry import lambda_handler, logger, metrics
 
-app = Chalice(app_name="proofline")
-logger = Logger(service="proofline")
+# One logger: Chalice's `app.log` is the Powertools logger's `logging` logger, without a
+# handler of Chalice's own (which printed every line a second time).
+app = Chalice(app_name="proofline", configure_logs=False)
+# Every handler (routes, queues, schedules): the Lambda context on its log lines, and its
+# metrics flushed when it returns.
+app.register_middleware(ConvertToMiddleware(lambda_handler))
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
 
 
@@ -80,12 +86,27 @@ def _body() -> dict:
 
 @route("/health")
 def health():
+    """Public and cheap. With `?deep=1`, an operator's: the stage's server-side checks from
+    this function's point of view, `{ok, stage, checks: [{name, ok, detail}]}`, 200 whether
+    or not they pass (`ok` says; `proofline doctor` exits 1 on false)."""
     s = config.settings()
+    request = app.current_request
+    if _deep(request.query_params or {}):
+        access.admit(callers.caller(ports.default(), request.headers),
+                     access.query_rule("GET", "/health", "deep"))
+        return verdicts.report(s.stage, health_checks.server_checks(s))
     return {"status": "ok", "stage": s.stage,
             "sign_in": {"domain": s.session_domain, "chain_id": s.chain_id},
             # EIP-712 domain of signed requests; without a stage chain, the signer's DID's.
             "signing": {**callers.signing_domain(ports.default()).to_json(),
                         "chain_id": s.chain_id}}
+
+
+def _deep(params) -> bool:
+    value = (params.get("deep") or "0").lower()
+    if value not in ("0", "1", "false", "true"):
+        raise InvalidRequest("deep is 1 (run the checks) or 0", reason="invalid_query")
+    return value in ("1", "true")
 
 
 @route("/openapi.json")
@@ -120,13 +141,18 @@ def revoke_sessions():
 def submit_job():
     request = app.current_request
     intake.bind_lambda_context(app.lambda_context)
-    fields = intake.parse_fields(request.raw_body or b"",
-                                 max_bytes=config.settings().max_manifest_bytes,
-                                 yaml_ok="yaml" in request.headers.get("content-type", ""))
-    manifest = intake.signed_manifest(ports.default(), request.headers, fields)
-    job, created = intake.submit(ports.default(), manifest,
-                                 idempotency_key=request.headers.get("idempotency-key"),
-                                 correlation_id=request.headers.get("x-correlation-id"))
+    fields = None
+    try:
+        fields = intake.parse_fields(request.raw_body or b"",
+                                     max_bytes=config.settings().max_manifest_bytes,
+                                     yaml_ok="yaml" in request.headers.get("content-type", ""))
+        manifest = intake.signed_manifest(ports.default(), request.headers, fields)
+        job, created = intake.submit(ports.default(), manifest,
+                                     idempotency_key=request.headers.get("idempotency-key"),
+                                     correlation_id=request.headers.get("x-correlation-id"))
+    except (InvalidManifest, InputError) as error:
+        intake.refused(ports.default(), fields, error)
+        raise
     return Response(job, status_code=201 if created else 200,
                     headers={"Location": f"/jobs/{job['job_id']}"})
 
@@ -247,6 +273,7 @@ def on_settlement(event):
         if isinstance(outcome, Exception):
             logger.error("settlement failed", extra={"action": action, "job_id": job_id,
                                                      "error": repr(outcome)})
+            metrics.count("SettlementActionFailed", action=action)
             failed.append({"itemIdentifier": message_id})
         else:
             logger.info("settlement", extra={"action": action, "job_id": job_id,

@@ -32,7 +32,7 @@ def package(out: Path) -> Path:
               or k.startswith("PIP_")}, **stage_environment("dev"),
            "AWS_DEFAULT_REGION": "us-east-1"}
     subprocess.run([str(Path(sys.executable).with_name("chalice")), "package", "--stage", "dev",
-                    "--merge-template", str(ROOT / ".chalice" / "batch-failures.json"), str(out)],
+                    "--merge-template", str(ROOT / ".chalice" / "package-template.json"), str(out)],
                    cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
     return out / "deployment.zip"
 

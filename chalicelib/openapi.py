@@ -117,6 +117,11 @@ QUERIES: dict[tuple[str, str], list[dict]] = {
     ("DELETE", "/sessions"): [
         {"name": "did", "in": "query", "description": "an operator's: whose sessions",
          "schema": {"type": "string"}}],
+    ("GET", "/health"): [
+        {"name": "deep", "in": "query",
+         "description": "an operator's (a session): run the stage's server-side checks and "
+                        "answer `{ok, stage, checks: [{name, ok, detail}]}`, 200 either way",
+         "schema": {"type": "string", "enum": ["0", "1", "false", "true"]}}],
 }
 
 _ERROR = {"type": "object", "required": ["reason", "message"],
@@ -130,13 +135,15 @@ def document(version: str = "1") -> dict[str, Any]:
     for (method, path), rule in access.ROUTES.items():
         operation: dict[str, Any] = {
             "operationId": f"{method.lower()}_{_slug(path)}",
-            "description": f"Who: {rule.who}.",
+            "description": f"Who: {rule.who}." + "".join(
+                f" With `{q}`: {r.who}." for (m, p, q), r in access.QUERY_RULES.items()
+                if (m, p) == (method, path)),
             "parameters": [{"name": name, "in": "path", "required": True,
                             "schema": {"type": "string", "minLength": 1}}
                            for name in _path_names(path)] + QUERIES.get((method, path), []),
             "responses": {"default": {"description": "the result, or an error with a reason",
                                       "content": {"application/json": {"schema": {}}}}},
-            "security": _security(rule),
+            "security": _route_security(method, path, rule),
         }
         model = BODIES.get((method, path))
         if model is not None:
@@ -166,6 +173,15 @@ def _security(rule: access.Rule) -> list[dict]:
     if rule.proof is Proof.SIGNATURE:
         return [{"eip712": []}]
     return []
+
+
+def _route_security(method: str, path: str, rule: access.Rule) -> list[dict]:
+    """The route's proof; with a query rule's too (a public route: none, or a session)."""
+    entries = _security(rule)
+    for (m, p, _), query_rule in access.QUERY_RULES.items():
+        if (m, p) == (method, path):
+            entries = (entries or [{}]) + _security(query_rule)
+    return entries
 
 
 def _path_names(path: str) -> list[str]:

@@ -20,7 +20,7 @@ from chalicelib.bus import MessageBus
 from chalicelib.config import Settings, secret, settings
 from chalicelib.context import ChainPorts, Ports
 from chalicelib.identity.sessions import KeyRing
-from chalicelib.jobs.lifecycle import count_outcomes
+from chalicelib.jobs.lifecycle import count_outcomes, emit_metrics
 from chalicelib.market.challenges import close_challenge
 from chalicelib.market.dispatch import dispatch_assigned
 from chalicelib.settlement.chain import Escrow, connect
@@ -30,7 +30,8 @@ from chalicelib.settlement.payments import request_settlement
 SETTLEMENT_QUEUE = RESOURCES.queue("settlement_queue")
 
 # In order: where the work goes next, then money, then bookkeeping.
-AFTER_COMMIT = (dispatch_assigned, request_settlement, close_challenge, count_outcomes)
+AFTER_COMMIT = (dispatch_assigned, request_settlement, close_challenge, count_outcomes,
+                emit_metrics)
 
 
 @lru_cache(maxsize=1)

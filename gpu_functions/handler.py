@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 import numpy as np
-from aws_lambda_powertools import Logger
 
 from chalicelib import ports
 from chalicelib.aws.blobs import S3Uri, attempt_key
@@ -31,6 +30,7 @@ from chalicelib.market.inference_inputs import dispatched_prompt, dispatched_tex
 from chalicelib.media import probe as media
 from chalicelib.models import AttemptResult, Job, Output, State, is_pool
 from chalicelib.settlement.chain import pool_signature
+from chalicelib.telemetry import lambda_handler, logger
 from chalicelib.verification import audit
 from chalicelib.verification import inference as inference_checks
 from chalicelib.verification.policies import Verdict
@@ -38,7 +38,6 @@ from chalicelib.verification.policies import Verdict
 from . import inference
 
 WORKER = "pool:inference"
-logger = Logger(service="proofline-inference")
 _warm: dict[tuple, object] = {}
 
 
@@ -318,6 +317,7 @@ def handle(p: Ports, records: list) -> list[str]:
     return failures
 
 
+@lambda_handler
 def handler(event, context):
     if event.get("source") == "aws.events":             # the collection schedule
         return {"collected": collect(ports.default())}

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
@@ -27,13 +26,13 @@ from chalicelib.media import probe as media
 from chalicelib.media import tasks
 from chalicelib.models import AttemptResult, Job, Output, State, TaskState
 from chalicelib.settlement.chain import pool_signature
+from chalicelib.telemetry import lambda_handler, logger
 from media_worker.probe import probe
 
 from . import transcode
 from .inputs import fetch_input
 
 WORKER = "pool:media"
-logger = Logger(service="proofline-media")
 
 
 def probe_input(p: Ports, job: Job, workdir: Path) -> AttemptResult:
@@ -133,12 +132,14 @@ def _assemble(p: Ports, message: dict, workdir: Path, redelivered: bool) -> None
 SEGMENT_WORK = {"task": _encode, "check": _check, "assemble": _assemble}
 
 
+@lambda_handler
 def handler(event, context):
     return process_partial_response(event=event, record_handler=lambda record: run(ports.default(), record),
                                     processor=BatchProcessor(event_type=EventType.SQS),
                                     context=context)
 
 
+@lambda_handler
 def segments_handler(event, context):
     return process_partial_response(event=event,
                                     record_handler=lambda record: run_segment_message(

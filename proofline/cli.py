@@ -23,6 +23,7 @@ from .common import (
     state_label,
     watch,
 )
+from .doctor import doctor
 from .identity_cli import identity
 from .infer_cli import infer
 from .settle_cli import settle
@@ -237,6 +238,7 @@ main.add_command(workers)
 main.add_command(worker)
 main.add_command(dev)
 main.add_command(ops)
+main.add_command(doctor)
 
 
 if __name__ == "__main__":

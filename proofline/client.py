@@ -218,6 +218,11 @@ class Api:
     def health(self) -> dict:
         return self._request("GET", "/health").json()
 
+    def deep_health(self) -> dict:
+        """`GET /health?deep=1`, signed in as the reader (an operator): the stage's
+        server-side checks, `{ok, stage, checks: [{name, ok, detail}]}`."""
+        return self._read("GET", "/health", params={"deep": "1"}).json()
+
     def quote(self, request: dict) -> dict:
         """What a job would be charged on this stage, in its payment token (POST /quotes)."""
         return self._request("POST", "/quotes", json=request).json()

@@ -7,6 +7,7 @@ it to report healthy in `.proofline/stack.json`; tests start the same `DevStack`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -17,12 +18,18 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import boto3
 from chalice.app import Rate, ScheduledEventConfig
 from chalice.config import Config
-from chalice.local import create_local_server
+from chalice.local import (
+    ChaliceRequestHandler,
+    LocalGateway,
+    LocalGatewayAuthorizer,
+    create_local_server,
+)
 
 from chalicelib import aws, config, ports
 from chalicelib.config import stage_environment
@@ -32,13 +39,15 @@ from chalicelib.settlement.chain import Escrow, artifact, deploy
 
 from .anvil import Anvil
 from .awsendpoint import AwsEndpoint
+from .calls import acting_as, install_from_environment
 from .clips import seed_challenges
 from .provision import provision
-from .pump import EventPump
+from .pump import METRICS_FILE, EventPump, metrics_to_file
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 STATE_FILE = "stack.json"
+METRICS_LOG = "metrics.jsonl"       # the functions' metrics, one EMF document a line
 
 
 @dataclass
@@ -126,6 +135,9 @@ class DevStack:
             os.environ.get("PROOFLINE_OPERATORS"),
             did_for(self.anvil.accounts[0].address, self.anvil.chain_id)]))
         os.environ.update(self.info.environment())
+        install_from_environment()          # PROOFLINE_RECORD_CALLS: the functions' AWS calls
+        os.environ[METRICS_FILE] = str(self.state_dir / METRICS_LOG)
+        metrics_to_file()                   # EMF documents: to metrics.jsonl, not the log
         for cached in (config.settings, ports.default):
             cached.cache_clear()
         aws.reset_clients()
@@ -147,13 +159,42 @@ class DevStack:
             self._moto.stop()
         if self.anvil:
             self.anvil.stop()
+        if os.environ.pop(METRICS_FILE, None):
+            metrics_to_file()               # this process's metrics: to stdout again
 
     def _serve_api(self, app) -> None:
-        server = create_local_server(app.app, Config.create(chalice_stage="local",
-                                                            app_name="proofline"),
-                                     HOST, self.api_port)
+        config = Config.create(chalice_stage="local", app_name="proofline")
+        server = create_local_server(app.app, config, HOST, self.api_port)
+        server.server.RequestHandlerClass = functools.partial(_RequestHandler,
+                                                              app_object=app.app, config=config)
         self._api = server.server
         threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+
+
+class _Authorizer(LocalGatewayAuthorizer):
+    def authorize(self, *args, **kwargs):
+        with acting_as("session_authorizer"):
+            return super().authorize(*args, **kwargs)
+
+
+class _Gateway(LocalGateway):
+    """API Gateway as `chalice local` plays it, each AWS call made under the name of the
+    Lambda that makes it in a stage: the authorizer's, then the API handler's."""
+
+    def __init__(self, app_object, config):
+        super().__init__(app_object, config)
+        self._authorizer = _Authorizer(app_object)
+
+    def handle_request(self, *args, **kwargs):
+        with acting_as("api_handler"):
+            return super().handle_request(*args, **kwargs)
+
+
+class _RequestHandler(ChaliceRequestHandler):
+    def __init__(self, request, client_address, server, app_object, config):
+        # As ChaliceRequestHandler's, with the gateway above (the request is served here).
+        self.local_gateway = _Gateway(app_object, config)
+        BaseHTTPRequestHandler.__init__(self, request, client_address, server)
 
 
 TEST_TOKEN, TEST_TOKEN_DECIMALS = "PUSD", 6

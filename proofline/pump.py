@@ -29,6 +29,9 @@ from aws_lambda_powertools import Logger
 from chalicelib import aws
 from chalicelib.aws.resources import RESOURCES, Queue, Resources
 from chalicelib.config import Settings
+from chalicelib.telemetry import metrics
+
+from .calls import acting_as, function_of, install_from_environment
 
 logger = Logger(service="proofline-pump")
 
@@ -86,11 +89,30 @@ def share_cpus(workers: int) -> None:
         os.environ.setdefault(name, threads)
 
 
+def start_worker(workers: int) -> None:
+    """A worker process starts as a container Lambda's would: its share of the cores, and
+    its AWS calls recorded when the stack records them (the variable is inherited)."""
+    share_cpus(workers)
+    install_from_environment()
+    metrics_to_file()
+
+
+# Locally the functions' metrics (EMF documents) go to the stack's file, named here so that
+# worker processes inherit it, rather than into its log.
+METRICS_FILE = "PROOFLINE_METRICS_FILE"
+
+
+def metrics_to_file() -> None:
+    metrics.write_to(os.environ.get(METRICS_FILE) or None)
+
+
 def invoke(consumer: str, event: dict, timeout_s: float) -> tuple[Any, dict[str, int]]:
     """Run one handler invocation; also returns the AWS calls it made (for the benchmark)."""
     before = Counter(aws.calls)
     try:
-        response = load(consumer)(event, LambdaContext(consumer.replace(":", "-"), timeout_s))
+        with acting_as(function_of(consumer)):
+            response = load(consumer)(event, LambdaContext(consumer.replace(":", "-"),
+                                                           timeout_s))
     except Exception:   # tracebacks don't pickle back to the pump; their text does
         raise HandlerError(f"{consumer} raised:\n{traceback.format_exc()}") from None
     return response, dict(aws.calls - before)
@@ -155,6 +177,11 @@ class EventPump:
     def _poll(self, queue: Queue) -> None:
         name = self._resources.name(self._settings, queue)
         url = self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        # From here on, what Lambda's event source mapping does with the consumer's role.
+        with acting_as(function_of(queue.consumer)):
+            self._poll_as_mapping(queue, name, url)
+
+    def _poll_as_mapping(self, queue: Queue, name: str, url: str) -> None:
         arn = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
             "Attributes"]["QueueArn"]
         while not self._stop.is_set():
@@ -206,7 +233,7 @@ class EventPump:
                 {"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(done)])
 
     def _invoke(self, queue: Queue, event: dict) -> Any:
-        if not queue.process_pool:
+        if not queue.process_pool:      # already acting as the consumer (_poll)
             return load(queue.consumer)(event, LambdaContext(queue.consumer, self._timeout_s))
         future = self._executor().submit(invoke, queue.consumer, event, self._timeout_s)
         try:
@@ -222,7 +249,7 @@ class EventPump:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(self._pool_workers, mp_context=get_context("spawn"),
-                                                 initializer=share_cpus,
+                                                 initializer=start_worker,
                                                  initargs=(self._pool_workers,))
             return self._pool
 
@@ -230,7 +257,8 @@ class EventPump:
     def _tick(self, name: str, consumer: str, period_s: float) -> None:
         while not self._stop.wait(period_s):
             try:
-                load(consumer)(scheduled_event(name, self._settings.region),
-                               LambdaContext(name, self._timeout_s))
+                with acting_as(function_of(consumer)):
+                    load(consumer)(scheduled_event(name, self._settings.region),
+                                   LambdaContext(name, self._timeout_s))
             except Exception:
                 logger.exception("scheduled handler failed", extra={"schedule": name})

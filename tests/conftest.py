@@ -35,6 +35,16 @@ for _name, _value in stage_environment("local").items():
 OPERATOR = Account.from_key("0x" + "5e" * 32)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "after_stack: runs after every other test, reading "
+                            "what the session's stack recorded (tests/deploy/test_iam.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `after_stack` go last, so they see every stack test's recorded calls."""
+    items.sort(key=lambda item: item.get_closest_marker("after_stack") is not None)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     from proofline.devstack import DevStack
@@ -49,6 +59,9 @@ def stack(tmp_path_factory):
     # Uploads past 8 MiB go in 5 MiB parts here (5 GB in a deployment), so they are tested.
     os.environ.setdefault("PROOFLINE_MULTIPART_BYTES", str(8 * 2**20))
     os.environ.setdefault("PROOFLINE_PART_BYTES", str(5 * 2**20))
+    # Every AWS call the stack's functions make, for tests/deploy/test_iam.py (the pump's
+    # worker processes inherit the variable).
+    os.environ.setdefault("PROOFLINE_RECORD_CALLS", str(tmp_path_factory.mktemp("calls")))
     dev = DevStack(tmp_path_factory.mktemp("stack"), visibility_cap=2, schedule_every_s=1,
                    pool_workers=2)
     dev.start()

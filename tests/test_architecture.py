@@ -29,6 +29,8 @@ INNER_IMPORTS_ALLOWED = {
     ("proofline.worker_agent", "media_worker.transcode"): "PyAV and FFmpeg, only for media",
     ("proofline.transcode_cli", "media_worker.segments"): "PyAV, only for `transcode quote`",
     ("proofline.devstack", "app"): "the Chalice app reads the stack's environment on import",
+    ("chalicelib.identity.sessions", "siwe"): "its grammar compiles on import: only sign-ins "
+                                              "pay it, not every Lambda's cold start",
 }
 
 

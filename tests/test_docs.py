@@ -78,7 +78,7 @@ def test_each_proofline_command_exists_with_its_options(where, line):
 @pytest.mark.parametrize("where,line", [l for l in LINES if l[1].startswith("make")],
                          ids=[w for w, l in LINES if l.startswith("make")])
 def test_each_make_target_exists(where, line):
-    targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
+    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
     target = _tokens(line)[1]
     assert target in targets, f"{where}: no make target {target}"
 
@@ -87,4 +87,5 @@ def test_the_readme_states_every_routes_owner_rule_as_the_code_does():
     readme = (ROOT / "README.md").read_text()
     rows = set(re.findall(r"^\| `(GET|POST|DELETE) (\S+)` \| (\w+) \| (.+) \|$", readme,
                           re.MULTILINE))
-    assert rows == {(m, p, r.proof.value, r.who) for (m, p), r in access.ROUTES.items()}
+    assert rows == {(m, p, r.proof.value, r.who) for (m, p), r in access.ROUTES.items()} | {
+        (m, f"{p}?{q}=1", r.proof.value, r.who) for (m, p, q), r in access.QUERY_RULES.items()}

@@ -75,12 +75,29 @@ ROUTES: dict[tuple[str, str], Rule] = {
 }
 
 
+# A query parameter that asks a route for more than its own rule gives: its own rule. The
+# route itself keeps its rule (`GET /health` stays public and cheap).
+QUERY_RULES: dict[tuple[str, str, str], Rule] = {
+    # the stage's server-side checks: they name its resources, keys and what is broken
+    ("GET", "/health", "deep"): OPERATOR,
+}
+
+
 def rule(method: str, path: str) -> Rule:
     try:
         return ROUTES[(method.upper(), path)]
     except KeyError:
         raise LookupError(f"{method} {path} has no access rule in chalicelib/identity/access.py"
                           ) from None
+
+
+def query_rule(method: str, path: str, parameter: str) -> Rule:
+    """The rule of a route called with `parameter` (e.g. `GET /health?deep=1`)."""
+    try:
+        return QUERY_RULES[(method.upper(), path, parameter)]
+    except KeyError:
+        raise LookupError(f"{method} {path}?{parameter} has no access rule in "
+                          "chalicelib/identity/access.py") from None
 
 
 @dataclass(frozen=True)

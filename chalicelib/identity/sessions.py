@@ -12,6 +12,7 @@ except the nonce and revocation stores, which are passed in.
 """
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ from typing import Protocol
 import jwt
 from eth_utils import keccak
 from pydantic import ValidationError
-from siwe import siwe
 
 from chalicelib.errors import Forbidden, InvalidRequest, Unauthorized
 from chalicelib.identity.signing import NonceStore, did_for
@@ -88,11 +88,20 @@ class Revocations(Protocol):
         ...
 
 
+@functools.cache
+def _siwe():
+    """The siwe package, imported on first use: it compiles its EIP-4361 grammar when imported
+    (about half a second), which only sign-ins need — not every Lambda's cold start."""
+    from siwe import siwe
+    return siwe
+
+
 # -- client side -----------------------------------------------------------------------------
 def sign_in_message(address: str, *, domain: str, uri: str, chain_id: int,
                     now: float | None = None, nonce: str | None = None) -> str:
     """The EIP-4361 text a wallet signs (EIP-191 personal_sign) to sign in."""
     now = time.time() if now is None else now
+    siwe = _siwe()
     message = siwe.SiweMessage(
         domain=domain, address=address, uri=uri, version="1", chain_id=chain_id,
         nonce=nonce or siwe.generate_nonce(), statement=STATEMENT,
@@ -110,6 +119,7 @@ def verify_sign_in(message: str, signature: str, *, domain: str, chain_id: int |
             or len(message) > MAX_MESSAGE_CHARS or len(signature) > 200:
         raise InvalidRequest("sign-in needs `message` (EIP-4361 text) and `signature` "
                              "(0x hex) strings", reason="malformed_sign_in")
+    siwe = _siwe()
     try:
         parsed = siwe.SiweMessage.from_message(message)
     except (ValueError, ValidationError, siwe.VerificationError) as exc:

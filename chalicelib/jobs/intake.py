@@ -32,12 +32,14 @@ from chalicelib.errors import (
     InvalidManifest,
     InvalidRequest,
     ManifestTooLarge,
+    ProoflineError,
     UnknownProfile,
 )
 from chalicelib.identity.signing import canonical_did
 from chalicelib.jobs import lifecycle as jobs
 from chalicelib.jobs import uploads
 from chalicelib.models import Job, Manifest
+from chalicelib.telemetry import metrics
 
 SIDECAR_SUFFIX = ".job.json"
 INTAKE_PREFIX = "intake/"
@@ -139,6 +141,15 @@ def submit(ports: Ports, manifest: Manifest, *, idempotency_key: str | None,
         raise IdempotencyConflict("this Idempotency-Key was used with a different manifest") from exc
     replayed = result.pop("_replayed", False)
     return result["job"], result["created"] and not replayed
+
+
+def refused(ports: Ports, fields: dict | None, error: ProoflineError) -> None:
+    """A submission refused at the door makes no job; it is counted as `JobRejected`, by
+    the class it named (`unknown` when the catalog has none such) and the reason."""
+    kind = (fields or {}).get("kind")
+    known = isinstance(kind, str) and kind in ports.catalog.job_classes
+    metrics.count("JobRejected", kind=kind if known else "unknown", reason=error.reason,
+                  source="http")
 
 
 # -- S3 drop ---------------------------------------------------------------------------------

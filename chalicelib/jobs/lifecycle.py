@@ -30,6 +30,7 @@ from chalicelib.settlement import pricing
 from chalicelib.settlement import rules as settlement
 from chalicelib.settlement.escrow import quote_of, sign_funding
 from chalicelib.settlement.rules import EscrowStage
+from chalicelib.telemetry import metrics
 
 logger = Logger(child=True)
 
@@ -271,6 +272,53 @@ def count_outcomes(ports: Ports, committed: Committed) -> None:
             ports.store.count(committed.after.kind, counts)
         except Exception:  # noqa: BLE001 - logged; the transition it counts is committed
             logger.warning("class statistics not updated", extra={"kind": committed.after.kind})
+
+
+# Terminal states a commit moves a job into → the metric that counts it.
+ENDED = {State.SETTLED: "JobSettled", State.FAILED: "JobFailed",
+         State.CANCELLED: "JobCancelled", State.REJECTED: "JobRejected"}
+# Money moved (or found moved) on chain → the metric that counts it.
+SETTLEMENTS = {"settlement.released": "SettlementReleased",
+               "settlement.refunded": "SettlementRefunded",
+               "settlement.reclaimed": "SettlementReclaimed",
+               "settlement.forfeited": "SettlementForfeited",
+               "settlement.resolved": "SettlementResolved",
+               "settlement.skipped": "SettlementSkipped"}
+
+
+def emit_metrics(ports: Ports, committed: Committed) -> None:
+    """After commit: the stage's metrics, by job class (`kind`) and reason — jobs created,
+    ended (settled, failed, cancelled, rejected), validation failures, retries, settlement
+    outcomes and the gas each chain transaction used (a batch's split between its jobs).
+    Best effort: a metric never fails a committed transition."""
+    try:
+        _emit(committed)
+    except Exception:  # noqa: BLE001 - logged; the transition it measures is committed
+        logger.warning("metrics not recorded", extra={"job_id": committed.after.job_id})
+
+
+def _emit(committed: Committed) -> None:
+    job = committed.after
+    kind, tag = job.kind, {"job_id": job.job_id}
+    if committed.before is None and job.state != State.REJECTED:
+        metrics.count("JobCreated", kind=kind, metadata=tag)
+    if committed.moved() and job.state in ENDED:
+        reasons = {"reason": job.reason or "unknown"} if job.state in (
+            State.FAILED, State.REJECTED) else {}
+        sources = {"source": job.source} if job.state == State.REJECTED else {}
+        metrics.count(ENDED[job.state], kind=kind, metadata=tag, **reasons, **sources)
+    for event in committed.events:
+        reason = event.data.get("reason") or "unknown"
+        if event.type == "validation.failed":
+            metrics.count("ValidationFailed", kind=kind, reason=reason, metadata=tag)
+        if event.state == State.RETRYING:
+            metrics.count("Retry", kind=kind, reason=reason, metadata=tag)
+        if event.type in SETTLEMENTS:
+            metrics.count(SETTLEMENTS[event.type], kind=kind, metadata=tag)
+        gas = event.data.get("gas_used")
+        if isinstance(gas, int) and gas > 0:
+            metrics.add("GasUsed", gas / max(1, int(event.data.get("batch") or 1)), "Count",
+                        action=event.type, metadata=tag)
 
 
 def class_rates(ports: Ports, kind: str) -> dict:

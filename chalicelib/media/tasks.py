@@ -30,6 +30,7 @@ from chalicelib.models import (
 )
 from chalicelib.settlement import pricing
 from chalicelib.settlement.pricing import PriceAboveCeiling
+from chalicelib.telemetry import metrics
 from chalicelib.verification.policies import Verdict
 
 logger = Logger(child=True)
@@ -222,16 +223,20 @@ def retry_or_fail(ports: Ports, task: Task, *, reason: str, event: str, data: di
     tried = task.tried
     if is_marketplace(task.worker) and task.worker not in tried:
         tried = [*tried, task.worker]
+    tag = {"job_id": task.job_id, "task": task.task_id}
     if task.attempt < task.max_attempts:
         retried = advance(ports, task, TaskState.ASSIGNED, event, data,
                            attempt=task.attempt + 1, outputs=[], worker=None, reason=reason,
                            tried=tried, deadline=None)
         if retried:
+            _count_rejection(job, event, reason, tag)
+            metrics.count("Retry", kind=job.kind, reason=reason, metadata=tag)
             send_task(ports, retried)
         return retried
     failed = advance(ports, task, TaskState.FAILED, event, data, reason=reason, tried=tried,
                       deadline=None)
     if failed:
+        _count_rejection(job, event, reason, tag)
         now = ports.clock()
 
         def fail_job(j: Job):
@@ -243,6 +248,12 @@ def retry_or_fail(ports: Ports, task: Task, *, reason: str, event: str, data: di
             return moved, [e], []
         apply(ports, ports.store.get(task.job_id), fail_job)
     return failed
+
+
+def _count_rejection(job: Job, event: str, reason: str, tag: dict) -> None:
+    """A segment the verifier rejected counts as a validation failure of its job's class."""
+    if event == "segment.rejected":
+        metrics.count("ValidationFailed", kind=job.kind, reason=reason, metadata=tag)
 
 
 def complete(ports: Ports, job: Job, output: Output, verdict: Verdict, *,

@@ -17,6 +17,7 @@ from chalicelib.settlement import pricing
 from chalicelib.settlement import rules as settlement
 from chalicelib.settlement.payments import charged_terms, charges, noted
 from chalicelib.settlement.pricing import PriceAboveCeiling
+from chalicelib.telemetry import metrics
 
 logger = Logger(child=True)
 CURSOR = "chain:escrow"
@@ -28,15 +29,19 @@ def follow_chain(ports: Ports) -> int:
     assignments, releases, refunds, reclaims, disputes and their resolutions. Starts at
     the configured block, reads bounded ranges, and takes a block only once it has
     `chain_confirmations` blocks on top (a funding in a block that is reorged away is never
-    applied). Returns how many logs matched a job."""
+    applied). Returns how many logs matched a job.
+
+    Measures `ChainFollowerLagBlocks`: the confirmed blocks not applied yet when the run
+    ends (0 once it caught up; unconfirmed blocks are not lag, they wait by design)."""
     escrow, s = ports.chain.escrow, ports.settings
     head = escrow.w3.eth.block_number - s.chain_confirmations
     # Per chain and contract: a new deployment is followed from its own start block.
     cursor = f"{CURSOR}:{s.chain_id}:{escrow.address}"
-    matched = 0
+    matched, applied = 0, s.chain_start_block - 1
     for _ in range(MAX_RANGES):
         previous = ports.store.cursor(cursor)
         start = s.chain_start_block if previous is None else previous + 1
+        applied = start - 1
         end = min(head, start + s.chain_log_range - 1)
         if end < start:
             break
@@ -47,6 +52,8 @@ def follow_chain(ports: Ports) -> int:
                 FOLLOWED[log["event"]](ports, ports.store.get(job_id), log)
         if not ports.store.advance_cursor(cursor, previous, end):
             break                             # another follower moved it: it has this range
+        applied = end
+    metrics.add("ChainFollowerLagBlocks", max(0, head - applied), "Count")
     return matched
 
 

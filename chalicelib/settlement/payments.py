@@ -23,6 +23,7 @@ from chalicelib.settlement import rules as settlement
 from chalicelib.settlement.chain import ContractReverted, EscrowState
 from chalicelib.settlement.escrow import job_key_bytes, result_hash
 from chalicelib.settlement.reconcile import classify
+from chalicelib.telemetry import metrics
 
 logger = Logger(child=True)
 DUE_AGAIN = timedelta(minutes=1)
@@ -381,7 +382,8 @@ def reconcile(ports: Ports, *, repair: bool = False) -> list[dict]:
     """Compare every escrow job whose money is not final with the chain (the open-escrow
     index: every one, not the newest few); with `repair`, re-send the settlement action for
     each drift that has a safe one. A job that ended unfunded and whose quote expired can
-    never be funded: it leaves the index. Returns the drift rows."""
+    never be funded: it leaves the index. Returns the drift rows, and measures how many
+    (`SettlementDrift`)."""
     rows = []
     now_s = ports.clock().timestamp()
     for job in ports.store.open_escrows():
@@ -400,4 +402,5 @@ def reconcile(ports: Ports, *, repair: bool = False) -> list[dict]:
             ports.queues.send("settlement", {"action": drift.repair, "job_id": job.job_id})
             row["repaired"] = True
         rows.append(row)
+    metrics.add("SettlementDrift", len(rows), "Count")
     return rows

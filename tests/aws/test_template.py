@@ -284,14 +284,15 @@ def test_worker_environment_matches_the_stage(template: dict, function: str) -> 
     # (a deployed stage refuses them); the workers get the audit secret and the pool key,
     # and never the control plane's chain keys or session keys.
     assert not set(SECRETS) & set(variables)
-    names = {k: str(v) for k, v in variables.items() if k.endswith("_SECRET")}
+    names = {k: str(v) for k, v in variables.items() if k.removesuffix("_SECRET") in SECRETS}
     assert names == {"PROOFLINE_AUDIT_SECRET_SECRET": str({"Fn::Sub": "proofline-${Stage}-audit-secret"}),
                      "PROOFLINE_POOL_KEY_SECRET": str({"Fn::Sub": "proofline-${Stage}-pool-key"})}
-    parameters = {"ChainRpcUrl", "ChainId", "EscrowAddress", "PoolAddress"}
+    parameters = {"ChainRpcUrl", "ChainId", "EscrowAddress", "PoolAddress", "ModalTokenId",
+                  "ModalTokenSecret"}
     for stage in ("local", "dev", "prod"):
         env = stage_environment(stage)
         resolved = {k: _resolve(v, template, stage) for k, v in variables.items()
-                    if not k.endswith("_SECRET") and v not in [{"Ref": p} for p in parameters]}
+                    if k not in names and v not in [{"Ref": p} for p in parameters]}
         assert resolved == {k: env[k] for k in resolved}, stage
 
 
@@ -393,3 +394,168 @@ def test_quarantined_uploads_and_unused_inputs_expire(template: dict) -> None:
                and r.get("TagFilters") == [{"Key": k, "Value": v}
                                            for k, v in uploads.UNUSED.items()]
                for r in artifacts["LifecycleConfiguration"]["Rules"])
+
+
+# ------------------------------------------------------------------ (d) alarms and dashboard
+ALARM = "AWS::CloudWatch::Alarm"
+
+
+def _alarms(template: dict, namespace: str, metric: str) -> list[dict]:
+    return [r["Properties"] for r in template["Resources"].values()
+            if r["Type"] == ALARM and r["Properties"]["Namespace"] == namespace
+            and r["Properties"]["MetricName"] == metric]
+
+
+def _watching(template: dict, namespace: str, metric: str, dimension: str, value) -> dict:
+    """The one alarm on `metric` whose `dimension` is `value` (as the template writes it)."""
+    found = [a for a in _alarms(template, namespace, metric)
+             if {"Name": dimension, "Value": value} in a["Dimensions"]]
+    assert len(found) == 1, f"{len(found)} alarms on {namespace} {metric} {dimension}={value}"
+    return found[0]
+
+
+def _queues(template: dict) -> tuple[list[str], list[str]]:
+    """(work queues, dead-letter queues), from the template's own queues: a work queue has a
+    redrive policy, a dead-letter queue is some queue's target. Every queue is one of them."""
+    queues = {k: r for k, r in template["Resources"].items() if r["Type"] == "AWS::SQS::Queue"}
+    work = sorted(k for k, r in queues.items() if "RedrivePolicy" in r["Properties"])
+    dead = sorted({queues[k]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+                   for k in work})
+    assert set(work) | set(dead) == set(queues) and not set(work) & set(dead)
+    return work, dead
+
+
+def _fires_on_any(alarm: dict) -> None:
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and alarm["Threshold"] == 0
+
+
+def test_every_dead_letter_queue_alarms_on_its_first_message(template: dict) -> None:
+    _, dead = _queues(template)
+    assert len(dead) == len(RESOURCES.queues)
+    for queue in dead:
+        alarm = _watching(template, "AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName",
+                          {"Fn::GetAtt": [queue, "QueueName"]})
+        _fires_on_any(alarm)
+        assert alarm["Statistic"] == "Maximum"
+
+
+def test_every_work_queue_alarms_on_its_oldest_message(template: dict) -> None:
+    work, _ = _queues(template)
+    assert {q.logical_id for q in RESOURCES.queues} == set(work)
+    thresholds = {}
+    for queue in work:
+        alarm = _watching(template, "AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName",
+                          {"Fn::GetAtt": [queue, "QueueName"]})
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+        # A message being retried is legitimately as old as one visibility timeout: the
+        # alarm is for a queue falling behind, not for a retry.
+        visibility = template["Resources"][queue]["Properties"]["VisibilityTimeout"]
+        assert alarm["Threshold"] >= visibility, queue
+        thresholds[queue] = alarm["Threshold"]
+    # Each threshold fits the queue's purpose: intake is the fastest, settlement the slowest.
+    assert min(thresholds, key=thresholds.get) == "IntakeQueue"
+    assert max(thresholds, key=thresholds.get) == "SettlementQueue"
+
+
+def _chalice_function_names(stage: str) -> set[str]:
+    """The functions `chalice deploy` makes of app.py for `stage`, named by Chalice itself."""
+    from chalice.config import Config
+    from chalice.deploy import models
+    from chalice.deploy.appgraph import ApplicationGraphBuilder, DependencyBuilder
+
+    import app
+    config = Config.create(chalice_stage=stage, app_name="proofline", project_dir=str(ROOT),
+                           chalice_app=app.app,
+                           config_from_disk=json.loads(CHALICE_CONFIG.read_text()))
+    graph = ApplicationGraphBuilder().build(config, stage)
+    return {r.function_name for r in DependencyBuilder().build_dependencies(graph)
+            if isinstance(r, models.LambdaFunction)}
+
+
+def test_every_function_alarms_on_handler_errors(template: dict) -> None:
+    watched = [a["Dimensions"] for a in _alarms(template, "AWS/Lambda", "Errors")]
+    assert all(len(d) == 1 and d[0]["Name"] == "FunctionName" for d in watched)
+    values = [d[0]["Value"] for d in watched]
+    # The workers by reference.
+    workers = [k for k, r in template["Resources"].items()
+               if r["Type"] in ("AWS::Serverless::Function", "AWS::Lambda::Function")]
+    assert len(workers) == 3
+    for worker in workers:
+        assert values.count({"Ref": worker}) == 1, worker
+    # The control plane's by the names Chalice gives them, for every stage.
+    by_name = [v for v in values if "Fn::Sub" in v]
+    assert len(by_name) + len(workers) == len(values)
+    for stage in ("dev", "prod"):
+        names = sorted(_resolve(v, template, stage) for v in by_name)
+        assert names == sorted(_chalice_function_names(stage)), stage
+    for alarm in _alarms(template, "AWS/Lambda", "Errors"):
+        _fires_on_any(alarm)
+        assert alarm["Statistic"] == "Sum"
+
+
+def test_custom_metric_alarms_watch_what_the_stage_emits(template: dict) -> None:
+    from chalicelib import telemetry
+    stage_only = [{"Name": "service", "Value": telemetry.SERVICE},
+                  {"Name": "stage", "Value": {"Ref": "Stage"}}]
+    for metric in ("ChainFollowerLagBlocks", "SettlementDrift"):
+        [alarm] = _alarms(template, telemetry.NAMESPACE, metric)
+        assert sorted(alarm["Dimensions"], key=lambda d: d["Name"]) == stage_only
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+        assert alarm["TreatMissingData"] == "notBreaching"   # stages without a chain
+    # Every custom metric an alarm names is emitted, with the dimensions the alarm names (a
+    # metric's own dimensions, or the roll-up to service and stage every metric also has).
+    for resource in template["Resources"].values():
+        props = resource["Properties"]
+        if resource["Type"] == ALARM and props["Namespace"] == telemetry.NAMESPACE:
+            assert props["MetricName"] in telemetry.NAMES
+            named = {d["Name"] for d in props["Dimensions"]}
+            assert named in ({"service", "stage"},
+                             {"service", "stage", *telemetry.NAMES[props["MetricName"]]})
+
+
+def test_every_alarm_notifies_the_alarm_topic(template: dict) -> None:
+    _resource(template, "AlarmTopic", "AWS::SNS::Topic")
+    alarms = [r["Properties"] for r in template["Resources"].values() if r["Type"] == ALARM]
+    assert len(alarms) >= 2 * len(RESOURCES.queues) + 3 + 2
+    for alarm in alarms:
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        assert alarm["AlarmName"]["Fn::Sub"].startswith("proofline-${Stage}-")
+    names = [a["AlarmName"]["Fn::Sub"] for a in alarms]
+    assert len(set(names)) == len(names)
+    subscription = _resource(template, "AlarmEmailSubscription", "AWS::SNS::Subscription")
+    assert subscription["Condition"] == "HasAlarmEmail"
+
+
+def _dashboard(template: dict, stage: str) -> dict:
+    body = _resource(template, "Dashboard", "AWS::CloudWatch::Dashboard")[
+        "Properties"]["DashboardBody"]["Fn::Sub"]
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name == "AWS::Region":
+            return "us-east-1"
+        if "." in name:
+            logical, attribute = name.split(".", 1)
+            return _resolve({"Fn::GetAtt": [logical, attribute]}, template, stage)
+        if template["Resources"].get(name, {}).get("Type") == "AWS::Serverless::Function":
+            return f"<{name}>"
+        return _resolve({"Ref": name}, template, stage)
+    return json.loads(re.sub(r"\$\{([A-Za-z0-9:.]+)\}", value, body))
+
+
+def test_the_dashboard_shows_the_key_figures(template: dict) -> None:
+    from chalicelib import telemetry
+    widgets = _dashboard(template, "dev")["widgets"]
+    shown = json.dumps(widgets)
+    rows = [m for w in widgets for m in w["properties"]["metrics"]]
+    custom = {m[1] for m in rows if m[0] == telemetry.NAMESPACE}
+    searched = set(re.findall(r'MetricName=\\"(\w+)\\"', shown))
+    assert custom | searched <= set(telemetry.NAMES)
+    assert {"JobCreated", "JobSettled", "JobFailed", "JobRejected", "ValidationFailed", "Retry",
+            "SettlementReleased", "SettlementRefunded", "SettlementReclaimed", "GasUsed",
+            "ChainFollowerLagBlocks", "SettlementDrift"} <= custom | searched
+    work, dead = _queues(template)
+    for queue in work + dead:
+        assert f'"{_resolve({"Fn::GetAtt": [queue, "QueueName"]}, template, "dev")}"' in shown
+    for name in _chalice_function_names("dev"):
+        assert f'"{name}"' in shown

@@ -24,7 +24,7 @@ def control_plane_zip(tmp_path_factory) -> Path:
     # The merge template turns on partial batch responses for every SQS trigger: without it
     # Lambda deletes a whole batch when the handler returns, failed records included.
     run([str(Path(sys.executable).with_name("chalice")), "package", "--stage", "dev",
-         "--merge-template", str(ROOT / ".chalice" / "batch-failures.json"), str(out)],
+         "--merge-template", str(ROOT / ".chalice" / "package-template.json"), str(out)],
         cwd=ROOT, env=env)
     return out / "deployment.zip"
 

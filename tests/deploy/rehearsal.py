@@ -14,8 +14,8 @@ API, and named in `APPLIED_BY_API`:
   `CreateDeployment` of the stage.
 - `AWS::CloudWatch::Alarm` and `AWS::CloudWatch::Dashboard` → `PutMetricAlarm` and
   `PutDashboard` with the resolved properties.
-- A bucket's `NotificationConfiguration`, which moto's bucket resource ignores →
-  `PutBucketNotificationConfiguration`.
+- A bucket's `NotificationConfiguration` and a table's `TimeToLiveSpecification`, which
+  moto's resources ignore → `PutBucketNotificationConfiguration` and `UpdateTimeToLive`.
 """
 from __future__ import annotations
 
@@ -78,13 +78,14 @@ def shared_template(stage: str, parameters: dict[str, str]) -> tuple[dict, dict]
     return template, {"Stage": stage, **parameters}
 
 
-def chalice_template(sam_json: Path, code_uri: str) -> tuple[dict, dict]:
-    """`chalice package`'s SAM template, its code uploaded where `sam deploy` would put it."""
+def chalice_template(sam_json: Path, code_uri: str, stage: str) -> tuple[dict, dict]:
+    """`chalice package`'s SAM template, its code uploaded where `sam deploy` would put it,
+    deployed with `--parameter-overrides Stage=<stage>`."""
     template = json.loads(sam_json.read_text())
     for resource in template["Resources"].values():
         if resource["Type"] == "AWS::Serverless::Function":
             resource["Properties"]["CodeUri"] = code_uri
-    return template, {}
+    return template, {"Stage": stage}
 
 
 class Rehearsal:
@@ -140,6 +141,12 @@ class Rehearsal:
                     Bucket=stack.physical[logical],
                     NotificationConfiguration={"QueueConfigurations": queues})
                 stack.applied_by_api.append(f"{logical}.NotificationConfiguration")
+        for logical, table in stack.of_type("AWS::DynamoDB::Table").items():
+            ttl = table["Properties"].get("TimeToLiveSpecification")
+            if ttl:
+                self.client("dynamodb").update_time_to_live(
+                    TableName=stack.physical[logical], TimeToLiveSpecification=ttl)
+                stack.applied_by_api.append(f"{logical}.TimeToLiveSpecification")
         for logical, resource in later.items():
             props = resource["Properties"]
             if resource["Type"] == "AWS::SQS::QueuePolicy":

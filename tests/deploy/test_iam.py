@@ -15,7 +15,9 @@ the deep health check.
 
 What the stack cannot record is added by reasoning, each with its reason: the secrets a
 function reads (the local stack passes them as plain variables), the log groups Lambda's
-runtime writes, and the queue URL lookup a function makes in its own process (locally the
+runtime writes for the control plane (the workers' are SAM's: it attaches
+AWSLambdaBasicExecutionRole, and AWSLambdaSQSQueueExecutionRole for their triggers, to the
+roles it makes), and the queue URL lookup a function makes in its own process (locally the
 functions share one process and its cache). Grants used only on paths no workload here takes
 are listed in RARE, each with the reason.
 """
@@ -43,6 +45,7 @@ from chalicelib.aws.resources import RESOURCES
 from chalicelib.config import CHALICE_CONFIG, stage_environment
 from proofline import calls, clips
 from proofline.calls import acting_as, function_of
+from proofline.client import ApiError
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE, LOCAL = "dev", "local"
@@ -60,6 +63,10 @@ TEST_MADE = {"batch-*": "tests/jobs/test_s3_intake.py delivers notifications of 
 # Grants no workload here uses, each with the path that needs it: (function or policy file,
 # action, resource pattern) → why.
 RARE: dict[tuple[str, str, str], str] = {
+    ("SegmentWorkerFunction", "dynamodb:Query",
+     "arn:aws:dynamodb:*:*:table/proofline-dev-jobs/index/*"):
+        "a failed segment task's retry is routed again, over the marketplace's workers (read "
+        "by state): tests/media/test_transcode.py, a lying worker's segment redone",
     ("InferenceWorkerFunction", "dynamodb:Query", "arn:aws:dynamodb:*:*:table/proofline-dev-jobs"):
         "the collection schedule reads a spawned Modal call's timeline: only with Modal "
         "credentials (tests/gpu_functions/test_inference.py, in-process)",
@@ -381,36 +388,51 @@ def the_collection_schedule_runs() -> None:
         inference_handler.handler(scheduled_event("collect", REGION), LambdaContext("collect", 60))
 
 
-def a_marketplace_worker_passes_its_embedding_challenge(stack, api) -> None:
-    """A marketplace worker registers, leases its challenge job, uploads its result to the
-    URL it is given and signs it; the control plane freezes the evidence and re-executes it
-    on the pool."""
+MARKETPLACE = {
+    "ffmpeg_hls": {"job_classes": ["ffmpeg_hls"], "region": "us-east-1",
+                   "price_per_unit": {"ffmpeg_hls": "0.0001"}, "codecs": ["h264"]},
+    "embed_batch": {"job_classes": ["embed_batch"], "region": "us-east-1",
+                    "price_per_unit": {"embed_batch": "0.0001"},
+                    "models_cached": ["sentence-transformers/all-MiniLM-L6-v2"]},
+}
+
+
+def marketplace_workers_pass_their_challenges(stack, api) -> None:
+    """A media and an inference worker register and each is given a challenge job: leased
+    (a video task, a whole embedding job) with presigned URLs, its result signed; the
+    control plane freezes the evidence, and the pools check it (the segment's fingerprints,
+    the embedding re-executed)."""
     from chalicelib.identity.signing import did_for
     from proofline.worker_agent import Agent
-    account = Account.create()
-    agent = Agent(api=api, account=account, did=did_for(account.address, stack.info.chain_id),
-                  claims={"job_classes": ["embed_batch"], "region": "us-east-1",
-                          "price_per_unit": {"embed_batch": "0.0001"},
-                          "models_cached": ["sentence-transformers/all-MiniLM-L6-v2"]},
-                  heartbeat_every_s=1, poll_s=0.3, log=lambda _: None)
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
+    agents = []
+    for job_class, claims in MARKETPLACE.items():
+        account = Account.create()
+        agent = Agent(api=api, account=account, claims=claims, heartbeat_every_s=1,
+                      did=did_for(account.address, stack.info.chain_id), poll_s=0.3,
+                      log=lambda _: None)
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        agents.append((job_class, agent, thread))
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                worker = api.worker(agent.did)
-            except Exception:
-                worker = {}
-            if worker.get("routable_for") == ["embed_batch"]:
-                return
-            challenge = worker.get("challenges", {}).get("embed_batch") or {}
-            assert challenge.get("state") != "failed", challenge
+        deadline = time.monotonic() + 240
+        waiting = list(agents)
+        while waiting and time.monotonic() < deadline:
+            for job_class, agent, thread in list(waiting):
+                try:
+                    worker = api.worker(agent.did)
+                except Exception:              # not registered yet
+                    continue
+                if worker.get("routable_for") == [job_class]:
+                    waiting.remove((job_class, agent, thread))
+                challenge = worker.get("challenges", {}).get(job_class) or {}
+                assert challenge.get("state") != "failed", challenge
             time.sleep(0.3)
-        raise AssertionError(f"{agent.did} was not verified: {api.worker(agent.did)}")
+        assert not waiting, [api.worker(agent.did) for _, agent, _ in waiting]
     finally:
-        agent.stop()
-        thread.join(timeout=60)
+        for _, agent, thread in agents:
+            agent.stop()
+        for _, agent, thread in agents:
+            thread.join(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -423,22 +445,26 @@ def workload(stack, api, client_api, aws, ports, media_dir, tmp_path_factory):
     clip = clips.make_clip(media_dir / "iam-clip.mp4", seconds=1.0, width=160, height=120)
     large = scratch / "large.bin"                       # past this stack's 8 MiB: in parts
     large.write_bytes(os.urandom(9 * 2**20))
+    texts = scratch / "texts.jsonl"
+    texts.write_text('"a verified job"\n"paid after checking"\n')
     client_api.upload(large)
     slot = client_api.upload(clip)
     small_slot = client_api.upload(small)
+    texts_slot = client_api.upload(texts)
 
     jobs = {}
-    probe, _ = api.submit({"kind": "media_probe", "input_uri": slot["input_uri"],
-                           "input_hash": slot["input_hash"]}, idempotency_key=str(uuid.uuid4()))
+    probe, _ = client_api.submit({"kind": "media_probe", "input_uri": slot["input_uri"],
+                                  "input_hash": slot["input_hash"]},
+                                 idempotency_key=str(uuid.uuid4()))
     jobs["probe"] = probe["job_id"]
     transcode, _ = client_api.submit({
         "kind": "ffmpeg_hls", "profile": "hls-720p", "input_uri": small_slot["input_uri"],
         "input_hash": small_slot["input_hash"], "payment_policy": "escrow_before_start",
         "max_price": "0.02"}, idempotency_key=str(uuid.uuid4()))
     embedding, _ = client_api.submit({
-        "kind": "embed_batch", "texts": ["a verified job", "paid after checking"],
-        "payment_policy": "escrow_before_start", "max_price": "0.01"},
-        idempotency_key=str(uuid.uuid4()))
+        "kind": "embed_batch", "input_uri": texts_slot["input_uri"],
+        "input_hash": texts_slot["input_hash"], "payment_policy": "escrow_before_start",
+        "max_price": "0.01"}, idempotency_key=str(uuid.uuid4()))
     for job in (transcode, embedding):
         fund_job(stack, job)
     jobs["escrow transcode"], jobs["escrow embedding"] = transcode["job_id"], embedding["job_id"]
@@ -461,8 +487,16 @@ def workload(stack, api, client_api, aws, ports, media_dir, tmp_path_factory):
     client_api.jobs(limit=5)
     api.events(jobs["probe"])
     api.deep_health()
+    # Refused once accepting began (priced over its ceiling): the idempotency record is
+    # deleted, so a corrected retry may pass.
+    with pytest.raises(ApiError) as refused:
+        client_api.submit({"kind": "media_probe", "input_uri": slot["input_uri"],
+                           "input_hash": slot["input_hash"], "max_price": "0.00000001",
+                           "payment_policy": "escrow_before_start"},
+                          idempotency_key=str(uuid.uuid4()))
+    assert refused.value.reason == "price_above_ceiling", refused.value
     the_collection_schedule_runs()
-    a_marketplace_worker_passes_its_embedding_challenge(stack, api)
+    marketplace_workers_pass_their_challenges(stack, api)
     time.sleep(3)        # the schedules (sweep, chain follower, reconciliation) come round
     return jobs
 
@@ -539,3 +573,67 @@ def test_the_workers_are_granted_statements_on_their_own_stage_only():
         for grant in template.grants(function):
             assert "proofline-dev" in grant.resource, grant
             assert "*" not in grant.action, grant
+
+
+# -- the recorder itself ----------------------------------------------------------------------
+QUARANTINE = {"Bucket": "in", "Key": "proofline-quarantine/u1", "UploadId": "x", "PartNumber": 1}
+
+
+@pytest.mark.parametrize("call, needs", [
+    (("dynamodb", "TransactWriteItems", {"TransactItems": [
+        {"Put": {"TableName": "jobs"}}, {"Update": {"TableName": "jobs"}},
+        {"ConditionCheck": {"TableName": "idem"}}]}),
+     [("dynamodb:PutItem", "table/jobs"), ("dynamodb:UpdateItem", "table/jobs"),
+      ("dynamodb:ConditionCheckItem", "table/idem")]),
+    (("dynamodb", "Query", {"TableName": "jobs", "IndexName": "by_state"}),
+     [("dynamodb:Query", "table/jobs/index/by_state")]),
+    (("sqs", "DeleteMessageBatch", {"QueueUrl": "http://127.0.0.1:5000/123456789012/q"}),
+     [("sqs:DeleteMessage", "q")]),
+    (("sqs", "GetQueueUrl", {"QueueName": "q"}), [("sqs:GetQueueUrl", "q")]),
+    (("s3", "HeadObject", {"Bucket": "art", "Key": "inputs/sha256/ab"}),
+     [("s3:GetObject", "art/inputs/"), ("s3:ListBucket", "art")]),
+    (("s3", "CopyObject", {"Bucket": "art", "Key": "inputs/sha256/ab", "Tagging": "used=false",
+                           "CopySource": {"Bucket": "in", "Key": "proofline-quarantine/u1"}}),
+     [("s3:GetObject", "in/proofline-quarantine/"), ("s3:ListBucket", "in"),
+      ("s3:PutObject", "art/inputs/"), ("s3:PutObjectTagging", "art/inputs/")]),
+    (("s3", "UploadPartCopy", {"Bucket": "art", "Key": "inputs/x", "UploadId": "u",
+                               "PartNumber": 1, "CopySource": "in/clip.mp4"}),
+     [("s3:GetObject", "in/clip.mp4"), ("s3:ListBucket", "in"), ("s3:PutObject", "art/inputs/")]),
+    (("s3", "ListObjectsV2", {"Bucket": "art", "Prefix": "challenges/"}),
+     [("s3:ListBucket", "art")]),
+    (("s3", "UploadPart", QUARANTINE, True), [("s3:PutObject", "in/proofline-quarantine/")]),
+    (("s3", "GetObject", {"Bucket": "art", "Key": "outputs/a"}, True),
+     [("s3:GetObject", "art/outputs/")]),
+])
+def test_each_call_is_named_as_iam_authorizes_it(call, needs):
+    assert calls.authorizations(*call) == needs
+
+
+def test_presigned_urls_and_pooled_calls_are_recorded_as_the_acting_functions(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+    from botocore.config import Config
+    from botocore.stub import Stubber
+
+    from chalicelib import aws
+    s3 = aws.instrument(boto3.session.Session().client(
+        "s3", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x",
+        config=Config(signature_version="s3v4")))
+    recorder = calls.Recorder(tmp_path)
+    aws.observers.append(recorder)
+    try:
+        with Stubber(s3) as stub:
+            stub.add_response("head_object", {"ContentLength": 1}, {"Bucket": "art", "Key": "k/1"})
+            with acting_as("api_handler"):
+                s3.generate_presigned_url("put_object", Params={"Bucket": "in", "Key": "up/1"})
+                with ThreadPoolExecutor(1) as pool:      # as s3transfer's managed copies
+                    calls._submit_in_context(pool, s3.head_object, Bucket="art",
+                                             Key="k/1").result()
+            s3.generate_presigned_url("get_object", Params={"Bucket": "art", "Key": "x/1"})
+    finally:
+        aws.observers.remove(recorder)
+    assert calls.read(tmp_path) == [
+        {"function": "api_handler", "action": "s3:PutObject", "resource": "in/up/"},
+        {"function": "api_handler", "action": "s3:GetObject", "resource": "art/k/"},
+        {"function": "api_handler", "action": "s3:ListBucket", "resource": "art"}]

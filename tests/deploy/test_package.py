@@ -131,6 +131,22 @@ def test_every_sqs_trigger_reports_batch_item_failures(control_plane_zip):
     for name, event in events.items():
         assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
     # A merge entry for a trigger that no longer exists would leave a function without it.
-    extras = json.loads((ROOT / ".chalice" / "batch-failures.json").read_text())
-    assert {e for r in extras["Resources"].values() for e in r["Properties"]["Events"]} \
+    extras = json.loads((ROOT / ".chalice" / "package-template.json").read_text())
+    assert {e for r in extras["Resources"].values() for e in r["Properties"].get("Events", {})} \
         == set(events)
+
+
+def test_every_function_is_named_as_chalice_deploy_names_it(control_plane_zip):
+    """The alarms in template.yaml watch `proofline-<stage>-<handler>` (the API handler:
+    `proofline-<stage>`), whichever way the control plane was deployed: the merge template
+    names each function so; a function it missed would get a name CloudFormation makes up."""
+    template = json.loads((control_plane_zip.parent / "sam.json").read_text())
+    names = {logical: resource["Properties"].get("FunctionName")
+             for logical, resource in template["Resources"].items()
+             if resource["Type"] == "AWS::Serverless::Function"}
+    assert all(names.values()), [k for k, v in names.items() if not v]
+    handlers = {resource["Properties"]["Handler"]: names[logical]["Fn::Sub"]
+                for logical, resource in template["Resources"].items() if logical in names}
+    assert handlers.pop("app.app") == "proofline-${Stage}"
+    assert handlers == {h: f"proofline-${{Stage}}-{h.removeprefix('app.')}" for h in handlers}
+    assert template["Parameters"]["Stage"]["AllowedValues"] == ["dev", "prod"]

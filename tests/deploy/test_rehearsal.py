@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -27,7 +30,8 @@ STAGE = "dev"
 CHALICE_CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"][STAGE]
 # What a team passes `sam deploy --parameter-overrides` for a stage that settles on chain.
 CHAIN = {"ChainRpcUrl": "https://rpc.example.invalid", "ChainId": "84532",
-         "EscrowAddress": "0x" + "ab" * 20, "PoolAddress": "0x" + "cd" * 20}
+         "EscrowAddress": "0x" + "ab" * 20, "PoolAddress": "0x" + "cd" * 20,
+         "ModalTokenId": "ak-rehearsal", "ModalTokenSecret": "as-rehearsal"}
 # The secrets each side's code reads (by `<NAME>_SECRET`): the control plane signs with the
 # three role keys and serves sessions; the workers audit and sign the pools' results.
 CONTROL_PLANE_SECRETS = {*ROLE_KEYS.values(), "PROOFLINE_SESSION_KEYS"}
@@ -67,7 +71,7 @@ def deployed(account, control_plane_zip):
                           "deployment.zip")
     api = rehearsal.deploy(f"proofline-{STAGE}-api", chalice_template(
         control_plane_zip.parent / "sam.json",
-        f"s3://proofline-{STAGE}-deployments/deployment.zip"))
+        f"s3://proofline-{STAGE}-deployments/deployment.zip", STAGE))
     print("\nrehearsal stacks:")
     for stack in (shared, api):
         for logical, physical in sorted(stack.physical.items()):
@@ -110,7 +114,7 @@ def test_what_moto_cannot_create_is_applied_through_the_apis(deployed):
     shared, api = deployed
     assert kinds(shared.applied_by_api) == {
         "AWS::SQS::QueuePolicy", "AWS::CloudWatch::Alarm", "AWS::CloudWatch::Dashboard",
-        "IntakeBucket.NotificationConfiguration"}
+        "IntakeBucket.NotificationConfiguration", "IdempotencyTable.TimeToLiveSpecification"}
     assert kinds(api.applied_by_api) == {"AWS::ApiGateway::Deployment", "AWS::ApiGateway::Stage"}
     assert set(APPLIED_BY_API) <= kinds(shared.applied_by_api) | kinds(api.applied_by_api)
 
@@ -125,6 +129,9 @@ def test_each_function_has_its_memory_timeout_and_concurrency(account, deployed)
         props = stack.template["Resources"][logical]["Properties"]
         if stack.name.endswith("-api"):
             chalice_name = handlers[function["Handler"]]
+            # Named as `chalice deploy` names it: what template.yaml's alarms watch.
+            assert name == ("proofline-dev" if chalice_name == "api_handler"
+                            else f"proofline-dev-{chalice_name}"), name
             wanted = sizing[chalice_name]
             assert function["MemorySize"] == wanted["lambda_memory_size"], chalice_name
             assert function["Timeout"] == wanted["lambda_timeout"], chalice_name
@@ -179,7 +186,7 @@ def test_every_function_has_the_variables_its_code_reads(account, deployed):
         assert not missing, f"{logical}: {missing} unset"
         assert CHAIN_VARIABLES <= set(env), f"{logical}: {CHAIN_VARIABLES - set(env)}"
         reads = CONTROL_PLANE_SECRETS if stack.name.endswith("-api") else WORKER_SECRETS
-        named = {v.removesuffix("_SECRET") for v in env if v.endswith("_SECRET")}
+        named = {v.removesuffix("_SECRET") for v in env if v.removesuffix("_SECRET") in SECRETS}
         assert named == reads, f"{logical} names secrets {sorted(named)}"
         assert not set(SECRETS) & set(env), f"{logical} holds a key in plain text"
         # The function starts: its environment makes a valid, safe stage.
@@ -258,3 +265,38 @@ def test_the_api_serves_every_route_behind_its_authorizer(account, deployed):
         ["session_authorizer"]
     stages = [s["stageName"] for s in gateway.get_stages(restApiId=rest_api["id"])["item"]]
     assert "api" in stages
+
+
+def test_the_doctor_finds_the_rehearsal_stage_wired(account, deployed, tmp_path):
+    """`proofline doctor --stage dev` against the rehearsal, as a team runs it after deploying:
+    every AWS check passes; what this rehearsal leaves out (a chain, an API that answers, the
+    workers' secrets) is named, never taken for healthy."""
+    url = account("sts").meta.endpoint_url
+    secrets = account("secretsmanager")
+    for name, value in {"router-key": "0x" + "11" * 32, "verifier-key": "0x" + "12" * 32,
+                        "refunder-key": "0x" + "13" * 32,
+                        "session-keys": "k1:" + "14" * 32}.items():
+        secrets.create_secret(Name=f"proofline-{STAGE}-{name}", SecretString=value)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROOFLINE_", "CHAIN_"))
+           and k not in ("ESCROW_ADDRESS", "PAYMENT_TOKENS")}
+    env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1")
+    done = subprocess.run([sys.executable, "-m", "proofline.cli", "doctor", "--stage", STAGE,
+                           "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    found = json.loads(done.stdout)
+    print("\ndoctor --stage dev against the rehearsal:")
+    for check in found["checks"]:
+        mark = {True: "ok", False: "FAILED", None: "-"}[check["ok"]]
+        print(f"  {mark:6} {check['name']:40} {check['detail'][:110]}")
+    checks = {c["name"]: c for c in found["checks"]}
+    wired = [n for n in checks if n.split()[0] in ("table", "queue", "bucket", "trigger")]
+    assert len(wired) == 2 + 6 + 2 + 6, wired
+    assert all(checks[n]["ok"] for n in wired), [checks[n] for n in wired if not checks[n]["ok"]]
+    assert checks["secret PROOFLINE_SESSION_KEYS"]["ok"]
+    # This rehearsal has no chain (the stage's CHAIN_RPC_URL is blank: the chain keys are not
+    # read) and no API that answers: the doctor says so and exits 1, never reporting a
+    # healthy stage.
+    assert checks["chain"]["ok"] is None and "CHAIN_RPC_URL" in checks["chain"]["detail"]
+    assert checks["api"]["ok"] is False and "does not answer" in checks["api"]["detail"]
+    assert done.returncode == 1 and found["ok"] is False

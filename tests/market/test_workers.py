@@ -2,7 +2,6 @@
 (EIP-712, nonce, expiry); claims are shown apart from verified capabilities."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 
@@ -57,8 +56,8 @@ def test_heartbeats_are_rate_limited_per_worker_but_a_stop_always_passes(api, po
     account, did = identity()
     register(api, account, did)
     # A long interval, so the test does not depend on how fast this machine answers.
-    monkeypatch.setattr(ports, "settings", dataclasses.replace(
-        ports.settings, heartbeat_min_interval_s=30))
+    monkeypatch.setattr(ports, "settings", ports.settings.model_copy(
+        update={"heartbeat_min_interval_s": 30}))
 
     def beat(**health):
         body = {"did": did, "health": health}
@@ -70,8 +69,8 @@ def test_heartbeats_are_rate_limited_per_worker_but_a_stop_always_passes(api, po
     assert (flooded.value.status, flooded.value.reason) == (429, "rate_limited")
     assert 0 < flooded.value.details["retry_after_s"] <= 30
     assert beat(accepting=False)["health"]["accepting"] is False   # stopping is never refused
-    monkeypatch.setattr(ports, "settings", dataclasses.replace(
-        ports.settings, heartbeat_min_interval_s=0.2))
+    monkeypatch.setattr(ports, "settings", ports.settings.model_copy(
+        update={"heartbeat_min_interval_s": 0.2}))
     time.sleep(0.3)
     assert beat(accepting=False, queue_depth=2)["health"]["queue_depth"] == 2
 
