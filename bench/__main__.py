@@ -8,9 +8,20 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import cold_start, embed, escrow_gas, probe_jobs, route, settlement_flow, transcode, verify
+from . import (
+    cold_start,
+    embed,
+    escrow_gas,
+    local_endpoint,
+    probe_jobs,
+    route,
+    settlement_flow,
+    transcode,
+    verify,
+)
 
-BENCHMARKS = [cold_start, escrow_gas, settlement_flow, probe_jobs, transcode, embed, route, verify]
+BENCHMARKS = [cold_start, escrow_gas, settlement_flow, local_endpoint, probe_jobs, transcode,
+              embed, route, verify]
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

@@ -124,15 +124,17 @@ def _s3(operation: str, params: dict, presigned: bool) -> list[tuple[str, str]]:
 
 # -- the recorder ----------------------------------------------------------------------------
 class Recorder:
-    """Appends each distinct (function, action, resource) this process sees to its file."""
+    """Appends each distinct (function, action, resource) this process sees to its file;
+    the function is the one `function` names (`acting`, unless told otherwise)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, function: contextvars.ContextVar[str | None] = acting):
         self.path = Path(directory) / f"calls-{os.getpid()}.jsonl"
+        self._function = function
         self._seen: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
 
     def __call__(self, service: str, operation: str, params: dict, presigned: bool) -> None:
-        function = acting.get()
+        function = self._function.get()
         if function is None:          # the stack's own plumbing, or a test's direct call
             return
         for action, resource in authorizations(service, operation, params, presigned):

@@ -23,6 +23,7 @@ are listed in RARE, each with the reason.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import fnmatch
 import io
@@ -31,21 +32,34 @@ import os
 import re
 import threading
 import time
+import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import boto3
 import numpy as np
 import pytest
 import yaml
+from botocore.config import Config
+from botocore.stub import Stubber
 from conftest import drop, fund_job, wait_for
 from eth_account import Account
 
+from chalicelib import aws as aws_adapter
 from chalicelib.aws.resources import RESOURCES
-from chalicelib.config import CHALICE_CONFIG, stage_environment
+from chalicelib.config import CHALICE_CONFIG, SECRETS, stage_environment
+from chalicelib.identity.signing import did_for
+from chalicelib.jobs import lifecycle
+from chalicelib.models import Manifest, State
+from gpu_functions import handler as inference_handler
+from media_worker import handler as media_handler
 from proofline import calls, clips
 from proofline.calls import acting_as, function_of
 from proofline.client import ApiError
+from proofline.pump import LambdaContext, scheduled_event, sqs_event
+from proofline.worker_agent import Agent
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE, LOCAL = "dev", "local"
@@ -155,6 +169,8 @@ class Template:
             return self.stage
         if name in self.PSEUDO:
             return self.PSEUDO[name]
+        if name in self.body.get("Parameters", {}):
+            return self.body["Parameters"][name].get("Default", "")
         return self._name(name)
 
     def _name(self, logical: str) -> str:
@@ -276,24 +292,25 @@ def secret_reads(stage: str) -> dict[str, set[str]]:
     function is given a name only for a secret it reads (ports.default reads the audit
     secret and the session keys when named, each chain key on first use by its role, the
     pools' results are signed with the pool key)."""
-    control_plane = {v for k, v in stage_environment(stage).items() if k.endswith("_SECRET")}
+    def named(env: dict) -> list:
+        assert not {f"{name}_PARAMETER" for name in SECRETS} & set(env), "SSM is not granted"
+        return [env[f"{name}_SECRET"] for name in SECRETS if f"{name}_SECRET" in env]
+
+    control_plane = set(named(stage_environment(stage)))
     template = Template(stage)
     found = {f: set(control_plane) for f in chalice_functions()}
     for queue in RESOURCES.queues:
         if queue.process_pool:
             env = template.environment(template.worker_of(queue.logical_id))
-            found[queue.consumer] = {template.resolve(v) for k, v in env.items()
-                                     if k.endswith("_SECRET")}
+            found[queue.consumer] = {template.resolve(v) for v in named(env)}
     return found
 
 
-def log_groups(stage: str, function: str) -> list[str]:
-    """Where Lambda's runtime writes a control-plane function's logs with its role: named by
-    `chalice deploy` (the API's function is the stage's name) or by the stack of
-    `chalice package` + `sam deploy` (docs/deployment.md names it proofline-<stage>-api)."""
-    deployed = f"proofline-{stage}" if function == "api_handler" else f"proofline-{stage}-{function}"
-    logical = "".join(part.title() for part in function.split("_"))
-    return [deployed, f"proofline-{stage}-api-{logical}-A1B2C3D4E5F6"]
+def log_group(stage: str, function: str) -> str:
+    """Where Lambda's runtime writes a control-plane function's logs with its role: the
+    function's name, as `chalice deploy` names it and `chalice package` is told to
+    (.chalice/package-template.json); the API's function is the stage's name."""
+    return f"proofline-{stage}" if function == "api_handler" else f"proofline-{stage}-{function}"
 
 
 def required(stage: str, recorded: list[dict]) -> tuple[dict[str, set[tuple[str, str, str]]],
@@ -323,12 +340,12 @@ def required(stage: str, recorded: list[dict]) -> tuple[dict[str, set[tuple[str,
                 f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-AbCdEf",
                 "named by its environment"))
     for function in chalice_functions():
-        for group in log_groups(stage, function):
-            base = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{group}"
-            needs.setdefault(function, set()).update({
-                ("logs:CreateLogGroup", base, "Lambda's runtime"),
-                ("logs:CreateLogStream", f"{base}:log-stream:2026/01/01/[$LATEST]0a1b", "runtime"),
-                ("logs:PutLogEvents", f"{base}:log-stream:2026/01/01/[$LATEST]0a1b", "runtime")})
+        group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{log_group(stage, function)}"
+        stream = f"{group}:log-stream:2026/01/01/[$LATEST]0a1b2c3d"
+        needs.setdefault(function, set()).update({
+            ("logs:CreateLogGroup", group, "Lambda's runtime"),
+            ("logs:CreateLogStream", stream, "Lambda's runtime"),
+            ("logs:PutLogEvents", stream, "Lambda's runtime")})
     return needs, foreign
 
 
@@ -348,7 +365,6 @@ class HeldQueues:
 
 
 def media_event(message: dict) -> dict:
-    from proofline.pump import sqs_event
     return sqs_event([{"MessageId": str(uuid.uuid4()), "ReceiptHandle": "handle",
                        "Body": json.dumps(message),
                        "Attributes": {"ApproximateReceiveCount": "1",
@@ -359,10 +375,6 @@ def media_event(message: dict) -> dict:
 def a_media_attempt_fails_and_is_retried(ports, slot, monkeypatch) -> str:
     """The media worker's attempt fails (not the input's fault): its retry goes back to the
     media queue, sent by the media worker itself."""
-    from chalicelib.jobs import lifecycle
-    from chalicelib.models import Manifest, State
-    from media_worker import handler as media_handler
-    from proofline.pump import LambdaContext
     held = dataclasses.replace(ports, queues=HeldQueues())
     manifest = Manifest(kind="media_probe", input_uri=slot["input_uri"],
                         input_hash=slot["input_hash"], max_attempts=3)
@@ -382,8 +394,6 @@ def a_media_attempt_fails_and_is_retried(ports, slot, monkeypatch) -> str:
 
 def the_collection_schedule_runs() -> None:
     """What the inference pool's one-minute schedule does (it lists running jobs)."""
-    from gpu_functions import handler as inference_handler
-    from proofline.pump import LambdaContext, scheduled_event
     with acting_as(function_of(INFERENCE)):
         inference_handler.handler(scheduled_event("collect", REGION), LambdaContext("collect", 60))
 
@@ -402,8 +412,6 @@ def marketplace_workers_pass_their_challenges(stack, api) -> None:
     (a video task, a whole embedding job) with presigned URLs, its result signed; the
     control plane freezes the evidence, and the pools check it (the segment's fingerprints,
     the embedding re-executed)."""
-    from chalicelib.identity.signing import did_for
-    from proofline.worker_agent import Agent
     agents = []
     for job_class, claims in MARKETPLACE.items():
         account = Account.create()
@@ -502,7 +510,6 @@ def workload(stack, api, client_api, aws, ports, media_dir, tmp_path_factory):
 
 
 def _download(url: str) -> bytes:
-    import urllib.request
     with urllib.request.urlopen(url) as response:
         return response.read()
 
@@ -610,29 +617,25 @@ def test_each_call_is_named_as_iam_authorizes_it(call, needs):
 
 
 def test_presigned_urls_and_pooled_calls_are_recorded_as_the_acting_functions(tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
-
-    import boto3
-    from botocore.config import Config
-    from botocore.stub import Stubber
-
-    from chalicelib import aws
-    s3 = aws.instrument(boto3.session.Session().client(
+    s3 = aws_adapter.instrument(boto3.session.Session().client(
         "s3", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x",
         config=Config(signature_version="s3v4")))
-    recorder = calls.Recorder(tmp_path)
-    aws.observers.append(recorder)
+    # Its own variable for who is acting: the session's recorder (the stack's, in this
+    # process) does not take these calls for a function's.
+    acting = contextvars.ContextVar("test_function", default=None)
+    recorder = calls.Recorder(tmp_path, acting)
+    aws_adapter.observers.append(recorder)
     try:
         with Stubber(s3) as stub:
             stub.add_response("head_object", {"ContentLength": 1}, {"Bucket": "art", "Key": "k/1"})
-            with acting_as("api_handler"):
-                s3.generate_presigned_url("put_object", Params={"Bucket": "in", "Key": "up/1"})
-                with ThreadPoolExecutor(1) as pool:      # as s3transfer's managed copies
-                    calls._submit_in_context(pool, s3.head_object, Bucket="art",
-                                             Key="k/1").result()
+            token = acting.set("api_handler")
+            s3.generate_presigned_url("put_object", Params={"Bucket": "in", "Key": "up/1"})
+            with ThreadPoolExecutor(1) as pool:      # as s3transfer's managed copies
+                calls._submit_in_context(pool, s3.head_object, Bucket="art", Key="k/1").result()
+            acting.reset(token)
             s3.generate_presigned_url("get_object", Params={"Bucket": "art", "Key": "x/1"})
     finally:
-        aws.observers.remove(recorder)
+        aws_adapter.observers.remove(recorder)
     assert calls.read(tmp_path) == [
         {"function": "api_handler", "action": "s3:PutObject", "resource": "in/up/"},
         {"function": "api_handler", "action": "s3:GetObject", "resource": "art/k/"},

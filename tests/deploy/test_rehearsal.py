@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -38,7 +39,18 @@ CONTROL_PLANE_SECRETS = {*ROLE_KEYS.values(), "PROOFLINE_SESSION_KEYS"}
 WORKER_SECRETS = {"PROOFLINE_AUDIT_SECRET", "PROOFLINE_POOL_KEY"}
 CHAIN_VARIABLES = {"CHAIN_RPC_URL", "CHAIN_ID", "ESCROW_ADDRESS", "PROOFLINE_POOL_ADDRESS"}
 
+ACCOUNT = "210987654321"
 pytestmark = pytest.mark.stack
+
+
+@dataclass
+class Account:
+    """boto3 clients for one account on the rehearsal's endpoint."""
+    url: str
+    session: boto3.session.Session
+
+    def __call__(self, service: str):
+        return self.session.client(service, endpoint_url=self.url)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +59,18 @@ def account(monkeypatch_module):
     endpoint = AwsEndpoint(ip_address=HOST, port=free_port(), verbose=False)
     endpoint.start()
     url = f"http://{HOST}:{endpoint._port}"
-    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+    # moto keeps one set of backends per process, shared with the session's local stack:
+    # deploy into an account of its own, entered as a team does, by assuming a role there.
+    sts = boto3.client("sts", endpoint_url=url, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    credentials = sts.assume_role(RoleArn=f"arn:aws:iam::{ACCOUNT}:role/deployer",
+                                  RoleSessionName="rehearsal")["Credentials"]
+    session = boto3.session.Session(aws_access_key_id=credentials["AccessKeyId"],
+                                    aws_secret_access_key=credentials["SecretAccessKey"],
+                                    aws_session_token=credentials["SessionToken"],
                                     region_name="us-east-1")
-    yield lambda service: session.client(service, endpoint_url=url)
+    assert session.client("sts", endpoint_url=url).get_caller_identity()["Account"] == ACCOUNT
+    yield Account(url, session)
     endpoint.stop()
 
 
@@ -271,7 +292,7 @@ def test_the_doctor_finds_the_rehearsal_stage_wired(account, deployed, tmp_path)
     """`proofline doctor --stage dev` against the rehearsal, as a team runs it after deploying:
     every AWS check passes; what this rehearsal leaves out (a chain, an API that answers, the
     workers' secrets) is named, never taken for healthy."""
-    url = account("sts").meta.endpoint_url
+    url = account.url
     secrets = account("secretsmanager")
     for name, value in {"router-key": "0x" + "11" * 32, "verifier-key": "0x" + "12" * 32,
                         "refunder-key": "0x" + "13" * 32,
@@ -279,7 +300,9 @@ def test_the_doctor_finds_the_rehearsal_stage_wired(account, deployed, tmp_path)
         secrets.create_secret(Name=f"proofline-{STAGE}-{name}", SecretString=value)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROOFLINE_", "CHAIN_"))
            and k not in ("ESCROW_ADDRESS", "PAYMENT_TOKENS")}
-    env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+    credentials = account.session.get_credentials()        # the account deployed into
+    env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID=credentials.access_key,
+               AWS_SECRET_ACCESS_KEY=credentials.secret_key, AWS_SESSION_TOKEN=credentials.token,
                AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1")
     done = subprocess.run([sys.executable, "-m", "proofline.cli", "doctor", "--stage", STAGE,
                            "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
