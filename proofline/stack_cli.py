@@ -11,9 +11,12 @@ import time
 
 import boto3
 import click
+from eth_account import Account
+from web3 import Web3
 
 from chalicelib import config, ports
 from chalicelib.aws.deploy import enable_partial_batch_responses
+from chalicelib.settlement.chain import connect, deploy_escrow
 
 from . import client as api_client
 from . import common
@@ -130,8 +133,6 @@ def ops():
 def ops_seed_challenges():
     """Upload the clips that challenge jobs transcode into the stage's artifacts bucket
     (workers claiming a class without one stay unverified for it)."""
-
-
     with tempfile.TemporaryDirectory() as workdir:
         written = seed_challenges(ports.default().blobs, config.settings().artifacts_bucket,
                                   workdir)
@@ -143,10 +144,61 @@ def ops_seed_challenges():
 @click.option("--region")
 def ops_enable_batch_failures(functions, region):
     """Turn on ReportBatchItemFailures for the SQS triggers Chalice deployed (it can't)."""
-
     rows = enable_partial_batch_responses(boto3.client("lambda", region_name=region), functions)
     for row in rows:
         common.console.print(f"{row['function']} ← {row['queue_arn']}: "
                       f"{'enabled' if row['changed'] else 'already on'}")
 
 
+
+
+@ops.command("deploy-escrow")
+@click.option("--rpc-url", envvar="CHAIN_RPC_URL", required=True,
+              help="The chain's JSON-RPC endpoint (or CHAIN_RPC_URL).")
+@click.option("--treasury", required=True, help="Where the escrow's fees go.")
+@click.option("--router", required=True, help="The router key's address (ROUTER_ROLE).")
+@click.option("--verifier", required=True, help="The verifier key's address (VERIFIER_ROLE).")
+@click.option("--refunder", required=True, help="The refunder key's address (OPERATOR_ROLE).")
+@click.option("--arbiter", required=True, help="A person's address (ARBITER_ROLE).")
+@click.option("--token", "tokens", multiple=True, help="An ERC-20 accepted in payment (repeat).")
+@click.option("--dispute-window", type=click.IntRange(0, 2**24 - 1),
+              help="Seconds a client may contest a verified result (default: the contract's).")
+@click.option("--arbitration-window", type=click.IntRange(0, 2**32 - 1),
+              help="Seconds an arbiter has to decide a dispute (default: the contract's).")
+@click.option("--json", "as_json", is_flag=True)
+def ops_deploy_escrow(rpc_url, treasury, router, verifier, refunder, arbiter, tokens,
+                      dispute_window, arbitration_window, as_json):
+    """Deploy a stage's escrow with PROOFLINE_ADMIN_KEY (or its _KEYSTORE, _SECRET): each
+    role granted to its own key, the payment tokens allowed; prints what the stage's
+    configuration needs (CHAIN_ID, ESCROW_ADDRESS, CHAIN_START_BLOCK)."""
+    holders = {"ROUTER_ROLE": router, "VERIFIER_ROLE": verifier, "OPERATOR_ROLE": refunder,
+               "ARBITER_ROLE": arbiter}
+    named = [("--treasury", treasury), *(("--token", t) for t in tokens),
+             *zip(("--router", "--verifier", "--refunder", "--arbiter"), holders.values())]
+    for hint, address in named:
+        if not Web3.is_address(address):
+            raise click.BadParameter(f"{address!r} is not an address", param_hint=hint)
+    if len({a.lower() for a in holders.values()}) < len(holders):
+        raise click.BadParameter("each role needs its own key, so a leaked key does one thing",
+                                 param_hint="--router/--verifier/--refunder/--arbiter")
+    try:
+        admin = Account.from_key(config.secret("PROOFLINE_ADMIN_KEY"))
+    except KeyError as exc:
+        raise click.UsageError(str(exc)) from None
+    if admin.address.lower() in {a.lower() for a in holders.values()}:
+        raise click.BadParameter("the admin key must hold no other role", param_hint="admin")
+    w3 = connect(rpc_url)
+    windows = None
+    if dispute_window is not None or arbitration_window is not None:
+        if dispute_window is None or arbitration_window is None:
+            raise click.UsageError("--dispute-window and --arbitration-window go together")
+        windows = (dispute_window, arbitration_window)
+    escrow, block = deploy_escrow(w3, admin, treasury=treasury, holders=holders,
+                                  tokens=tuple(tokens), windows=windows)
+    deployed = {"CHAIN_ID": str(w3.eth.chain_id), "ESCROW_ADDRESS": escrow.address,
+                "CHAIN_START_BLOCK": str(block), "admin": admin.address}
+    common.emit(deployed, as_json, lambda d: common.console.print(
+        f"escrow {d['ESCROW_ADDRESS']} on chain {d['CHAIN_ID']} (block {d['CHAIN_START_BLOCK']},"
+        f" admin {d['admin']})\nin the stage's .chalice/config.json: CHAIN_ID, ESCROW_ADDRESS, "
+        f"CHAIN_START_BLOCK as above; in sam deploy: ChainId={d['CHAIN_ID']} "
+        f"EscrowAddress={d['ESCROW_ADDRESS']}", highlight=False, soft_wrap=True))

@@ -217,12 +217,44 @@ class Escrow:
 
 
 def deploy(w3: Web3, account: LocalAccount, name: str, *args: Any) -> str:
+    """Deploy one of the artifacts; its address."""
+    return _deployed(w3, account, name, *args)["contractAddress"]
+
+
+def _deployed(w3: Web3, account: LocalAccount, name: str, *args: Any):
     built = artifact(name)
     contract = w3.eth.contract(abi=built["abi"], bytecode=built["bytecode"])
     tx = contract.constructor(*args).build_transaction({
         "from": account.address, "nonce": w3.eth.get_transaction_count(account.address, "pending")})
     tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
-    return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)["contractAddress"]
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=300)
+    if receipt["status"] != 1:
+        raise ChainError(f"deploying {name} failed in transaction {tx_hash.to_0x_hex()}")
+    return receipt
+
+
+# The control plane's roles, each for its own key: a leaked key does one thing.
+ROLES = ("ROUTER_ROLE", "VERIFIER_ROLE", "OPERATOR_ROLE", "ARBITER_ROLE")
+
+
+def deploy_escrow(w3: Web3, admin: LocalAccount, *, treasury: str, holders: dict[str, str],
+                  tokens: tuple[str, ...] = (),
+                  windows: tuple[int, int] | None = None) -> tuple[Escrow, int]:
+    """A stage's escrow: deployed by `admin` (who keeps DEFAULT_ADMIN_ROLE) paying fees to
+    `treasury`, each role in `holders` granted to its address, the payment tokens allowed and
+    the (dispute, arbitration) windows set. Returns it with its deployment block, where the
+    chain follower starts."""
+    receipt = _deployed(w3, admin, "ProoflineEscrow", admin.address,
+                        Web3.to_checksum_address(treasury))
+    escrow = Escrow(w3, receipt["contractAddress"])
+    for role, holder in holders.items():
+        escrow.send(admin, "grantRole", getattr(escrow.contract.functions, role)().call(),
+                    Web3.to_checksum_address(holder))
+    for token in tokens:
+        escrow.send(admin, "setTokenAllowed", Web3.to_checksum_address(token), True)
+    if windows is not None:
+        escrow.send(admin, "setDisputeWindows", *windows)
+    return escrow, receipt["blockNumber"]
 
 
 def _error_selectors(abi: list[dict]) -> dict[str, tuple[str, list[str]]]:
