@@ -317,6 +317,8 @@ def _follow(api, job: dict, *, timeout: float, show: bool) -> dict:
     with progress:
         task = progress.add_task(job["job_id"], total=None)
         while True:
+            if job["state"] not in TERMINAL and time.monotonic() >= deadline:
+                raise _StillRunning(job["state"])     # `--timeout 0`: as submitted, no wait
             job = api.job(job["job_id"])
             progress.update(task, description=f"{job['job_id']} {_phase(job)}")
             if job["state"] in TERMINAL:

@@ -134,6 +134,8 @@ def _follow(api, job: dict, *, timeout: float, show: bool) -> dict:
     deadline = time.monotonic() + timeout
     with _Board(show) as board:
         while True:
+            if job["state"] not in TERMINAL and time.monotonic() >= deadline:
+                raise _StillRunning(job["state"])     # `--timeout 0`: as submitted, no wait
             job = api.job(job["job_id"])
             board.update(job)
             handed_out = any(o.get("download_url") for o in job["outputs"])

@@ -196,8 +196,12 @@ def assert_emf(document: dict, metric: str, dimensions: list[str]) -> None:
 
 
 @pytest.mark.stack
-def test_a_job_through_the_stack_emits_created_and_settled_by_its_class(api, stack, clip):
-    uploaded = api.upload(clip)
+def test_a_job_through_the_stack_emits_created_and_settled_by_its_class(api, stack,
+                                                                        tmp_path):
+    # A clip of its own: an input is its first uploader's, and the session's shared clip
+    # belongs to the tests that own it.
+    uploaded = api.upload(clips.make_clip(tmp_path / "metrics.mp4", seconds=0.5, width=96,
+                                          height=64))
     job, _ = api.submit({"kind": "media_probe", "input_uri": uploaded["input_uri"],
                          "input_hash": uploaded["input_hash"], "max_attempts": 1})
     assert wait_for(api, job["job_id"])["state"] == "settled"
