@@ -20,9 +20,9 @@ from chalicelib.market import routing, workers
 from chalicelib.media import ffmpeg_args, hls, profiles
 from chalicelib.media import probe as media
 from chalicelib.media import tasks as transcode
-from chalicelib.models import Job, Output, Task, TranscodePlan, is_pool
+from chalicelib.models import Event, Job, Output, Task, TaskState, TranscodePlan, is_pool
 from chalicelib.verification import audit
-from chalicelib.verification.package import check_package
+from chalicelib.verification.package import check_package, task_verdicts
 from chalicelib.verification.policies import Verdict
 
 from . import segments, verify
@@ -33,6 +33,7 @@ FFMPEG_TIMEOUT_S = 240
 OUTPUT_LIMIT = 2 << 30
 SOURCE_LIMIT = 16 << 30          # the audio check reads the whole source (job class limit: 10 GiB)
 FINGERPRINT_LIMIT = 64 << 20
+PLAYLIST_LIMIT = 1 << 20         # the audio track's playlist, read for the package's check
 PACKAGE_TOLERANCE_S = 0.5
 
 
@@ -226,68 +227,176 @@ def _rendition(plan: TranscodePlan, name: str) -> profiles.PlannedRendition:
 
 # -- assembly -----------------------------------------------------------------------------
 def assemble(p: Ports, job: Job, workdir: Path, sign) -> Job | None:
-    """Fetch every passed task's promoted output, write the playlists (or join the MP4),
-    check the package as a whole, upload it under its content hash and close the job."""
+    """Build the package from what the segment checks verified, check it, place it under its
+    content hash and close the job (or fail it, with the reason)."""
     started = time.monotonic()
-    plan = job.plan
-    profile = profiles.get_profile(plan.profile)
-    tasks = {t.task_id: t for t in p.tasks.list(job.job_id)}
+    view = p.store.view(job.job_id)             # the tasks and their verdicts, one Query
+    tasks = {t.task_id: t for t in view.tasks}
+    if job.plan.container == "hls":
+        verdict, output = _assemble_hls(p, job.plan, tasks, view.events)
+    else:
+        verdict, output = _assemble_mp4(p, job.plan, tasks, workdir)
+    return transcode.complete(p, job, output, verdict, signature=sign(job, output),
+                              execution={"assembly_s": round(time.monotonic() - started, 3),
+                                         "tasks": len(tasks)})
+
+
+def _assemble_hls(p: Ports, plan: TranscodePlan, tasks: dict[str, Task],
+                  events: list[Event]) -> tuple[Verdict, Output]:
+    """No segment is fetched or decoded again: each was measured and checked from its own
+    bytes and promoted under their hash. The package relies on those verdicts, checks its
+    playlists structurally, and holds server-side copies of the promoted outputs, each
+    hashed by S3 as it is written and compared with the hash its task recorded. Only the
+    playlists pass through here: written from the plan (the audio track's, read back)."""
+    video = {r["name"]: [f"{r['name']}-{s['index']:05d}" for s in plan.segments]
+             for r in plan.renditions}
+    audio = "audio" if plan.has_audio else None
+    passed = {t.task_id: t for t in tasks.values() if t.state == TaskState.PASSED}
+    basis = task_verdicts(_passing_verdicts(passed, events), renditions=video,
+                          audio_task=audio)
+    misplaced = [name for t in passed.values() for name in _misplaced(t)]
+    delivered = {o.name: o for t in passed.values() for o in t.outputs
+                 if o.name not in misplaced}
+    playlists = _hls_playlists(plan)
+    wrong: list[str] = []
+    if audio is not None and hls.AUDIO_PLAYLIST in delivered:
+        own = delivered.pop(hls.AUDIO_PLAYLIST)
+        data = _read_playlist(p, own)
+        if data is not None and media.sha256_bytes(data) == own.sha256:
+            playlists[hls.AUDIO_PLAYLIST] = data
+        else:
+            wrong.append(hls.AUDIO_PLAYLIST)
+    structure = check_package({**{path: None for path in delivered}, **playlists},
+                              expected_duration_s=plan.duration_s,
+                              tolerance_s=PACKAGE_TOLERANCE_S,
+                              expected_segments=len(plan.segments))
+    listed = {path: (media.sha256_bytes(data), len(data)) for path, data in playlists.items()}
+    listed.update({path: (o.sha256, o.size_bytes) for path, o in delivered.items()})
+    manifest, digest, prefix = _manifest(plan, hls.MASTER, listed)
+    for path, data in playlists.items():
+        p.blobs.put(_in_package(p, prefix, path), data, content_type=_content_type(Path(path)))
+    for path, o in delivered.items():
+        if not _place(p, o, _in_package(p, prefix, path)):
+            wrong.append(path)
+    # The first failed check names the job's reason: a file that is not what was verified
+    # comes first, whatever else it breaks.
+    checks = {"files_match_recorded_sha256": not wrong, "outputs_named_as_planned": not misplaced,
+              **basis.checks, **structure.checks}
+    measured = {**structure.measured, **basis.measured, "misplaced_outputs": misplaced[:20],
+                "files_not_matching_records": wrong[:20], "decoded": False,
+                "segments_copied": len(delivered)}
+    return _package(p, plan, checks, measured, manifest, digest, prefix, hls.MASTER, listed)
+
+
+def _passing_verdicts(passed: dict[str, Task], events: list[Event]) -> dict[str, dict]:
+    """Each passed task's verdict, as recorded when its passing attempt was checked."""
+    found = {}
+    for event in events:
+        task = passed.get(event.task or "")
+        if (event.type == "segment.verified" and task is not None
+                and event.data.get("attempt") == task.attempt):
+            found[task.task_id] = event.data
+    return found
+
+
+def _misplaced(task: Task) -> list[str]:
+    """Output names other than the package paths the task's kind writes."""
+    if task.kind == "video":
+        return [o.name for o in task.outputs
+                if o.name != f"{task.rendition}/seg_{task.index:05d}.ts"]
+    return [o.name for o in task.outputs
+            if not o.name.startswith("audio/") or "/" in o.name.removeprefix("audio/")
+            or o.name.startswith("audio/.")]
+
+
+def _hls_playlists(plan: TranscodePlan) -> dict[str, bytes]:
+    """The master and each rendition's media playlist, from the plan (the segments last
+    what their source segments last, which each segment's check held them to)."""
+    fps = Fraction(plan.fps)
+    entries = [(f"seg_{s['index']:05d}.ts", s["duration_s"]) for s in plan.segments]
+    playlists, variants = {}, []
+    for rendition in plan.renditions:
+        playlists[hls.variant_uri(rendition["name"])] = hls.media_playlist(entries).encode()
+        variants.append(hls.variant(profiles.PlannedRendition.model_validate(rendition), fps=fps))
+    audio = hls.audio_group(profiles.get_profile(plan.profile)) if plan.has_audio else None
+    playlists[hls.MASTER] = hls.master_playlist(variants, audio=audio).encode()
+    return playlists
+
+
+def _read_playlist(p: Ports, output: Output) -> bytes | None:
+    try:
+        return p.blobs.read(S3Uri.parse(output.uri), PLAYLIST_LIMIT)
+    except InputError:                       # gone, or no playlist's size
+        return None
+
+
+def _place(p: Ports, output: Output, target: S3Uri) -> bool:
+    """Put the promoted output at `target` by a server-side copy, unless the bytes its task
+    recorded lie there already; whether they do now."""
+    if p.blobs.stored_sha256(target) == output.sha256:
+        return True                          # an earlier package with this file
+    copied = p.blobs.copy_hashed(S3Uri.parse(output.uri), target,
+                                 content_type=_content_type(target.key))
+    return copied == output.sha256
+
+
+def _manifest(plan: TranscodePlan, entry: str,
+              listed: dict[str, tuple[str, int]]) -> tuple[bytes, str, str]:
+    """package.json (the listing, paths in order) and its content hash, which names the
+    package's folder."""
+    listing = {"profile": plan.profile, "entry": entry,
+               "files": [{"path": path, "sha256": sha256, "size_bytes": size}
+                         for path, (sha256, size) in sorted(listed.items())]}
+    manifest = json.dumps(listing, indent=1, sort_keys=True).encode()
+    digest = media.sha256_bytes(manifest)
+    return manifest, digest, f"packages/{digest.removeprefix('sha256:')}"
+
+
+def _in_package(p: Ports, prefix: str, path: str) -> S3Uri:
+    return S3Uri(p.settings.artifacts_bucket, f"{prefix}/{path}")
+
+
+def _package(p: Ports, plan: TranscodePlan, checks: dict, measured: dict, manifest: bytes,
+             digest: str, prefix: str, entry: str,
+             listed: dict[str, tuple[str, int]]) -> tuple[Verdict, Output]:
+    """The verdict and package.json, written only for a package whose files are all as
+    listed (a failed one is never handed out)."""
+    package = _in_package(p, prefix, "package.json")
+    verdict = Verdict(f"{plan.container}_package", checks,
+                      {**measured, "sha256": digest,
+                       "entry": f"s3://{package.bucket}/{prefix}/{entry}", "files": len(listed),
+                       "bytes": sum(size for _, size in listed.values())})
+    if verdict.passed:
+        p.blobs.put(package, manifest, content_type="application/json")
+    return verdict, Output(name="package.json", uri=str(package), sha256=digest,
+                           size_bytes=len(manifest))
+
+
+def _assemble_mp4(p: Ports, plan: TranscodePlan, tasks: dict[str, Task],
+                  workdir: Path) -> tuple[Verdict, Output]:
+    """Joining the segments into one file needs their bytes: fetch every promoted output,
+    mux, check the file by decoding it, upload it under the package's hash."""
     root = workdir / "package"
     for task in tasks.values():
         for output in task.outputs:
             path = root / output.name
             path.parent.mkdir(parents=True, exist_ok=True)
             p.blobs.download(S3Uri.parse(output.uri), path, limit=OUTPUT_LIMIT)
-    fps = Fraction(plan.fps)
-    if plan.container == "hls":
-        checks, measured, entry = _write_hls(plan, profile, tasks, root, fps)
-    else:
-        checks, measured, entry = _join_mp4(plan, tasks, root)
+    checks, measured, entry = _join_mp4(plan, tasks, root)
     decode = decode_check(root / entry, timeout_s=FFMPEG_TIMEOUT_S * 4)
     checks["decodes_without_error"] = decode.ok
     measured["decode_wall_s"] = round(decode.wall_s, 3)
     if not decode.ok:
         measured["decode_stderr"] = decode.stderr[-500:]
     files = sorted(f for f in root.rglob("*") if f.is_file())
-    listing = {"profile": plan.profile, "entry": entry,
-               "files": [{"path": f.relative_to(root).as_posix(),
-                          "sha256": media.sha256_file(f), "size_bytes": f.stat().st_size}
-                         for f in files]}
-    manifest = json.dumps(listing, indent=1, sort_keys=True).encode()
-    digest = media.sha256_bytes(manifest)
-    prefix = f"packages/{digest.removeprefix('sha256:')}"
+    listed = {f.relative_to(root).as_posix(): (media.sha256_file(f), f.stat().st_size)
+              for f in files}
+    manifest, digest, prefix = _manifest(plan, entry, listed)
     for f in files:
-        uri = S3Uri(p.settings.artifacts_bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
+        uri = _in_package(p, prefix, f.relative_to(root).as_posix())
         if p.blobs.head(uri) is None:
             p.blobs.upload(uri, f, content_type=_content_type(f))
-    package = S3Uri(p.settings.artifacts_bucket, f"{prefix}/package.json")
-    p.blobs.put(package, manifest, content_type="application/json")
-    output = Output(name="package.json", uri=str(package), sha256=digest,
-                    size_bytes=len(manifest))
-    measured.update(sha256=digest, entry=f"s3://{package.bucket}/{prefix}/{entry}",
-                    files=len(files), bytes=sum(f["size_bytes"] for f in listing["files"]))
-    verdict = Verdict(f"{plan.container}_package", checks, measured)
-    return transcode.complete(p, job, output, verdict, signature=sign(job, output),
-                              execution={"assembly_s": round(time.monotonic() - started, 3),
-                                         "tasks": len(tasks)})
-
-
-def _write_hls(plan: TranscodePlan, profile, tasks: dict, root: Path, fps: Fraction):
-    variants = []
-    for rendition in plan.renditions:
-        name = rendition["name"]
-        entries = [(f"seg_{s['index']:05d}.ts", tasks[f"{name}-{s['index']:05d}"].duration_s)
-                   for s in plan.segments]
-        (root / name / "index.m3u8").write_text(hls.media_playlist(entries))
-        variants.append(hls.variant(profiles.PlannedRendition.model_validate(rendition), fps=fps))
-    audio = hls.audio_group(profile) if plan.has_audio else None
-    (root / hls.MASTER).write_text(hls.master_playlist(variants, audio=audio))
-    files = {f.relative_to(root).as_posix(): f.read_bytes()
-             for f in root.rglob("*") if f.is_file()}
-    report = check_package(files, expected_duration_s=plan.duration_s,
-                               tolerance_s=PACKAGE_TOLERANCE_S,
-                               expected_segments=len(plan.segments))
-    return dict(report.checks), dict(report.measured), hls.MASTER
+    return _package(p, plan, checks, measured, manifest, digest, prefix, entry, listed)
 
 
 def _join_mp4(plan: TranscodePlan, tasks: dict, root: Path):
@@ -309,7 +418,7 @@ def _join_mp4(plan: TranscodePlan, tasks: dict, root: Path):
     return checks, {"duration_s": duration, "expected_duration_s": plan.duration_s}, "video.mp4"
 
 
-def _content_type(path: Path) -> str:
+def _content_type(path: Path | str) -> str:
     return {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t",
-            ".mp4": "video/mp4", ".json": "application/json"}.get(path.suffix,
+            ".mp4": "video/mp4", ".json": "application/json"}.get(Path(path).suffix,
                                                                   "application/octet-stream")

@@ -106,6 +106,36 @@ class Blobs:
         self._s3.copy_object(Bucket=target.bucket, Key=target.key,
                              CopySource={"Bucket": source.bucket, "Key": source.key})
 
+    def copy_hashed(self, source: S3Uri, target: S3Uri,
+                    content_type: str | None = None) -> str | None:
+        """Copy server-side (no byte passes through this process) with S3 computing the
+        copy's SHA-256 as it writes it, and keeping it with the object: returns
+        "sha256:<hex>" of what now lies at `target`, or None when `source` does not exist.
+        Reads the copy back only if S3 gave no whole-object SHA-256 (a single CopyObject
+        always gives one)."""
+        extra = {"ContentType": content_type, "MetadataDirective": "REPLACE"} if content_type else {}
+        try:
+            result = self._s3.copy_object(
+                Bucket=target.bucket, Key=target.key, ChecksumAlgorithm="SHA256",
+                CopySource={"Bucket": source.bucket, "Key": source.key},
+                **extra)["CopyObjectResult"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return _sha256_of(result) or self.sha256(target)[0]
+
+    def stored_sha256(self, uri: S3Uri) -> str | None:
+        """The object's SHA-256 ("sha256:<hex>"): the one S3 keeps with it (one HEAD), else
+        (an object stored without one) read through; None when it does not exist."""
+        try:
+            head = self._s3.head_object(Bucket=uri.bucket, Key=uri.key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return _sha256_of(head) or self.sha256(uri)[0]
+
     def freeze(self, upload: S3Uri, evidence: S3Uri) -> dict | None:
         """Copy what a worker uploaded to where it cannot write, at the moment it commits
         to its result: what is measured and promoted from then on is this copy, whatever
@@ -185,3 +215,12 @@ class Blobs:
             if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
                 raise InputError(f"{uri} does not exist", reason="input_missing") from exc
             raise
+
+
+def _sha256_of(response: dict) -> str | None:
+    """"sha256:<hex>" from an S3 response's ChecksumSHA256, when it covers the whole object
+    (a multipart object's composite checksum, "<base64>-<parts>", does not)."""
+    checksum = response.get("ChecksumSHA256")
+    if not checksum or "-" in checksum or response.get("ChecksumType") == "COMPOSITE":
+        return None
+    return "sha256:" + base64.b64decode(checksum).hex()

@@ -1,11 +1,12 @@
 """The check of an assembled HLS package: the master and every playlist parse, each names
 only files inside the package, the renditions the plan promised are there with their
-segments, and the durations add up."""
+segments, and the durations add up; and what the package relies on instead of decoding
+itself again: the verdicts its segment tasks were given, each from the bytes it delivers."""
 from __future__ import annotations
 
 import math
 import posixpath
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import m3u8
 
@@ -13,9 +14,11 @@ from chalicelib.media.hls import MASTER
 from chalicelib.verification.policies import Verdict
 
 
-def check_package(files: Mapping[str, bytes], *, expected_duration_s: float, tolerance_s: float,
-                  expected_segments: int | None = None) -> Verdict:
+def check_package(files: Mapping[str, bytes | None], *, expected_duration_s: float,
+                  tolerance_s: float, expected_segments: int | None = None) -> Verdict:
     """Check a package (relative path -> bytes) is complete and lasts what the source lasts.
+    Structural: it reads the playlists only, so a file whose bytes it need not see (a
+    segment, checked on its own and placed by its hash) may be given as None.
 
     The segment count applies to the video renditions only: the audio group is cut by
     ffmpeg's own muxer on AAC frame boundaries, so its last segment can fall either side.
@@ -75,8 +78,52 @@ def check_package(files: Mapping[str, bytes], *, expected_duration_s: float, tol
     return Verdict("hls_package", checks, measured)
 
 
-def _parse(files: Mapping[str, bytes], path: str | None) -> m3u8.M3U8 | None:
-    if path is None or path not in files:
+def task_verdicts(verdicts: Mapping[str, Mapping[str, Any] | None], *,
+                  renditions: Mapping[str, Sequence[str]], audio_task: str | None) -> Verdict:
+    """What the package takes from its segment checks instead of decoding itself again.
+
+    `verdicts` holds, for each task, the verdict its passing attempt was given (the
+    `segment.verified` event's data: policy, passed, checks, measured), or None when there
+    is none; `renditions` the video tasks of each rendition, `audio_task` the audio track's
+    task (None without audio). Every planned task must have passed its own check, and the
+    segments of each rendition must hold, between them, exactly the frames their source
+    segments have, as those checks counted them.
+    """
+    planned = [(task_id, "segment_video") for ids in renditions.values() for task_id in ids]
+    if audio_task is not None:
+        planned.append((audio_task, "segment_audio"))
+    unverified = [task_id for task_id, policy in planned
+                  if not (verdicts.get(task_id) or {}).get("passed")
+                  or (verdicts.get(task_id) or {}).get("policy") != policy]
+    checks = {"tasks_verified": not unverified}
+    measured: dict[str, Any] = {"unverified_tasks": unverified[:20]}
+    missing = set(unverified)
+    relied = [verdicts[task_id] for task_id, _ in planned if task_id not in missing]
+    video = [v for v in relied if v["policy"] == "segment_video"]
+    # The video segments whose content (every frame, SSIM) was audited, the rest checked
+    # for structure, frame count and bitrate.
+    measured["task_verdicts"] = {
+        "video": len(video), "audio": len(relied) - len(video),
+        "content_audited": sum(bool(v.get("measured", {}).get("content_audited"))
+                               for v in video)}
+    counted: dict[str, dict[str, Any]] = {}
+    for name, ids in renditions.items():
+        seen = [(verdicts.get(task_id) or {}).get("measured", {}) for task_id in ids]
+        counted[name] = {
+            "frames": sum(int(m.get("frame_count") or 0) for m in seen),
+            "frames_expected": sum(int(m.get("frames_expected") or 0) for m in seen),
+            "duration_s": round(sum(float(m.get("duration_s") or 0) for m in seen), 6)}
+    measured["renditions_measured"] = counted
+    checks["frame_count_measured"] = all(c["frames"] == c["frames_expected"] > 0
+                                         for c in counted.values())
+    if audio_task is not None:
+        measured["audio_duration_measured_s"] = (
+            (verdicts.get(audio_task) or {}).get("measured", {}).get("duration_s"))
+    return Verdict("task_verdicts", checks, measured)
+
+
+def _parse(files: Mapping[str, bytes | None], path: str | None) -> m3u8.M3U8 | None:
+    if path is None or files.get(path) is None:
         return None
     try:
         text = files[path].decode("utf-8")

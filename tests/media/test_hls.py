@@ -9,7 +9,7 @@ import pytest
 from chalicelib.media import hls
 from chalicelib.media.hls import AudioGroup, audio_group, master_playlist, media_playlist, variant
 from chalicelib.media.profiles import get_profile, ladder
-from chalicelib.verification.package import check_package
+from chalicelib.verification.package import check_package, task_verdicts
 from chalicelib.verification.policies import Verdict
 
 
@@ -197,6 +197,69 @@ def test_segment_longer_than_target(abr):
                                                                 b"#EXTINF:4.600000")
     report = check(files, tolerance_s=5.0)
     assert report.reason == "check_failed:target_duration"
+
+
+def test_segments_are_not_read(abr):
+    """The check reads playlists only: segments placed by their hash may come without bytes."""
+    files = {path: None if path.endswith(".ts") else data
+             for path, data in package(abr).items()}
+    assert check(files).passed
+    del files["360p/seg_00001.ts"]
+    assert check(files).reason == "check_failed:segments_present"
+    files = package(abr)
+    files["720p/index.m3u8"] = None
+    assert check(files).reason == "check_failed:playlists_present"
+
+
+# -- the segment verdicts a package relies on -------------------------------------------------
+VIDEO_TASKS = {"720p": ["720p-00000", "720p-00001"], "360p": ["360p-00000", "360p-00001"]}
+
+
+def recorded() -> dict:
+    def passed(policy, **measured):
+        return {"policy": policy, "passed": True, "checks": {}, "measured": measured}
+    verdicts = {task: passed("segment_video", frame_count=100, frames_expected=100,
+                             duration_s=4.0, content_audited=task.endswith("0"))
+                for tasks in VIDEO_TASKS.values() for task in tasks}
+    verdicts["audio"] = passed("segment_audio", duration_s=8.02)
+    return verdicts
+
+
+def test_the_package_relies_on_every_task_verdict():
+    report = task_verdicts(recorded(), renditions=VIDEO_TASKS, audio_task="audio")
+    assert report.passed, report.checks
+    assert report.measured["task_verdicts"] == {"video": 4, "audio": 1, "content_audited": 2}
+    assert report.measured["renditions_measured"]["720p"] == {
+        "frames": 200, "frames_expected": 200, "duration_s": 8.0}
+    assert report.measured["audio_duration_measured_s"] == 8.02
+    without_audio = recorded()
+    del without_audio["audio"]
+    assert task_verdicts(without_audio, renditions=VIDEO_TASKS, audio_task=None).passed
+
+
+@pytest.mark.parametrize("change", ["missing", "failed", "another_policy", "no_audio"])
+def test_a_task_without_its_passing_verdict_fails_the_package(change):
+    verdicts = recorded()
+    if change == "missing":
+        verdicts["360p-00001"] = None
+    elif change == "failed":
+        verdicts["360p-00001"]["passed"] = False
+    elif change == "another_policy":
+        verdicts["360p-00001"]["policy"] = "segment_audio"
+    else:
+        del verdicts["audio"]
+    report = task_verdicts(verdicts, renditions=VIDEO_TASKS, audio_task="audio")
+    assert report.reason == "check_failed:tasks_verified"
+    assert report.measured["unverified_tasks"] == ["audio" if change == "no_audio"
+                                                   else "360p-00001"]
+
+
+def test_frames_the_checks_counted_must_add_up():
+    verdicts = recorded()
+    verdicts["720p-00001"]["measured"]["frame_count"] = 99
+    report = task_verdicts(verdicts, renditions=VIDEO_TASKS, audio_task="audio")
+    assert report.reason == "check_failed:frame_count_measured"
+    assert report.measured["renditions_measured"]["720p"]["frames"] == 199
 
 
 def test_audio_group_defaults(abr):

@@ -1,5 +1,6 @@
 """Transcodes end to end on the local stack: split, segment tasks on the worker pool, every
-segment verified against the source, the package assembled, checked and decoded."""
+segment verified against the source, the package assembled from what those checks verified
+(no segment fetched or decoded again) and checked."""
 from __future__ import annotations
 
 import dataclasses
@@ -77,6 +78,12 @@ def test_a_transcode_produces_a_verified_playable_hls_ladder(api, source, tmp_pa
         caught_probability(4, len(audited), 0.05), abs=1e-6)
     types = event_types(api, job["job_id"])
     assert types.index("segments.planned") < types.index("validation.passed")
+    [package] = [e["data"] for e in events if e["type"] == "validation.passed"]
+    assert package["policy"] == "hls_package" and package["measured"]["decoded"] is False
+    assert "decode_wall_s" not in package["measured"]
+    assert package["measured"]["task_verdicts"] == {"video": 4, "audio": 1,
+                                                    "content_audited": len(audited)}
+    assert package["checks"]["files_match_recorded_sha256"] is True
 
     master = download_package(api, job["job_id"], tmp_path / "pkg")
     parsed = m3u8.load(str(master))
@@ -266,6 +273,149 @@ def test_a_drop_under_a_profile_prefix_produces_the_package(api, aws, small):
     package = api.package(job_id)
     assert package["entry"] == "master.m3u8" and package["entry_uri"].startswith("s3://")
     assert INTAKE not in package["entry_uri"]
+
+
+# -- assembly: from what the segment checks verified ----------------------------------------
+def drive_in_process(held) -> dict:
+    """Run every segments-queue message the held ports recorded (each task's encode, then
+    its check) in this process, as the pool's worker would; returns the assembly request
+    the last check made, held back."""
+    import tempfile
+
+    from media_worker import handler
+    assembly = None
+    while held.queues.sent:
+        queue, message = held.queues.sent.pop(0)
+        if queue != "segments":
+            continue
+        if message["type"] == "assemble":
+            assembly = message
+            continue
+        with tempfile.TemporaryDirectory(prefix="proofline-test-") as work:
+            handler.SEGMENT_WORK[message["type"]](held, message, Path(work), False)
+    assert assembly is not None, "the last check asks for the assembly"
+    return assembly
+
+
+def assemble_observed(held, message: dict, tmp_path: Path, monkeypatch) -> list[tuple]:
+    """The held assembly, run here with every S3 call it makes recorded (operation, key,
+    copy source key) and FFmpeg's decoder out of reach."""
+    import threading
+    from urllib.parse import unquote
+
+    import media_worker.ffmpeg
+    from chalicelib import aws as aws_adapter
+    from media_worker import handler
+    from media_worker import transcode as worker
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the HLS assembly decodes nothing")
+    monkeypatch.setattr(media_worker.ffmpeg, "decode_check", no_decoding)
+    monkeypatch.setattr(worker, "decode_check", no_decoding)
+    monkeypatch.setattr(worker, "run_ffmpeg", no_decoding)
+    seen: list[tuple] = []
+    here = threading.get_ident()          # the stack's own threads share this process
+
+    def observe(service, operation, params, presigned):
+        if service == "s3" and threading.get_ident() == here:
+            source = params.get("CopySource")       # "bucket/key" once botocore quoted it
+            if isinstance(source, str):
+                source = unquote(source.lstrip("/").partition("/")[2].split("?")[0])
+            elif isinstance(source, dict):
+                source = source["Key"]
+            seen.append((operation, params.get("Key"), source))
+    aws_adapter.observers.append(observe)
+    try:
+        (tmp_path / "assembly").mkdir()
+        handler.SEGMENT_WORK["assemble"](held, message, tmp_path / "assembly", False)
+    finally:
+        aws_adapter.observers.remove(observe)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def own_clips(media_dir):
+    """Sources no other test encodes (24 fps, a length per test: two segments each), so
+    their promoted outputs and packages are theirs alone."""
+    return lambda seconds: clips.make_gop_clip(media_dir / f"own-{seconds}.mp4", seconds=seconds,
+                                               gop=96, width=320, height=240, fps=24)
+
+
+def test_the_package_is_assembled_without_fetching_or_decoding_a_segment(
+        ports, api, own_clips, tmp_path, monkeypatch):
+    import hashlib
+    import urllib.request
+    job, tasks = planned_job(ports, api, own_clips(6.0), tmp_path)
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    held.queues.sent = [("segments", {"type": "task", "job_id": job.job_id,
+                                      "task_id": t.task_id, "attempt": 1}) for t in tasks]
+    seen = assemble_observed(held, drive_in_process(held), tmp_path, monkeypatch)
+
+    final = api.job(job.job_id)
+    assert final["state"] == "settled", timeline(api, job.job_id)
+    promoted = {o.name: o for t in ports.tasks.list(job.job_id) for o in t.outputs}
+    media = [name for name in promoted if name.endswith(".ts")]
+    assert len(media) >= 3                              # two video segments, the audio's
+    # The only object read is the audio track's playlist; every segment is a copy S3 makes.
+    reads = [key for op, key, _ in seen if op == "GetObject"]
+    assert reads == [promoted["audio/audio.m3u8"].uri.split("/", 3)[3]]
+    copies = {source for op, _, source in seen if op == "CopyObject"}
+    assert copies == {promoted[name].uri.split("/", 3)[3] for name in media}
+    assert not [op for op, _, _ in seen if op not in ("GetObject", "HeadObject", "PutObject",
+                                                      "CopyObject")]
+    [passed] = [e["data"] for e in api.events(job.job_id)["events"]
+                if e["type"] == "validation.passed"]
+    assert passed["measured"]["decoded"] is False and passed["passed"] is True
+    assert passed["measured"]["task_verdicts"]["video"] == 2
+    assert passed["measured"]["task_verdicts"]["audio"] == 1
+    assert passed["measured"]["segments_copied"] == len(promoted) - 1   # all but a playlist
+
+    # What the client gets: the listing names each segment by its recorded hash, and the
+    # bytes behind every link are those.
+    package = api.package(job.job_id)
+    listed = {f["path"]: f for f in package["files"]}
+    assert {name: (o.sha256, o.size_bytes) for name, o in promoted.items()} == \
+        {name: (listed[name]["sha256"], listed[name]["size_bytes"]) for name in promoted}
+    for f in package["files"]:
+        with urllib.request.urlopen(f["download_url"]) as response:
+            data = response.read()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == f["sha256"], f["path"]
+    master = download_package(api, job.job_id, tmp_path / "pkg")
+    decode = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(master),
+                             "-f", "null", "-"], capture_output=True, text=True, timeout=120)
+    assert decode.returncode == 0 and decode.stderr == ""
+
+
+@pytest.mark.parametrize("damage", ["altered", "deleted"])
+def test_a_promoted_output_changed_after_its_check_fails_the_assembly(
+        damage, ports, api, own_clips, tmp_path, monkeypatch):
+    from chalicelib.aws.blobs import S3Uri
+    job, tasks = planned_job(ports, api, own_clips(7.0 if damage == "altered" else 6.5),
+                             tmp_path)
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    held.queues.sent = [("segments", {"type": "task", "job_id": job.job_id,
+                                      "task_id": t.task_id, "attempt": 1}) for t in tasks]
+    assembly = drive_in_process(held)
+    victim = next(t for t in ports.tasks.list(job.job_id) if t.kind == "video" and t.index == 1)
+    [output] = victim.outputs
+    uri = S3Uri.parse(output.uri)
+    original = ports.blobs.read(uri, 1 << 30)
+    if damage == "altered":          # the same length, one TS packet's payload changed
+        ports.blobs.put(uri, original[:1000] + bytes(188) + original[1188:])
+    else:
+        ports.blobs.delete(uri)
+    try:
+        assemble_observed(held, assembly, tmp_path, monkeypatch)
+    finally:
+        ports.blobs.put(uri, original)      # content-addressed: put back what was verified
+    final = api.job(job.job_id)
+    assert (final["state"], final["reason"]) == (
+        "failed", "check_failed:files_match_recorded_sha256"), timeline(api, job.job_id)
+    assert final["outputs"] == []
+    [failed] = [e["data"] for e in api.events(job.job_id)["events"]
+                if e["type"] == "validation.failed"]
+    assert failed["measured"]["files_not_matching_records"] == [output.name]
+    assert failed["checks"]["tasks_verified"] is True        # its check had passed it
 
 
 # -- bad input -------------------------------------------------------------------------------
