@@ -20,6 +20,18 @@ def local_stack(**options) -> Iterator[tuple[object, Path]]:
             stack.stop()
 
 
+def operator_api(stack):
+    """The stack's API as its operator: reads need a session, and the benchmarks read every
+    job they submit (writes go unsigned, as the local stage allows)."""
+    from eth_account import Account
+
+    from chalicelib.identity.signing import did_for
+    from proofline.client import Api
+    operator = Account.from_key(stack.info.dev_keys["operator"])
+    return Api(stack.info.api_url,
+               reader=(operator, did_for(operator.address, stack.info.chain_id)))
+
+
 def event_at(event: dict):
     """An event's `at` as an aware datetime (the API writes UTC)."""
     from datetime import datetime, timezone

@@ -21,11 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
-from eth_account import Account
 
-from bench import event_at, settled_at
+from bench import event_at, operator_api, settled_at
 from chalicelib import aws
-from chalicelib.identity.signing import did_for
 from proofline.client import TERMINAL, Api
 from proofline.devstack import DevStack
 
@@ -142,10 +140,7 @@ def _raw_encode_s(model, texts: list[str], threads: int | None = None) -> float:
 
 
 def _pipeline(stack: DevStack, texts: list[str]) -> dict[str, float]:
-    # Reads need a session: the bench signs in as the stack's operator (anvil's admin).
-    operator = Account.from_key(stack.info.dev_keys["operator"])
-    api = Api(stack.info.api_url,
-              reader=(operator, did_for(operator.address, stack.info.chain_id)))
+    api = operator_api(stack)
     own = boto3.session.Session().client("dynamodb", endpoint_url=stack.info.aws_endpoint,
                                          region_name=stack.info.region)
     table = stack.info.environment()["JOBS_TABLE"]

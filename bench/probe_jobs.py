@@ -16,6 +16,7 @@ from pathlib import Path
 
 import boto3
 
+from bench import operator_api
 from chalicelib import aws
 from proofline import clips
 from proofline.client import Api
@@ -34,7 +35,7 @@ def run() -> dict[str, float]:
 
 
 def _measure(stack: DevStack, tmp: Path) -> dict[str, float]:
-    api = Api(stack.info.api_url)
+    api = operator_api(stack)
     own = boto3.session.Session().client("dynamodb", endpoint_url=stack.info.aws_endpoint,
                                          region_name=stack.info.region)
     table = stack.info.environment()["JOBS_TABLE"]

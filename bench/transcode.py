@@ -23,11 +23,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import boto3
-from eth_account import Account
 
-from bench import event_at, settled_at
+from bench import event_at, operator_api, settled_at
 from chalicelib.aws.blobs import S3Uri
-from chalicelib.identity.signing import did_for
 from chalicelib.media import ffmpeg_args, profiles
 from chalicelib.verification import audit
 from media_worker import segments, verify
@@ -96,10 +94,7 @@ def _raw_ffmpeg_s(source: Path, out: Path) -> float:
 
 
 def _pipeline(stack: DevStack, source: Path, tmp: Path) -> dict[str, float]:
-    # Reads need a session: the bench signs in as the stack's operator (anvil's admin).
-    operator = Account.from_key(stack.info.dev_keys["operator"])
-    api = Api(stack.info.api_url,
-              reader=(operator, did_for(operator.address, stack.info.chain_id)))
+    api = operator_api(stack)
     session = boto3.session.Session()
     own = {name: session.client(name, endpoint_url=stack.info.aws_endpoint,
                                 region_name=stack.info.region) for name in ("dynamodb", "s3")}

@@ -13,8 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import adversary
-from proofline.client import Api
+from bench import adversary, operator_api
 from proofline.devstack import DevStack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +42,7 @@ def measure() -> dict[str, list[int]]:
         try:
             stack.start()
             chosen = os.environ.get("PROOFLINE_BENCH_E2E_CHEATS")
-            outcomes = adversary.campaign(Api(stack.info.api_url), stack.info.chain_id,
+            outcomes = adversary.campaign(operator_api(stack), stack.info.chain_id,
                                           chosen.split(",") if chosen
                                           else adversary.LEASE_PATH_CHEATS, trials=trials,
                                           workdir=Path(tmp))
