@@ -18,8 +18,8 @@ from typing import Any
 
 import boto3
 import pytest
-import yaml
 from botocore.stub import Stubber
+from samtranslator.yaml_helper import yaml_parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,30 +32,11 @@ TEMPLATE = ROOT / "template.yaml"
 
 
 # ------------------------------------------------------------------ loading the template
-class CfnLoader(yaml.SafeLoader):
-    """SafeLoader that reads CloudFormation short-form tags as their long form."""
-
-
-def _cfn_tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix in ("Ref", "Condition"):
-        return {suffix: value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {f"Fn::{suffix}": value}
-
-
-CfnLoader.add_multi_constructor("!", _cfn_tag)
 
 
 @pytest.fixture(scope="module")
 def template() -> dict:
-    return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
+    return yaml_parse(TEMPLATE.read_text())   # short-form tags as their long form
 
 
 def _resource(template: dict, logical_id: str, type_: str) -> dict:

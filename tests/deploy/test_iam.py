@@ -36,16 +36,15 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import boto3
 import numpy as np
 import pytest
-import yaml
 from botocore.config import Config
 from botocore.stub import Stubber
 from conftest import drop, fund_job, wait_for
 from eth_account import Account
+from samtranslator.yaml_helper import yaml_parse
 
 from chalicelib import aws as aws_adapter
 from chalicelib.aws.resources import RESOURCES
@@ -115,27 +114,6 @@ def grants(policy: str, document: dict) -> list[Grant]:
     return found
 
 
-class CfnLoader(yaml.SafeLoader):
-    """CloudFormation's short-form tags, read as their long form."""
-
-
-def _cfn_tag(loader, suffix, node):
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix in ("Ref", "Condition"):
-        return {suffix: value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {f"Fn::{suffix}": value}
-
-
-CfnLoader.add_multi_constructor("!", _cfn_tag)
-
-
 class Template:
     """template.yaml with the intrinsics its policies use resolved for one stage."""
 
@@ -145,7 +123,8 @@ class Template:
 
     def __init__(self, stage: str):
         self.stage = stage
-        self.body = yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
+        # Short-form tags read as their long form, as the SAM translator reads them.
+        self.body = yaml_parse(TEMPLATE.read_text())
         self.resources = self.body["Resources"]
 
     def resolve(self, value):
