@@ -23,7 +23,7 @@ from chalicelib.identity.sessions import KeyRing
 from chalicelib.jobs.lifecycle import count_outcomes, emit_metrics
 from chalicelib.market.challenges import close_challenge
 from chalicelib.market.dispatch import dispatch_assigned
-from chalicelib.settlement.chain import Escrow, connect
+from chalicelib.settlement.chain import SIGNERS, Escrow, connect
 from chalicelib.settlement.payments import request_settlement
 
 # How the settlement queue is consumed: a batching window, so chain calls go out together.
@@ -57,14 +57,10 @@ def _chain(s: Settings) -> ChainPorts | None:
                       keys=_signer, payouts=_payouts)
 
 
-# Each chain role's key, by the secret that holds it.
-ROLE_KEYS = {"router": "PROOFLINE_ROUTER_KEY", "verifier": "PROOFLINE_VERIFIER_KEY",
-             "operator": "PROOFLINE_REFUNDER_KEY"}
-
-
 @lru_cache(maxsize=None)
 def _signer(role: str) -> LocalAccount:
-    return Account.from_key(secret(ROLE_KEYS[role]))
+    secret_name, _, _ = SIGNERS[role]
+    return Account.from_key(secret(secret_name))
 
 
 @lru_cache(maxsize=1)

@@ -35,7 +35,7 @@ from chalicelib import aws, config, ports
 from chalicelib.config import stage_environment
 from chalicelib.identity.sessions import KeyRing
 from chalicelib.identity.signing import did_for
-from chalicelib.settlement.chain import Escrow, artifact, deploy
+from chalicelib.settlement.chain import artifact, deploy, deploy_escrow
 
 from .anvil import Anvil
 from .awsendpoint import AwsEndpoint
@@ -209,12 +209,10 @@ def _deploy_escrow(anvil: Anvil) -> dict:
     3 client, 4 verifier, 5 refunder (OPERATOR_ROLE), 6 arbiter, 9 treasury."""
     w3 = anvil.web3()
     admin, pool, client, treasury = (anvil.accounts[i] for i in (0, 2, 3, 9))
-    escrow = Escrow(w3, deploy(w3, admin, "ProoflineEscrow", admin.address, treasury.address))
-    for role, index in ROLE_ACCOUNTS.items():
-        escrow.send(admin, "grantRole", getattr(escrow.contract.functions, role)().call(),
-                    anvil.accounts[index].address)
     token = deploy(w3, admin, "TestToken")
-    escrow.send(admin, "setTokenAllowed", token, True)
+    escrow, _ = deploy_escrow(w3, admin, treasury=treasury.address, tokens=(token,),
+                              holders={role: anvil.accounts[index].address
+                                       for role, index in ROLE_ACCOUNTS.items()})
     test_token = w3.eth.contract(address=token, abi=artifact("TestToken")["abi"])
     tx = test_token.functions.mint(client.address, CLIENT_TOKENS).transact({"from": admin.address})
     w3.eth.wait_for_transaction_receipt(tx)

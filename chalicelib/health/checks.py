@@ -33,7 +33,7 @@ from chalicelib.health.verdicts import (
     verdict,
 )
 from chalicelib.identity.sessions import KeyRing
-from chalicelib.settlement.chain import NATIVE, artifact
+from chalicelib.settlement.chain import NATIVE, SIGNERS, artifact
 
 # Fail fast: a doctor that waits minutes on a dead endpoint is no help.
 CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=10,
@@ -42,9 +42,7 @@ RPC_TIMEOUT_S = 5
 ESCROW = "ProoflineEscrow"
 # The control plane's keys, each holding one role of the escrow's (so a leaked key does one
 # thing): (secret, role, what it does).
-CHAIN_KEYS = (("PROOFLINE_ROUTER_KEY", "ROUTER_ROLE", "signs funding quotes and assigns"),
-              ("PROOFLINE_VERIFIER_KEY", "VERIFIER_ROLE", "releases verified work"),
-              ("PROOFLINE_REFUNDER_KEY", "OPERATOR_ROLE", "refunds failed jobs"))
+CHAIN_KEYS = tuple(SIGNERS.values())       # (secret, role, what it signs) per control-plane key
 Read = Callable[[str], str]
 
 

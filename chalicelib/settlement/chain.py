@@ -233,8 +233,11 @@ def _deployed(w3: Web3, account: LocalAccount, name: str, *args: Any):
     return receipt
 
 
-# The control plane's roles, each for its own key: a leaked key does one thing.
-ROLES = ("ROUTER_ROLE", "VERIFIER_ROLE", "OPERATOR_ROLE", "ARBITER_ROLE")
+# The control plane's signers, each a key of its own holding one escrow role, so a leaked key
+# does one thing: the secret that holds it, its role, and what it signs.
+SIGNERS = {"router": ("PROOFLINE_ROUTER_KEY", "ROUTER_ROLE", "signs funding quotes and assigns"),
+           "verifier": ("PROOFLINE_VERIFIER_KEY", "VERIFIER_ROLE", "releases verified work"),
+           "operator": ("PROOFLINE_REFUNDER_KEY", "OPERATOR_ROLE", "refunds failed jobs")}
 
 
 def deploy_escrow(w3: Web3, admin: LocalAccount, *, treasury: str, holders: dict[str, str],

@@ -21,7 +21,7 @@ from chalice.app import ScheduledEventConfig
 import app
 from chalicelib.aws.resources import RESOURCES
 from chalicelib.config import REQUIRED, SECRETS, ConfigError, stage_settings
-from chalicelib.ports import ROLE_KEYS
+from chalicelib.settlement.chain import SIGNERS
 from proofline.awsendpoint import AwsEndpoint
 from proofline.devstack import HOST, free_port
 from tests.deploy.rehearsal import APPLIED_BY_API, Rehearsal, chalice_template, shared_template
@@ -35,7 +35,7 @@ CHAIN = {"ChainRpcUrl": "https://rpc.example.invalid", "ChainId": "84532",
          "ModalTokenId": "ak-rehearsal", "ModalTokenSecret": "as-rehearsal"}
 # The secrets each side's code reads (by `<NAME>_SECRET`): the control plane signs with the
 # three role keys and serves sessions; the workers audit and sign the pools' results.
-CONTROL_PLANE_SECRETS = {*ROLE_KEYS.values(), "PROOFLINE_SESSION_KEYS"}
+CONTROL_PLANE_SECRETS = {*(name for name, _, _ in SIGNERS.values()), "PROOFLINE_SESSION_KEYS"}
 WORKER_SECRETS = {"PROOFLINE_AUDIT_SECRET", "PROOFLINE_POOL_KEY"}
 CHAIN_VARIABLES = {"CHAIN_RPC_URL", "CHAIN_ID", "ESCROW_ADDRESS", "PROOFLINE_POOL_ADDRESS"}
 
