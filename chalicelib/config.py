@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     verify_queue: Name = env("VERIFY_QUEUE")
     settlement_queue: Name = env("SETTLEMENT_QUEUE")
     segments_queue: Name = env("SEGMENTS_QUEUE")
+    checks_queue: Name = env("CHECKS_QUEUE")
     inference_queue: Name = env("INFERENCE_QUEUE")
     chain_rpc_url: str | None = env("CHAIN_RPC_URL", None)
     chain_id: int | None = env("CHAIN_ID", None, gt=0)
@@ -199,7 +200,8 @@ class Settings(BaseSettings):
     def queues(self) -> dict[str, str]:
         return {"intake": self.intake_queue, "media": self.media_queue,
                 "verify": self.verify_queue, "settlement": self.settlement_queue,
-                "segments": self.segments_queue, "inference": self.inference_queue}
+                "segments": self.segments_queue, "checks": self.checks_queue,
+                "inference": self.inference_queue}
 
     @property
     def settlement_enabled(self) -> bool:

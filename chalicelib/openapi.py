@@ -11,6 +11,7 @@ from chalicelib.callers import SignIn
 from chalicelib.identity import access, signing
 from chalicelib.identity.access import Proof
 from chalicelib.jobs.uploads import Completion, UploadRequest
+from chalicelib.market.leases import MAX_TASKS
 from chalicelib.market.registry import Claims, Health, ModelExecution, SegmentExecution
 from chalicelib.models import Manifest, State
 from chalicelib.settlement.pricing import QuoteRequest
@@ -35,6 +36,8 @@ class Heartbeat(_Body):
 
 class LeaseRequest(_Body):
     did: Did
+    # Renditions of one segment leased together (one download, one decode); 1 by default.
+    max_tasks: Annotated[int, Field(ge=1, le=MAX_TASKS)] = 1
 
 
 class OutputReport(_Body):

@@ -3,6 +3,7 @@ tail of its stderr kept for the error details.
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
@@ -28,6 +29,19 @@ class DecodeCheck(Model):
     returncode: int
     stderr: str
     wall_s: float
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_version() -> str:
+    """The build this process runs ("7.1-static", say): recorded with each task it encodes,
+    since x264's output differs between builds."""
+    try:
+        out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-version"], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    words = out.split()
+    return words[2][:64] if out.startswith("ffmpeg version") and len(words) > 2 else "unknown"
 
 
 def run_ffmpeg(args: list[str], *, timeout_s: float) -> FfmpegRun:

@@ -33,6 +33,7 @@ from . import transcode
 from .inputs import fetch_input
 
 WORKER = "pool:media"
+MAX_TASKS_PER_MESSAGE = 16      # a ladder's renditions of one segment
 
 
 def probe_input(p: Ports, job: Job, workdir: Path) -> AttemptResult:
@@ -86,8 +87,9 @@ def run(p: Ports, record: SQSRecord) -> None:
 
 
 def run_segment_message(p: Ports, record: SQSRecord) -> None:
-    """The segments queue carries three kinds of work for split jobs: encode a task, verify
-    a submitted task, assemble the package once every task passed."""
+    """Split jobs' work: the segments queue carries encodes (the renditions of one segment
+    together), the checks queue each submitted task's verification and the assembly once
+    every task passed, so no check waits behind encodes."""
     message = json.loads(record.body)
     logger.set_correlation_id(message["job_id"])
     logger.append_keys(job_id=message["job_id"], task=message.get("task_id"),
@@ -98,20 +100,30 @@ def run_segment_message(p: Ports, record: SQSRecord) -> None:
 
 
 def _encode(p: Ports, message: dict, workdir: Path, redelivered: bool) -> None:
-    started = tasks.start(p, message["job_id"], message["task_id"], message["attempt"], WORKER,
-                          redelivered=redelivered)
-    if started is None:
+    """Start every task the message names that is still this attempt's to run, encode them
+    in one FFmpeg run, and submit each with its own outputs (a failure fails each, and each
+    is retried alone)."""
+    named = message.get("tasks") or [{"task_id": message["task_id"],
+                                      "attempt": message["attempt"]}]
+    started = [s for t in named[:MAX_TASKS_PER_MESSAGE]
+               if (s := tasks.start(p, message["job_id"], t["task_id"], t["attempt"], WORKER,
+                                    redelivered=redelivered)) is not None]
+    if not started:
         logger.info("stale or duplicate task delivery; nothing to do")
         return
-    job, task = started
+    job, running = started[0][0], [task for _, task in started]
     try:
-        files, execution = transcode.encode_task(p, job, task, workdir)
-        outputs = transcode.upload_outputs(p, task, files, workdir / "out")
-    except Exception as error:  # this attempt fails; the task decides whether to retry
-        logger.warning("task failed", extra={"error": repr(error)})
-        tasks.fail(p, task, getattr(error, "reason", "worker_error"), str(error))
+        made = transcode.encode_tasks(p, job, running, workdir)
+        outputs = {t.task_id: transcode.upload_outputs(p, t, made[t.task_id][0], workdir / "out")
+                   for t in running}
+    except Exception as error:  # these attempts fail; each task decides whether to retry
+        logger.warning("tasks failed", extra={"error": repr(error),
+                                              "tasks": [t.task_id for t in running]})
+        for task in running:
+            tasks.fail(p, task, getattr(error, "reason", "worker_error"), str(error))
         return
-    tasks.submit(p, task, outputs, execution)
+    for task in running:
+        tasks.submit(p, task, outputs[task.task_id], made[task.task_id][1])
 
 
 def _check(p: Ports, message: dict, workdir: Path, redelivered: bool) -> None:
@@ -129,7 +141,8 @@ def _assemble(p: Ports, message: dict, workdir: Path, redelivered: bool) -> None
     transcode.assemble(p, job, workdir, pool_signature)
 
 
-SEGMENT_WORK = {"task": _encode, "check": _check, "assemble": _assemble}
+# "task" names one task: what a message sent before tasks were grouped carries.
+SEGMENT_WORK = {"tasks": _encode, "task": _encode, "check": _check, "assemble": _assemble}
 
 
 @lambda_handler

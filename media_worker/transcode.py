@@ -21,12 +21,13 @@ from chalicelib.media import ffmpeg_args, hls, profiles
 from chalicelib.media import probe as media
 from chalicelib.media import tasks as transcode
 from chalicelib.models import Event, Job, Output, Task, TaskState, TranscodePlan, is_pool
+from chalicelib.telemetry import cpu_seconds
 from chalicelib.verification import audit
 from chalicelib.verification.package import check_package, task_verdicts
 from chalicelib.verification.policies import Verdict
 
 from . import segments, verify
-from .ffmpeg import decode_check, run_ffmpeg
+from .ffmpeg import decode_check, ffmpeg_version, run_ffmpeg
 from .inputs import fetch_input
 
 FFMPEG_TIMEOUT_S = 240
@@ -87,37 +88,56 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
     transcode.record_plan(p, job, plan, tasks)
 
 
-# -- one task -----------------------------------------------------------------------------
-def encode_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[list[Path], dict]:
-    """Run FFmpeg for one task; returns the files made (named by their package path)."""
-    source = workdir / ("input" + Path(task.input_uri).suffix)
-    p.blobs.download(S3Uri.parse(task.input_uri), source, limit=OUTPUT_LIMIT)
-    return encode_segment(job.plan, task, source, workdir / "out")
+# -- one segment's tasks -------------------------------------------------------------------
+def encode_tasks(p: Ports, job: Job, tasks: list[Task],
+                 workdir: Path) -> dict[str, tuple[list[Path], dict]]:
+    """Fetch the tasks' input once and run FFmpeg once for all of them (the renditions of
+    one segment, or the audio task alone); each task's files, named by their package path."""
+    source = workdir / ("input" + Path(tasks[0].input_uri).suffix)
+    p.blobs.download(S3Uri.parse(tasks[0].input_uri), source, limit=OUTPUT_LIMIT)
+    return encode_renditions(job.plan, tasks, source, workdir / "out")
 
 
-def encode_segment(plan: TranscodePlan, task: Task, source: Path,
-                   out: Path) -> tuple[list[Path], dict]:
-    """The encode itself, from a local copy of the task's input: the pool's Lambda and a
-    marketplace worker's agent (`proofline worker run`) both run exactly this."""
-    if media.sha256_file(source) != task.input_hash:
-        raise InputError(f"task input {task.input_uri} does not match its hash",
+def encode_renditions(plan: TranscodePlan, tasks: list[Task], source: Path,
+                      out: Path) -> dict[str, tuple[list[Path], dict]]:
+    """The encode itself, from a local copy of the tasks' input: the pool's Lambda and a
+    marketplace worker's agent (`proofline worker run`) both run exactly this. Video tasks
+    of one segment share one decode (`video_renditions_args`); each gets its own files and
+    its share of the run's CPU time."""
+    if any(t.input_uri != tasks[0].input_uri or t.input_hash != tasks[0].input_hash
+           for t in tasks) or (len(tasks) > 1 and any(t.kind != "video" for t in tasks)):
+        raise ValueError("only video tasks of one segment are encoded together")
+    if media.sha256_file(source) != tasks[0].input_hash:
+        raise InputError(f"task input {tasks[0].input_uri} does not match its hash",
                          reason="input_hash_mismatch")
     profile = profiles.get_profile(plan.profile)
-    if task.kind == "video":
-        rendition = _rendition(plan, task.rendition)
-        target = out / task.rendition / f"seg_{task.index:05d}.ts"
-        target.parent.mkdir(parents=True)
-        run = run_ffmpeg(ffmpeg_args.video_segment_args(
-            profile, rendition, fps=Fraction(plan.fps), start_s=task.start_s,
-            input_path=source, output_path=target), timeout_s=FFMPEG_TIMEOUT_S)
+    cpu_before = cpu_seconds()
+    if tasks[0].kind == "video":
+        targets = {t.task_id: out / t.rendition / f"seg_{t.index:05d}.ts" for t in tasks}
+        for target in targets.values():
+            target.parent.mkdir(parents=True)
+        run = run_ffmpeg(ffmpeg_args.video_renditions_args(
+            profile, [(_rendition(plan, t.rendition), targets[t.task_id]) for t in tasks],
+            fps=Fraction(plan.fps), start_s=tasks[0].start_s, input_path=source),
+            timeout_s=FFMPEG_TIMEOUT_S)
+        files = {task_id: [target] for task_id, target in targets.items()}
     else:
         (out / "audio").mkdir(parents=True)
         run = run_ffmpeg(ffmpeg_args.audio_args(profile, input_path=source,
                                                 output_dir=out / "audio"),
                          timeout_s=FFMPEG_TIMEOUT_S)
-    files = sorted(f for f in out.rglob("*") if f.is_file())
-    return files, {"exit_code": run.returncode, "wall_s": round(run.wall_s, 3),
-                   "stderr_tail": run.stderr[-500:]}
+        files = {tasks[0].task_id: sorted(f for f in out.rglob("*") if f.is_file())}
+    execution = {"exit_code": run.returncode, "wall_s": round(run.wall_s, 3),
+                 "cpu_s": round((cpu_seconds() - cpu_before) / len(tasks), 3),
+                 "renditions_in_run": len(tasks), "ffmpeg": ffmpeg_version(),
+                 "stderr_tail": run.stderr[-500:]}
+    return {task_id: (found, execution) for task_id, found in files.items()}
+
+
+def encode_segment(plan: TranscodePlan, task: Task, source: Path,
+                   out: Path) -> tuple[list[Path], dict]:
+    """One task alone (what `encode_renditions` does for a group of one)."""
+    return encode_renditions(plan, [task], source, out)[task.task_id]
 
 
 def upload_outputs(p: Ports, task: Task, files: list[Path], root: Path) -> list[Output]:
@@ -138,6 +158,7 @@ def check_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[Verdict, 
     frozen when it committed); promote them when they pass. Whether this segment's content
     is audited, and which frames, is drawn from the stage's audit secret and the hashes the
     worker committed to, at the depth its trust calls for."""
+    cpu_before = cpu_seconds()
     local = {}
     actual = {}
     for output in task.outputs:
@@ -158,8 +179,9 @@ def check_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[Verdict, 
                if task.kind == "video" else
                _check_audio(p, job, task, workdir, local, actual, audited))
     verdict = Verdict(verdict.policy, verdict.checks,
-                      {**verdict.measured, "audit_rate": rate,
-                       "trusted": is_pool(task.worker)})
+                      {**verdict.measured, "audit_rate": rate, "audited": audited,
+                       "trusted": is_pool(task.worker),
+                       "check_cpu_s": round(cpu_seconds() - cpu_before, 3)})
     promoted = [_promote(p, o) for o in task.outputs] if verdict.passed else []
     if None in promoted:
         verdict = Verdict(verdict.policy, {**verdict.checks, "promoted_bytes_match": False},

@@ -77,6 +77,7 @@ class Agent:
     heartbeat_every_s: float = 20.0
     poll_s: float = 2.0
     max_jobs: int | None = None
+    max_tasks: int = 8                # renditions of one segment taken in one lease
     log: Callable[[str], None] = print
     stats: AgentStats = field(default_factory=AgentStats)
 
@@ -158,7 +159,7 @@ class Agent:
             return None
 
     def lease(self) -> dict | None:
-        body = {"did": self.did}
+        body = {"did": self.did, "max_tasks": self.max_tasks}
         try:
             return self.api.lease(self.did, body, self._signed("lease", body))
         except (ApiError, requests.RequestException) as error:
@@ -177,31 +178,44 @@ class Agent:
             self.stats.errors += 1
             self.log(f"{getattr(call, '__name__', 'call')} failed: {error}")
 
-    # -- one task ------------------------------------------------------------------------
+    # -- one segment's tasks -------------------------------------------------------------
     def work(self, lease: dict) -> None:
-        self.stats.leased += 1
-        ref = lease["task_ref"]
-        self.log(f"leased {ref} (attempt {lease['attempt']}, until {lease['lease_expires_at']})")
+        """A task's lease, or a segment's (its renditions, one input): fetch the input once,
+        encode, upload each task's outputs to its slot and submit each task's signed result.
+        Whatever fails here gives every task of the lease back."""
+        entries = lease["tasks"] if lease.get("kind") == "segment" else [lease]
+        refs = [entry["task_ref"] for entry in entries]
+        self.stats.leased += len(entries)
+        self.log(f"leased {', '.join(refs)} (attempt {entries[0]['attempt']}, until "
+                 f"{entries[0]['lease_expires_at']})")
         try:
             with tempfile.TemporaryDirectory(prefix="proofline-worker-") as tmp:
                 workdir = Path(tmp)
-                source = workdir / ("input" + Path(lease["task"]["input_uri"]).suffix)
+                source = workdir / ("input" + Path(entries[0]["task"]["input_uri"]).suffix)
                 _download(lease["input"]["url"], source)
                 plan = TranscodePlan.model_validate(lease["plan"])
                 # A lease does not say how many tries the task has (that would tell a
                 # challenge from a client's task); the encoder does not need it.
-                task = Task.model_validate({"max_attempts": 1, **lease["task"]})
-                files, execution = self.encode(plan, task, source, workdir / "out")
-                outputs = [self._upload(slot, workdir / "out" / slot["name"])
-                           for slot in lease["outputs"]]
-        except Exception as error:  # noqa: BLE001 - anything local: give the task back
+                tasks = [Task.model_validate({"max_attempts": 1, **entry["task"]})
+                         for entry in entries]
+                made = self.encode_segment(plan, tasks, source, workdir / "out")
+                results = [(entry, [self._upload(slot, workdir / "out" / slot["name"])
+                                    for slot in entry["outputs"]], made[task.task_id][1])
+                           for entry, task in zip(entries, tasks)]
+        except Exception as error:  # noqa: BLE001 - anything local: give the tasks back
             self.stats.errors += 1
-            self.log(f"{ref} failed here ({error!r}); releasing it")
-            body = {"did": self.did, "task_ref": ref, "reason": repr(error)[:200]}
-            self._safely(lambda: self.api.release(ref, body, self._signed("release", body)))
-            self.stats.released += 1
+            self.log(f"{', '.join(refs)} failed here ({error!r}); releasing")
+            for ref in refs:
+                body = {"did": self.did, "task_ref": ref, "reason": repr(error)[:200]}
+                self._safely(lambda: self.api.release(ref, body, self._signed("release", body)))
+                self.stats.released += 1
             return
-        body = {"did": self.did, "task_ref": ref, "attempt": lease["attempt"],
+        for entry, outputs, execution in results:
+            self.submit(entry, outputs, execution)
+
+    def submit(self, entry: dict, outputs: list[dict], execution: dict) -> None:
+        ref = entry["task_ref"]
+        body = {"did": self.did, "task_ref": ref, "attempt": entry["attempt"],
                 "outputs": outputs, "execution": execution}
         try:
             self.api.submit_result(ref, body, self._signed("result", body))
@@ -307,6 +321,15 @@ class Agent:
             self.log(f"countersignature for {job_id} refused: {error.reason}: {error}")
             return
         self.log(f"countersigned {job_id}: {request['result_hash']}")
+
+    def encode_segment(self, plan, tasks: list, source: Path,
+                       out: Path) -> dict[str, tuple[list[Path], dict]]:
+        """Every task's files from one decode of the segment, as the pool's worker makes
+        them. An agent that changes `encode` (one task) has it called for each instead."""
+        if type(self).encode is not Agent.encode:
+            return {task.task_id: self.encode(plan, task, source, out) for task in tasks}
+        from media_worker.transcode import encode_renditions
+        return encode_renditions(plan, tasks, source, out)
 
     def encode(self, plan, task, source: Path, out: Path) -> tuple[list[Path], dict]:
         from media_worker.transcode import encode_segment

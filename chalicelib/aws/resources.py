@@ -76,8 +76,12 @@ RESOURCES = Resources(
               visibility_timeout=60, max_receive_count=5),
         Queue("MediaQueue", "media_queue", "media_worker.handler:handler",
               visibility_timeout=900, max_receive_count=3, batch_size=1, process_pool=True),
-        # Segment tasks of split jobs, their checks and the assembly: the same container image.
+        # Segment tasks of split jobs (a segment's renditions in one message): the same image.
         Queue("SegmentsQueue", "segments_queue", "media_worker.handler:segments_handler",
+              visibility_timeout=900, max_receive_count=3, batch_size=1, process_pool=True),
+        # Their checks and the assembly, on a queue of their own: no check waits behind the
+        # encodes queued before it. The same function consumes both.
+        Queue("ChecksQueue", "checks_queue", "media_worker.handler:segments_handler",
               visibility_timeout=900, max_receive_count=3, batch_size=1, process_pool=True),
         # Inference jobs and their re-execution checks; a batch of jobs shares a model call.
         Queue("InferenceQueue", "inference_queue", "gpu_functions.handler:handler",

@@ -32,6 +32,7 @@ from chalicelib.settlement.rules import ReleaseBlocked, release_evidence
 logger = Logger(child=True)
 
 MAX_OUTPUTS = 1                       # marketplace workers take video tasks: one segment each
+MAX_TASKS = 16                        # the most renditions of one segment a lease hands out
 
 
 class TaskNotFound(JobNotFound):
@@ -63,8 +64,15 @@ def output_uri(ports: Ports, task: Task, name: str) -> S3Uri:
 
 # -- lease ------------------------------------------------------------------------------------
 def lease(ports: Ports, headers, did: str, body: dict) -> dict | None:
-    """The next task offered to `did`, now leased to it; None when nothing is offered."""
+    """The next task offered to `did`, now leased to it, with up to `max_tasks` (default 1)
+    renditions of the same segment offered to it beside (a "segment" lease: one download,
+    one decode); None when nothing is offered."""
     _body_names(body, did)
+    together = body.get("max_tasks", 1)
+    if isinstance(together, bool) or not isinstance(together, int) or not (
+            1 <= together <= MAX_TASKS):
+        raise InvalidRequest(f"max_tasks is a whole number from 1 to {MAX_TASKS}",
+                             reason="invalid_max_tasks")
     did = signed(ports, headers, action="lease", body=body, did=did)
     ports.workers.get(did)                                   # registered, or 404
     for job_id in ports.tasks.signatures_asked(did):
@@ -76,42 +84,71 @@ def lease(ports: Ports, headers, did: str, body: dict) -> dict | None:
         if not task_id:                                      # a whole job (inference)
             leased = take(ports, did, job_id)
         else:
-            leased = _take(ports, did, job_id, task_id)
+            leased = _take_segment(ports, did, job_id, task_id, together)
         ports.tasks.withdraw(did, job_id, task_id)
         if leased is not None:
             return leased
     return None
 
 
-def _take(ports: Ports, did: str, job_id: str, task_id: str) -> dict | None:
+def _take_segment(ports: Ports, did: str, job_id: str, task_id: str,
+                  together: int) -> dict | None:
+    """Lease the offered task and, up to `together`, the other renditions of its segment
+    that are offered to the same worker (each a lease of its own, on its own attempt)."""
     try:
-        task = ports.tasks.get(job_id, task_id)
         job = ports.store.get(job_id)
-    except (KeyError, JobNotFound):
+    except JobNotFound:
+        return None
+    first = _take(ports, did, job, task_id)
+    if first is None:
+        return None
+    leased = [first]
+    if first.kind == "video":
+        for rendition in job.plan.renditions:
+            sibling = f"{rendition['name']}-{first.index:05d}"
+            if len(leased) >= together or sibling == first.task_id:
+                continue
+            taken = _take(ports, did, job, sibling)
+            if taken is not None:
+                ports.tasks.withdraw(did, job_id, sibling)
+                leased.append(taken)
+    return document(ports, job, leased)
+
+
+def _take(ports: Ports, did: str, job: Job, task_id: str) -> Task | None:
+    try:
+        task = ports.tasks.get(job.job_id, task_id)
+    except KeyError:
         return None
     if job.state.terminal or task.state != TaskState.ASSIGNED or task.worker != did:
         return None
     now = ports.clock()
     expires = now + timedelta(seconds=ports.settings.worker_lease_s)
-    leased = transcode.advance(ports, task, TaskState.RUNNING, "segment.leased",
-                                {"attempt": task.attempt, "worker": did,
-                                 "lease_expires_at": expires.isoformat()}, deadline=expires)
-    return document(ports, job, leased) if leased else None
+    return transcode.advance(ports, task, TaskState.RUNNING, "segment.leased",
+                             {"attempt": task.attempt, "worker": did,
+                              "lease_expires_at": expires.isoformat()}, deadline=expires)
 
 
-def document(ports: Ports, job: Job, task: Task) -> dict:
-    """What a worker needs to run one task, and nothing of anyone else's."""
+def document(ports: Ports, job: Job, tasks: list[Task]) -> dict:
+    """What a worker needs to run the tasks it leased, and nothing of anyone else's: one
+    task's lease, or a segment's ("tasks", sharing one input and the plan)."""
     ttl = ports.settings.presign_seconds
+    shared = {"job_id": job.job_id, "plan": job.plan.model_dump(mode="json"),
+              "input": {"url": ports.blobs.presign_get(S3Uri.parse(tasks[0].input_uri), ttl),
+                        "sha256": tasks[0].input_hash}}
+    entries = [_entry(ports, task, ttl) for task in tasks]
+    if len(entries) == 1:
+        return {"kind": "task", **entries[0], **shared}
+    return {"kind": "segment", "index": tasks[0].index, **shared, "tasks": entries}
+
+
+def _entry(ports: Ports, task: Task, ttl: int) -> dict:
     name = output_name(task)
-    return {"kind": "task", "task_ref": task_ref(task), "job_id": task.job_id,
-            "task_id": task.task_id, "attempt": task.attempt,
+    return {"task_ref": task_ref(task), "task_id": task.task_id, "attempt": task.attempt,
             "lease_expires_at": task.deadline.isoformat(),
             "task": task.model_dump(mode="json", include={
                 "job_id", "task_id", "kind", "rendition", "index", "start_s", "duration_s",
                 "input_uri", "input_hash", "attempt", "updated_at"}),
-            "plan": job.plan.model_dump(mode="json"),
-            "input": {"url": ports.blobs.presign_get(S3Uri.parse(task.input_uri), ttl),
-                      "sha256": task.input_hash},
             "outputs": [{"name": name,
                          "url": ports.blobs.presign_put(output_uri(ports, task, name), ttl)}]}
 

@@ -158,6 +158,8 @@ class SegmentExecution(_Strict):
     exit_code: Annotated[int, Field(ge=-255, le=255)] | None = None
     ffmpeg: Annotated[str, Field(max_length=64)] | None = None
     stderr_tail: Annotated[str, Field(max_length=2000)] | None = None
+    cpu_s: _Seconds | None = None             # this task's share of its run's CPU time
+    renditions_in_run: Annotated[int, Field(ge=1, le=16)] | None = None
 
 
 class ModelExecution(_Strict):

@@ -3,7 +3,7 @@ the candidates the control plane holds, with the ranking and its reasons on the 
 
 The built-in pools are candidates like any other: trusted, verified for the classes they
 serve by construction, always fresh, their models kept loaded, and the policy's fallback.
-Marketplace workers are candidates for the video tasks of transcodes (`route_task`): the
+Marketplace workers are candidates for the video tasks of transcodes (`route_segment`): the
 unit is a megapixel-second of output, which the pool prices at the catalog's compute rate, so
 a verified worker that asks less, and has earned its standing, wins the work.
 """
@@ -97,17 +97,20 @@ def task_units(job: Job, task: Task) -> Decimal:
             * Decimal(repr(task.duration_s)))
 
 
-def route_task(job_class: JobClass, job: Job, task: Task, candidates: list[Candidate], *,
-               pool_price: Decimal, heartbeat_ttl_s: float, now: float,
-               region: str | None = None) -> Assignment:
-    """Rank the pool and the marketplace workers for one video task. Workers whose attempt
-    at this task already failed are not asked again. The segment lives in the stage's
-    `region`, as does the pool: a worker elsewhere has its transfer counted in its price."""
+def route_segment(job_class: JobClass, job: Job, tasks: list[Task],
+                  candidates: list[Candidate], *, pool_price: Decimal, heartbeat_ttl_s: float,
+                  now: float, region: str | None = None) -> Assignment:
+    """Rank the pool and the marketplace workers for the video tasks of one segment (its
+    renditions, leased together). Workers whose attempt at any of them already failed are
+    not asked again. The segment lives in the stage's `region`, as does the pool: a worker
+    elsewhere has its transfer counted in its price."""
     pool = pool_candidate(job_class, now=now, price=pool_price, region=region or "pool")
-    others = [c for c in candidates if c.worker not in task.tried]
+    tried = {worker for task in tasks for worker in task.tried}
+    others = [c for c in candidates if c.worker not in tried]
     policy = RoutingPolicy(fallback=pool.worker, heartbeat_ttl_s=heartbeat_ttl_s)
-    segment = next((s for s in job.plan.segments if s.get("index") == task.index), {})
-    ranking = rank(JobRequirements.of(job_class, job.manifest, units=task_units(job, task),
+    segment = next((s for s in job.plan.segments if s.get("index") == tasks[0].index), {})
+    units = sum((task_units(job, task) for task in tasks), Decimal(0))
+    ranking = rank(JobRequirements.of(job_class, job.manifest, units=units,
                                       input_region=region,
                                       input_bytes=int(segment.get("size_bytes", 0))),
                    [pool, *others], policy, now=now)

@@ -46,18 +46,42 @@ def video_segment_args(profile: Profile, planned: PlannedRendition, *, fps: Frac
                        output_path: str | os.PathLike) -> list[str]:
     """Encode one source segment (timestamps from 0) to one video-only MPEG-TS segment whose
     timestamps start at `start_s`, so the segments of a rendition play back to back."""
+    return video_renditions_args(profile, [(planned, output_path)], fps=fps, start_s=start_s,
+                                 input_path=input_path)
+
+
+def video_renditions_args(profile: Profile,
+                          outputs: Sequence[tuple[PlannedRendition, str | os.PathLike]], *,
+                          fps: Fraction | int, start_s: float,
+                          input_path: str | os.PathLike) -> list[str]:
+    """Several renditions of one source segment from a single decode, as the raw ladder
+    command does: the decoded picture is split and each branch scaled and encoded on its own.
+    Each branch gets the same filters and encoder settings as `video_segment_args` gives its
+    rendition alone, so a rendition redone alone is checked against the same bounds."""
+    if not outputs:
+        raise ValueError("no renditions to encode")
     if not (math.isfinite(start_s) and start_s >= 0):
         raise ValueError(f"start_s {start_s!r} must be a non-negative number")
-    return [*_GLOBAL, "-i", _path(input_path),
-            "-map", "0:v:0", "-an", "-sn", "-dn",
-            "-vf", _scale_filter(profile, planned),
-            *_video_codec_args(profile, planned, fps, ":v"),
-            "-output_ts_offset", f"{float(start_s):.6f}",
-            "-muxdelay", "0", "-muxpreload", "0",
-            *_bitexact("v"), "-map_metadata", "-1",
-            # Each segment has its own muxer, so continuity counters restart: flag it, or a
-            # demuxer reading the playlist sees corrupt packets at every boundary.
-            "-mpegts_flags", "+initial_discontinuity", "-f", "mpegts", _path(output_path)]
+    args = [*_GLOBAL, "-i", _path(input_path)]
+    if len(outputs) == 1:
+        maps = [["-map", "0:v:0", "-vf", _scale_filter(profile, outputs[0][0])]]
+    else:
+        n = len(outputs)
+        args += ["-filter_complex", f"[0:v:0]split={n}{''.join(f'[s{i}]' for i in range(n))};"
+                 + ";".join(f"[s{i}]{_scale_filter(profile, r)}[v{i}]"
+                            for i, (r, _) in enumerate(outputs))]
+        maps = [["-map", f"[v{i}]"] for i in range(n)]
+    for chosen, (planned, output_path) in zip(maps, outputs):
+        args += [*chosen, "-an", "-sn", "-dn",
+                 *_video_codec_args(profile, planned, fps, ":v"),
+                 "-output_ts_offset", f"{float(start_s):.6f}",
+                 "-muxdelay", "0", "-muxpreload", "0",
+                 *_bitexact("v"), "-map_metadata", "-1",
+                 # Each segment has its own muxer, so continuity counters restart: flag it, or
+                 # a demuxer reading the playlist sees corrupt packets at every boundary.
+                 "-mpegts_flags", "+initial_discontinuity", "-f", "mpegts",
+                 _path(output_path)]
+    return args
 
 
 def audio_args(profile: Profile, *, input_path: str | os.PathLike,

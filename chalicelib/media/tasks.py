@@ -68,8 +68,10 @@ def record_plan(ports: Ports, job: Job, plan: TranscodePlan, tasks: list[Task]) 
         return None
     ports.tasks.create(tasks)
     stored = ports.tasks.list(job.job_id)
+    dispatch(ports, [t for t in stored if t.state == TaskState.ASSIGNED])
     for task in stored:
-        resume(ports, task)
+        if task.state != TaskState.ASSIGNED:
+            resume(ports, task)
     if stored and all(t.state == TaskState.PASSED for t in stored):
         request_assembly(ports, moved)
     return moved
@@ -85,42 +87,78 @@ def resume(ports: Ports, task: Task) -> None:
     elif task.state == TaskState.RUNNING:        # its worker is gone with the old attempt
         retry_or_fail(ports, task, reason="lease_lost", event="segment.lost", data={})
     elif task.state == TaskState.SUBMITTED:      # its check may have been lost
-        ports.queues.send("segments", {"type": "check", "job_id": task.job_id,
-                                       "task_id": task.task_id, "attempt": task.attempt})
+        ports.queues.send("checks", check_message(task))
+
+
+def check_message(task: Task) -> dict:
+    return {"type": "check", "job_id": task.job_id, "task_id": task.task_id,
+            "attempt": task.attempt}
+
+
+def dispatch(ports: Ports, tasks: list[Task]) -> None:
+    """Send assigned tasks out, the renditions of one segment together: the pool's worker
+    makes them from one decode of the segment, and a marketplace worker leases them together
+    so the segment moves once. Each task keeps its own attempts and verdict, and a retry
+    goes out alone."""
+    for group in segment_groups(tasks):
+        send_group(ports, group)
+
+
+def segment_groups(tasks: list[Task]) -> list[list[Task]]:
+    """Video tasks grouped by job and segment; any other task alone."""
+    groups: dict[tuple[str, str], list[Task]] = {}
+    for task in tasks:
+        key = str(task.index) if task.kind == "video" else f"{task.kind}:{task.task_id}"
+        groups.setdefault((task.job_id, key), []).append(task)
+    return list(groups.values())
 
 
 def send_task(ports: Ports, task: Task) -> None:
-    """Hand an assigned task to whoever the router picks: the pool's queue, or an offer the
-    chosen marketplace worker takes with a lease (`leases.py`)."""
-    if is_marketplace(task.worker) and task.deadline:
-        ports.tasks.offer(task)                  # offered already; restore its pointer
+    send_group(ports, [task])
+
+
+def send_group(ports: Ports, group: list[Task]) -> None:
+    """Hand assigned tasks of one segment to whoever the router picks for them: the pool's
+    queue (one message), or offers the chosen marketplace worker takes with a lease
+    (`leases.py`)."""
+    fresh = []
+    for task in group:
+        if is_marketplace(task.worker) and task.deadline:
+            ports.tasks.offer(task)              # offered already; restore its pointer
+        else:
+            fresh.append(task)
+    if not fresh:
         return
-    job = ports.store.get(task.job_id)
-    worker, data = _route(ports, job, task)
+    job = ports.store.get(fresh[0].job_id)
+    worker, data = _route(ports, job, fresh)
     if is_marketplace(worker):
         deadline = ports.clock() + timedelta(seconds=ports.settings.offer_s)
-        offered = advance(ports, task, TaskState.ASSIGNED, "segment.offered",
-                           {"attempt": task.attempt, "worker": worker,
-                            "offer_expires_at": deadline.isoformat(), **data},
-                           worker=worker, deadline=deadline)
-        if offered:
-            ports.tasks.offer(offered)
+        for task in fresh:
+            offered = advance(ports, task, TaskState.ASSIGNED, "segment.offered",
+                              {"attempt": task.attempt, "worker": worker,
+                               "offer_expires_at": deadline.isoformat(), **data},
+                              worker=worker, deadline=deadline)
+            if offered:
+                ports.tasks.offer(offered)
         return
-    if data and not advance(ports, task, TaskState.ASSIGNED, "segment.routed",
-                             {"attempt": task.attempt, "worker": worker, **data}):
-        return
-    ports.queues.send("segments", {"type": "task", "job_id": task.job_id,
-                                   "task_id": task.task_id, "attempt": task.attempt})
+    if data:
+        fresh = [moved for task in fresh
+                 if (moved := advance(ports, task, TaskState.ASSIGNED, "segment.routed",
+                                      {"attempt": task.attempt, "worker": worker, **data}))]
+    if fresh:
+        ports.queues.send("segments", {"type": "tasks", "job_id": fresh[0].job_id,
+                                       "tasks": [{"task_id": t.task_id, "attempt": t.attempt}
+                                                 for t in fresh]})
 
 
-def _route(ports: Ports, job: Job, task: Task) -> tuple[str, dict]:
-    """(worker, what to record). Marketplace workers take video tasks; each task is routed
-    on its own, except where one worker must do them all: a challenge job's go to the worker
-    it tests, and an escrow job's to its payee (the router chose it when the job was funded;
-    the escrow pays one signer)."""
+def _route(ports: Ports, job: Job, group: list[Task]) -> tuple[str, dict]:
+    """(worker, what to record) for one segment's tasks. Marketplace workers take video
+    tasks; each segment is routed on its own, except where one worker must do them all: a
+    challenge job's go to the worker it tests, and an escrow job's to its payee (the router
+    chose it when the job was funded; the escrow pays one signer)."""
     job_class = ports.catalog.job_class(job.kind)
     pool = f"pool:{job_class.pool}"
-    if task.kind != "video" or ports.workers is None:
+    if group[0].kind != "video" or ports.workers is None:
         return pool, {}
     if job.challenge:
         return job.challenge, {"challenge": True,
@@ -134,8 +172,8 @@ def _route(ports: Ports, job: Job, task: Task) -> tuple[str, dict]:
     candidates = ports.workers.candidates(now)
     if not candidates:
         return pool, {}
-    assignment = routing.route_task(
-        job_class, job, task, candidates,
+    assignment = routing.route_segment(
+        job_class, job, group, candidates,
         pool_price=profiles.default_profiles().pricing.compute_per_megapixel_second,
         heartbeat_ttl_s=ports.settings.heartbeat_ttl_s, now=now.timestamp(),
         region=ports.settings.region)
@@ -158,8 +196,8 @@ def observe(ports: Ports, task: Task, outcome: str) -> None:
 
 
 def request_assembly(ports: Ports, job: Job) -> None:
-    ports.queues.send("segments", {"type": "assemble", "job_id": job.job_id,
-                                   "attempt": job.attempt})
+    ports.queues.send("checks", {"type": "assemble", "job_id": job.job_id,
+                                 "attempt": job.attempt})
 
 
 def start(ports: Ports, job_id: str, task_id: str, attempt: int, worker: str, *,
@@ -186,8 +224,7 @@ def submit(ports: Ports, task: Task, outputs: list[Output], execution: dict) -> 
                           "outputs": [o.model_dump() for o in outputs]}, outputs=outputs,
                          deadline=None, runtime_s=execution.get("wall_s"))
     if submitted:
-        ports.queues.send("segments", {"type": "check", "job_id": task.job_id,
-                                       "task_id": task.task_id, "attempt": task.attempt})
+        ports.queues.send("checks", check_message(submitted))
     return submitted
 
 

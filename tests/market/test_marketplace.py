@@ -24,6 +24,7 @@ import pytest
 from eth_account import Account
 
 from chalicelib.identity.signing import did_for
+from chalicelib.market.leases import MAX_TASKS
 from proofline import clips
 from proofline.client import ApiError
 from proofline.worker_agent import Agent
@@ -279,6 +280,12 @@ def test_a_worker_cannot_lease_or_submit_for_another_and_forged_or_replayed_call
         api.lease(honest_did, body, forged_headers(cheat_account, honest_did, body,
                                                    action="lease"))
     assert (foreign.value.status, foreign.value.reason) == (403, "wrong_signer")
+    for wrong in (0, MAX_TASKS + 1, "4", True):               # a lease asks for 1..16
+        body = {"did": cheat_did, "max_tasks": wrong}
+        with pytest.raises(ApiError) as refused:
+            api.lease(cheat_did, body, stage_signed(cheat_account, action="lease", did=cheat_did,
+                                                    body=body, chain_id=chain_id))
+        assert (refused.value.status, refused.value.reason) == (400, "invalid_max_tasks")
 
     honest_task = _a_task_of(api, honest_did)
     ref = f"{honest_task['job_id']}~{honest_task['task']}"
@@ -516,11 +523,11 @@ def test_a_dispute_opened_on_chain_counts_against_the_paid_worker(ports, stack):
 
 
 class LeaseRecorder(Agent):
-    """Honest, and keeps every task lease it was handed, as a worker sees them."""
+    """Honest, and keeps every lease of video work it was handed, as a worker sees them."""
 
     def lease(self):
         got = super().lease()
-        if got and got.get("kind") == "task":
+        if got and got.get("kind") in ("task", "segment"):
             self.leases = getattr(self, "leases", []) + [got]
         return got
 
@@ -556,7 +563,7 @@ def test_a_challenge_and_a_client_job_look_the_same_to_a_worker(api, stack, mark
         recorder.stop()
         thread.join(timeout=60)
         leave(api, account, recorder.did)
-    leases = getattr(recorder, "leases", [])
+    leases = [lease for lease in getattr(recorder, "leases", []) if lease["kind"] == "task"]
     challenge = [lease for lease in leases if lease["job_id"] == challenge_job]
     client = [lease for lease in leases if lease["job_id"] == job["job_id"]]
     assert challenge and client, [lease["job_id"] for lease in leases]
@@ -565,3 +572,48 @@ def test_a_challenge_and_a_client_job_look_the_same_to_a_worker(api, stack, mark
         assert re.fullmatch(r"job-[0-9a-f]{20}", lease["job_id"])
         assert "challenge" not in json.dumps(lease).lower()
         assert "max_attempts" not in lease["task"]            # a challenge has one try
+
+
+def test_a_worker_leases_a_segments_renditions_together_and_each_is_judged_alone(
+        api, stack, market, media_dir):
+    """One lease per segment: its renditions, one input URL, an output slot each; the agent
+    encodes them in one run and each task is submitted, verified and paid on its own."""
+    account = Account.create()
+    recorder = LeaseRecorder(api=api, account=account,
+                             did=did_for(account.address, stack.info.chain_id),
+                             claims=claims("0.0000001"), heartbeat_every_s=1, poll_s=0.3,
+                             log=lambda _: None)
+    thread = in_thread(recorder)
+    try:
+        wait_until(lambda: challenge_state(api, recorder.did) == "passed", 120,
+                   "the recorder's challenge to pass")
+        source = clips.make_gop_clip(media_dir / "ladder-market.mp4", seconds=7.0, gop=100,
+                                     width=640, height=480, fps=25)
+        slot = api.upload(source)
+        job, _ = api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
+                             "input_hash": slot["input_hash"], "profile": "hls-abr"},
+                            idempotency_key=str(uuid.uuid4()))
+        final = wait_for(api, job["job_id"], timeout=180)
+        assert final["state"] == "settled"
+    finally:
+        recorder.stop()
+        thread.join(timeout=60)
+        leave(api, account, recorder.did)
+    renditions = sorted(r["name"] for r in final["plan"]["renditions"])
+    assert len(renditions) >= 2
+    mine = [lease for lease in recorder.leases if lease["job_id"] == job["job_id"]]
+    assert [lease["kind"] for lease in mine] == ["segment", "segment"]
+    for lease in mine:
+        names = sorted(entry["task"]["rendition"] for entry in lease["tasks"])
+        assert names == renditions
+        assert {entry["task"]["index"] for entry in lease["tasks"]} == {lease["index"]}
+        assert {entry["task"]["input_hash"] for entry in lease["tasks"]} == \
+            {lease["input"]["sha256"]}
+        assert len({entry["outputs"][0]["url"] for entry in lease["tasks"]}) == len(names)
+    events = api.events(job["job_id"])["events"]
+    verified = {e["task"]: e["data"]["worker"] for e in events if e["type"] == "segment.verified"}
+    assert {task: worker for task, worker in verified.items() if task != "audio"} == {
+        f"{r}-{i:05d}": recorder.did for r in renditions for i in (0, 1)}
+    submitted = [e["data"] for e in events if e["type"] == "segment.submitted"
+                 and e["data"].get("worker") == recorder.did]
+    assert {d["renditions_in_run"] for d in submitted} == {len(renditions)}

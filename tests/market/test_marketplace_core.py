@@ -52,7 +52,8 @@ def job_and_task(**task_changes) -> tuple[Job, Task]:
 def route(workers: list[Worker], **task_changes) -> routing.Assignment:
     job, task = job_and_task(**task_changes)
     candidates = [c for w in workers if (c := w.candidate(NOW)) is not None]
-    return routing.route_task(catalog.default().job_class("ffmpeg_hls"), job, task, candidates,
+    return routing.route_segment(catalog.default().job_class("ffmpeg_hls"), job, [task],
+                                 candidates,
                               pool_price=POOL_PRICE, heartbeat_ttl_s=60,
                               now=NOW.timestamp())
 
@@ -130,7 +131,7 @@ def test_a_worker_far_from_the_segment_pays_for_moving_it():
     near, far = worker(1, price="0.00003"), worker(2, price="0.00001")
     far.claims.region = "ap-south-1"
     candidates = [c for w in (near, far) if (c := w.candidate(NOW)) is not None]
-    chosen = routing.route_task(catalog.default().job_class("ffmpeg_hls"), job, task,
+    chosen = routing.route_segment(catalog.default().job_class("ffmpeg_hls"), job, [task],
                                 candidates, pool_price=POOL_PRICE, heartbeat_ttl_s=60,
                                 now=NOW.timestamp(), region="us-east-1")
     prices = {r["worker"]: Decimal(r["price"]) for r in chosen.ranking["ranked"]}

@@ -115,14 +115,14 @@ def small(media_dir) -> Path:
                                height=240, fps=25)
 
 
-def planned_job(ports, api, path: Path, tmp_path: Path, **fields):
-    """A transcode planned by hand with its task messages held back: the test decides who
-    works on each task. Returns (job, tasks)."""
+def planned_job(ports, api, path: Path, tmp_path: Path, held=None, **fields):
+    """A transcode planned by hand with its task messages held back (in `held`'s queues,
+    when given): the test decides who works on each task. Returns (job, tasks)."""
     from chalicelib.jobs import attempts
     from chalicelib.jobs import lifecycle as jobs
     from chalicelib.models import Manifest
     from media_worker import transcode as worker
-    held = dataclasses.replace(ports, queues=RecordingQueues())
+    held = held or dataclasses.replace(ports, queues=RecordingQueues())
     slot = api.upload(path)
     manifest = Manifest(kind="ffmpeg_hls", input_uri=slot["input_uri"],
                         input_hash=slot["input_hash"], profile="hls-abr", **fields)
@@ -142,7 +142,7 @@ def dishonest_submit(ports, job, task, tmp_path: Path, corrupt) -> None:
     assert started is not None
     job, task = started
     (tmp_path / task.task_id).mkdir()
-    files, _ = worker.encode_task(ports, job, task, tmp_path / task.task_id)
+    files, _ = worker.encode_tasks(ports, job, [task], tmp_path / task.task_id)[task.task_id]
     [segment] = files
     corrupt(segment)
     outputs = worker.upload_outputs(ports, task, files, tmp_path / task.task_id / "out")
@@ -277,16 +277,16 @@ def test_a_drop_under_a_profile_prefix_produces_the_package(api, aws, small):
 
 # -- assembly: from what the segment checks verified ----------------------------------------
 def drive_in_process(held) -> dict:
-    """Run every segments-queue message the held ports recorded (each task's encode, then
-    its check) in this process, as the pool's worker would; returns the assembly request
-    the last check made, held back."""
+    """Run every segments- and checks-queue message the held ports recorded (each
+    segment's encode, then each task's check) in this process, as the pool's worker would;
+    returns the assembly request the last check made, held back."""
     import tempfile
 
     from media_worker import handler
     assembly = None
     while held.queues.sent:
         queue, message = held.queues.sent.pop(0)
-        if queue != "segments":
+        if queue not in ("segments", "checks"):
             continue
         if message["type"] == "assemble":
             assembly = message
@@ -559,3 +559,56 @@ def test_a_re_planned_job_drives_tasks_whose_messages_are_gone(ports, api, small
     assert ports.tasks.get(job.job_id, stranded.task_id).attempt == 2
     assert all(ports.tasks.get(job.job_id, t.task_id).attempt == 1
                for t in tasks if t.task_id != stranded.task_id)
+
+
+def test_a_segments_renditions_come_from_one_run_and_a_failed_one_is_redone_alone(
+        ports, api, media_dir, tmp_path):
+    """The plan sends one message per segment naming all its renditions (the audio task
+    alone); the worker encodes them in one FFmpeg run; each is checked on its own, from the
+    checks queue; a rendition whose check fails goes out again alone."""
+    from chalicelib.aws.blobs import S3Uri
+    from media_worker import handler
+
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    queues = held.queues
+    clip = clips.make_gop_clip(media_dir / "own-ladder.mp4", seconds=7.5, gop=100, width=640,
+                               height=480, fps=25)              # two segments, two rungs
+    job, tasks = planned_job(ports, api, clip, tmp_path, held=held)
+    renditions = [r["name"] for r in job.plan.renditions]
+    assert len(renditions) >= 2 and len(job.plan.segments) == 2
+    sent = [m for q, m in queues.sent if q == "segments"]
+    assert sorted((m["type"], tuple(sorted(t["task_id"] for t in m["tasks"]))) for m in sent) \
+        == sorted([("tasks", tuple(sorted(f"{r}-{i:05d}" for r in renditions))) for i in (0, 1)]
+                  + [("tasks", ("audio",))])
+
+    # Segment 0's renditions, encoded together; one of them tampered with before its check.
+    first = next(m for m in sent if m["tasks"][0]["task_id"].endswith("-00000"))
+    queues.sent.remove(("segments", first))
+    (tmp_path / "encode").mkdir()
+    handler.SEGMENT_WORK["tasks"](held, first, tmp_path / "encode", False)
+    victim = held.tasks.get(job.job_id, first["tasks"][-1]["task_id"])
+    [output] = victim.outputs
+    original = ports.blobs.read(S3Uri.parse(output.uri), 1 << 30)
+    ports.blobs.put(S3Uri.parse(output.uri), original[:len(original) // 2 // 188 * 188])
+    checks = [m for q, m in queues.sent if q == "checks"]
+    assert sorted(m["task_id"] for m in checks) == sorted(t["task_id"] for t in first["tasks"])
+    for message in checks:
+        queues.sent.remove(("checks", message))
+        handler.SEGMENT_WORK["check"](held, message, tmp_path / "encode", False)
+    retry = [m for q, m in queues.sent if q == "segments" and m["tasks"][0]["attempt"] == 2]
+    assert [m["tasks"] for m in retry] == [[{"task_id": victim.task_id, "attempt": 2}]]
+
+    drive_in_process(held)                      # the rest, the retry among them
+    events = api.events(job.job_id)["events"]
+    submitted = {(e["task"], e["data"]["attempt"]): e["data"] for e in events
+                 if e["type"] == "segment.submitted"}
+    together = [submitted[f"{r}-00000", 1] for r in renditions]
+    assert {d["renditions_in_run"] for d in together} == {len(renditions)}
+    assert all(d["cpu_s"] > 0 and d["ffmpeg"] != "unknown" for d in together)
+    assert submitted[victim.task_id, 2]["renditions_in_run"] == 1
+    verified = [e for e in events if e["type"] == "segment.verified"]
+    assert sorted(e["task"] for e in verified) == sorted(t.task_id for t in tasks)
+    assert all(e["data"]["measured"]["check_cpu_s"] >= 0 for e in verified)
+    assert [e["task"] for e in events if e["type"] == "segment.rejected"] == [victim.task_id]
+    assert {t.task_id: t.attempt for t in ports.tasks.list(job.job_id)} == {
+        t.task_id: 2 if t.task_id == victim.task_id else 1 for t in tasks}
