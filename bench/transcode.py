@@ -23,13 +23,16 @@ from fractions import Fraction
 from pathlib import Path
 
 import boto3
+import imageio_ffmpeg
 
 from bench import event_at, operator_api, settled_at
 from chalicelib.aws.blobs import S3Uri
 from chalicelib.media import ffmpeg_args, profiles
+from chalicelib.models import Task, TranscodePlan
+from chalicelib.telemetry import cpu_seconds
 from chalicelib.verification import audit
 from media_worker import segments, verify
-from media_worker.ffmpeg import run_ffmpeg
+from media_worker.transcode import encode_renditions
 from proofline import clips
 from proofline.client import TERMINAL, Api
 from proofline.devstack import DevStack
@@ -70,19 +73,30 @@ def measure() -> dict[str, float]:
     # The faster of the two raw runs: one slowed by something else on the machine (a cold
     # page cache, a neighbour; a first run here has taken 40 s where later ones took 29 s)
     # would flatter the pipeline.
-    raw = min(raw_before, raw_after)
-    print(f"raw ffmpeg: {raw_before:.1f} s before the pipeline, {raw_after:.1f} s after")
+    raw, raw_cpu = min(raw_before, raw_after)
+    print(f"raw ffmpeg: {raw_before[0]:.1f} s ({raw_before[1]:.1f} CPU-s) before the pipeline, "
+          f"{raw_after[0]:.1f} s ({raw_after[1]:.1f} CPU-s) after")
     wall = measured.pop("transcode_pipeline_wall_s")
+    critical = measured.pop("critical_path_s")
+    encode_cpu = measured.pop("encode_cpu_s")
     return {
         "transcode_source_s": seconds,
         "transcode_pipeline_wall_s": round(wall, 1),
         "transcode_raw_ffmpeg_wall_s": round(raw, 1),
+        "transcode_raw_ffmpeg_cpu_s": round(raw_cpu, 1),
         "transcode_wall_over_raw_ffmpeg": round(wall / raw, 2),
+        "critical_path_s": round(critical, 2),
+        "critical_path_over_raw": round(critical / raw, 3),
+        "encode_cpu_s": round(encode_cpu, 1),
+        "encode_cpu_over_raw_cpu": round(encode_cpu / raw_cpu, 3),
         **measured,
     }
 
 
-def _raw_ffmpeg_s(source: Path, out: Path) -> float:
+def _raw_ffmpeg_s(source: Path, out: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the one plain command, its CPU time read from the
+    kernel's account of that child alone (`wait4`), not from this process's children
+    at large, which include the stack's worker processes as they exit."""
     info = segments.inspect_source(source)
     profile = profiles.get_profile(PROFILE)
     planned = profiles.ladder(profile, info.width, info.height, info.rotation)
@@ -90,7 +104,14 @@ def _raw_ffmpeg_s(source: Path, out: Path) -> float:
     out.mkdir()
     args = ffmpeg_args.raw_ladder_args(profile, planned, fps=fps, input_path=source,
                                        output_dir=out, audio=info.has_audio)
-    return run_ffmpeg(args, timeout_s=RAW_TIMEOUT_S).wall_s
+    started = time.perf_counter()
+    child = subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"the raw ffmpeg command exited with {child.returncode}")
+    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime
 
 
 def _pipeline(stack: DevStack, source: Path, tmp: Path) -> dict[str, float]:
@@ -114,9 +135,11 @@ def _pipeline(stack: DevStack, source: Path, tmp: Path) -> dict[str, float]:
     events = api.events(job["job_id"])["events"]
     wall = (settled_at(events) - started_at).total_seconds()
 
-    direct = _verify_directly(api, own["s3"], job, tmp / "verify")
+    sources = _source_segments(own["s3"], job, tmp / "sources")
+    direct = _verify_directly(api, job, sources, tmp / "verify")
+    alone = _encode_alone(job, sources, tmp / "alone")
     return {"transcode_pipeline_wall_s": wall,
-            **_from_events(job, events, started_at, uploaded_s, direct)}
+            **_from_events(job, events, started_at, uploaded_s, direct, alone)}
 
 
 def _submit(api: Api, slot: dict) -> str:
@@ -146,17 +169,41 @@ def _wait(api: Api, own, table: str, job_id: str) -> dict:
         time.sleep(0.2)
 
 
-def _verify_directly(api: Api, s3, job: dict, work: Path) -> dict[tuple[str, int], float]:
-    """Seconds a full-depth check (packets, every frame's fingerprint, SSIM at 3 drawn frames,
-    the source fingerprinted too) takes on each produced video segment against its source segment, one at a time on the idle machine:
-    verification alone, without queue waits, S3 round trips or task commits, none of which
-    the verdict's measured values time."""
+def _source_segments(s3, job: dict, work: Path) -> dict[int, Path]:
     work.mkdir()
     sources = {}
     for piece in job["plan"]["segments"]:
         uri = S3Uri.parse(piece["uri"])
         sources[piece["index"]] = work / f"source_{piece['index']:05d}.mkv"
         s3.download_file(uri.bucket, uri.key, str(sources[piece["index"]]))
+    return sources
+
+
+def _encode_alone(job: dict, sources: dict[int, Path], work: Path) -> dict[int, float]:
+    """Seconds each segment's task takes alone on the idle machine (every rendition from one
+    decode, as the pool's worker runs it): what one Lambda per segment would spend."""
+    plan = TranscodePlan.model_validate(job["plan"])
+    now = datetime.now(timezone.utc)
+    timings = {}
+    for piece in plan.segments:
+        tasks = [Task(job_id=job["job_id"], task_id=f"{r['name']}-{piece['index']:05d}",
+                      kind="video", rendition=r["name"], index=piece["index"],
+                      start_s=piece["start_s"], duration_s=piece["duration_s"],
+                      input_uri=piece["uri"], input_hash=piece["sha256"], max_attempts=1,
+                      updated_at=now) for r in plan.renditions]
+        began = time.perf_counter()
+        encode_renditions(plan, tasks, sources[piece["index"]], work / str(piece["index"]))
+        timings[piece["index"]] = time.perf_counter() - began
+    return timings
+
+
+def _verify_directly(api: Api, job: dict, sources: dict[int, Path],
+                     work: Path) -> dict[tuple[str, int], tuple[float, float]]:
+    """(wall, CPU) seconds a full-depth check (packets, every frame's fingerprint, SSIM at 3 drawn frames,
+    the source fingerprinted too) takes on each produced video segment against its source
+    segment, one at a time on the idle machine: what a new worker's output costs to verify,
+    without queue waits, S3 round trips or task commits."""
+    work.mkdir()
     timings = {}
     durations = {p["index"]: p["duration_s"] for p in job["plan"]["segments"]}
     renditions = {r["name"] for r in job["plan"]["renditions"]}
@@ -169,7 +216,7 @@ def _verify_directly(api: Api, s3, job: dict, work: Path) -> dict[tuple[str, int
         with urllib.request.urlopen(f["download_url"]) as response:
             local.write_bytes(response.read())
         index = int(name.removeprefix("seg_").removesuffix(".ts"))
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), cpu_seconds()
         reference = verify.Reference.of(sources[index], durations[index])
         planned = profiles.PlannedRendition.model_validate(
             next(r for r in job["plan"]["renditions"] if r["name"] == rendition))
@@ -179,13 +226,16 @@ def _verify_directly(api: Api, s3, job: dict, work: Path) -> dict[tuple[str, int
                            source=sources[index], reference=reference,
                            key=audit.audit_key(secrets.token_hex(32), subject=f["path"],
                                                committed=[f["sha256"]]), ssim_frames=3)
-        timings[rendition, index] = time.perf_counter() - began
+        timings[rendition, index] = (time.perf_counter() - began, cpu_seconds() - cpu)
     return timings
 
 
 def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s: float,
-                 direct: dict[tuple[str, int], float]) -> dict[str, float]:
+                 checked: dict[tuple[str, int], tuple[float, float]],
+                 alone: dict[int, float]) -> dict[str, float]:
     plan = job["plan"]
+    direct = {key: wall for key, (wall, _) in checked.items()}
+    direct_cpu = sum(cpu for _, cpu in checked.values())
     durations = {p["index"]: p["duration_s"] for p in plan["segments"]}
     first = {e["type"]: event_at(e) for e in reversed(events) if not e.get("task")}  # earliest wins
     planned_at = first["segments.planned"]
@@ -195,6 +245,18 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
             by_task[e["task"]][e["type"]].append(e)
     retries = Counter(e["type"] for e in events
                       if e["type"] in ("segment.failed", "segment.rejected", "segment.lost"))
+    # CPU time as each worker process measured it (its own and its FFmpeg children's): every
+    # attempt's encode, and every check at the depth the policy chose for the pool.
+    runs = [e["data"] for e in events if e["type"] == "segment.submitted"]
+    encode_cpu = sum(d.get("cpu_s", 0.0) for d in runs)
+    video_encode_cpu = sum(d.get("cpu_s", 0.0) for d in runs if d.get("rendition"))
+    verdicts = [e["data"] for e in events if e["type"] in ("segment.verified", "segment.rejected")]
+    check_cpu = sum(d["measured"].get("check_cpu_s", 0.0) for d in verdicts)
+    check_wall: dict[int, float] = defaultdict(float)
+    for d in verdicts:
+        if d.get("rendition"):
+            check_wall[d["index"]] = max(check_wall[d["index"]],
+                                         d["measured"].get("check_wall_s", 0.0))
 
     waits, encodes, checks, spans, unqueued = [], [], [], [], []
     media_s = video_checks_s = 0.0
@@ -221,6 +283,18 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
     # The assembly's own execution record (the job's `execution.completed`, not a task's).
     assembly = next(e["data"] for e in reversed(events)
                     if e["type"] == "execution.completed" and "assembly_s" in e["data"])
+    # One Lambda per segment: the plan, then every segment at once (the slowest decides: its
+    # renditions' encode alone on an idle machine, then its slowest rendition's check, the
+    # checks running side by side), then the assembly.
+    plan_s = (planned_at - first["execution.started"]).total_seconds()
+    slowest = max(alone, key=lambda i: alone[i] + check_wall[i])
+    critical = {"plan (fetch, probe, split, store segments)": plan_s,
+                f"slowest segment's encode alone (segment {slowest})": alone[slowest],
+                "its slowest rendition's check": check_wall[slowest],
+                "assembly": assembly["assembly_s"]}
+    print("critical path with one Lambda per segment:")
+    for name, value in critical.items():
+        print(f"  {name}: {value:.2f} s")
     breakdown = {
         "upload_s": uploaded_s,
         "submit_to_plan_started_s":
@@ -244,6 +318,12 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
         # An HLS package is not decoded again: it relies on its segments' verdicts.
         "package_decode_wall_s": package.get("measured", {}).get("decode_wall_s", 0.0),
         "retries": dict(retries),
+        "segments_encoded_alone_s (sum, one run each)": sum(alone.values()),
+        "encode_cpu_s (all attempts, as the workers measured)": encode_cpu,
+        "check_cpu_s (the pool's depth)": check_cpu,
+        "verify_cpu_s_direct (full depth, video)": direct_cpu,
+        "checks audited in content": sum(1 for d in verdicts if d["measured"].get("audited")),
+        "checks": len(verdicts),
     }
     print("where the pipeline's time went:")
     for name, value in breakdown.items():
@@ -262,6 +342,12 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
         "verify_realtime_factor_with_queueing": round(media_s / video_checks_s, 2),
         "verify_segment_s_p50": round(statistics.median(direct.values()), 3),
         "package_assembly_s": round(assembly["assembly_s"], 2),
+        "critical_path_s": sum(critical.values()),
+        "encode_cpu_s": encode_cpu,
+        "segment_task_alone_max_s": round(max(alone.values()), 2),
+        "verify_cpu_over_encode_cpu": round(check_cpu / encode_cpu, 3),
+        # What a new worker's output costs to check in full, against the encodes it replaced.
+        "verify_full_depth_cpu_over_encode_cpu": round(direct_cpu / video_encode_cpu, 3),
     }
 
 

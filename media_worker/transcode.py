@@ -158,7 +158,7 @@ def check_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[Verdict, 
     frozen when it committed); promote them when they pass. Whether this segment's content
     is audited, and which frames, is drawn from the stage's audit secret and the hashes the
     worker committed to, at the depth its trust calls for."""
-    cpu_before = cpu_seconds()
+    cpu_before, started = cpu_seconds(), time.monotonic()
     local = {}
     actual = {}
     for output in task.outputs:
@@ -181,7 +181,8 @@ def check_task(p: Ports, job: Job, task: Task, workdir: Path) -> tuple[Verdict, 
     verdict = Verdict(verdict.policy, verdict.checks,
                       {**verdict.measured, "audit_rate": rate, "audited": audited,
                        "trusted": is_pool(task.worker),
-                       "check_cpu_s": round(cpu_seconds() - cpu_before, 3)})
+                       "check_cpu_s": round(cpu_seconds() - cpu_before, 3),
+                       "check_wall_s": round(time.monotonic() - started, 3)})
     promoted = [_promote(p, o) for o in task.outputs] if verdict.passed else []
     if None in promoted:
         verdict = Verdict(verdict.policy, {**verdict.checks, "promoted_bytes_match": False},

@@ -80,6 +80,13 @@ RARE: dict[tuple[str, str, str], str] = {
      "arn:aws:dynamodb:*:*:table/proofline-dev-jobs/index/*"):
         "a failed segment task's retry is routed again, over the marketplace's workers (read "
         "by state): tests/media/test_transcode.py, a lying worker's segment redone",
+    **{("MediaWorkerFunction", action, "arn:aws:sqs:*:*:proofline-dev-checks"):
+       "a transcode planned again (its attempt retried) sends the checks of tasks submitted "
+       "before: tests/media/test_transcode.py, a re-planned job, in-process"
+       for action in ("sqs:GetQueueUrl", "sqs:SendMessage")},
+    ("policy-dev.json", "sqs:SendMessage", "arn:aws:sqs:*:*:proofline-dev-segments"):
+        "a marketplace offer or lease that lapses goes back to the router, which may pick the "
+        "pool: the sweeper then sends the task to the segments queue",
     ("InferenceWorkerFunction", "dynamodb:Query", "arn:aws:dynamodb:*:*:table/proofline-dev-jobs"):
         "the collection schedule reads a spawned Modal call's timeline: only with Modal "
         "credentials (tests/gpu_functions/test_inference.py, in-process)",

@@ -314,7 +314,9 @@ def test_the_doctor_finds_the_rehearsal_stage_wired(account, deployed, tmp_path)
         print(f"  {mark:6} {check['name']:40} {check['detail'][:110]}")
     checks = {c["name"]: c for c in found["checks"]}
     wired = [n for n in checks if n.split()[0] in ("table", "queue", "bucket", "trigger")]
-    assert len(wired) == 2 + 6 + 2 + 6, wired
+    # every table, queue and bucket, and each queue's trigger
+    assert len(wired) == len(RESOURCES.tables) + 2 * len(RESOURCES.queues) + len(
+        RESOURCES.buckets), wired
     assert all(checks[n]["ok"] for n in wired), [checks[n] for n in wired if not checks[n]["ok"]]
     assert checks["secret PROOFLINE_SESSION_KEYS"]["ok"]
     # This rehearsal has no chain (the stage's CHAIN_RPC_URL is blank: the chain keys are not
