@@ -127,19 +127,38 @@ def _pipeline(stack: DevStack, source: Path, tmp: Path) -> dict[str, float]:
     _wait(api, own["dynamodb"], table, _submit(api, api.upload(warm)))
 
     # The end is the `settled` event's own time, on the same clock, not when polling saw it.
+    workers = stack.pump.worker_pids()
+    cpu_before = cpu_seconds(), _processes_cpu_s(workers)
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     slot = api.upload(source)
     uploaded_s = time.perf_counter() - started
     job = _wait(api, own["dynamodb"], table, _submit(api, slot))
+    # This process runs moto, the API, the event pump and the bench's own polling; the
+    # pool's processes run every encode, check, plan and assembly.
+    stack_cpu, workers_cpu = (cpu_seconds() - cpu_before[0],
+                              _processes_cpu_s(workers) - cpu_before[1])
     events = api.events(job["job_id"])["events"]
     wall = (settled_at(events) - started_at).total_seconds()
 
     sources = _source_segments(own["s3"], job, tmp / "sources")
     direct = _verify_directly(api, job, sources, tmp / "verify")
     alone = _encode_alone(job, sources, tmp / "alone")
-    return {"transcode_pipeline_wall_s": wall,
+    print(f"CPU while the job ran: {stack_cpu:.1f} s in the stack's process (moto, API, pump), "
+          f"{workers_cpu:.1f} s in the pool's {len(workers)} worker processes")
+    return {"transcode_pipeline_wall_s": wall, "stack_process_cpu_s": round(stack_cpu, 1),
+            "worker_processes_cpu_s": round(workers_cpu, 1),
             **_from_events(job, events, started_at, uploaded_s, direct, alone)}
+
+
+def _processes_cpu_s(pids: list[int]) -> float:
+    """CPU seconds of these processes and the children they waited for (their FFmpeg runs),
+    from /proc: user, system and the children's user and system."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _submit(api: Api, slot: dict) -> str:
@@ -198,11 +217,12 @@ def _encode_alone(job: dict, sources: dict[int, Path], work: Path) -> dict[int, 
 
 
 def _verify_directly(api: Api, job: dict, sources: dict[int, Path],
-                     work: Path) -> dict[tuple[str, int], tuple[float, float]]:
-    """(wall, CPU) seconds a full-depth check (packets, every frame's fingerprint, SSIM at 3 drawn frames,
-    the source fingerprinted too) takes on each produced video segment against its source
-    segment, one at a time on the idle machine: what a new worker's output costs to verify,
-    without queue waits, S3 round trips or task commits."""
+                     work: Path) -> dict[tuple[str, int], dict[str, float]]:
+    """Seconds each produced video segment's check takes alone on the idle machine, at both
+    depths: "light" (the hash, packets, structure and bitrate every segment gets) and "full"
+    (also every frame's fingerprint and SSIM at 3 drawn frames, the source segment decoded
+    too: what an audited segment, or any new worker's, gets), with the full check's CPU
+    time; no queue waits, S3 round trips or task commits."""
     work.mkdir()
     timings = {}
     durations = {p["index"]: p["duration_s"] for p in job["plan"]["segments"]}
@@ -216,26 +236,30 @@ def _verify_directly(api: Api, job: dict, sources: dict[int, Path],
         with urllib.request.urlopen(f["download_url"]) as response:
             local.write_bytes(response.read())
         index = int(name.removeprefix("seg_").removesuffix(".ts"))
-        began, cpu = time.perf_counter(), cpu_seconds()
-        reference = verify.Reference.of(sources[index], durations[index])
         planned = profiles.PlannedRendition.model_validate(
             next(r for r in job["plan"]["renditions"] if r["name"] == rendition))
-        verify.judge_video(local, reported_sha256="", actual_sha256="", planned=planned,
-                           fps=Fraction(job["plan"]["fps"]), segment_s=job["plan"]["segment_s"],
-                           start_s=0.0, source_duration_s=durations[index],
-                           source=sources[index], reference=reference,
+        common = dict(reported_sha256="", actual_sha256="", planned=planned,
+                      fps=Fraction(job["plan"]["fps"]), segment_s=job["plan"]["segment_s"],
+                      start_s=0.0, source_duration_s=durations[index], ssim_frames=3)
+        began = time.perf_counter()
+        verify.judge_video(local, source=None, reference=None, key=None, **common)
+        light = time.perf_counter() - began
+        began, cpu = time.perf_counter(), cpu_seconds()
+        reference = verify.Reference.of(sources[index], durations[index])
+        verify.judge_video(local, source=sources[index], reference=reference,
                            key=audit.audit_key(secrets.token_hex(32), subject=f["path"],
-                                               committed=[f["sha256"]]), ssim_frames=3)
-        timings[rendition, index] = (time.perf_counter() - began, cpu_seconds() - cpu)
+                                               committed=[f["sha256"]]), **common)
+        timings[rendition, index] = {"light": light, "full": time.perf_counter() - began,
+                                     "full_cpu": cpu_seconds() - cpu}
     return timings
 
 
 def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s: float,
-                 checked: dict[tuple[str, int], tuple[float, float]],
+                 checked: dict[tuple[str, int], dict[str, float]],
                  alone: dict[int, float]) -> dict[str, float]:
     plan = job["plan"]
-    direct = {key: wall for key, (wall, _) in checked.items()}
-    direct_cpu = sum(cpu for _, cpu in checked.values())
+    direct = {key: c["full"] for key, c in checked.items()}
+    direct_cpu = sum(c["full_cpu"] for c in checked.values())
     durations = {p["index"]: p["duration_s"] for p in plan["segments"]}
     first = {e["type"]: event_at(e) for e in reversed(events) if not e.get("task")}  # earliest wins
     planned_at = first["segments.planned"]
@@ -252,11 +276,14 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
     video_encode_cpu = sum(d.get("cpu_s", 0.0) for d in runs if d.get("rendition"))
     verdicts = [e["data"] for e in events if e["type"] in ("segment.verified", "segment.rejected")]
     check_cpu = sum(d["measured"].get("check_cpu_s", 0.0) for d in verdicts)
+    # Each segment's slowest check, timed alone at the depth the pipeline's audit drew for it
+    # (the checks of one segment's renditions run side by side, one Lambda each).
     check_wall: dict[int, float] = defaultdict(float)
     for d in verdicts:
         if d.get("rendition"):
+            depth = "full" if d["measured"].get("audited") else "light"
             check_wall[d["index"]] = max(check_wall[d["index"]],
-                                         d["measured"].get("check_wall_s", 0.0))
+                                         checked[d["rendition"], d["index"]][depth])
 
     waits, encodes, checks, spans, unqueued = [], [], [], [], []
     media_s = video_checks_s = 0.0
@@ -290,7 +317,7 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
     slowest = max(alone, key=lambda i: alone[i] + check_wall[i])
     critical = {"plan (fetch, probe, split, store segments)": plan_s,
                 f"slowest segment's encode alone (segment {slowest})": alone[slowest],
-                "its slowest rendition's check": check_wall[slowest],
+                "its slowest rendition's check (at its drawn depth, alone)": check_wall[slowest],
                 "assembly": assembly["assembly_s"]}
     print("critical path with one Lambda per segment:")
     for name, value in critical.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,6 +37,7 @@ SOURCE_LIMIT = 16 << 30          # the audio check reads the whole source (job c
 FINGERPRINT_LIMIT = 64 << 20
 PLAYLIST_LIMIT = 1 << 20         # the audio track's playlist, read for the package's check
 PACKAGE_TOLERANCE_S = 0.5
+TRANSFERS = 8                    # S3 requests in flight at once (segments stored, copied)
 
 
 def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
@@ -52,15 +54,8 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
     fps = profiles.output_fps(profile, Fraction(info.frame_rate))
     split = segments.plan_split(info, profile.segment_s)
     pieces = segments.split_source(source, workdir / "split", split, timeout_s=FFMPEG_TIMEOUT_S)
-    stored = []
-    for piece in pieces:
-        uri = S3Uri(p.settings.artifacts_bucket,
-                    f"segments/{piece.sha256.replace(':', '/')}{piece.path.suffix}")
-        if p.blobs.head(uri) is None:
-            p.blobs.upload(uri, piece.path)
-        stored.append({"index": piece.index, "start_s": piece.start_s,
-                       "duration_s": piece.duration_s, "uri": str(uri), "sha256": piece.sha256,
-                       "size_bytes": piece.path.stat().st_size})
+    with ThreadPoolExecutor(TRANSFERS) as transfers:     # S3 calls wait on the network
+        stored = list(transfers.map(lambda piece: _store_segment(p, piece), pieces))
     now = p.clock()
     task_attempts = 1 if job.challenge else job.max_attempts   # a challenge has one try
     tasks = [Task(job_id=job.job_id, task_id=f"{r.name}-{s['index']:05d}", kind="video",
@@ -86,6 +81,16 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
                           "size_bytes": source.stat().st_size}},
         command_template=ffmpeg_args.command_template(profile, planned, fps=fps))
     transcode.record_plan(p, job, plan, tasks)
+
+
+def _store_segment(p: Ports, piece: segments.SourceSegment) -> dict:
+    """A source segment under its content hash (kept if there already), as the plan lists it."""
+    uri = S3Uri(p.settings.artifacts_bucket,
+                f"segments/{piece.sha256.replace(':', '/')}{piece.path.suffix}")
+    if p.blobs.head(uri) is None:
+        p.blobs.upload(uri, piece.path)
+    return {"index": piece.index, "start_s": piece.start_s, "duration_s": piece.duration_s,
+            "uri": str(uri), "sha256": piece.sha256, "size_bytes": piece.path.stat().st_size}
 
 
 # -- one segment's tasks -------------------------------------------------------------------
@@ -296,11 +301,14 @@ def _assemble_hls(p: Ports, plan: TranscodePlan, tasks: dict[str, Task],
     listed = {path: (media.sha256_bytes(data), len(data)) for path, data in playlists.items()}
     listed.update({path: (o.sha256, o.size_bytes) for path, o in delivered.items()})
     manifest, digest, prefix = _manifest(plan, hls.MASTER, listed)
-    for path, data in playlists.items():
-        p.blobs.put(_in_package(p, prefix, path), data, content_type=_content_type(Path(path)))
-    for path, o in delivered.items():
-        if not _place(p, o, _in_package(p, prefix, path)):
-            wrong.append(path)
+    with ThreadPoolExecutor(TRANSFERS) as transfers:     # each copy waits on S3 alone
+        list(transfers.map(lambda item: p.blobs.put(
+            _in_package(p, prefix, item[0]), item[1], content_type=_content_type(Path(item[0]))),
+            playlists.items()))
+        placed = dict(zip(delivered, transfers.map(
+            lambda item: _place(p, item[1], _in_package(p, prefix, item[0])),
+            delivered.items())))
+    wrong += [path for path, ok in placed.items() if not ok]
     # The first failed check names the job's reason: a file that is not what was verified
     # comes first, whatever else it breaks.
     checks = {"files_match_recorded_sha256": not wrong, "outputs_named_as_planned": not misplaced,

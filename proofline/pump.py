@@ -245,6 +245,11 @@ class EventPump:
         self.remote_calls.update(calls)
         return response
 
+    def worker_pids(self) -> list[int]:
+        """The worker processes running now (a benchmark reads their CPU time)."""
+        with self._pool_lock:
+            return sorted(self._pool._processes) if self._pool else []
+
     def _executor(self) -> ProcessPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
