@@ -327,6 +327,7 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
         "submit_to_plan_started_s":
             (first["execution.started"] - started_at).total_seconds() - uploaded_s,
         "plan_split_s": (planned_at - first["execution.started"]).total_seconds(),
+        "plan steps (s)": plan["split"].get("seconds"),
         "first_task_wait_s": (first_started - planned_at).total_seconds(),
         "tasks_wall_s (first started → last verified)":
             (last_verified - first_started).total_seconds(),

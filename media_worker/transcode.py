@@ -46,16 +46,19 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
     × rendition plus one for the audio track."""
     profile = profiles.get_profile(job.profile or job.manifest.profile)
     source = workdir / "source"
-    digest = fetch_input(p, job, source)
-    info = segments.inspect_source(source)
+    clock = Stopwatch()
+    digest = clock.lap("fetch", fetch_input(p, job, source))
+    info = clock.lap("inspect", segments.inspect_source(source))
     profiles.check_source(profile, duration_s=info.duration_s, source_width=info.width,
                           source_height=info.height, rotation=info.rotation)
     planned = profiles.ladder(profile, info.width, info.height, info.rotation)
     fps = profiles.output_fps(profile, Fraction(info.frame_rate))
     split = segments.plan_split(info, profile.segment_s)
-    pieces = segments.split_source(source, workdir / "split", split, timeout_s=FFMPEG_TIMEOUT_S)
+    pieces = clock.lap("split", segments.split_source(source, workdir / "split", split,
+                                                      timeout_s=FFMPEG_TIMEOUT_S))
     with ThreadPoolExecutor(TRANSFERS) as transfers:     # S3 calls wait on the network
-        stored = list(transfers.map(lambda piece: _store_segment(p, piece), pieces))
+        stored = clock.lap("store", list(transfers.map(lambda piece: _store_segment(p, piece),
+                                                       pieces)))
     now = p.clock()
     task_attempts = 1 if job.challenge else job.max_attempts   # a challenge has one try
     tasks = [Task(job_id=job.job_id, task_id=f"{r.name}-{s['index']:05d}", kind="video",
@@ -72,7 +75,7 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
         fps=str(fps), duration_s=round(sum(s["duration_s"] for s in stored), 6),
         renditions=[r.model_dump(mode="json") for r in planned], segments=stored,
         has_audio=info.has_audio,
-        split={"method": split.method, "reasons": split.reasons,
+        split={"method": split.method, "reasons": split.reasons, "seconds": clock.laps,
                # What a quote of this file would have read: the escrow's price uses it.
                "source": {"width": info.width, "height": info.height,
                           "rotation": info.rotation, "fps": info.frame_rate,
@@ -81,6 +84,19 @@ def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
                           "size_bytes": source.stat().st_size}},
         command_template=ffmpeg_args.command_template(profile, planned, fps=fps))
     transcode.record_plan(p, job, plan, tasks)
+
+
+class Stopwatch:
+    """Seconds each step of a plan took, for its timeline entry."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str, result):
+        now = time.monotonic()
+        self.laps[name], self._last = round(now - self._last, 3), now
+        return result
 
 
 def _store_segment(p: Ports, piece: segments.SourceSegment) -> dict:
