@@ -18,7 +18,7 @@ from chalicelib.health import verdicts
 from chalicelib.identity import access, sessions
 from chalicelib.identity.access import Caller, Proof
 from chalicelib.jobs import attempts, intake, lifecycle, sweeper, uploads
-from chalicelib.jobs.documents import job_document, package_document
+from chalicelib.jobs.documents import inputs_document, job_document, package_document
 from chalicelib.market import challenges, job_leases, leases, workers
 from chalicelib.models import AttemptResult, Job, State
 from chalicelib.settlement import follower, payments, pricing
@@ -186,6 +186,11 @@ def get_job(job_id):
 @route("/jobs/{job_id}/package")
 def job_package(job_id):
     return package_document(ports.default(), _own_view(job_id))
+
+
+@route("/jobs/{job_id}/inputs")
+def job_inputs(job_id):
+    return inputs_document(ports.default(), _own_view(job_id))
 
 
 @route("/jobs/{job_id}/events")

@@ -36,6 +36,7 @@ from media_worker.transcode import encode_renditions
 from proofline import clips
 from proofline.client import TERMINAL, Api
 from proofline.devstack import DevStack
+from proofline.transcode_cli import upload_source
 
 PROFILE = "hls-abr"
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
@@ -131,9 +132,12 @@ def _pipeline(stack: DevStack, source: Path, tmp: Path) -> dict[str, float]:
     cpu_before = cpu_seconds(), _processes_cpu_s(workers)
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
-    slot = api.upload(source)
+    # As `proofline transcode submit` sends it: cut here while the source uploads, unless
+    # PROOFLINE_BENCH_CUT=stack (the planner fetches and cuts it).
+    here = os.environ.get("PROOFLINE_BENCH_CUT", "client") != "stack"
+    slot, listing = upload_source(api, source, PROFILE, tmp / "cut" if here else None)
     uploaded_s = time.perf_counter() - started
-    job = _wait(api, own["dynamodb"], table, _submit(api, slot))
+    job = _wait(api, own["dynamodb"], table, _submit(api, slot, listing))
     # This process runs moto, the API, the event pump and the bench's own polling; the
     # pool's processes run every encode, check, plan and assembly.
     stack_cpu, workers_cpu = (cpu_seconds() - cpu_before[0],
@@ -161,9 +165,10 @@ def _processes_cpu_s(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _submit(api: Api, slot: dict) -> str:
+def _submit(api: Api, slot: dict, listing: list[dict] | None = None) -> str:
     job, _ = api.submit({"kind": "ffmpeg_hls", "input_uri": slot["input_uri"],
-                         "input_hash": slot["input_hash"], "profile": PROFILE},
+                         "input_hash": slot["input_hash"], "profile": PROFILE,
+                         **({"segments": listing} if listing else {})},
                         idempotency_key=str(uuid.uuid4()))
     return job["job_id"]
 
@@ -315,7 +320,7 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
     # checks running side by side), then the assembly.
     plan_s = (planned_at - first["execution.started"]).total_seconds()
     slowest = max(alone, key=lambda i: alone[i] + check_wall[i])
-    critical = {"plan (fetch, probe, split, store segments)": plan_s,
+    critical = {f"plan ({plan['split']['method']}: {plan['split'].get('seconds')})": plan_s,
                 f"slowest segment's encode alone (segment {slowest})": alone[slowest],
                 "its slowest rendition's check (at its drawn depth, alone)": check_wall[slowest],
                 "assembly": assembly["assembly_s"]}
@@ -323,7 +328,7 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
     for name, value in critical.items():
         print(f"  {name}: {value:.2f} s")
     breakdown = {
-        "upload_s": uploaded_s,
+        "upload_s (and the cut, side by side)": uploaded_s,
         "submit_to_plan_started_s":
             (first["execution.started"] - started_at).total_seconds() - uploaded_s,
         "plan_split_s": (planned_at - first["execution.started"]).total_seconds(),

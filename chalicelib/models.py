@@ -54,14 +54,32 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+S3InputUri = Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+$",
+                                  max_length=1024)]
+Seconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]
+
+
+class SegmentRef(BaseModel):
+    """A piece of the source the client cut itself before uploading (`proofline transcode`
+    splits while it uploads): the planner checks each against the source before any task
+    runs, and neither fetches nor cuts the source."""
+    model_config = ConfigDict(extra="forbid")
+
+    input_uri: S3InputUri
+    input_hash: ContentHash | None = None
+    start_s: Seconds
+    duration_s: Annotated[float, Field(gt=0, le=3_600, allow_inf_nan=False)]
+
+
 class Manifest(BaseModel):
     """What a client asks for. Unknown fields are refused so typos never pass silently."""
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     job_id: JobId | None = None
     kind: Annotated[str, Field(min_length=1, max_length=64)]
-    input_uri: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+$",
-                                    max_length=1024)] | None = None
+    input_uri: S3InputUri | None = None
+    # The source's video already cut on the profile's segment boundaries (a transcode's).
+    segments: Annotated[list[SegmentRef], Field(min_length=1, max_length=4096)] | None = None
     texts: Annotated[list[Annotated[str, Field(min_length=1, max_length=8192)]],
                      Field(min_length=1, max_length=10_000)] | None = None
     prompt: Annotated[str, Field(min_length=1, max_length=16_000)] | None = None

@@ -29,7 +29,7 @@ from chalicelib.settlement.chain import pool_signature
 from chalicelib.telemetry import lambda_handler, logger
 from media_worker.probe import probe
 
-from . import transcode
+from . import planning, transcode
 from .inputs import fetch_input
 
 WORKER = "pool:media"
@@ -57,7 +57,7 @@ def probe_input(p: Ports, job: Job, workdir: Path) -> AttemptResult:
 def plan_transcode(p: Ports, job: Job, workdir: Path) -> None:
     """A transcode's attempt ends in a plan of segment tasks, not in an output: the job
     stays running while its tasks run, and the assembly closes it."""
-    transcode.plan_job(p, job, workdir, WORKER)
+    planning.plan_job(p, job, workdir, WORKER)
 
 
 # A runner returns the attempt's result, or None when the job goes on as tasks.

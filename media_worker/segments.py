@@ -14,9 +14,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
+import av
 from pydantic import Field
 
 from chalicelib.errors import ExecutionError, FfmpegTimeout, MediaError
+from chalicelib.media import client_split
 from chalicelib.media.probe import sha256_file
 
 from .ffmpeg import run_ffmpeg
@@ -139,6 +141,53 @@ def _source_info(container, stream, seen: Packets) -> SourceInfo:
     )
 
 
+class SourceHeader(Model):
+    """A source as its header describes it: read without fetching the whole file."""
+    codec: str
+    width: int
+    height: int
+    rotation: int = Field(ge=0, lt=360)
+    frame_rate: str
+    has_audio: bool
+    duration_s: float = Field(gt=0)
+
+
+def probe_header(location: str, *, timeout_s: float = 30) -> SourceHeader:
+    """Open a source where it lies (a path or an http(s) URL, read with range requests) and
+    read its header and first video frame only."""
+    try:
+        with av.open(location, timeout=timeout_s) as container:
+            stream = video_stream(container)
+            first = next(container.decode(stream), None)    # its display matrix
+            duration = (float(container.duration) / av.time_base if container.duration
+                        else float(stream.duration * stream.time_base) if stream.duration
+                        else 0.0)
+            rate = Fraction(stream.average_rate or 0)
+            if duration <= 0 or rate <= 0:
+                raise MediaError("the source's header gives no duration or frame rate",
+                                 reason="media_unreadable")
+            return SourceHeader(codec=stream.codec_context.name or "unknown",
+                                width=stream.codec_context.width,
+                                height=stream.codec_context.height,
+                                rotation=display_rotation(first, stream),
+                                frame_rate=f"{rate.numerator}/{rate.denominator}",
+                                has_audio=bool(container.streams.audio), duration_s=duration)
+    except av.FFmpegError as exc:
+        raise MediaError(f"cannot read the source's header: {exc}",
+                         reason="media_unreadable") from exc
+
+
+def measure_client_segment(path: PathLike) -> client_split.Measured:
+    """One segment a client cut, as the planner holds it against the source."""
+    info = inspect_source(path)
+    return client_split.Measured(
+        codec=info.codec, pix_fmt=info.pix_fmt, width=info.width, height=info.height,
+        rotation=info.rotation, frame_rate=info.frame_rate,
+        variable_frame_rate=info.variable_frame_rate,
+        starts_on_keyframe=bool(info.keyframes) and info.keyframes[0].packet == 0,
+        duration_s=info.duration_s)
+
+
 def plan_split(info: SourceInfo, segment_s: float) -> SplitPlan:
     """Decide between stream copy and a mezzanine re-encode, and where segments start.
 
@@ -251,6 +300,9 @@ def _copy_split(src: Path, out: Path, plan: SplitPlan, *, deadline: float) -> li
     run_ffmpeg([
         "-i", os.fspath(src), "-map", "0:v:0", "-an", "-sn", "-dn", "-c", "copy",
         "-map_metadata", "-1", "-map_chapters", "-1",
+        # The same cut of the same source is the same bytes (no random Matroska id or date):
+        # a retried upload dedupes, and a retried submission is the same manifest.
+        "-fflags", "+bitexact",
         # Otherwise a B-frame source's first segment starts at its decode delay, not at 0.
         "-avoid_negative_ts", "disabled",
         "-f", "segment", "-segment_format", SEGMENT_FORMAT, "-reset_timestamps", "1",

@@ -1,5 +1,5 @@
-"""The FFmpeg side of a transcode job: plan (probe, split, upload segments), encode one
-segment task, verify one segment task, and assemble the checked package.
+"""The FFmpeg side of a transcode job after its plan (`planning.py`): encode one segment's
+tasks, verify one task, and assemble the checked package.
 
 Workers encode; the verifier and the assembler are control-plane code that measures the
 bytes it fetched itself and trusts nothing a worker reported.
@@ -27,9 +27,8 @@ from chalicelib.verification import audit
 from chalicelib.verification.package import check_package, task_verdicts
 from chalicelib.verification.policies import Verdict
 
-from . import segments, verify
+from . import verify
 from .ffmpeg import decode_check, ffmpeg_version, run_ffmpeg
-from .inputs import fetch_input
 
 FFMPEG_TIMEOUT_S = 240
 OUTPUT_LIMIT = 2 << 30
@@ -38,75 +37,6 @@ FINGERPRINT_LIMIT = 64 << 20
 PLAYLIST_LIMIT = 1 << 20         # the audio track's playlist, read for the package's check
 PACKAGE_TOLERANCE_S = 0.5
 TRANSFERS = 8                    # S3 requests in flight at once (segments stored, copied)
-
-
-def plan_job(p: Ports, job: Job, workdir: Path, worker: str) -> None:
-    """Probe the source, refuse what the profile cannot serve, split it into keyframe-aligned
-    segments (stream copy, or a mezzanine re-encode first), and record one task per segment
-    × rendition plus one for the audio track."""
-    profile = profiles.get_profile(job.profile or job.manifest.profile)
-    source = workdir / "source"
-    clock = Stopwatch()
-    digest = clock.lap("fetch", fetch_input(p, job, source))
-    info = clock.lap("inspect", segments.inspect_source(source))
-    profiles.check_source(profile, duration_s=info.duration_s, source_width=info.width,
-                          source_height=info.height, rotation=info.rotation)
-    planned = profiles.ladder(profile, info.width, info.height, info.rotation)
-    fps = profiles.output_fps(profile, Fraction(info.frame_rate))
-    split = segments.plan_split(info, profile.segment_s)
-    pieces = clock.lap("split", segments.split_source(source, workdir / "split", split,
-                                                      timeout_s=FFMPEG_TIMEOUT_S))
-    with ThreadPoolExecutor(TRANSFERS) as transfers:     # S3 calls wait on the network
-        stored = clock.lap("store", list(transfers.map(lambda piece: _store_segment(p, piece),
-                                                       pieces)))
-    now = p.clock()
-    task_attempts = 1 if job.challenge else job.max_attempts   # a challenge has one try
-    tasks = [Task(job_id=job.job_id, task_id=f"{r.name}-{s['index']:05d}", kind="video",
-                  rendition=r.name, index=s["index"], start_s=s["start_s"],
-                  duration_s=s["duration_s"], input_uri=s["uri"], input_hash=s["sha256"],
-                  max_attempts=task_attempts, updated_at=now)
-             for r in planned for s in stored]
-    if info.has_audio:
-        tasks.append(Task(job_id=job.job_id, task_id="audio", kind="audio",
-                          duration_s=info.duration_s, input_uri=job.input_uri,
-                          input_hash=digest, max_attempts=task_attempts, updated_at=now))
-    plan = TranscodePlan(
-        profile=profile.name, container=profile.container, segment_s=profile.segment_s,
-        fps=str(fps), duration_s=round(sum(s["duration_s"] for s in stored), 6),
-        renditions=[r.model_dump(mode="json") for r in planned], segments=stored,
-        has_audio=info.has_audio,
-        split={"method": split.method, "reasons": split.reasons, "seconds": clock.laps,
-               # What a quote of this file would have read: the escrow's price uses it.
-               "source": {"width": info.width, "height": info.height,
-                          "rotation": info.rotation, "fps": info.frame_rate,
-                          "codec": info.codec, "vfr": info.variable_frame_rate,
-                          "duration_s": info.duration_s,
-                          "size_bytes": source.stat().st_size}},
-        command_template=ffmpeg_args.command_template(profile, planned, fps=fps))
-    transcode.record_plan(p, job, plan, tasks)
-
-
-class Stopwatch:
-    """Seconds each step of a plan took, for its timeline entry."""
-
-    def __init__(self):
-        self.laps: dict[str, float] = {}
-        self._last = time.monotonic()
-
-    def lap(self, name: str, result):
-        now = time.monotonic()
-        self.laps[name], self._last = round(now - self._last, 3), now
-        return result
-
-
-def _store_segment(p: Ports, piece: segments.SourceSegment) -> dict:
-    """A source segment under its content hash (kept if there already), as the plan lists it."""
-    uri = S3Uri(p.settings.artifacts_bucket,
-                f"segments/{piece.sha256.replace(':', '/')}{piece.path.suffix}")
-    if p.blobs.head(uri) is None:
-        p.blobs.upload(uri, piece.path)
-    return {"index": piece.index, "start_s": piece.start_s, "duration_s": piece.duration_s,
-            "uri": str(uri), "sha256": piece.sha256, "size_bytes": piece.path.stat().st_size}
 
 
 # -- one segment's tasks -------------------------------------------------------------------

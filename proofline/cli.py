@@ -26,6 +26,7 @@ from .common import (
 from .doctor import doctor
 from .identity_cli import identity
 from .infer_cli import infer
+from .reproduce_cli import reproduce
 from .settle_cli import settle
 from .stack_cli import dev, ops
 from .transcode_cli import transcode
@@ -230,6 +231,7 @@ def jobs_cancel(ctx, job_id, as_json):
           lambda job: console.print(f"job {job['job_id']} is {state_label(job['state'])}"))
 
 
+jobs.add_command(reproduce)
 main.add_command(transcode)
 main.add_command(infer)
 main.add_command(identity)

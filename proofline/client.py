@@ -185,6 +185,10 @@ class Api:
     def package(self, job_id: str) -> dict:
         return self._read("GET", f"/jobs/{job_id}/package").json()
 
+    def inputs(self, job_id: str) -> dict:
+        """Short-lived links to the job's source and each of its source segments."""
+        return self._read("GET", f"/jobs/{job_id}/inputs").json()
+
     def events(self, job_id: str) -> dict:
         return self._read("GET", f"/jobs/{job_id}/events").json()
 

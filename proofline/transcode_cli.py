@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from chalicelib import catalog
-from chalicelib.errors import InputError, UnknownProfile
+from chalicelib.errors import ExecutionError, InputError, UnknownProfile
 from chalicelib.media import profiles
 from chalicelib.settlement.money import from_base_units
 
@@ -33,6 +34,8 @@ from .client import TERMINAL
 
 KIND = "ffmpeg_hls"
 POLL_S = 0.5
+UPLOADS = 4                      # uploads in flight at once (the source and its segments)
+SPLIT_TIMEOUT_S = 1800
 DOWNLOAD_THREADS = 8
 DOWNLOAD_TIMEOUT_S = 60
 _CHUNK = 1 << 20
@@ -65,17 +68,23 @@ def transcode():
               help="Seconds to wait for the verified package.")
 @click.option("--json", "as_json", is_flag=True,
               help="No progress display; one JSON object at the end.")
+@click.option("--split/--no-split", default=True, show_default=True,
+              help="Cut the video into the profile's segments here while the source uploads, "
+                   "so the stack starts encoding without fetching and cutting it.")
 @click.pass_context
 def transcode_submit(ctx, source, profile, output, idempotency_key, fund, timeout, as_json,
-                     **flags):
+                     split, **flags):
     """Upload a video, transcode it, follow every rendition, and download the package."""
     api = common.api_for(ctx)
-    slot = api.upload(source)
+    with tempfile.TemporaryDirectory(prefix="proofline-split-") as tmp:
+        slot, segments = upload_source(api, source, profile, Path(tmp) if split else None,
+                                       say=None if as_json else common.err.print)
     if not as_json:
         common.err.print(f"uploaded {source} → {slot['input_uri']}" if slot["upload_url"]
                       else f"input already stored at {slot['input_uri']}", highlight=False,
                       soft_wrap=True)
     manifest = {"kind": KIND, "input_uri": slot["input_uri"], "input_hash": slot["input_hash"],
+                **({"segments": segments} if segments else {}),
                 **({"profile": profile} if profile else {}),
                 **{k: v for k, v in flags.items() if v is not None}}
     job, created = api.submit(manifest, idempotency_key=idempotency_key)
@@ -286,6 +295,41 @@ def _print_summary(job: dict, entry: Path, count: int, size: int) -> None:
     table.add_row("[dim]duration[/dim]", f"{plan.get('duration_s', 0):.2f} s")
     table.add_row("[dim]files[/dim]", f"{count}, {human_bytes(size)} ({size} B)")
     console.print(table)
+
+
+def upload_source(api, source: Path, profile: str | None, workdir: Path | None, *,
+                  say=None) -> tuple[dict, list[dict] | None]:
+    """Upload the source and, when `workdir` is given, cut it into the profile's segments
+    meanwhile (by stream copy, as the planner would) and upload those too: the slot and the
+    segments' listing for the manifest. A source that needs a re-encode before it can be cut
+    (rotated, variable frame rate, another codec…), or cannot be read here, is left to the
+    planner."""
+    from media_worker.segments import inspect_source, plan_split, split_source
+
+    with ThreadPoolExecutor(UPLOADS) as uploads:
+        whole = uploads.submit(api.upload, source)
+        if workdir is None:
+            return whole.result(), None
+        try:
+            chosen = profiles.get_profile(
+                profile or catalog.default().job_class(KIND).defaults.profile)
+            plan = plan_split(inspect_source(source), chosen.segment_s)
+            if plan.method != "copy":
+                # A re-encode first: CPU the stack has, and x264 makes other bytes each time,
+                # so a retried submission would not be the same manifest.
+                raise ValueError(f"it needs a re-encode first ({', '.join(plan.reasons)})")
+            pieces = split_source(source, workdir, plan, timeout_s=SPLIT_TIMEOUT_S)
+        except (InputError, ExecutionError, UnknownProfile, ValueError) as error:
+            if say:
+                say(f"not cut here ({getattr(error, 'reason', error)}): the stack will cut it")
+            return whole.result(), None
+        slots = [uploads.submit(api.upload, piece.path) for piece in pieces]
+        listing = [{"input_uri": slot.result()["input_uri"],
+                    "input_hash": slot.result()["input_hash"], "start_s": piece.start_s,
+                    "duration_s": piece.duration_s} for piece, slot in zip(pieces, slots)]
+        if say:
+            say(f"cut into {len(pieces)} segments here while the source uploaded")
+        return whole.result(), listing
 
 
 # -- quote ----------------------------------------------------------------------------------

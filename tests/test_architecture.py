@@ -27,7 +27,8 @@ INNER_IMPORTS_ALLOWED = {
     ("proofline.worker_agent", "av"): "PyAV, only when the agent runs media tasks",
     ("proofline.worker_agent", "gpu_functions"): "torch and the models, only for inference",
     ("proofline.worker_agent", "media_worker.transcode"): "PyAV and FFmpeg, only for media",
-    ("proofline.transcode_cli", "media_worker.segments"): "PyAV, only for `transcode quote`",
+    ("proofline.transcode_cli", "media_worker.segments"): "PyAV and FFmpeg, only to price or "
+                                                          "cut a source here",
     ("proofline.devstack", "app"): "the Chalice app reads the stack's environment on import",
     ("chalicelib.identity.sessions", "siwe"): "its grammar compiles on import: only sign-ins "
                                               "pay it, not every Lambda's cold start",

@@ -92,6 +92,7 @@ class JobClass(_Strict):
     timeouts_s: dict[State, Annotated[int, Field(gt=0)]]
     profiles: dict[str, dict] = Field(default_factory=dict)
     inputs: tuple[Literal["uri", "texts", "prompt"], ...] = ("uri",)
+    client_split: bool = False        # the client may send the source's segments (`segments`)
     model: str | None = None
     requires_gpu: bool = False
     limits: Limits = Limits()

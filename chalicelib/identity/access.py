@@ -56,6 +56,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/jobs"): SIGNED_IN,
     ("GET", "/jobs/{job_id}"): JOB_OWNER,
     ("GET", "/jobs/{job_id}/package"): JOB_OWNER,
+    ("GET", "/jobs/{job_id}/inputs"): JOB_OWNER,
     ("GET", "/jobs/{job_id}/events"): JOB_OWNER,
     ("POST", "/jobs/{job_id}/cancel"): OWNER_SIGNED,
     ("POST", "/uploads"): CLIENT_SIGNED,

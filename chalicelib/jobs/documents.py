@@ -8,6 +8,7 @@ from chalicelib.aws.store import JobView
 from chalicelib.context import Ports
 from chalicelib.errors import Conflict
 from chalicelib.jobs.lifecycle import class_rates
+from chalicelib.jobs.uploads import QUARANTINE
 from chalicelib.models import State
 from chalicelib.settlement.money import from_base_units
 from chalicelib.verification import guarantee
@@ -113,3 +114,34 @@ def package_document(ports: Ports, view: JobView) -> dict:
             "entry_uri": f"s3://{listing_uri.bucket}/{prefix}/{listing['entry']}",
             "entry_url": link(listing["entry"]),
             "files": [{**f, "download_url": link(f["path"])} for f in listing["files"]]}
+
+
+# Where a job's inputs may lie: uploads and source segments in the artifacts bucket, drops in
+# the intake bucket. A link is only ever made under these, whatever a record names.
+INPUT_PREFIXES = ("inputs/", "segments/")
+
+
+def inputs_document(ports: Ports, view: JobView) -> dict:
+    """Short-lived links to what a job's work read: its source and, for a transcode, each
+    source segment its tasks were cut to (with the hash every task checked), so its client
+    can re-run a task where it likes (`proofline jobs reproduce`). They are the client's own
+    data, so unlike the outputs they are not held back until payment."""
+    job = view.job
+    source = None
+    if job.input_uri is not None:
+        source = {"uri": job.input_uri, "sha256": job.manifest.input_hash,
+                  "url": _input_link(ports, job.input_uri)}
+    segments = [{"index": s["index"], "start_s": s["start_s"], "duration_s": s["duration_s"],
+                 "sha256": s["sha256"], "url": _input_link(ports, s["uri"])}
+                for s in (job.plan.segments if job.plan else [])]
+    return {"job_id": job.job_id, "source": source, "segments": segments}
+
+
+def _input_link(ports: Ports, uri: str) -> str | None:
+    """A GET link for an input the stage keeps, None for one elsewhere (this function's
+    rights, which a presigned link carries, stop at the stage's own input keys)."""
+    where = S3Uri.parse(uri)
+    settings = ports.settings
+    kept = ((where.bucket == settings.artifacts_bucket and where.key.startswith(INPUT_PREFIXES))
+            or (where.bucket == settings.intake_bucket and not where.key.startswith(QUARANTINE)))
+    return ports.blobs.presign_get(where, settings.presign_seconds) if kept else None

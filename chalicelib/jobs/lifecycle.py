@@ -25,6 +25,7 @@ from chalicelib.errors import (
 )
 from chalicelib.jobs import states
 from chalicelib.market.routing import route
+from chalicelib.media import client_split, profiles
 from chalicelib.models import NATIVE_TOKEN, Attempt, Event, Job, Manifest, PaymentToken, State
 from chalicelib.settlement import pricing
 from chalicelib.settlement import rules as settlement
@@ -108,6 +109,8 @@ def _check_inputs(manifest: Manifest, job_class: JobClass) -> None:
         raise InvalidManifest(f"job class {job_class.name} takes exactly one of "
                               f"{[INPUT_FIELDS[k] for k in job_class.inputs]}, got {given}",
                               reason="unsupported_input")
+    if manifest.segments:
+        _check_segments(manifest, job_class)
     limits = job_class.limits
     if manifest.texts and limits.max_texts and len(manifest.texts) > limits.max_texts:
         raise InvalidManifest(f"{len(manifest.texts)} texts; {job_class.name} takes at most "
@@ -122,6 +125,19 @@ def _check_inputs(manifest: Manifest, job_class: JobClass) -> None:
         if len(manifest.prompt.split()) > room:
             raise InvalidManifest(f"the prompt has more words than the model's context leaves "
                                   f"room for ({room} tokens)", reason="prompt_too_long")
+
+
+def _check_segments(manifest: Manifest, job_class: JobClass) -> None:
+    """A source sent with its segments: only where the class plans by segments, and a
+    listing that holds together (each segment is measured against the source later)."""
+    if not job_class.client_split or not manifest.input_uri:
+        raise InvalidManifest(f"job class {job_class.name} takes no segments",
+                              reason="unsupported_input")
+    profile = profiles.get_profile(manifest.profile or job_class.defaults.profile)
+    problems = client_split.listing_problems(manifest.segments, profile.segment_s)
+    if problems:
+        raise InvalidManifest(f"segments: {problems[0]}", reason="invalid_segments",
+                              details=problems[:20])
 
 
 def accept(ports: Ports, manifest: Manifest, *, job_id: str, source: str,

@@ -168,27 +168,41 @@ def promote(ports: Ports, key: str) -> Upload | None:
 
 
 def owned_input(ports: Ports, manifest: Manifest, client: str | None) -> Manifest:
-    """The manifest, if its client owns its input (the input's hash filled in from a
-    content key); 403 input_not_yours otherwise. The input is marked used."""
+    """The manifest, if its client owns its input and every segment it lists (hashes filled
+    in from content keys); 403 input_not_yours otherwise. The inputs are marked used."""
     if not manifest.input_uri:
         return manifest
-    uri = S3Uri.parse(manifest.input_uri)
+    sha, held = _owned(ports, manifest.input_uri, manifest.input_hash, client)
+    changes: dict = {}
+    if sha is not None:
+        sensitivity = "private" if held == "private" else manifest.data_sensitivity
+        changes = {"input_hash": sha, "data_sensitivity": sensitivity}
+    if manifest.segments:
+        owned = [_owned(ports, s.input_uri, s.input_hash, client) for s in manifest.segments]
+        changes["segments"] = [s.model_copy(update={"input_hash": sha or s.input_hash})
+                               for s, (sha, _) in zip(manifest.segments, owned)]
+    return manifest.model_copy(update=changes)
+
+
+def _owned(ports: Ports, input_uri: str, input_hash: str | None,
+           client: str | None) -> tuple[str | None, str | None]:
+    """(content hash, how it is held) of an upload `client` holds, or (None, None) for a
+    drop under the client's intake prefix; 403 input_not_yours otherwise."""
+    uri = S3Uri.parse(input_uri)
     settings = ports.settings
     match = _INPUT_KEY.match(uri.key) if uri.bucket == settings.artifacts_bucket else None
     if match:
         sha = f"sha256:{match.group(1)}"
-        if manifest.input_hash not in (None, sha):
-            raise InvalidRequest(f"{uri} holds {sha}, not {manifest.input_hash}",
+        if input_hash not in (None, sha):
+            raise InvalidRequest(f"{uri} holds {sha}, not {input_hash}",
                                  reason="input_hash_mismatch")
         held = ports.uploads.holds(sha, client)
         if held is not None:
             ports.blobs.tag(uri, USED)
-            sensitivity = "private" if held == "private" else manifest.data_sensitivity
-            return manifest.model_copy(update={"input_hash": sha,
-                                               "data_sensitivity": sensitivity})
+            return sha, held
     elif uri.bucket == settings.intake_bucket and not uri.key.startswith(QUARANTINE) \
             and client is not None and intake_owner(settings.intake_clients, uri.key) == client:
-        return manifest
+        return None, None
     raise Forbidden(f"{uri} is not an input of {client or 'unsigned requests'}: upload it "
                     "first (POST /uploads), or drop it under your intake prefix",
                     reason="input_not_yours")

@@ -142,3 +142,21 @@ def test_an_inference_quote_and_a_price_over_the_ceiling(stack):
     assert quoted["price"] == "0.000115" and quoted["price_units"] == 115
     refused = run(stack, "infer", "quote", "embed_batch", "--token", "DOGE", check=False)
     assert refused.returncode != 0 and "unknown_payment_token" in refused.stderr
+
+
+def test_submit_cuts_the_source_here_unless_told_not_to(stack):
+    plans = {}
+    for flag in ("--split", "--no-split"):
+        result = run(stack, "transcode", "submit", "--input", "source.mp4", "--output",
+                     f"dist/cut{flag}", "--idempotency-key", f"cut{flag}", flag, "--json")
+        summary = json.loads(result.stdout)
+        assert summary["state"] == "settled"
+        shown = json.loads(run(stack, "jobs", "show", summary["job_id"], "--json").stdout)
+        plans[flag] = shown["plan"]
+    assert plans["--split"]["split"]["method"] == "client"
+    assert plans["--no-split"]["split"]["method"] == "copy"
+    # Cut here or there, the same segments of the same source (the bytes differ: a Matroska
+    # file carries an id of its own).
+    assert [(s["start_s"], s["duration_s"]) for s in plans["--split"]["segments"]] == \
+        [(s["start_s"], s["duration_s"]) for s in plans["--no-split"]["segments"]]
+    assert len(plans["--split"]["segments"]) == 2

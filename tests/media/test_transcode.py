@@ -121,14 +121,14 @@ def planned_job(ports, api, path: Path, tmp_path: Path, held=None, **fields):
     from chalicelib.jobs import attempts
     from chalicelib.jobs import lifecycle as jobs
     from chalicelib.models import Manifest
-    from media_worker import transcode as worker
+    from media_worker import planning
     held = held or dataclasses.replace(ports, queues=RecordingQueues())
     slot = api.upload(path)
     manifest = Manifest(kind="ffmpeg_hls", input_uri=slot["input_uri"],
                         input_hash=slot["input_hash"], profile="hls-abr", **fields)
     job, _ = jobs.accept(held, manifest, job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
     running = attempts.start(held, job, 1, "pool:media", redelivered=False)
-    worker.plan_job(held, running, tmp_path, "pool:media")
+    planning.plan_job(held, running, tmp_path, "pool:media")
     return held.store.get(job.job_id), held.tasks.list(job.job_id)
 
 
@@ -527,7 +527,7 @@ def test_a_source_over_the_class_size_limit_fails_before_it_is_downloaded(ports,
     from chalicelib.jobs import attempts
     from chalicelib.jobs import lifecycle as jobs
     from chalicelib.models import Manifest
-    from media_worker import transcode as worker
+    from media_worker import planning
     limited = ports.catalog.job_class("ffmpeg_hls").model_copy(update={"max_input_bytes": 1000})
     catalog = ports.catalog.model_copy(update={"job_classes": {
         **ports.catalog.job_classes, "ffmpeg_hls": limited}})
@@ -537,7 +537,7 @@ def test_a_source_over_the_class_size_limit_fails_before_it_is_downloaded(ports,
                          job_id=f"job-{uuid.uuid4().hex[:16]}", source="http")
     running = attempts.start(held, job, 1, "pool:media", redelivered=False)
     with pytest.raises(Exception) as refused:
-        worker.plan_job(held, running, tmp_path, "pool:media")
+        planning.plan_job(held, running, tmp_path, "pool:media")
     assert not (tmp_path / "source").exists()
     failed = attempts.fail(held, running, 1, refused.value)
     assert (failed.state, failed.reason) == ("failed", "input_too_large")
