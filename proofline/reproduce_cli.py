@@ -168,7 +168,7 @@ def _compare(job_id: str, plan: TranscodePlan, piece: dict, task: Task,
     delivered = work / "delivered" / entry["path"]
     got = _fetch(entry["download_url"], delivered)
     # The recorded hashes the delivered file must match: the listing's and its check's.
-    records_agree = record.get("verified_sha256") in (None, entry["sha256"])
+    records_agree = record.get("verified_sha256") == entry["sha256"]
     if got == here == entry["sha256"] and records_agree:
         side = {"sha256": got, "size_bytes": delivered.stat().st_size}
         return {**row, "verdict": "identical", "failing": [], "delivered": side,
