@@ -22,6 +22,7 @@ from chalicelib.jobs.documents import inputs_document, job_document, package_doc
 from chalicelib.market import challenges, job_leases, leases, workers
 from chalicelib.models import AttemptResult, Job, State
 from chalicelib.settlement import follower, payments, pricing
+from chalicelib.status import board
 from chalicelib.telemetry import lambda_handler, logger, metrics
 
 # One logger: Chalice's `app.log` is the Powertools logger's `logging` logger, without a
@@ -112,6 +113,14 @@ def _deep(params) -> bool:
 @route("/openapi.json")
 def openapi_document():
     return openapi.document()
+
+
+@route("/status.json")
+def status():
+    """The network's public figures: per job class over the last hour and day, and the
+    queues' depths (aggregates only; read from time buckets, never from a scan)."""
+    p = ports.default()
+    return board.status_document(p, p.clock())
 
 
 @route("/quotes", methods=["POST"])

@@ -13,6 +13,7 @@ from eth_account.signers.local import LocalAccount
 from chalicelib.aws.blobs import Blobs
 from chalicelib.aws.queues import Queues
 from chalicelib.aws.sessionstore import DynamoRevocations
+from chalicelib.aws.statusstore import StatusStore
 from chalicelib.aws.store import JobStore
 from chalicelib.aws.taskstore import TaskStore
 from chalicelib.aws.uploadstore import UploadStore
@@ -87,3 +88,4 @@ class Ports:
     session_keys: KeyRing | None = field(default=None, repr=False)
     revocations: DynamoRevocations | None = None
     uploads: UploadStore | None = None
+    status: StatusStore | None = None

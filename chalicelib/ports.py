@@ -12,6 +12,7 @@ from chalicelib.aws.blobs import Blobs
 from chalicelib.aws.queues import Queues
 from chalicelib.aws.resources import RESOURCES
 from chalicelib.aws.sessionstore import DynamoRevocations
+from chalicelib.aws.statusstore import StatusStore
 from chalicelib.aws.store import JobStore
 from chalicelib.aws.taskstore import TaskStore
 from chalicelib.aws.uploadstore import UploadStore
@@ -25,13 +26,14 @@ from chalicelib.market.challenges import close_challenge
 from chalicelib.market.dispatch import dispatch_assigned
 from chalicelib.settlement.chain import SIGNERS, Escrow, connect
 from chalicelib.settlement.payments import request_settlement
+from chalicelib.status.board import record_status
 
 # How the settlement queue is consumed: a batching window, so chain calls go out together.
 SETTLEMENT_QUEUE = RESOURCES.queue("settlement_queue")
 
 # In order: where the work goes next, then money, then bookkeeping.
 AFTER_COMMIT = (dispatch_assigned, request_settlement, close_challenge, count_outcomes,
-                emit_metrics)
+                emit_metrics, record_status)
 
 
 @lru_cache(maxsize=1)
@@ -46,6 +48,7 @@ def default() -> Ports:
                  nonces=DynamoNonceStore(dynamodb, s.idempotency_table),
                  revocations=DynamoRevocations(dynamodb, s.idempotency_table),
                  uploads=UploadStore(dynamodb, s.jobs_table),
+                 status=StatusStore(dynamodb, s.jobs_table, s.idempotency_table),
                  bus=MessageBus(AFTER_COMMIT), audit_secret=_optional("PROOFLINE_AUDIT_SECRET"),
                  session_keys=_session_keys())
 

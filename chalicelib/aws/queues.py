@@ -30,6 +30,22 @@ class Queues:
                 raise RuntimeError(f"{len(response['Failed'])} of {len(chunk)} messages to "
                                    f"{queue} not sent: {response['Failed'][:3]}")
 
+    def depths(self) -> dict[str, dict[str, int]]:
+        """Each work queue's messages waiting and in flight, and its dead-letter queue's
+        waiting (named `<queue>-dlq`): two reads per queue."""
+        found = {}
+        for queue, name in self._names.items():
+            attributes = self._sqs.get_queue_attributes(QueueUrl=self._url(queue), AttributeNames=[
+                "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])[
+                "Attributes"]
+            dead = self._sqs.get_queue_attributes(
+                QueueUrl=self._sqs.get_queue_url(QueueName=f"{name}-dlq")["QueueUrl"],
+                AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+            found[queue] = {"waiting": int(attributes["ApproximateNumberOfMessages"]),
+                            "in_flight": int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+                            "dead_letters": int(dead["ApproximateNumberOfMessages"])}
+        return found
+
     @lru_cache(maxsize=None)
     def _url(self, queue: str) -> str:
         return self._sqs.get_queue_url(QueueName=self._names[queue])["QueueUrl"]

@@ -49,6 +49,7 @@ PAYEE_SIGNED = Rule(Proof.SIGNATURE, "the escrow's payee, signing")
 ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): ANYONE,
     ("GET", "/openapi.json"): ANYONE,
+    ("GET", "/status.json"): ANYONE,
     ("POST", "/quotes"): ANYONE,                       # prices are public
     ("POST", "/sessions"): ANYONE,                     # the sign-in itself
     ("DELETE", "/sessions"): SIGNED_IN,                # revokes the caller's sessions

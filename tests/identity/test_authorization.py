@@ -34,6 +34,7 @@ ROLES = ("nobody", "client_a", "client_b", "worker_a", "worker_b", "operator")
 EXPECTED = {
     ("GET", "/health"):                     (200, 200, 200, 200, 200, 200),
     ("GET", "/openapi.json"):               (200, 200, 200, 200, 200, 200),
+    ("GET", "/status.json"):                (200, 200, 200, 200, 200, 200),
     ("POST", "/quotes"):                    (400, 400, 400, 400, 400, 400),   # no body: refused
     ("POST", "/sessions"):                  (400, 201, 201, 201, 201, 201),
     ("DELETE", "/sessions"):                (401, 200, 200, 200, 200, 200),

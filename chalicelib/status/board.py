@@ -1,0 +1,45 @@
+"""The status page's service: count each committed change into its class's time buckets,
+and read the page's figures back from them (a fixed number of reads, whatever the number of
+jobs), with the queues' depths beside them."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from aws_lambda_powertools import Logger
+
+from chalicelib.bus import Committed
+from chalicelib.context import Ports
+from chalicelib.status import aggregates
+
+logger = Logger(child=True)
+
+
+def record_status(ports: Ports, committed: Committed) -> None:
+    """After commit: add what the change contributes, once (its marker makes a second run
+    add nothing). Best effort: a figure never fails a committed transition."""
+    if ports.status is None:
+        return
+    for contribution in aggregates.contributions(committed):
+        try:
+            ports.status.add(contribution)
+        except Exception:  # noqa: BLE001 - logged; the transition it counts is committed
+            logger.warning("status figures not updated",
+                           extra={"job_id": committed.after.job_id, "key": contribution.key})
+
+
+def status_document(ports: Ports, now: datetime) -> dict:
+    """Per job class, the last hour and day (and the hour minute by minute), and the work
+    queues' depths."""
+    first_minute, last_minute, first_hour, last_hour = aggregates.window_keys(now)
+    classes = {}
+    # "unknown": drops refused before they named a class.
+    for kind in [*sorted(ports.catalog.job_classes), "unknown"]:
+        minutes = ports.status.buckets(kind, first_minute, last_minute)
+        hours = ports.status.buckets(kind, first_hour, last_hour)
+        classes[kind] = {
+            "last_hour": aggregates.figures(aggregates.totals(minutes.values())),
+            "last_day": aggregates.figures(aggregates.totals(hours.values())),
+            "per_minute": {name: aggregates.series(minutes, now, name)
+                           for name in ("settled", "failed", "rejected", "validation_failed")}}
+    return {"generated_at": now.isoformat(), "classes": classes,
+            "queues": ports.queues.depths()}

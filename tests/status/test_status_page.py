@@ -1,0 +1,91 @@
+"""`GET /status.json` on the local stack: its figures are literal counts of the jobs a test
+made, each change counts once however often it is recorded, and the page costs the same
+reads whatever the number of jobs."""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pytest
+import requests
+from conftest import INTAKE, drop, wait_for
+
+from chalicelib import aws as aws_adapter
+from chalicelib.status import aggregates, board
+
+pytestmark = pytest.mark.stack
+
+
+def status(stack) -> dict:
+    response = requests.get(f"{stack.info.api_url}/status.json", timeout=30)
+    assert response.status_code == 200
+    return response.json()
+
+
+def hour(doc: dict, kind: str) -> dict:
+    return doc["classes"][kind]["last_hour"]
+
+
+def reads_of_the_page(ports) -> int:
+    """DynamoDB requests one status document makes (this thread's only)."""
+    here, seen = threading.get_ident(), []
+
+    def observe(service, operation, params, presigned):
+        if service == "dynamodb" and threading.get_ident() == here:
+            seen.append(operation)
+    aws_adapter.observers.append(observe)
+    try:
+        board.status_document(ports, ports.clock())
+    finally:
+        aws_adapter.observers.remove(observe)
+    return len(seen)
+
+
+def test_the_status_figures_are_the_jobs_that_ran(stack, api, aws, ports, clip, tmp_path):
+    before, reads_before = status(stack), reads_of_the_page(ports)
+    slot = api.upload(clip)
+    settled = [api.submit({"kind": "media_probe", "input_uri": slot["input_uri"]},
+                          idempotency_key=str(uuid.uuid4()))[0]["job_id"] for _ in range(3)]
+    garbage = tmp_path / "not-a-video.mp4"
+    garbage.write_bytes(b"this is not a video " * 100)
+    broken = api.upload(garbage)
+    failed = [api.submit({"kind": "media_probe", "input_uri": broken["input_uri"],
+                          "max_attempts": 1}, idempotency_key=str(uuid.uuid4()))[0]["job_id"]
+              for _ in range(2)]
+    key = f"uploads/{uuid.uuid4().hex}.mp4"                   # a drop its sidecar spoils
+    aws.s3.put_object(Bucket=INTAKE, Key=key + ".job.json",
+                      Body=json.dumps({"kind": "media_probe", "max_attempts": 99}))
+    rejected, _ = drop(aws, key, clip)
+    assert {wait_for(api, j)["state"] for j in settled} == {"settled"}
+    reasons = {wait_for(api, j)["reason"] for j in failed}
+    assert {wait_for(api, j)["state"] for j in failed} == {"failed"}
+    assert wait_for(api, rejected)["state"] == "rejected"
+
+    after = status(stack)
+    was, now = hour(before, "media_probe"), hour(after, "media_probe")
+    assert now["settled"] - was["settled"] == 3
+    assert now["validated"] - was["validated"] == 3
+    assert now["failed"] - was["failed"] == 2
+    [reason] = reasons
+    assert now["failed_by_reason"][reason] - was["failed_by_reason"].get(reason, 0) == 2
+    assert hour(after, "unknown")["rejected"] - hour(before, "unknown")["rejected"] == 1
+    assert sum(after["classes"]["media_probe"]["per_minute"]["settled"]) == now["settled"]
+    assert now["time_to_settled_p50_s"] is not None
+    assert after["classes"]["media_probe"]["last_day"]["settled"] >= now["settled"]
+    assert set(after["queues"]) >= {"media", "segments", "checks", "verify"}
+    assert all(set(q) == {"waiting", "in_flight", "dead_letters"}
+               for q in after["queues"].values())
+    # The same number of reads with more jobs behind the figures: buckets, not a scan.
+    assert reads_of_the_page(ports) == reads_before
+
+
+def test_a_change_counted_twice_adds_once(ports):
+    at = ports.clock()
+    contribution = aggregates.Contribution(key=f"job-{uuid.uuid4().hex}#3", kind="status_test",
+                                           at=at, counts={"settled": 1, "latency_01": 1})
+    assert ports.status.add(contribution) is True
+    assert ports.status.add(contribution) is False               # its marker is there
+    first, last, _, _ = aggregates.window_keys(at)
+    buckets = ports.status.buckets("status_test", first, last)
+    assert aggregates.totals(buckets.values())["settled"] == 1
