@@ -143,6 +143,20 @@ class JobStore:
             if (job := _readable(item)) is not None and escrow_open(job):
                 yield job
 
+    def count_open_escrows(self) -> int:
+        """How many escrow jobs' money is not final (the sparse index's size, counted by
+        DynamoDB: one request a megabyte of keys, no items read back)."""
+        total, start = 0, None
+        while True:
+            page = self._db.query(TableName=self._table, IndexName="by_open_escrow",
+                                  KeyConditionExpression="escrow_open = :o", Select="COUNT",
+                                  ExpressionAttributeValues={":o": {"S": "open"}},
+                                  **({"ExclusiveStartKey": start} if start else {}))
+            total += page["Count"]
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return total
+
     def close_escrow(self, job_id: str) -> None:
         """Take a job out of the open-escrow index (its escrow can no longer be funded)."""
         self._db.update_item(TableName=self._table, UpdateExpression="REMOVE escrow_open",

@@ -57,6 +57,14 @@ def follow_chain(ports: Ports) -> int:
     return matched
 
 
+def lag_blocks(ports: Ports) -> int:
+    """Confirmed blocks the follower has not applied yet (what `follow_chain` measures)."""
+    escrow, s = ports.chain.escrow, ports.settings
+    head = escrow.w3.eth.block_number - s.chain_confirmations
+    applied = ports.store.cursor(f"{CURSOR}:{s.chain_id}:{escrow.address}")
+    return max(0, head - (s.chain_start_block - 1 if applied is None else applied))
+
+
 def _log_data(log) -> dict:
     return {"tx_hash": log["transactionHash"].to_0x_hex(), "block": log["blockNumber"]}
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Iterable, Mapping
 
 from chalicelib.bus import Committed
+from chalicelib.market.router import Candidate, capability
 from chalicelib.models import State
 
 # Time to settled, in seconds: each bucket counts the jobs that settled within its bound
@@ -161,3 +162,22 @@ def _text(amount: Decimal) -> str:
 
 def _amount(base_units: int, decimals: int) -> Decimal:
     return Decimal(base_units).scaleb(-decimals)
+
+
+def workers_online(candidates: Iterable[Candidate], pools: Iterable[str], *, region: str,
+                   now: float, heartbeat_ttl_s: float) -> list[dict]:
+    """Workers with a fresh heartbeat, counted by job class, region and trust tier: the
+    built-in pools (one per class in `pools`, in the stage's region, always online,
+    trusted), marketplace workers verified for the class, and those only claiming it."""
+    counted: dict[tuple[str, str, str], int] = {}
+    for kind in pools:
+        counted[(kind, region, "pool")] = 1
+    for candidate in candidates:
+        if now - candidate.last_heartbeat > heartbeat_ttl_s:
+            continue
+        for kind in candidate.price_per_unit:
+            tier = "verified" if capability("class", kind) in candidate.verified else "claimed"
+            key = (kind, candidate.region, tier)
+            counted[key] = counted.get(key, 0) + 1
+    return [{"job_class": kind, "region": region, "tier": tier, "online": count}
+            for (kind, region, tier), count in sorted(counted.items())]

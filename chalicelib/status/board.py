@@ -9,6 +9,7 @@ from aws_lambda_powertools import Logger
 
 from chalicelib.bus import Committed
 from chalicelib.context import Ports
+from chalicelib.settlement import follower
 from chalicelib.status import aggregates
 
 logger = Logger(child=True)
@@ -41,5 +42,27 @@ def status_document(ports: Ports, now: datetime) -> dict:
             "last_day": aggregates.figures(aggregates.totals(hours.values())),
             "per_minute": {name: aggregates.series(minutes, now, name)
                            for name in ("settled", "failed", "rejected", "validation_failed")}}
+    candidates = ports.workers.candidates(now) if ports.workers is not None else []
+    workers = aggregates.workers_online(
+        candidates, sorted(ports.catalog.job_classes), region=ports.settings.region,
+        now=now.timestamp(), heartbeat_ttl_s=ports.settings.heartbeat_ttl_s)
     return {"generated_at": now.isoformat(), "classes": classes,
-            "queues": ports.queues.depths()}
+            "workers": workers, "queues": ports.queues.depths(),
+            "settlement": _settlement(ports, classes)}
+
+
+def _settlement(ports: Ports, classes: dict) -> dict:
+    """The chain's side, aggregates only: releases and refunds over the last day; how many
+    escrows are open; how far the follower is behind the confirmed head."""
+    day = [c["last_day"] for c in classes.values()]
+    found = {"enabled": ports.chain is not None,
+             "releases_last_day": sum(d["releases"] for d in day),
+             "refunds_last_day": sum(d["refunds"] for d in day),
+             "open_escrows": ports.store.count_open_escrows(),
+             "follower_lag_blocks": None}
+    if ports.chain is not None:
+        try:
+            found["follower_lag_blocks"] = follower.lag_blocks(ports)
+        except Exception:  # noqa: BLE001 - the page shows what it can; the chain may be down
+            logger.warning("chain unreachable for the status page")
+    return found

@@ -69,3 +69,21 @@ def test_the_hour_minute_by_minute_has_sixty_points_oldest_first():
     first, last, first_hour, last_hour = aggregates.window_keys(now)
     assert (first, last) == ("M#2026-12-02T13:31", "M#2026-12-02T14:30")
     assert (first_hour, last_hour) == ("H#2026-12-01T15", "H#2026-12-02T14")
+
+
+def test_workers_online_by_class_region_and_tier():
+    from decimal import Decimal
+
+    from chalicelib.market.router import Candidate, capability
+    now = T0.timestamp()
+    fresh = dict(region="eu-west-1", last_heartbeat=now - 5,
+                 price_per_unit={"ffmpeg_hls": Decimal(1)})
+    rows = aggregates.workers_online(
+        [Candidate(worker="a", verified=frozenset({capability("class", "ffmpeg_hls")}), **fresh),
+         Candidate(worker="b", **fresh),
+         Candidate(worker="c", **{**fresh, "last_heartbeat": now - 600})],      # gone quiet
+        ["ffmpeg_hls"], region="us-east-1", now=now, heartbeat_ttl_s=60)
+    assert rows == [
+        {"job_class": "ffmpeg_hls", "region": "eu-west-1", "tier": "claimed", "online": 1},
+        {"job_class": "ffmpeg_hls", "region": "eu-west-1", "tier": "verified", "online": 1},
+        {"job_class": "ffmpeg_hls", "region": "us-east-1", "tier": "pool", "online": 1}]

@@ -76,6 +76,11 @@ def test_the_status_figures_are_the_jobs_that_ran(stack, api, aws, ports, clip, 
     assert set(after["queues"]) >= {"media", "segments", "checks", "verify"}
     assert all(set(q) == {"waiting", "in_flight", "dead_letters"}
                for q in after["queues"].values())
+    pools = {(w["job_class"], w["tier"]) for w in after["workers"]}
+    assert {("media_probe", "pool"), ("ffmpeg_hls", "pool"), ("embed_batch", "pool")} <= pools
+    assert after["settlement"]["enabled"] is True
+    assert after["settlement"]["follower_lag_blocks"] is not None
+    assert isinstance(after["settlement"]["open_escrows"], int)
     # The same number of reads with more jobs behind the figures: buckets, not a scan.
     assert reads_of_the_page(ports) == reads_before
 
