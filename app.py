@@ -22,7 +22,7 @@ from chalicelib.jobs.documents import inputs_document, job_document, package_doc
 from chalicelib.market import challenges, job_leases, leases, workers
 from chalicelib.models import AttemptResult, Job, State
 from chalicelib.settlement import follower, payments, pricing
-from chalicelib.status import board
+from chalicelib.status import board, html
 from chalicelib.telemetry import lambda_handler, logger, metrics
 
 # One logger: Chalice's `app.log` is the Powertools logger's `logging` logger, without a
@@ -32,6 +32,12 @@ app = Chalice(app_name="proofline", configure_logs=False)
 # metrics flushed when it returns.
 app.register_middleware(ConvertToMiddleware(lambda_handler))
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+# Pages are whole documents drawn here: nothing of theirs runs or loads from elsewhere.
+PAGE_HEADERS = {"Content-Type": "text/html; charset=utf-8",
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                           "img-src 'self' data:; base-uri 'none'; "
+                                           "frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=30"}
 
 
 @app.authorizer()
@@ -117,10 +123,16 @@ def openapi_document():
 
 @route("/status.json")
 def status():
-    """The network's public figures: per job class over the last hour and day, and the
-    queues' depths (aggregates only; read from time buckets, never from a scan)."""
+    """The network's public figures: per job class over the last hour and day, workers,
+    queues and settlement (aggregates only; read from time buckets, never from a scan)."""
     p = ports.default()
     return board.status_document(p, p.clock())
+
+
+@route("/status")
+def status_page():
+    """The same figures as a page, its plots drawn here: readable without JavaScript."""
+    return Response(html.page(status()), headers=PAGE_HEADERS)
 
 
 @route("/quotes", methods=["POST"])

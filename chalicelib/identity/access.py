@@ -50,6 +50,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): ANYONE,
     ("GET", "/openapi.json"): ANYONE,
     ("GET", "/status.json"): ANYONE,
+    ("GET", "/status"): ANYONE,
     ("POST", "/quotes"): ANYONE,                       # prices are public
     ("POST", "/sessions"): ANYONE,                     # the sign-in itself
     ("DELETE", "/sessions"): SIGNED_IN,                # revokes the caller's sessions

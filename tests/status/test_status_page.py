@@ -13,6 +13,7 @@ from conftest import INTAKE, drop, wait_for
 
 from chalicelib import aws as aws_adapter
 from chalicelib.status import aggregates, board
+from proofline import clips
 
 pytestmark = pytest.mark.stack
 
@@ -42,8 +43,10 @@ def reads_of_the_page(ports) -> int:
     return len(seen)
 
 
-def test_the_status_figures_are_the_jobs_that_ran(stack, api, aws, ports, clip, tmp_path):
+def test_the_status_figures_are_the_jobs_that_ran(stack, api, aws, ports, tmp_path):
     before, reads_before = status(stack), reads_of_the_page(ports)
+    # A clip of this test's own: bytes an unsigned client uploads become its to use.
+    clip = clips.make_clip(tmp_path / "status.mp4", seconds=1.0, width=176, height=144)
     slot = api.upload(clip)
     settled = [api.submit({"kind": "media_probe", "input_uri": slot["input_uri"]},
                           idempotency_key=str(uuid.uuid4()))[0]["job_id"] for _ in range(3)]
@@ -94,3 +97,16 @@ def test_a_change_counted_twice_adds_once(ports):
     first, last, _, _ = aggregates.window_keys(at)
     buckets = ports.status.buckets("status_test", first, last)
     assert aggregates.totals(buckets.values())["settled"] == 1
+
+
+def test_the_status_page_shows_the_figures_without_javascript(stack):
+    response = requests.get(f"{stack.info.api_url}/status", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    page, doc = response.text, status(stack)
+    assert "<script" not in page
+    for kind in ("media_probe", "ffmpeg_hls"):
+        assert f"id='class-{kind}'" in page
+    settled = hour(doc, "media_probe")["settled"]
+    assert f"last hour per minute: settled {settled}," in page
