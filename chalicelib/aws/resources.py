@@ -66,6 +66,8 @@ RESOURCES = Resources(
             Index("by_state", "state", "created_at"),
             Index("by_deadline", "due_state", "next_deadline"),
             Index("by_client", "client", "created_at"),     # sparse: jobs that name a client
+            # sparse: committed events whose status figures are not added yet
+            Index("by_status_due", "status_due", "status_at"),
             # sparse: escrow jobs whose money is not final (what reconciliation walks)
             Index("by_open_escrow", "escrow_open", "created_at"),
         )),

@@ -8,10 +8,12 @@ reads two queries per class, whatever the number of jobs.
 """
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta
 
 from botocore.exceptions import ClientError
 
+from chalicelib.aws.store import STATUS_SHARDS, event_key, stamp
 from chalicelib.status.aggregates import Contribution, hour_key, minute_key
 
 MARK_TTL = timedelta(days=2)
@@ -49,13 +51,43 @@ class StatusStore:
                          "Item": {"id": {"S": f"status#{contribution.key}"},
                                   "expiration": {"N": str(int((at + MARK_TTL).timestamp()))}}}},
                 bucket(minute_key(at), at + MINUTE_TTL),
-                bucket(hour_key(at), at + HOUR_TTL)])
+                bucket(hour_key(at), at + HOUR_TTL),
+                *self._settle(contribution)])
         except ClientError as exc:
             reasons = exc.response.get("CancellationReasons") or []
-            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
-                return False                    # its marker is there: counted already
-            raise
+            if not (reasons and reasons[0].get("Code") == "ConditionalCheckFailed"):
+                raise
+            for update in self._settle(contribution):        # counted already: not due
+                self._db.update_item(**update["Update"])
+            return False
         return True
+
+    def _settle(self, contribution: Contribution) -> list[dict]:
+        """Take the event out of the sweeper's index (where it was committed with its job)."""
+        job_id, _, seq = contribution.key.rpartition("#")
+        if not job_id or not seq.isdigit():
+            return []
+        return [{"Update": {"TableName": self._jobs, "Key": event_key(job_id, int(seq)),
+                            "UpdateExpression": "REMOVE status_due, status_at, #status",
+                            "ConditionExpression": "attribute_exists(pk)",
+                            "ExpressionAttributeNames": {"#status": "status"}}}]
+
+    def due(self, before: datetime, limit: int = 100) -> list[Contribution]:
+        """Contributions committed before `before` and not added yet (a crash between a
+        commit and its handler), oldest first in each shard."""
+        found = []
+        for shard in range(STATUS_SHARDS):
+            page = self._db.query(
+                TableName=self._jobs, IndexName="by_status_due", Limit=limit,
+                KeyConditionExpression="status_due = :s AND status_at < :t",
+                ExpressionAttributeValues={":s": {"S": f"due#{shard}"},
+                                           ":t": {"S": stamp(before)}})
+            for item in page["Items"]:
+                stored = json.loads(item["status"]["S"])
+                found.append(Contribution(key=stored["key"], kind=stored["kind"],
+                                          at=datetime.fromisoformat(stored["at"]),
+                                          counts=stored["counts"]))
+        return found
 
     def buckets(self, kind: str, first: str, last: str) -> dict[str, dict[str, int]]:
         """The class's buckets with keys from `first` to `last` (one kind: M# or H#)."""

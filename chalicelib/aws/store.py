@@ -8,6 +8,8 @@ only what indexes and conditions need is lifted into top-level attributes.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
@@ -16,9 +18,11 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from chalicelib.bus import Committed
 from chalicelib.errors import JobExists, JobNotFound, StaleVersion
 from chalicelib.jobs.states import NON_TERMINAL
 from chalicelib.models import Attempt, Event, Job, State, Task
+from chalicelib.status.aggregates import Contribution, contributions
 
 logger = Logger(service="proofline")
 
@@ -52,14 +56,18 @@ class JobStore:
         extra = [{"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(pk)",
                           "Item": {"pk": {"S": f"ALIAS#{a}"}, "sk": {"S": JOB_SK},
                                    "job_id": {"S": job.job_id}}}} for a in aliases]
-        self._transact(job.job_id, put, events, attempts, on_conflict=JobExists, extra=extra)
+        events = tuple(events)
+        self._transact(job.job_id, put, events, attempts, on_conflict=JobExists, extra=extra,
+                       counted=contributions(Committed(None, job, events)))
 
     def commit(self, expected: Job, job: Job, events: Iterable[Event] = (),
                attempts: Iterable[Attempt] = ()) -> None:
         """Replace `expected` by `job`; StaleVersion (carrying the stored job) if it moved."""
         put = self._job_put(job, "version = :expected",
                             {":expected": {"N": str(expected.version)}})
-        self._transact(job.job_id, put, events, attempts, on_conflict=StaleVersion)
+        events = tuple(events)
+        self._transact(job.job_id, put, events, attempts, on_conflict=StaleVersion,
+                       counted=contributions(Committed(expected, job, events)))
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, job_id: str) -> Job:
@@ -229,12 +237,17 @@ class JobStore:
         return {"Put": put}
 
     def _transact(self, job_id: str, job_put: dict, events: Iterable[Event],
-                  attempts: Iterable[Attempt], on_conflict: type, extra: list = ()) -> None:
+                  attempts: Iterable[Attempt], on_conflict: type, extra: list = (),
+                  counted: Iterable[Contribution] = ()) -> None:
         pk = {"S": _pk(job_id)}
         items = [job_put, *extra]
+        # An event the status figures count carries its contribution until it is added
+        # (`StatusStore.add`): the sweeper adds what a crash left behind (`by_status_due`).
+        due = {c.key: status_due(c) for c in counted}
         items += [{"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(sk)",
                            "Item": {"pk": pk, "sk": {"S": f"EVT#{e.seq:08d}"},
-                                    "doc": {"S": e.model_dump_json()}}}} for e in events]
+                                    "doc": {"S": e.model_dump_json()},
+                                    **due.get(f"{job_id}#{e.seq}", {})}}} for e in events]
         latest = {a.number: a for a in attempts}      # folded steps may touch one attempt twice
         items += [{"Put": {"TableName": self._table,
                            "Item": {"pk": pk, "sk": {"S": f"ATT#{a.number:03d}"},
@@ -296,6 +309,23 @@ def escrow_open(job: Job) -> bool:
 
 def _pk(job_id: str) -> str:
     return f"JOB#{job_id}"
+
+
+def event_key(job_id: str, seq: int) -> dict:
+    return {"pk": {"S": _pk(job_id)}, "sk": {"S": f"EVT#{seq:08d}"}}
+
+
+STATUS_SHARDS = 8              # the sparse index's partitions: commits spread over them
+
+
+def status_due(contribution: Contribution) -> dict:
+    """The attributes that put an event in `by_status_due` until its figures are added."""
+    shard = int(hashlib.sha256(contribution.key.encode()).hexdigest(), 16) % STATUS_SHARDS
+    return {"status_due": {"S": f"due#{shard}"},
+            "status_at": {"S": stamp(contribution.at)},
+            "status": {"S": json.dumps({"key": contribution.key, "kind": contribution.kind,
+                                        "at": contribution.at.isoformat(),
+                                        "counts": dict(contribution.counts)})}}
 
 
 def _readable(item: dict) -> Job | None:

@@ -17,13 +17,15 @@ from chalicelib.market.job_leases import extend
 from chalicelib.market.workers import observe
 from chalicelib.models import Attempt, AttemptResult, Job, State
 from chalicelib.settlement.payments import release_due
+from chalicelib.status import board
 
 logger = Logger(child=True)
 
 
 def sweep(ports: Ports) -> list[tuple[str, str]]:
     """Move every job and task whose deadline passed; returns (job or task, action) pairs."""
-    return sweep_jobs(ports) + leases.sweep(ports)
+    repaired = [(key, "status_counted") for key in board.repair_status(ports, ports.clock())]
+    return sweep_jobs(ports) + leases.sweep(ports) + repaired
 
 
 def sweep_jobs(ports: Ports) -> list[tuple[str, str]]:

@@ -3,7 +3,7 @@ and read the page's figures back from them (a fixed number of reads, whatever th
 jobs), with the queues' depths beside them."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from aws_lambda_powertools import Logger
 
@@ -26,6 +26,23 @@ def record_status(ports: Ports, committed: Committed) -> None:
         except Exception:  # noqa: BLE001 - logged; the transition it counts is committed
             logger.warning("status figures not updated",
                            extra={"job_id": committed.after.job_id, "key": contribution.key})
+
+
+# A contribution its own handler has not added this long after its commit was lost to a
+# crash (or an error): the sweeper adds it.
+REPAIR_AFTER = timedelta(minutes=1)
+
+
+def repair_status(ports: Ports, now: datetime) -> list[str]:
+    """The sweeper's part: add the contributions committed a while ago and still due (each
+    once: a marker makes an add that did happen a no-op). Returns their keys."""
+    if ports.status is None:
+        return []
+    repaired = []
+    for contribution in ports.status.due(now - REPAIR_AFTER):
+        if ports.status.add(contribution):
+            repaired.append(contribution.key)
+    return repaired
 
 
 def status_document(ports: Ports, now: datetime) -> dict:

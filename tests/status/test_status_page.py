@@ -3,6 +3,7 @@ made, each change counts once however often it is recorded, and the page costs t
 reads whatever the number of jobs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -12,6 +13,7 @@ import requests
 from conftest import INTAKE, drop, wait_for
 
 from chalicelib import aws as aws_adapter
+from chalicelib.bus import Committed
 from chalicelib.status import aggregates, board
 from proofline import clips
 
@@ -88,15 +90,33 @@ def test_the_status_figures_are_the_jobs_that_ran(stack, api, aws, ports, tmp_pa
     assert reads_of_the_page(ports) == reads_before
 
 
-def test_a_change_counted_twice_adds_once(ports):
-    at = ports.clock()
-    contribution = aggregates.Contribution(key=f"job-{uuid.uuid4().hex}#3", kind="status_test",
-                                           at=at, counts={"settled": 1, "latency_01": 1})
-    assert ports.status.add(contribution) is True
-    assert ports.status.add(contribution) is False               # its marker is there
-    first, last, _, _ = aggregates.window_keys(at)
-    buckets = ports.status.buckets("status_test", first, last)
-    assert aggregates.totals(buckets.values())["settled"] == 1
+def test_a_count_lost_after_its_commit_is_added_once_by_the_sweeper(ports):
+    """A change is committed and its after-commit handlers never run (a crash): its
+    contribution waits on its event; the sweeper adds it, once, and a late handler adds
+    nothing more."""
+    from chalicelib.bus import MessageBus
+    from chalicelib.errors import InvalidManifest
+    from chalicelib.jobs import lifecycle
+    from chalicelib.status.board import REPAIR_AFTER, record_status, repair_status
+    crashed = dataclasses.replace(ports, bus=MessageBus(()))
+    job = lifecycle.reject(crashed, key=f"s3:lost/{uuid.uuid4().hex}", uri="s3://bucket-a/x",
+                           error=InvalidManifest("spoiled sidecar", reason="invalid_value"))
+    later = ports.clock() + REPAIR_AFTER * 2
+    [due] = [c for c in ports.status.due(later) if c.key.startswith(job.job_id)]
+    assert dict(due.counts) == {"rejected": 1}
+    first, last, _, _ = aggregates.window_keys(due.at)
+
+    def rejected() -> int:
+        return aggregates.totals(ports.status.buckets("unknown", first, last).values()
+                                 ).get("rejected", 0)
+    before = rejected()
+    # What the sweeper runs (every minute), a while after the commit.
+    assert due.key in repair_status(ports, later)
+    assert rejected() - before == 1
+    assert not [c for c in ports.status.due(later) if c.key.startswith(job.job_id)]
+    view = ports.store.view(job.job_id)
+    record_status(ports, Committed(None, view.job, tuple(view.events)))       # a late run
+    assert rejected() - before == 1
 
 
 def test_the_status_page_shows_the_figures_without_javascript(stack):
