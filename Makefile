@@ -9,7 +9,7 @@ PYTHON312 ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python3.12 $$(com
 
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: install demo test test-unit test-py312 print-python312 bench contracts lint-template clean
+.PHONY: install browser demo test test-unit test-py312 print-python312 bench contracts lint-template clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ $(NODE_STAMP): package.json package-lock.json
 
 install: $(STAMP) $(NODE_STAMP)
 
+# The pages' tests drive a real browser: Debian's Chromium and its driver (never a download
+# at test time). As root, or through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromedriver >/dev/null && { command -v chromium || command -v chromium-browser; } >/dev/null \
+		|| { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
 # Recompile the escrow into chalicelib/settlement/artifacts/ (committed, and packaged with the
 # control plane: the runtime needs no compiler).
 contracts: $(NODE_STAMP)
@@ -31,7 +38,7 @@ contracts: $(NODE_STAMP)
 demo: install
 	$(PY) scripts/demo.py $(ARGS)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
 
 test-unit: install

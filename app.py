@@ -37,7 +37,7 @@ PAGE_HEADERS = {"Content-Type": "text/html; charset=utf-8",
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
                                            "img-src 'self' data:; base-uri 'none'; "
                                            "frame-ancestors 'none'",
-                "X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=30"}
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 
 @app.authorizer()

@@ -105,7 +105,24 @@ def run(stack: dict) -> int:
                           f"{report['duration_s']:.2f} s, {len(report['streams'])} streams")
         if job["state"] != "settled":
             console.print(f"{job_id} [red]{job['state']}[/red] {job.get('reason')}")
-    return 0 if ok else 1
+    return 0 if (ok and status(stack)) else 1
+
+
+def status(stack: dict) -> bool:
+    """The network's status page, and what it counted of the demo's jobs."""
+    console.rule("status")
+    figures = requests.get(f"{stack['api_url']}/status.json", timeout=30).json()
+    for kind, shown in figures["classes"].items():
+        hour = shown["last_hour"]
+        if hour["settled"] or hour["failed"] or hour["rejected"]:
+            costs = ", ".join(f"{amount} {symbol}" for symbol, amount
+                              in hour["cost_per_validated_result"].items() if amount)
+            console.print(f"{kind}: {hour['settled']} settled, {hour['failed']} failed, "
+                          f"{hour['rejected']} rejected in the last hour"
+                          + (f"; cost per validated result {costs}" if costs else ""))
+    console.print(f"status page: [bold]{stack['api_url']}/status[/bold] "
+                  "(kept up with `make demo ARGS=--keep`)")
+    return bool(figures["classes"]["media_probe"]["last_hour"]["settled"])
 
 
 def transcode(stack: dict) -> int:

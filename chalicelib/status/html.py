@@ -28,6 +28,7 @@ def page(document: dict) -> str:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
+        "<link rel=icon href='data:,'>"
         f"<title>Proofline status</title><style>{STYLE}</style></head><body>"
         "<h1>Proofline network status</h1>"
         f"<p class=muted>Generated {escape(document['generated_at'])}; "
