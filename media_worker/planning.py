@@ -12,7 +12,6 @@ client's mistake or lie fails the job with the reason instead of a worker's chec
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -27,10 +26,10 @@ from chalicelib.models import Job, SegmentRef, Task, TranscodePlan
 
 from . import segments
 from .inputs import fetch_input
+from .sidebyside import side_by_side
 
 FFMPEG_TIMEOUT_S = 240
 SEGMENT_LIMIT = 2 << 30
-TRANSFERS = 8                    # S3 requests in flight at once
 HEADER_TIMEOUT_S = 30
 
 
@@ -110,9 +109,7 @@ def _segments_cut(p: Ports, job: Job, profile: profiles.Profile, workdir: Path,
     split = segments.plan_split(info, profile.segment_s)
     pieces = clock.lap("split", segments.split_source(path, workdir / "split", split,
                                                       timeout_s=FFMPEG_TIMEOUT_S))
-    with ThreadPoolExecutor(TRANSFERS) as transfers:     # S3 calls wait on the network
-        stored = clock.lap("store", list(transfers.map(lambda piece: _store(p, piece),
-                                                       pieces)))
+    stored = clock.lap("store", side_by_side(lambda piece: _store(p, piece), pieces))
     source = Source(width=info.width, height=info.height, rotation=info.rotation,
                     frame_rate=info.frame_rate, codec=info.codec,
                     variable_frame_rate=info.variable_frame_rate, duration_s=info.duration_s,
@@ -144,10 +141,9 @@ def _segments_sent(p: Ports, job: Job, profile: profiles.Profile, workdir: Path,
                           source_height=header.height, rotation=header.rotation)
     refs = job.manifest.segments
     (workdir / "segments").mkdir()
-    with ThreadPoolExecutor(TRANSFERS) as transfers:     # each fetch waits on S3 alone
-        measured = clock.lap("measure", list(transfers.map(
-            lambda item: _measure(p, item[1], workdir / "segments" / f"{item[0]:05d}"),
-            enumerate(refs))))
+    measured = clock.lap("measure", side_by_side(
+        lambda item: _measure(p, item[1], workdir / "segments" / f"{item[0]:05d}"),
+        list(enumerate(refs))))
     problems = client_split.measured_problems(refs, measured, client_split.SourceHeader(
         width=header.width, height=header.height, rotation=header.rotation,
         frame_rate=header.frame_rate, duration_s=header.duration_s))

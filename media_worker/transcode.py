@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from chalicelib.verification.policies import Verdict
 
 from . import verify
 from .ffmpeg import decode_check, ffmpeg_version, run_ffmpeg
+from .sidebyside import side_by_side
 
 FFMPEG_TIMEOUT_S = 240
 OUTPUT_LIMIT = 2 << 30
@@ -36,7 +36,6 @@ SOURCE_LIMIT = 16 << 30          # the audio check reads the whole source (job c
 FINGERPRINT_LIMIT = 64 << 20
 PLAYLIST_LIMIT = 1 << 20         # the audio track's playlist, read for the package's check
 PACKAGE_TOLERANCE_S = 0.5
-TRANSFERS = 8                    # S3 requests in flight at once (segments stored, copied)
 
 
 # -- one segment's tasks -------------------------------------------------------------------
@@ -247,13 +246,12 @@ def _assemble_hls(p: Ports, plan: TranscodePlan, tasks: dict[str, Task],
     listed = {path: (media.sha256_bytes(data), len(data)) for path, data in playlists.items()}
     listed.update({path: (o.sha256, o.size_bytes) for path, o in delivered.items()})
     manifest, digest, prefix = _manifest(plan, hls.MASTER, listed)
-    with ThreadPoolExecutor(TRANSFERS) as transfers:     # each copy waits on S3 alone
-        list(transfers.map(lambda item: p.blobs.put(
-            _in_package(p, prefix, item[0]), item[1], content_type=_content_type(Path(item[0]))),
-            playlists.items()))
-        placed = dict(zip(delivered, transfers.map(
-            lambda item: _place(p, item[1], _in_package(p, prefix, item[0])),
-            delivered.items())))
+    side_by_side(lambda item: p.blobs.put(_in_package(p, prefix, item[0]), item[1],
+                                          content_type=_content_type(Path(item[0]))),
+                 list(playlists.items()))
+    placed = dict(zip(delivered, side_by_side(      # each copy waits on S3 alone
+        lambda item: _place(p, item[1], _in_package(p, prefix, item[0])),
+        list(delivered.items()))))
     wrong += [path for path, ok in placed.items() if not ok]
     # The first failed check names the job's reason: a file that is not what was verified
     # comes first, whatever else it breaks.

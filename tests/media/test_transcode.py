@@ -300,7 +300,7 @@ def drive_in_process(held) -> dict:
 def assemble_observed(held, message: dict, tmp_path: Path, monkeypatch) -> list[tuple]:
     """The held assembly, run here with every S3 call it makes recorded (operation, key,
     copy source key) and FFmpeg's decoder out of reach."""
-    import threading
+    import contextvars
     from urllib.parse import unquote
 
     import media_worker.ffmpeg
@@ -314,10 +314,13 @@ def assemble_observed(held, message: dict, tmp_path: Path, monkeypatch) -> list[
     monkeypatch.setattr(worker, "decode_check", no_decoding)
     monkeypatch.setattr(worker, "run_ffmpeg", no_decoding)
     seen: list[tuple] = []
-    here = threading.get_ident()          # the stack's own threads share this process
+    # The stack's own threads share this process: only the assembly's calls count (its
+    # transfers run on threads of their own, in copies of its context).
+    ours = contextvars.ContextVar("assembly_under_test", default=False)
+    token = ours.set(True)
 
     def observe(service, operation, params, presigned):
-        if service == "s3" and threading.get_ident() == here:
+        if service == "s3" and ours.get():
             source = params.get("CopySource")       # "bucket/key" once botocore quoted it
             if isinstance(source, str):
                 source = unquote(source.lstrip("/").partition("/")[2].split("?")[0])
@@ -330,6 +333,7 @@ def assemble_observed(held, message: dict, tmp_path: Path, monkeypatch) -> list[
         handler.SEGMENT_WORK["assemble"](held, message, tmp_path / "assembly", False)
     finally:
         aws_adapter.observers.remove(observe)
+        ours.reset(token)
     return seen
 
 
