@@ -110,7 +110,8 @@ def figures(summed: Mapping[str, int]) -> dict:
     """What the page shows of one class over one window."""
     validated, invalid = summed.get("validated", 0), summed.get("validation_failed", 0)
     settled, failed = summed.get("settled", 0), summed.get("failed", 0)
-    charged = {name.split(":")[1]: _amount(value, int(name.split(":")[2]))
+    charged = {name.split(":")[1]: (_amount(value, int(name.split(":")[2])),
+                                    int(name.split(":")[2]))
                for name, value in summed.items() if name.startswith("charged:")}
     return {
         "settled": settled, "failed": failed, "rejected": summed.get("rejected", 0),
@@ -125,9 +126,11 @@ def figures(summed: Mapping[str, int]) -> dict:
         "time_to_settled_p95_s": percentile(summed, 0.95),
         # What clients paid for settled jobs, per validated result (retries' results are
         # not results: a retry's cost is in the settled job's charge).
-        "cost_per_validated_result": {symbol: _text(amount / validated) if validated else None
-                                      for symbol, amount in charged.items()},
-        "charged": {symbol: _text(amount) for symbol, amount in charged.items()},
+        # (to the token's own precision: a share of a base unit is not money)
+        "cost_per_validated_result": {
+            symbol: _text((amount / validated).quantize(Decimal(1).scaleb(-decimals)))
+            if validated else None for symbol, (amount, decimals) in charged.items()},
+        "charged": {symbol: _text(amount) for symbol, (amount, _) in charged.items()},
         "releases": summed.get("releases", 0), "refunds": summed.get("refunds", 0),
     }
 

@@ -87,3 +87,9 @@ def test_workers_online_by_class_region_and_tier():
         {"job_class": "ffmpeg_hls", "region": "eu-west-1", "tier": "claimed", "online": 1},
         {"job_class": "ffmpeg_hls", "region": "eu-west-1", "tier": "verified", "online": 1},
         {"job_class": "ffmpeg_hls", "region": "us-east-1", "tier": "pool", "online": 1}]
+
+
+def test_a_cost_per_result_keeps_to_the_tokens_precision():
+    shown = aggregates.figures({"validated": 3, "charged:PUSD:6": 100})
+    assert shown["cost_per_validated_result"] == {"PUSD": "0.000033"}
+    assert shown["charged"] == {"PUSD": "0.0001"}
