@@ -171,9 +171,14 @@ def _assign_many(ports: Ports, due: list[DueAssignment]) -> dict[str, str]:
         event = "escrow.reassigned" if d.reassign else "escrow.assigned"
         data = {**receipt.as_event(), "worker": d.payee, "price": str(d.price),
                 **({"batch": len(due)} if len(due) > 1 else {})}
-        apply(ports, ports.store.get(d.job_id), lambda j, event=event, data=data, d=d: noted(
-            j, ports, event, {**data, "symbol": j.escrow.symbol},
-            escrow=j.escrow.model_copy(update={"payee": d.payee})))
+
+        def record(j: Job, event=event, data=data, d=d):
+            if any(e.data.get("tx_hash") == data["tx_hash"]
+                   for e in ports.store.view(j.job_id).events):
+                return None        # the chain follower saw the transaction first and noted it
+            return noted(j, ports, event, {**data, "symbol": j.escrow.symbol},
+                         escrow=j.escrow.model_copy(update={"payee": d.payee}))
+        apply(ports, ports.store.get(d.job_id), record)
         outcomes[d.job_id] = "reassigned" if d.reassign else "assigned"
     return outcomes
 
