@@ -9,6 +9,7 @@ challenge too.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -540,7 +541,10 @@ def shape(value):
     return "list" if isinstance(value, list) else type(value).__name__
 
 
-def test_a_challenge_and_a_client_job_look_the_same_to_a_worker(api, stack, market, media_dir):
+@contextlib.contextmanager
+def cheapest_recorder(api, stack):
+    """A LeaseRecorder priced below every other agent, through its challenge; it leaves
+    the market afterwards."""
     account = Account.create()
     recorder = LeaseRecorder(api=api, account=account,
                              did=did_for(account.address, stack.info.chain_id),
@@ -550,6 +554,15 @@ def test_a_challenge_and_a_client_job_look_the_same_to_a_worker(api, stack, mark
     try:
         wait_until(lambda: challenge_state(api, recorder.did) == "passed", 120,
                    "the recorder's challenge to pass")
+        yield recorder
+    finally:
+        recorder.stop()
+        thread.join(timeout=60)
+        leave(api, account, recorder.did)
+
+
+def test_a_challenge_and_a_client_job_look_the_same_to_a_worker(api, stack, market, media_dir):
+    with cheapest_recorder(api, stack) as recorder:
         challenge_job = api.worker(recorder.did)["challenges"]["ffmpeg_hls"]["job_id"]
         source = clips.make_gop_clip(media_dir / "lookalike.mp4", seconds=6.0, gop=100,
                                      width=320, height=240, fps=25)
@@ -559,10 +572,6 @@ def test_a_challenge_and_a_client_job_look_the_same_to_a_worker(api, stack, mark
                             idempotency_key=str(uuid.uuid4()))
         final = wait_for(api, job["job_id"], timeout=180)
         assert final["state"] == "settled"
-    finally:
-        recorder.stop()
-        thread.join(timeout=60)
-        leave(api, account, recorder.did)
     leases = [lease for lease in getattr(recorder, "leases", []) if lease["kind"] == "task"]
     challenge = [lease for lease in leases if lease["job_id"] == challenge_job]
     client = [lease for lease in leases if lease["job_id"] == job["job_id"]]
@@ -578,15 +587,7 @@ def test_a_worker_leases_a_segments_renditions_together_and_each_is_judged_alone
         api, stack, market, media_dir):
     """One lease per segment: its renditions, one input URL, an output slot each; the agent
     encodes them in one run and each task is submitted, verified and paid on its own."""
-    account = Account.create()
-    recorder = LeaseRecorder(api=api, account=account,
-                             did=did_for(account.address, stack.info.chain_id),
-                             claims=claims("0.0000001"), heartbeat_every_s=1, poll_s=0.3,
-                             log=lambda _: None)
-    thread = in_thread(recorder)
-    try:
-        wait_until(lambda: challenge_state(api, recorder.did) == "passed", 120,
-                   "the recorder's challenge to pass")
+    with cheapest_recorder(api, stack) as recorder:
         source = clips.make_gop_clip(media_dir / "ladder-market.mp4", seconds=7.0, gop=100,
                                      width=640, height=480, fps=25)
         slot = api.upload(source)
@@ -595,10 +596,6 @@ def test_a_worker_leases_a_segments_renditions_together_and_each_is_judged_alone
                             idempotency_key=str(uuid.uuid4()))
         final = wait_for(api, job["job_id"], timeout=180)
         assert final["state"] == "settled"
-    finally:
-        recorder.stop()
-        thread.join(timeout=60)
-        leave(api, account, recorder.did)
     renditions = sorted(r["name"] for r in final["plan"]["renditions"])
     assert len(renditions) >= 2
     mine = [lease for lease in recorder.leases if lease["job_id"] == job["job_id"]]
