@@ -141,7 +141,7 @@ def _source_info(container, stream, seen: Packets) -> SourceInfo:
     )
 
 
-class SourceHeader(Model):
+class HeaderProbe(Model):
     """A source as its header describes it: read without fetching the whole file."""
     codec: str
     width: int
@@ -152,7 +152,7 @@ class SourceHeader(Model):
     duration_s: float = Field(gt=0)
 
 
-def probe_header(location: str, *, timeout_s: float = 30) -> SourceHeader:
+def probe_header(location: str, *, timeout_s: float = 30) -> HeaderProbe:
     """Open a source where it lies (a path or an http(s) URL, read with range requests) and
     read its header and first video frame only."""
     try:
@@ -166,12 +166,12 @@ def probe_header(location: str, *, timeout_s: float = 30) -> SourceHeader:
             if duration <= 0 or rate <= 0:
                 raise MediaError("the source's header gives no duration or frame rate",
                                  reason="media_unreadable")
-            return SourceHeader(codec=stream.codec_context.name or "unknown",
-                                width=stream.codec_context.width,
-                                height=stream.codec_context.height,
-                                rotation=display_rotation(first, stream),
-                                frame_rate=f"{rate.numerator}/{rate.denominator}",
-                                has_audio=bool(container.streams.audio), duration_s=duration)
+            return HeaderProbe(codec=stream.codec_context.name or "unknown",
+                               width=stream.codec_context.width,
+                               height=stream.codec_context.height,
+                               rotation=display_rotation(first, stream),
+                               frame_rate=f"{rate.numerator}/{rate.denominator}",
+                               has_audio=bool(container.streams.audio), duration_s=duration)
     except av.FFmpegError as exc:
         raise MediaError(f"cannot read the source's header: {exc}",
                          reason="media_unreadable") from exc
