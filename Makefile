@@ -16,12 +16,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# solcjs, OpenZeppelin and anvil come from npm, pinned by package-lock.json.
+# solcjs, OpenZeppelin, anvil and hls.js come from npm, pinned by package-lock.json.
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $(NODE_STAMP)
 
-install: $(STAMP) $(NODE_STAMP)
+# The job page's player, vendored into the package the control plane deploys (its pages load
+# nothing from elsewhere): hls.js and its licence.
+STATIC := chalicelib/ui/static
+$(STATIC)/hls.min.js: $(NODE_STAMP)
+	cp node_modules/hls.js/dist/hls.min.js $@
+	cp node_modules/hls.js/LICENSE $(STATIC)/hls.LICENSE
+
+install: $(STAMP) $(NODE_STAMP) $(STATIC)/hls.min.js
 
 # The pages' tests drive a real browser: Debian's Chromium and its driver (never a download
 # at test time). As root, or through sudo.

@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from chalice import AuthResponse, Chalice, ConvertToMiddleware, Rate, Response
 
-from chalicelib import bodies, callers, config, openapi, ports
+from chalicelib import bodies, callers, config, openapi, pages, ports
 from chalicelib.errors import InputError, InvalidManifest, InvalidRequest, ProoflineError
 from chalicelib.health import checks as health_checks
 from chalicelib.health import verdicts
@@ -22,7 +22,6 @@ from chalicelib.jobs.documents import inputs_document, job_document, package_doc
 from chalicelib.market import challenges, job_leases, leases, workers
 from chalicelib.models import AttemptResult, Job, State
 from chalicelib.settlement import follower, payments, pricing
-from chalicelib.status import board, html
 from chalicelib.telemetry import lambda_handler, logger, metrics
 
 # One logger: Chalice's `app.log` is the Powertools logger's `logging` logger, without a
@@ -32,14 +31,8 @@ app = Chalice(app_name="proofline", configure_logs=False)
 # metrics flushed when it returns.
 app.register_middleware(ConvertToMiddleware(lambda_handler))
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
-# Pages are whole documents drawn here: nothing of theirs runs or loads from elsewhere.
-PAGE_HEADERS = {"Content-Type": "text/html; charset=utf-8",
-                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                                           "img-src 'self' data:; base-uri 'none'; "
-                                           "frame-ancestors 'none'",
-                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
-
-
+# The HTML pages (status, a job's page) and their assets: chalicelib/pages.py.
+app.register_blueprint(pages.blueprint)
 @app.authorizer()
 def session_authorizer(auth_request):
     """At the gateway: a request to a session route carries a token this stage signed and
@@ -119,20 +112,6 @@ def _deep(params) -> bool:
 @route("/openapi.json")
 def openapi_document():
     return openapi.document()
-
-
-@route("/status.json")
-def status():
-    """The network's public figures: per job class over the last hour and day, workers,
-    queues and settlement (aggregates only; read from time buckets, never from a scan)."""
-    p = ports.default()
-    return board.status_document(p, p.clock())
-
-
-@route("/status")
-def status_page():
-    """The same figures as a page, its plots drawn here: readable without JavaScript."""
-    return Response(html.page(status()), headers=PAGE_HEADERS)
 
 
 @route("/quotes", methods=["POST"])
@@ -225,6 +204,15 @@ def job_events(job_id):
 def cancel_job(job_id):
     return intake.cancel_signed(ports.default(), app.current_request.headers,
                               job_id).model_dump(mode="json")
+
+
+@route("/ui/links", methods=["POST"])
+def page_link():
+    """A one-time link to a job's page (`proofline ui JOB`): open it within two minutes."""
+    request = bodies.model(openapi.PageLink, _body(), what="page link")
+    view = _own_view(request.job_id)
+    return Response(callers.page_link(ports.default(), caller(), view.job.job_id),
+                    status_code=201)
 
 
 @route("/uploads", methods=["POST"])

@@ -17,7 +17,7 @@ from chalicelib.errors import (
     Unauthorized,
     Unavailable,
 )
-from chalicelib.identity import sessions
+from chalicelib.identity import pages, sessions
 from chalicelib.identity.access import Caller
 from chalicelib.identity.signing import (
     DID_HEADER,
@@ -118,6 +118,51 @@ def revoke(ports: Ports, by: Caller, did: str | None = None) -> dict:
     now = time.time()
     ports.revocations.revoke(target, now, int(now) + sessions.MAX_SESSION_SECONDS)
     return {"did": target, "revoked_before": now}
+
+
+def page_link(ports: Ports, by: Caller, job_id: str) -> dict:
+    """A one-time link that opens a page session for `by` at the page of `job_id` (whose
+    readability the caller has checked): a path to join to the API's URL."""
+    now = time.time()
+    code, link = sessions.issue(_ring(ports), by.did, now=now, lifetime_s=pages.LINK_SECONDS,
+                                audience=pages.link_audience(ports.settings.session_domain))
+    return {"path": f"/ui/jobs/{job_id}?code={code}", "expires_at": link.expires_at}
+
+
+def open_link(ports: Ports, code: str) -> tuple[str, sessions.Session]:
+    """Spend a one-time link: the page session it opens (a token for the cookie). 401
+    link_used for a link opened before; session_invalid / session_expired otherwise."""
+    now = time.time()
+    domain = ports.settings.session_domain
+    link = sessions.read(_ring(ports), code, audience=pages.link_audience(domain), now=now,
+                         revocations=ports.revocations)
+    if not ports.nonces.use(link.did, pages.link_nonce(link), link.expires_at + 60):
+        raise Unauthorized("this link was opened already; run `proofline ui` for a new one",
+                           reason="link_used")
+    return sessions.issue(_ring(ports), link.did, audience=pages.page_audience(domain),
+                          now=now, lifetime_s=pages.PAGE_SECONDS)
+
+
+def page_caller(ports: Ports, headers) -> tuple[Caller, sessions.Session]:
+    """Who a page request's cookie speaks for (revocation included), and its session."""
+    token = pages.cookie_token(headers)
+    if not token:
+        raise Unauthorized("this page needs a page session: open it with `proofline ui JOB`",
+                           reason="missing_session")
+    current = sessions.read(_ring(ports), token, now=time.time(),
+                            audience=pages.page_audience(ports.settings.session_domain),
+                            revocations=ports.revocations)
+    return Caller.of(current.did, ports.settings.operators), current
+
+
+def csrf_token(ports: Ports, session: sessions.Session) -> str:
+    return pages.csrf_token(_ring(ports), session)
+
+
+def check_csrf(ports: Ports, session: sessions.Session, given: object) -> None:
+    if not pages.csrf_valid(_ring(ports), session, given):
+        raise Forbidden("this form was not sent by the page it belongs to (CSRF token "
+                        "missing or wrong); reload the page", reason="csrf_failed")
 
 
 def _ring(ports: Ports) -> sessions.KeyRing:

@@ -179,6 +179,10 @@ class Settings(BaseSettings):
     # the SIWE domain (and token audience); the stage is in the default, so a sign-in made
     # for one stage is refused by another
     session_domain_override: str = env("PROOFLINE_SESSION_DOMAIN", "")
+    # a block explorer of the stage's chain: the job page links each transaction to
+    # `<url>/tx/<hash>` (unset: hashes are shown, not linked)
+    explorer_url: str | None = env("PROOFLINE_EXPLORER_URL", None,
+                                   pattern=r"^https?://[^\s'\"<>]+$", max_length=200)
     # Intake key prefix → the client DID its drops belong to (longest prefix wins).
     intake_clients: ClientPrefixes = env("PROOFLINE_INTAKE_CLIENTS", {})
 

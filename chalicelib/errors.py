@@ -46,7 +46,12 @@ class ManifestTooLarge(InvalidManifest):
     reason = "manifest_too_large"
 
 
-class JobNotFound(ProoflineError):
+class NotFound(ProoflineError):
+    status = 404
+    reason = "not_found"
+
+
+class JobNotFound(NotFound):
     status = 404
     reason = "job_not_found"
 

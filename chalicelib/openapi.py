@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib.callers import SignIn
-from chalicelib.identity import access, signing
+from chalicelib.identity import access, pages, signing
 from chalicelib.identity.access import Proof
 from chalicelib.jobs.uploads import Completion, UploadRequest
 from chalicelib.market.leases import MAX_TASKS
@@ -87,6 +87,15 @@ class Countersign(_Body):
     signature: Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$")]
 
 
+class PageLink(_Body):
+    job_id: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class PageForm(_Body):
+    """What a page's forms post (`application/x-www-form-urlencoded`)."""
+    csrf: Annotated[str, Field(min_length=1, max_length=128)]
+
+
 BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/sessions"): SignIn,
     ("POST", "/quotes"): QuoteRequest,
@@ -101,7 +110,11 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/jobs/{job_id}/result"): JobResult,
     ("POST", "/jobs/{job_id}/release"): JobRelease,
     ("POST", "/jobs/{job_id}/countersign"): Countersign,
+    ("POST", "/ui/links"): PageLink,
+    ("POST", "/ui/jobs/{job_id}/cancel"): PageForm,
+    ("POST", "/ui/sign-out"): PageForm,
 }
+FORMS = {("POST", "/ui/jobs/{job_id}/cancel"), ("POST", "/ui/sign-out")}
 
 QUERIES: dict[tuple[str, str], list[dict]] = {
     ("GET", "/jobs"): [
@@ -119,6 +132,14 @@ QUERIES: dict[tuple[str, str], list[dict]] = {
         {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
     ("DELETE", "/sessions"): [
         {"name": "did", "in": "query", "description": "an operator's: whose sessions",
+         "schema": {"type": "string"}}],
+    ("GET", "/ui/jobs/{job_id}"): [
+        {"name": "code", "in": "query", "description": "a one-time link's code (POST "
+         "/ui/links): sets the page session's cookie and redirects to the page without it",
+         "schema": {"type": "string"}}],
+    ("GET", "/ui/jobs/{job_id}/playlist"): [
+        {"name": "path", "in": "query", "required": True,
+         "description": "a playlist of the job's package, e.g. `master.m3u8`",
          "schema": {"type": "string"}}],
     ("GET", "/health"): [
         {"name": "deep", "in": "query",
@@ -153,7 +174,9 @@ def document(version: str = "1") -> dict[str, Any]:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
-            operation["requestBody"] = {"required": True, "content": {"application/json": {
+            media = ("application/x-www-form-urlencoded" if (method, path) in FORMS
+                     else "application/json")
+            operation["requestBody"] = {"required": True, "content": {media: {
                 "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
         paths.setdefault(path, {})[method.lower()] = operation
     return {
@@ -164,6 +187,9 @@ def document(version: str = "1") -> dict[str, Any]:
         "components": {"schemas": schemas, "securitySchemes": {
             "session": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                         "description": "POST /sessions (Sign-In with Ethereum)"},
+            "page": {"type": "apiKey", "in": "cookie", "name": pages.COOKIE,
+                     "description": "a page session: opened by a one-time link from POST "
+                                    "/ui/links (`proofline ui JOB`)"},
             "eip712": {"type": "apiKey", "in": "header", "name": signing.SIGNATURE_HEADER,
                        "description": "an EIP-712 signature over the exact request, with "
                                       f"{', '.join(signing.HEADERS[:3])}"}}},
@@ -175,6 +201,8 @@ def _security(rule: access.Rule) -> list[dict]:
         return [{"session": []}]
     if rule.proof is Proof.SIGNATURE:
         return [{"eip712": []}]
+    if rule.proof is Proof.PAGE:
+        return [{"page": []}]
     return []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import webbrowser
 from pathlib import Path
 
 import click
@@ -229,6 +230,20 @@ def jobs_watch(ctx, job_id, timeout, as_json):
 def jobs_cancel(ctx, job_id, as_json):
     emit(api_for(ctx).cancel(job_id), as_json,
           lambda job: console.print(f"job {job['job_id']} is {state_label(job['state'])}"))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--open/--no-open", "open_browser", default=True, show_default=True,
+              help="Open the link in this machine's browser; --no-open only prints it.")
+@click.pass_context
+def ui(ctx, job_id, open_browser):
+    """Open JOB's page in a browser: its timeline, charge, verdicts and a player for a
+    transcode. The link signs the browser in as you; it works once, within two minutes."""
+    link = api_for(ctx).page_link(job_id)
+    click.echo(link["url"])
+    if open_browser and not webbrowser.open(link["url"]):
+        err.print("no browser to open here: open the link above within two minutes")
 
 
 jobs.add_command(reproduce)

@@ -172,6 +172,11 @@ class Api:
                     if self._session is session:
                         self._session = None
 
+    def page_link(self, job_id: str) -> dict:
+        """A one-time link that signs a browser in to the job's page: `{url, expires_at}`."""
+        link = self._read("POST", "/ui/links", json={"job_id": job_id}).json()
+        return {**link, "url": self.base_url + link["path"]}
+
     def workers(self, limit: int = 1000) -> list[dict]:
         """The registry (an operator's read), following the pages' cursors."""
         return self._pages("/workers", "workers", {}, limit)

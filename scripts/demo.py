@@ -51,6 +51,10 @@ def main() -> int:
                           "`proofline dev up` to keep one running)[/dim]")
 
 
+# The jobs whose pages the demo ends with: the transcode, and the paid probe.
+PAGES: list[str] = []
+
+
 def run(stack: dict) -> int:
     DEMO.mkdir(parents=True, exist_ok=True)
     if transcode(stack) != 0:
@@ -87,6 +91,7 @@ def run(stack: dict) -> int:
         console.print(paid.stderr)
         return 1
     escrow_job = json.loads(paid.stdout)["job_id"]
+    PAGES.append(escrow_job)
     cli("jobs", "watch", escrow_job)
     _money(_api(stack).job(escrow_job))
 
@@ -122,6 +127,11 @@ def status(stack: dict) -> bool:
                           + (f"; cost per validated result {costs}" if costs else ""))
     console.print(f"status page: [bold]{stack['api_url']}/status[/bold] "
                   "(kept up with `make demo ARGS=--keep`)")
+    console.print("job pages (each link signs a browser in as the demo's client and opens "
+                  "once, within two minutes; `.venv/bin/proofline ui JOB` makes another):")
+    for job_id in PAGES:
+        link = _api(stack).page_link(job_id)["url"]
+        console.print(f"  {job_id}: {link}", soft_wrap=True)
     return bool(figures["classes"]["media_probe"]["last_hour"]["settled"])
 
 
@@ -147,6 +157,7 @@ def transcode(stack: dict) -> int:
         return 1
     job = _api(stack).job(json.loads(done.stdout)["job_id"])
     console.print(f"package in {DEMO / 'hls'}: {job['job_id']} {job['state']}")
+    PAGES.append(job["job_id"])
     _money(job)
     console.print("the pool and the client collect with `proofline settle withdraw --token PUSD`"
                   " (`--as pool` for the pool)")

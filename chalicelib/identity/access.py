@@ -6,6 +6,8 @@ and the README's table is held to this one by a test). How a caller proves who i
 - `session`: a bearer token from `POST /sessions` (Sign-In with Ethereum), for reads; the
   deployed API checks it in an authorizer before the handler runs, the handler again;
 - `signature`: an EIP-712 signature over the exact request (signing.py), for writes;
+- `page`: a browser's page session, an HttpOnly cookie a one-time link from `proofline ui`
+  set (pages.py); what a page writes carries the page's CSRF token as well;
 - `none`: nothing.
 
 Pure: no I/O.
@@ -24,6 +26,7 @@ class Proof(StrEnum):
     NONE = "none"
     SESSION = "session"
     SIGNATURE = "signature"
+    PAGE = "page"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,10 @@ OWNER_SIGNED = Rule(Proof.SIGNATURE, "the job's client, or an operator, signing"
 WORKER_SIGNED = Rule(Proof.SIGNATURE, "the worker named in the path, signing")
 LEASEHOLDER_SIGNED = Rule(Proof.SIGNATURE, "the worker holding the lease, signing")
 PAYEE_SIGNED = Rule(Proof.SIGNATURE, "the escrow's payee, signing")
+PAGE_OWNER = Rule(Proof.PAGE, "the job's client, or an operator, in a page session")
+PAGE_OWNER_WRITE = Rule(Proof.PAGE, "the job's client, or an operator, in a page session, "
+                                    "with the page's CSRF token")
+PAGE_WRITE = Rule(Proof.PAGE, "a page session, with its CSRF token")
 
 ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): ANYONE,
@@ -75,6 +82,12 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/jobs/{job_id}/release"): LEASEHOLDER_SIGNED,
     ("POST", "/jobs/{job_id}/countersign"): PAYEE_SIGNED,
     ("GET", "/settlement/drift"): OPERATOR,
+    ("POST", "/ui/links"): JOB_OWNER,                  # a one-time link to the job's page
+    ("GET", "/ui/jobs/{job_id}"): PAGE_OWNER,          # `?code=` opens a one-time link
+    ("GET", "/ui/jobs/{job_id}/playlist"): PAGE_OWNER,
+    ("POST", "/ui/jobs/{job_id}/cancel"): PAGE_OWNER_WRITE,
+    ("POST", "/ui/sign-out"): PAGE_WRITE,
+    ("GET", "/ui/assets/{name}"): ANYONE,              # the pages' own scripts
 }
 
 

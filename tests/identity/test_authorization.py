@@ -60,6 +60,14 @@ EXPECTED = {
     ("POST", "/jobs/{job_id}/release"):     (401, 403, 403, 403, 403, 403),
     ("POST", "/jobs/{job_id}/countersign"): (401, 403, 403, 403, 403, 403),
     ("GET", "/settlement/drift"):           (401, 403, 403, 403, 403, 200),
+    ("POST", "/ui/links"):                  (401, 201, 404, 404, 404, 201),
+    # Each caller in a page session of its own (opened on a job of its own, the operator's
+    # on A's): A's job is a settled probe, so it has no playlist and cannot be cancelled.
+    ("GET", "/ui/jobs/{job_id}"):           (401, 200, 404, 404, 404, 200),
+    ("GET", "/ui/jobs/{job_id}/playlist"):  (401, 409, 404, 404, 404, 409),
+    ("POST", "/ui/jobs/{job_id}/cancel"):   (401, 409, 404, 404, 404, 409),
+    ("POST", "/ui/sign-out"):               (401, 200, 200, 200, 200, 200),
+    ("GET", "/ui/assets/{name}"):           (200, 200, 200, 200, 200, 200),
 }
 
 
@@ -88,6 +96,7 @@ class World:
         self.job_id = wait_for(a, job["job_id"], timeout=90)["job_id"]
         self.upload_id = self._own_upload_id(clip)
         self.worker_a = self.dids["worker_a"]
+        self.own_jobs: dict[str, str] = {}
         self.claims = {"job_classes": ["media_probe"], "region": "us-east-1",
                        "price_per_unit": {"media_probe": "0.001"}}
         self._sign("worker_a", "register", {"did": self.worker_a, "claims": self.claims},
@@ -113,11 +122,17 @@ class World:
 
     def call(self, role: str, method: str, template: str) -> requests.Response:
         task = f"{self.job_id}~seg-00000"              # A's job has no such task
-        path = template.format(job_id=self.job_id, did=self.worker_a, ref=task,
+        path = template.format(job_id=self.job_id, did=self.worker_a, ref=task, name="job.js",
                                upload_id=self.upload_id)
         rule = access.ROUTES[(method, template)]
         if (method, template) == ("POST", "/sessions"):
             return self._sign_in(role)
+        if (method, template) == ("POST", "/ui/links"):
+            headers = {} if role == "nobody" else self.apis[role].session_headers()
+            return requests.post(self.url + path, json={"job_id": self.job_id},
+                                 headers=headers, timeout=30)
+        if rule.proof is access.Proof.PAGE:
+            return self._page(role, method, path)
         if rule.proof is access.Proof.SESSION or rule.proof is access.Proof.NONE:
             return self._session(role, method, path)
         a = self.worker_a
@@ -143,6 +158,28 @@ class World:
                                             "signature": "0x" + "00" * 65}, "countersign"),
         }[template]
         return self._sign(role, action, body, method, path)
+
+    def _page(self, role, method, path) -> requests.Response:
+        """In a page session of the caller's own: a one-time link to a job it may read (A's
+        for A and the operator, one of its own for the others), and the page's CSRF token."""
+        http, form = requests.Session(), {"csrf": "none"}
+        if role != "nobody":
+            own = self.job_id if role in ("client_a", "operator") else self._own_job(role)
+            opened = http.get(self.apis[role].page_link(own)["url"], timeout=30)
+            form["csrf"] = opened.text.split("name=csrf value='", 1)[1].split("'", 1)[0]
+        if path.endswith("/playlist"):
+            path += "?path=master.m3u8"
+        return http.request(method, self.url + path, timeout=30,
+                            data=form if method == "POST" else None)
+
+    def _own_job(self, role) -> str:
+        """A job of the caller's own that waits for its escrow (it never runs)."""
+        if role not in self.own_jobs:
+            job, _ = self.apis[role].submit({
+                "kind": "generate_small", "prompt": "hello", "max_price": "0.05",
+                "payment_policy": "escrow_before_start", "payment_token": "PUSD"})
+            self.own_jobs[role] = job["job_id"]
+        return self.own_jobs[role]
 
     def _sign_in(self, role) -> requests.Response:
         if role == "nobody":
