@@ -66,8 +66,14 @@ event = {"resource": "/health", "path": "/health", "httpMethod": "GET",
          "requestContext": {"resourcePath": "/health", "httpMethod": "GET", "stage": "api",
                             "requestId": "req-1", "identity": {"sourceIp": "127.0.0.1"}}}
 response = app.app(event, Context())
+asset = dict(event, resource="/ui/assets/{name}", path="/ui/assets/hls.min.js",
+             pathParameters={"name": "hls.min.js"},
+             requestContext=dict(event["requestContext"], resourcePath="/ui/assets/{name}"))
+player = app.app(asset, Context())
 print(json.dumps({"has_av": has_av, "status": response["statusCode"],
                   "body": json.loads(response["body"]),
+                  "player": [player["statusCode"], player["headers"].get("Content-Type"),
+                             len(player["body"])],
                   "app_file": app.__file__}))
 """
 
@@ -81,12 +87,16 @@ def test_the_control_plane_zip_starts_without_pyav_and_serves_a_request(
         archive.extractall(tmp_path / "task")
     assert "app.py" in names and "chalicelib/settlement/artifacts/ProoflineEscrow.json" in names
     assert "chalicelib/catalog/job_classes.yaml" in names
+    # The job page's player, vendored by `make install`: packaged and served.
+    assert {"chalicelib/ui/static/hls.min.js", "chalicelib/ui/static/job.js"} <= set(names)
     assert not any(n.startswith("av/") for n in names)
     env = {**stack.info.environment(), "PATH": "/usr/bin:/bin"}
     answer = isolated(bare_python, tmp_path / "task", HEALTH, env)
     assert answer["has_av"] is False
     assert answer["app_file"].startswith(str(tmp_path / "task"))
     assert answer["status"] == 200 and answer["body"]["status"] == "ok"
+    assert answer["player"][:2] == [200, "text/javascript; charset=utf-8"]
+    assert answer["player"][2] > 100_000
     assert answer["body"]["signing"]["verifying_contract"].lower() == \
         stack.info.escrow_address.lower()
 
