@@ -11,6 +11,7 @@ from typing import Callable
 from eth_account.signers.local import LocalAccount
 
 from chalicelib.aws.blobs import Blobs
+from chalicelib.aws.queueages import QueueAges
 from chalicelib.aws.queues import Queues
 from chalicelib.aws.sessionstore import DynamoRevocations
 from chalicelib.aws.statusstore import StatusStore
@@ -89,3 +90,5 @@ class Ports:
     revocations: DynamoRevocations | None = None
     uploads: UploadStore | None = None
     status: StatusStore | None = None
+    # Each work queue's oldest message's age, from CloudWatch (None: the page shows none).
+    queue_ages: QueueAges | None = None

@@ -2,13 +2,14 @@
 after-commit handlers each capability contributes to the message bus."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from chalicelib import aws, catalog
 from chalicelib.aws.blobs import Blobs
+from chalicelib.aws.queueages import QueueAges
 from chalicelib.aws.queues import Queues
 from chalicelib.aws.resources import RESOURCES
 from chalicelib.aws.sessionstore import DynamoRevocations
@@ -49,6 +50,7 @@ def default() -> Ports:
                  revocations=DynamoRevocations(dynamodb, s.idempotency_table),
                  uploads=UploadStore(dynamodb, s.jobs_table),
                  status=StatusStore(dynamodb, s.jobs_table, s.idempotency_table),
+                 queue_ages=QueueAges(partial(aws.client, "cloudwatch"), s.queues),
                  bus=MessageBus(AFTER_COMMIT), audit_secret=_optional("PROOFLINE_AUDIT_SECRET"),
                  session_keys=_session_keys())
 

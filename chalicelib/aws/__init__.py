@@ -23,7 +23,11 @@ observers: list[Callable[[str, str, dict, bool], None]] = []
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32,
                  connect_timeout=5, read_timeout=30)
 # SigV4 presigning: an upload URL then binds the length and checksum headers it names.
-_SERVICE_CONFIG = {"s3": Config(signature_version="s3v4")}
+# CloudWatch: only the status page reads it, and shows "–" without it, so it does not wait
+# long on a slow or failing CloudWatch (the page is served within API Gateway's 29 s).
+_SERVICE_CONFIG = {"s3": Config(signature_version="s3v4"),
+                   "cloudwatch": Config(retries={"mode": "standard", "max_attempts": 2},
+                                        connect_timeout=2, read_timeout=5)}
 _PARAMS = "proofline_params"
 
 

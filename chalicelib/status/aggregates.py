@@ -155,6 +155,14 @@ def series(buckets: Mapping[str, Mapping[str, int]], now: datetime, name: str) -
             for i in range(60)]
 
 
+def hourly_series(buckets: Mapping[str, Mapping[str, int]], now: datetime,
+                  name: str) -> list[int]:
+    """`name` per hour over the last day, oldest first, the current hour (so far) last: the
+    same 24 hour buckets as the day's figures, so the points add up to them."""
+    return [buckets.get(hour_key(now - timedelta(hours=23 - i)), {}).get(name, 0)
+            for i in range(24)]
+
+
 def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 

@@ -14,6 +14,9 @@ from chalicelib.status import aggregates
 
 logger = Logger(child=True)
 
+# The series plotted per minute and per hour.
+SERIES = ("settled", "failed", "rejected", "validation_failed")
+
 
 def record_status(ports: Ports, committed: Committed) -> None:
     """After commit: add what the change contributes, once (its marker makes a second run
@@ -46,8 +49,8 @@ def repair_status(ports: Ports, now: datetime) -> list[str]:
 
 
 def status_document(ports: Ports, now: datetime) -> dict:
-    """Per job class, the last hour and day (and the hour minute by minute), and the work
-    queues' depths."""
+    """Per job class, the last hour and day (the hour minute by minute and the day hour by
+    hour, from the same buckets), and the work queues' depths and oldest messages' ages."""
     first_minute, last_minute, first_hour, last_hour = aggregates.window_keys(now)
     classes = {}
     # "unknown": drops refused before they named a class.
@@ -57,15 +60,29 @@ def status_document(ports: Ports, now: datetime) -> dict:
         classes[kind] = {
             "last_hour": aggregates.figures(aggregates.totals(minutes.values())),
             "last_day": aggregates.figures(aggregates.totals(hours.values())),
-            "per_minute": {name: aggregates.series(minutes, now, name)
-                           for name in ("settled", "failed", "rejected", "validation_failed")}}
+            "per_minute": {name: aggregates.series(minutes, now, name) for name in SERIES},
+            "per_hour": {name: aggregates.hourly_series(hours, now, name) for name in SERIES}}
     candidates = ports.workers.candidates(now) if ports.workers is not None else []
     workers = aggregates.workers_online(
         candidates, sorted(ports.catalog.job_classes), region=ports.settings.region,
         now=now.timestamp(), heartbeat_ttl_s=ports.settings.heartbeat_ttl_s)
     return {"generated_at": now.isoformat(), "classes": classes,
-            "workers": workers, "queues": ports.queues.depths(),
+            "workers": workers, "queues": _queues(ports, now),
             "settlement": _settlement(ports, classes)}
+
+
+def _queues(ports: Ports, now: datetime) -> dict[str, dict]:
+    """Each work queue's depths, and its oldest message's age where CloudWatch has one. The
+    age is best effort: CloudWatch unreachable or refusing is a warning and no age, never a
+    page that fails."""
+    ages: dict[str, float | None] = {}
+    if ports.queue_ages is not None:
+        try:
+            ages = ports.queue_ages.oldest(now)
+        except Exception:  # noqa: BLE001 - the page shows what it can
+            logger.warning("queue ages unreadable for the status page", exc_info=True)
+    return {queue: {**depths, "oldest_age_s": ages.get(queue)}
+            for queue, depths in ports.queues.depths().items()}
 
 
 def _settlement(ports: Ports, classes: dict) -> dict:

@@ -14,7 +14,8 @@ h1{font-size:1.5rem;margin:0 0 .25rem}h2{font-size:1.15rem;margin:2rem 0 .5rem}
 gap:1rem}.card{background:#fff;border:1px solid #e3e5ea;border-radius:.5rem;padding:1rem}
 table{border-collapse:collapse;width:100%}td,th{padding:.2rem .4rem;text-align:left;
 border-bottom:1px solid #eef0f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
-svg{display:block;margin-top:.5rem}.bad{color:#b42318}
+svg{display:block;margin-top:.25rem}.bad{color:#b42318}
+figure{margin:.75rem 0 0}figcaption{font-size:.8rem;color:#667}
 """
 
 # The plotted series and their colours: what settled, and what did not.
@@ -61,33 +62,40 @@ def _class_card(kind: str, figures: dict) -> str:
                      day["failed_by_reason"].get(reason, 0)))
     body = "".join(f"<tr><td>{escape(str(name))}</td><td class=n>{escape(str(a))}</td>"
                    f"<td class=n>{escape(str(b))}</td></tr>" for name, a, b in rows)
+    plots = (_plot("hour", "last hour per minute", "Last hour, a bar per minute",
+                   figures["per_minute"], 60)
+             + _plot("day", "last day per hour", "Last day, a bar per hour",
+                     figures["per_hour"], 24))
     return (f"<section class=card id='class-{escape(kind, quote=True)}'>"
             f"<h3>{escape(kind)}</h3><table><tr><th></th><th class=n>last hour</th>"
-            f"<th class=n>last day</th></tr>{body}</table>"
-            f"{_plot(figures['per_minute'])}</section>")
+            f"<th class=n>last day</th></tr>{body}</table>{plots}</section>")
 
 
-def _plot(per_minute: dict[str, list[int]], width: int = 300, height: int = 60) -> str:
-    """The last hour, a bar per minute and series (stacked), with a text title for readers
+def _plot(css: str, title: str, caption: str, points: dict[str, list[int]], count: int,
+          width: int = 300, height: int = 60) -> str:
+    """`count` bars, oldest left, each its series stacked, under a visible caption saying
+    which window it is; a text title (with the window's totals) and one per bar for readers
     without the picture."""
-    shown = [(name, colour, per_minute.get(name, [0] * 60)) for name, colour in SERIES]
+    shown = [(name, colour, points.get(name, [0] * count)) for name, colour in SERIES]
     peak = max([sum(values) for values in zip(*(v for _, _, v in shown))] + [1])
-    step = width / 60
+    step = width / count
     bars = []
-    for minute in range(60):
+    for index in range(count):
         base = 0.0
         for name, colour, values in shown:
-            value = values[minute]
+            value = values[index]
             if value:
                 tall = height * value / peak
-                bars.append(f"<rect x='{minute * step:.1f}' y='{height - base - tall:.1f}' "
+                bars.append(f"<rect x='{index * step:.1f}' y='{height - base - tall:.1f}' "
                             f"width='{max(step - 1, 1):.1f}' height='{tall:.1f}' "
                             f"fill='{colour}'><title>{escape(name)}: {value}</title></rect>")
                 base += tall
-    totals = ", ".join(f"{name} {sum(values)}" for name, _, values in shown)
-    return (f"<svg role=img aria-label='last hour per minute: {escape(totals, quote=True)}' "
-            f"width='{width}' height='{height}' viewBox='0 0 {width} {height}'>"
-            f"<title>last hour per minute: {escape(totals)}</title>{''.join(bars)}</svg>")
+    label = f"{title}: " + ", ".join(f"{name} {sum(values)}" for name, _, values in shown)
+    return (f"<figure><figcaption>{escape(caption)}</figcaption>"
+            f"<svg class='{escape(css, quote=True)}' role=img "
+            f"aria-label='{escape(label, quote=True)}' width='{width}' height='{height}' "
+            f"viewBox='0 0 {width} {height}'><title>{escape(label)}</title>{''.join(bars)}"
+            "</svg></figure>")
 
 
 def _workers(rows: Iterable[dict]) -> str:
@@ -98,13 +106,15 @@ def _workers(rows: Iterable[dict]) -> str:
             f"</tr>{body}</table>")
 
 
-def _queues(queues: dict[str, dict[str, int]]) -> str:
+def _queues(queues: dict[str, dict]) -> str:
     body = "".join(
-        f"<tr><td>{escape(name)}</td><td class=n>{q['waiting']}</td><td class=n>"
-        f"{q['in_flight']}</td><td class='n{' bad' if q['dead_letters'] else ''}'>"
-        f"{q['dead_letters']}</td></tr>" for name, q in sorted(queues.items()))
+        f"<tr><td>{escape(name)}</td><td class=n>{escape(str(q['waiting']))}</td><td class=n>"
+        f"{escape(str(q['in_flight']))}</td><td class=n>{escape(_age(q['oldest_age_s']))}</td>"
+        f"<td class='n{' bad' if q['dead_letters'] else ''}'>"
+        f"{escape(str(q['dead_letters']))}</td></tr>" for name, q in sorted(queues.items()))
     return ("<table><tr><th>queue</th><th class=n>waiting</th><th class=n>in flight</th>"
-            f"<th class=n>dead letters</th></tr>{body}</table>")
+            "<th class=n>oldest message</th><th class=n>dead letters</th></tr>"
+            f"{body}</table>")
 
 
 def _settlement(settlement: dict) -> str:
@@ -125,6 +135,17 @@ def _share(rate: float | None) -> str:
 
 def _seconds(value: float | None) -> str:
     return "–" if value is None else f"≤ {value:g} s"
+
+
+def _age(seconds: float | None) -> str:
+    """An age in the unit a reader takes in at a glance ("–": CloudWatch has no figure)."""
+    if seconds is None:
+        return "–"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _or_dash(value) -> str:

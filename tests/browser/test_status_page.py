@@ -25,6 +25,19 @@ def cell(browser, kind: str, row: str, column: int) -> str:
     raise AssertionError(f"no row {row!r} in {kind}'s card")
 
 
+def day_plot(browser, kind: str) -> dict:
+    """A class's day plot as the browser has it: its caption, its title, and its bars'
+    values summed by series (each bar's title reads `settled: 2`)."""
+    svg = browser.find_element(By.CSS_SELECTOR, f"#class-{kind} svg.day")
+    caption = svg.find_element(By.XPATH, "preceding-sibling::figcaption").text
+    bars: dict[str, int] = {}
+    for title in svg.find_elements(By.CSS_SELECTOR, "rect > title"):
+        name, _, value = title.get_attribute("textContent").partition(": ")
+        bars[name] = bars.get(name, 0) + int(value)
+    title = svg.find_element(By.XPATH, "./*[local-name()='title']").get_attribute("textContent")
+    return {"caption": caption, "title": title, "bars": bars}
+
+
 def test_the_status_page_counts_the_jobs_that_ran(browser, stack, api, tmp_path):
     url = f"{stack.info.api_url}/status"
     browser.get(url)
@@ -49,6 +62,13 @@ def test_the_status_page_counts_the_jobs_that_ran(browser, stack, api, tmp_path)
     plot = browser.find_element(By.CSS_SELECTOR, "#class-media_probe svg title")
     figures = requests.get(f"{url}.json", timeout=30).json()["classes"]["media_probe"]
     assert f"settled {figures['last_hour']['settled']}" in plot.get_attribute("textContent")
+    # The day's plot, hour by hour: its title and its bars are the document's day.
+    day, plotted = figures["last_day"], day_plot(browser, "media_probe")
+    assert plotted["title"] == (f"last day per hour: settled {day['settled']}, "
+                                f"failed {day['failed']}, rejected {day['rejected']}")
+    assert plotted["bars"] == {name: day[name] for name in ("settled", "failed", "rejected")
+                               if day[name]}
+    assert plotted["bars"]["settled"] >= 2 and plotted["caption"] == "Last day, a bar per hour"
     queues = browser.find_elements(By.XPATH, "//h2[.='Queues']/following-sibling::table[1]//td")
     assert "checks" in [q.text for q in queues]
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

@@ -42,6 +42,10 @@ APPLIED_BY_API = {
     "AWS::CloudWatch::Alarm": "PutMetricAlarm",
     "AWS::CloudWatch::Dashboard": "PutDashboard",
 }
+# IAM actions that take no resource (AWS's Service Authorization Reference names none for
+# them): a statement granting one can only name Resource "*", and no other action may.
+RESOURCELESS = {"cloudwatch:GetMetricData": "the status page reads each work queue's oldest "
+                "message's age (AWS/SQS ApproximateAgeOfOldestMessage), in one request"}
 ALARM_FIELDS = ("AlarmName", "AlarmDescription", "ActionsEnabled", "OKActions", "AlarmActions",
                 "InsufficientDataActions", "MetricName", "Namespace", "Statistic",
                 "ExtendedStatistic", "Dimensions", "Period", "Unit", "EvaluationPeriods",

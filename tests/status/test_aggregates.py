@@ -71,6 +71,19 @@ def test_the_hour_minute_by_minute_has_sixty_points_oldest_first():
     assert (first_hour, last_hour) == ("H#2026-12-01T15", "H#2026-12-02T14")
 
 
+def test_the_day_hour_by_hour_has_twenty_four_points_adding_up_to_the_day():
+    now = T0 + timedelta(minutes=30)
+    buckets = {aggregates.hour_key(now): {"settled": 2, "failed": 1},
+               aggregates.hour_key(now - timedelta(hours=23)): {"settled": 1},
+               aggregates.hour_key(now - timedelta(hours=24)): {"settled": 7}}   # not the day
+    points = aggregates.hourly_series(buckets, now, "settled")
+    assert len(points) == 24 and points[0] == 1 and points[-1] == 2 and sum(points) == 3
+    assert aggregates.hourly_series(buckets, now, "failed") == [0] * 23 + [1]
+    _, _, first_hour, last_hour = aggregates.window_keys(now)
+    in_the_day = [b for k, b in buckets.items() if first_hour <= k <= last_hour]
+    assert aggregates.figures(aggregates.totals(in_the_day))["settled"] == sum(points)
+
+
 def test_workers_online_by_class_region_and_tier():
     from decimal import Decimal
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import threading
 import uuid
+from datetime import timedelta
 
+import boto3
 import pytest
 import requests
+from botocore.config import Config
 from conftest import INTAKE, drop, wait_for
 
 from chalicelib import aws as aws_adapter
+from chalicelib.aws.queueages import QueueAges
 from chalicelib.bus import Committed
 from chalicelib.status import aggregates, board
 from proofline import clips
@@ -78,10 +83,15 @@ def test_the_status_figures_are_the_jobs_that_ran(stack, api, aws, ports, tmp_pa
     assert now["failed_by_reason"][reason] - was["failed_by_reason"].get(reason, 0) == 2
     assert hour(after, "unknown")["rejected"] - hour(before, "unknown")["rejected"] == 1
     assert sum(after["classes"]["media_probe"]["per_minute"]["settled"]) == now["settled"]
+    day = after["classes"]["media_probe"]["last_day"]
+    per_hour = after["classes"]["media_probe"]["per_hour"]
+    assert {name: len(points) for name, points in per_hour.items()} == {
+        "settled": 24, "failed": 24, "rejected": 24, "validation_failed": 24}
+    assert (sum(per_hour["settled"]), sum(per_hour["failed"])) == (day["settled"], day["failed"])
     assert now["time_to_settled_p50_s"] is not None
     assert after["classes"]["media_probe"]["last_day"]["settled"] >= now["settled"]
     assert set(after["queues"]) >= {"media", "segments", "checks", "verify"}
-    assert all(set(q) == {"waiting", "in_flight", "dead_letters"}
+    assert all(set(q) == {"waiting", "in_flight", "dead_letters", "oldest_age_s"}
                for q in after["queues"].values())
     pools = {(w["job_class"], w["tier"]) for w in after["workers"]}
     assert {("media_probe", "pool"), ("ffmpeg_hls", "pool"), ("embed_batch", "pool")} <= pools
@@ -132,3 +142,49 @@ def test_the_status_page_shows_the_figures_without_javascript(stack):
         assert f"id='class-{kind}'" in page
     settled = hour(doc, "media_probe")["settled"]
     assert f"last hour per minute: settled {settled}," in page
+    day = doc["classes"]["media_probe"]["last_day"]
+    assert (f"last day per hour: settled {day['settled']}, failed {day['failed']}, "
+            f"rejected {day['rejected']}<") in page
+    assert "Last hour, a bar per minute" in page and "Last day, a bar per hour" in page
+
+
+def queue_row(page: str, queue: str) -> list[str]:
+    """The cells of a queue's row in the page's queue table."""
+    [row] = re.findall(rf"<tr><td>{queue}</td>(.*?)</tr>", page)
+    return re.findall(r"<td[^>]*>(.*?)</td>", row)
+
+
+def test_a_queues_oldest_message_age_is_read_from_cloudwatch(stack, ports):
+    """SQS publishes the age of each queue's oldest message to CloudWatch (`AWS/SQS`, by
+    queue name), never as a queue attribute. Put there for one queue, as SQS would, it is
+    that queue's age on the page (the largest over the last five minutes); a queue with
+    none (moto publishes no SQS metrics) shows "–"."""
+    cloudwatch = boto3.session.Session().client(
+        "cloudwatch", endpoint_url=stack.info.aws_endpoint, region_name=stack.info.region)
+    name = ports.settings.queues["checks"]
+    now = ports.clock()
+    for ago, age in ((timedelta(minutes=3), 754.0), (timedelta(minutes=1), 312.0),
+                     (timedelta(minutes=9), 9999.0)):          # the last: out of the window
+        cloudwatch.put_metric_data(Namespace="AWS/SQS", MetricData=[{
+            "MetricName": "ApproximateAgeOfOldestMessage", "Unit": "Seconds", "Value": age,
+            "Timestamp": now - ago, "Dimensions": [{"Name": "QueueName", "Value": name}]}])
+    doc = status(stack)
+    assert doc["queues"]["checks"]["oldest_age_s"] == 754.0
+    assert doc["queues"]["settlement"]["oldest_age_s"] is None
+    page = requests.get(f"{stack.info.api_url}/status", timeout=30).text
+    assert queue_row(page, "checks")[2] == "13 min"
+    assert queue_row(page, "settlement")[2] == "–"
+
+
+def test_the_page_stands_when_cloudwatch_fails(ports, caplog):
+    """CloudWatch refusing or unreachable costs the queues their ages, never the page."""
+    unreachable = boto3.session.Session().client(
+        "cloudwatch", endpoint_url="http://127.0.0.1:9", region_name=ports.settings.region,
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    broken = dataclasses.replace(
+        ports, queue_ages=QueueAges(lambda: unreachable, ports.settings.queues))
+    doc = board.status_document(broken, ports.clock())
+    assert set(doc["queues"]) == set(ports.settings.queues)
+    assert all(q["oldest_age_s"] is None for q in doc["queues"].values())
+    assert all(isinstance(q["waiting"], int) for q in doc["queues"].values())
+    assert "queue ages unreadable" in caplog.text
