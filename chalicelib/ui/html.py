@@ -212,9 +212,11 @@ def _tasks(events: list[dict]) -> str:
         f"<td class={escape(t.verdict)}>{escape(t.verdict)}"
         f"{' — ' + escape(str(t.reason)) if t.reason else ''}"
         f"{''.join('<br>' + escape(note) for note in t.notes)}</td>"
-        f"<td class=mono>{escape(_kv(_highlights(t.measured)))}</td></tr>" for t in rows)
+        f"<td class=mono>{escape(_kv(_highlights(t.measured)))}</td>"
+        f"<td class=mono>{escape(t.ffmpeg or '')}</td></tr>" for t in rows)
     return ("<h2>Segment tasks</h2><table id=tasks><tr><th>task</th><th>rendition</th>"
-            "<th>attempts</th><th>worker</th><th>verdict</th><th>measured</th></tr>"
+            "<th>attempts</th><th>worker</th><th>verdict</th><th>measured</th>"
+            "<th>FFmpeg (as its worker says)</th></tr>"
             f"{body}</table>")
 
 

@@ -50,6 +50,7 @@ class TaskRow:
     reason: str | None = None
     measured: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)   # releases, losses: worker-written text
+    ffmpeg: str | None = None         # the build its worker says it ran (a claim)
 
 
 def job_rows(events: list[dict], created_at: datetime, money: Money | None) -> list[Row]:
@@ -119,6 +120,8 @@ def task_rows(events: list[dict]) -> list[TaskRow]:
             row.attempts = max(row.attempts, int(data.get("attempt") or 1))
             if data.get("worker") and data["worker"] not in row.workers:
                 row.workers.append(data["worker"])
+        elif event["type"] == "segment.submitted":
+            row.ffmpeg = data.get("ffmpeg") if isinstance(data.get("ffmpeg"), str) else None
         elif event["type"] in ("segment.verified", "segment.rejected"):
             row.verdict = "passed" if data.get("passed") else "rejected"
             row.reason = data.get("reason")

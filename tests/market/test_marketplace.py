@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
+from selenium.webdriver.common.by import By
 
 from chalicelib.identity.signing import did_for
 from chalicelib.market.leases import MAX_TASKS
@@ -541,12 +542,23 @@ def shape(value):
     return "list" if isinstance(value, list) else type(value).__name__
 
 
+# What a worker may write into its results, and a page must show as text.
+SCRIPT = "<script>window.pwned=1</script>"
+
+
+class ClaimingRecorder(LeaseRecorder):
+    """Honest work, with a script where the execution names the FFmpeg build it ran."""
+
+    def submit(self, entry: dict, outputs: list[dict], execution: dict) -> None:
+        super().submit(entry, outputs, {**execution, "ffmpeg": SCRIPT})
+
+
 @contextlib.contextmanager
-def cheapest_recorder(api, stack):
+def cheapest_recorder(api, stack, kind=LeaseRecorder):
     """A LeaseRecorder priced below every other agent, through its challenge; it leaves
     the market afterwards."""
     account = Account.create()
-    recorder = LeaseRecorder(api=api, account=account,
+    recorder = kind(api=api, account=account,
                              did=did_for(account.address, stack.info.chain_id),
                              claims=claims("0.0000001"), heartbeat_every_s=1, poll_s=0.3,
                              log=lambda _: None)
@@ -584,10 +596,11 @@ def test_a_challenge_and_a_client_job_look_the_same_to_a_worker(api, stack, mark
 
 
 def test_a_worker_leases_a_segments_renditions_together_and_each_is_judged_alone(
-        api, stack, market, media_dir):
+        api, stack, market, media_dir, browser):
     """One lease per segment: its renditions, one input URL, an output slot each; the agent
-    encodes them in one run and each task is submitted, verified and paid on its own."""
-    with cheapest_recorder(api, stack) as recorder:
+    encodes them in one run and each task is submitted, verified and paid on its own. What
+    the worker wrote (here, a script as its FFmpeg build) is text on the job's page."""
+    with cheapest_recorder(api, stack, ClaimingRecorder) as recorder:
         source = clips.make_gop_clip(media_dir / "ladder-market.mp4", seconds=7.0, gop=100,
                                      width=640, height=480, fps=25)
         slot = api.upload(source)
@@ -614,3 +627,9 @@ def test_a_worker_leases_a_segments_renditions_together_and_each_is_judged_alone
     submitted = [e["data"] for e in events if e["type"] == "segment.submitted"
                  and e["data"].get("worker") == recorder.did]
     assert {d["renditions_in_run"] for d in submitted} == {len(renditions)}
+    assert {d["ffmpeg"] for d in submitted} == {SCRIPT}
+    browser.get(api.page_link(job["job_id"])["url"])
+    claimed = [row.find_elements(By.TAG_NAME, "td")[-1].text
+               for row in browser.find_elements(By.CSS_SELECTOR, "#tasks tr")[1:]]
+    assert claimed.count(SCRIPT) == len(submitted)
+    assert browser.execute_script("return window.pwned === undefined")
