@@ -208,4 +208,15 @@ def test_a_prompt_with_a_script_is_shown_as_text(browser, stack, client_api):
               for tr in browser.find_elements(By.CSS_SELECTOR, "#job tr")}["prompt"]
     assert prompt == XSS
     assert browser.execute_script("return window.pwned === undefined")
+    # The same browser signed in as another client (a link to a job of its own) is refused
+    # the first client's page, as if it did not exist.
+    other = stranger(stack)
+    own = other.submit({"kind": "generate_small", "prompt": "hello",
+                        "payment_policy": "escrow_before_start", "max_price": "0.05",
+                        "payment_token": "PUSD"}, idempotency_key=str(uuid.uuid4()))[0]
+    open_page(browser, other, own["job_id"])
+    assert browser.find_element(By.ID, "state").text == "requested"
+    browser.get(f"{stack.info.api_url}/ui/jobs/{job['job_id']}")
+    assert browser.title == "404 · Proofline"
+    assert "window.pwned" not in browser.page_source          # nothing of its prompt
     client_api.cancel(job["job_id"])
