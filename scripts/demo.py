@@ -127,6 +127,10 @@ def status(stack: dict) -> bool:
                           + (f"; cost per validated result {costs}" if costs else ""))
     console.print(f"status page: [bold]{stack['api_url']}/status[/bold] "
                   "(kept up with `make demo ARGS=--keep`)")
+    if stack["started"] and "--keep" not in sys.argv:
+        console.print("job pages: " + ", ".join(PAGES) + " (with `make demo ARGS=--keep` the "
+                      "stack stays up and the demo ends with a link to each)")
+        return bool(figures["classes"]["media_probe"]["last_hour"]["settled"])
     console.print("job pages (each link signs a browser in as the demo's client and opens "
                   "once, within two minutes; `.venv/bin/proofline ui JOB` makes another):")
     for job_id in PAGES:
