@@ -80,7 +80,11 @@ class Scene:
         self.frames = _frames(self.source)
         self.other_frames = _frames(self.other)
         self.planned = profiles.ladder(PROFILE, width, height)[0]
-        self.reference = verify.Reference.of(self.source, SECONDS)
+        # As the verifier keeps it: the candidates for full-resolution comparison drawn with
+        # a secret of its own (each trial then draws its SSIM frames among them).
+        self.reference = verify.Reference.of(
+            self.source, SECONDS, ssim_frames=3,
+            key=audit.audit_key(secrets.token_hex(32), subject="source", committed=["s"]))
         self.audio_source = work / "source.wav"
         subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(self.source), "-vn", "-ac", "1",
                         "-ar", "16000", str(self.audio_source)], check=True)

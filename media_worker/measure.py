@@ -73,12 +73,15 @@ FINGERPRINT_SIZE = (64, 36)        # every frame, this small: cheap, and enough 
 
 
 def fingerprints(path: PathLike, size: tuple[int, int] = FINGERPRINT_SIZE,
-                 keep: frozenset[int] = frozenset()) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+                 keep: frozenset[int] = frozenset(), as_gray: bool = False
+                 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Every decoded frame of the video as tiny luma, shape (frames, height, width) uint8,
     and the full-resolution luma of the frames in `keep`. One decode covers every frame, so
     no frame can be faked unseen, and serves the full-resolution comparison too. The tiny
     picture is an area average made by swscale (one scaler kept for the whole decode):
-    several times cheaper than averaging in numpy, and the same at every resolution."""
+    several times cheaper than averaging in numpy, and the same at every resolution.
+    `as_gray` keeps those frames converted to gray by swscale, as `frames_at` converts them
+    (a source's pixel format or range may differ from the outputs')."""
     width, height = size
     tiny, kept = [], {}
     scaler = VideoReformatter()
@@ -89,7 +92,8 @@ def fingerprints(path: PathLike, size: tuple[int, int] = FINGERPRINT_SIZE,
                                     interpolation="AREA")
             tiny.append(_plane(small, 0).copy())
             if index in keep:
-                kept[index] = _luma(frame).copy()
+                kept[index] = (frame.reformat(format="gray").to_ndarray() if as_gray
+                               else _luma(frame).copy())
     if not tiny:
         raise MediaError("no video frames to compare", reason="media_undecodable")
     return np.stack(tiny), kept
@@ -135,6 +139,13 @@ def frames_at(path: PathLike, indices: list[int], size: tuple[int, int]) -> dict
             if index >= max(wanted):
                 break
     return frames
+
+
+def scale_luma(luma: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A luma plane scaled to `size` by the same swscale path `frames_at` takes from a
+    decoded frame, so a kept frame compares exactly as one decoded again would."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(luma), format="gray")
+    return frame.reformat(width=size[0], height=size[1], format="gray").to_ndarray()
 
 
 def compare_frames(reference: dict[int, np.ndarray],

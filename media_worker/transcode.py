@@ -150,7 +150,7 @@ def _check_video(p: Ports, job: Job, task: Task, workdir: Path, local: dict, act
     if key is not None:
         source = workdir / "source.mkv"
         p.blobs.download(S3Uri.parse(task.input_uri), source, limit=OUTPUT_LIMIT)
-        reference = _source_fingerprints(p, task, source)
+        reference = _source_fingerprints(p, task, source, ssim_frames)
     return verify.judge_video(
         local[output.name], reported_sha256=output.sha256, actual_sha256=actual[output.name],
         planned=_rendition(job.plan, task.rendition), fps=Fraction(job.plan.fps),
@@ -158,14 +158,19 @@ def _check_video(p: Ports, job: Job, task: Task, workdir: Path, local: dict, act
         source=source, reference=reference, key=key, ssim_frames=ssim_frames)
 
 
-def _source_fingerprints(p: Ports, task: Task, source: Path) -> verify.Reference:
-    """The source segment's fingerprints, decoded once for all its renditions' checks and
-    kept beside the job (the verifier's own, so no worker can touch them)."""
+def _source_fingerprints(p: Ports, task: Task, source: Path,
+                         ssim_frames: int) -> verify.Reference:
+    """The source segment's fingerprints and the frames its audits may compare, decoded once
+    for all its renditions' checks and kept beside the job (the verifier's own, so no worker
+    can touch them). Which frames those are is drawn with the audit secret: no worker can
+    know them, and every check of the segment draws its own among them."""
     cached = S3Uri(p.settings.artifacts_bucket,
                    f"fingerprints/{task.job_id}/{task.input_hash.replace(':', '/')}.npz")
     if p.blobs.head(cached) is not None:
         return verify.Reference.load(p.blobs.read(cached, FINGERPRINT_LIMIT))
-    reference = verify.Reference.of(source, task.duration_s)
+    key = audit.audit_key(p.audit_secret or "", subject=f"{task.job_id}~source",
+                          committed=[task.input_hash])
+    reference = verify.Reference.of(source, task.duration_s, key=key, ssim_frames=ssim_frames)
     p.blobs.put(cached, reference.dump())
     return reference
 

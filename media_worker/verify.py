@@ -7,7 +7,7 @@ this module only measures (it decodes, so it lives in the execution plane).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Mapping
@@ -28,31 +28,59 @@ from .measure import (
     fingerprints,
     frames_at,
     measure_segment,
+    scale_luma,
 )
 
 MEASURE_ERRORS = (MediaError, ProoflineError, av.FFmpegError, ValueError)
 
 
+# The source frames an audit may compare at full resolution: this many per SSIM frame a
+# check draws, kept once per segment (so no check decodes its source again), within a budget.
+CANDIDATES_PER_SSIM_FRAME = 2
+CANDIDATE_BYTES = 32 << 20
+
+
 @dataclass(frozen=True)
 class Reference:
-    """A source segment's fingerprints and frame rate: what each rendition is compared to."""
+    """A source segment, decoded once for every check of its renditions: each frame's
+    fingerprint, the frame rate, and the full-resolution luma of `candidates`, the frames
+    the audits may compare. Which frames those are is drawn with the verifier's secret, so
+    no worker can know them; each check then draws its own among them, after its worker
+    committed to its result."""
     frames: np.ndarray
     fps: float
+    candidates: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, source: Path, duration_s: float) -> "Reference":
-        frames, _ = fingerprints(source)
-        return cls(frames, len(frames) / duration_s if duration_s > 0 else 0.0)
+    def of(cls, source: Path, duration_s: float, *, key: bytes | None = None,
+           ssim_frames: int = 0) -> "Reference":
+        keep: frozenset[int] = frozenset()
+        if key is not None and ssim_frames > 0:
+            shape = measure_segment(source)
+            wanted = ssim_frames * CANDIDATES_PER_SSIM_FRAME
+            affordable = CANDIDATE_BYTES // max(1, shape.width * shape.height)
+            keep = frozenset(audit.draw(key, "ssim-candidates", shape.frame_count,
+                                        max(ssim_frames, min(wanted, affordable))))
+        frames, kept = fingerprints(source, keep=keep, as_gray=True)
+        return cls(frames, len(frames) / duration_s if duration_s > 0 else 0.0, kept)
 
     def dump(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, frames=self.frames, fps=np.float64(self.fps))
+        chosen = sorted(self.candidates)
+        np.savez(buffer, frames=self.frames, fps=np.float64(self.fps),
+                 candidate_index=np.array(chosen, dtype=np.int64),
+                 candidate_luma=(np.stack([self.candidates[i] for i in chosen]) if chosen
+                                 else np.zeros((0, 0, 0), np.uint8)))
         return buffer.getvalue()
 
     @classmethod
     def load(cls, data: bytes) -> "Reference":
         stored = np.load(io.BytesIO(data), allow_pickle=False)
-        return cls(stored["frames"], float(stored["fps"]))
+        candidates = {}
+        if "candidate_index" in stored.files:
+            candidates = {int(i): luma for i, luma in
+                          zip(stored["candidate_index"], stored["candidate_luma"])}
+        return cls(stored["frames"], float(stored["fps"]), candidates)
 
 
 def judge_video(candidate: Path, *, reported_sha256: str, actual_sha256: str,
@@ -65,12 +93,12 @@ def judge_video(candidate: Path, *, reported_sha256: str, actual_sha256: str,
     try:
         measure = measure_segment(candidate).model_dump()
         if key is not None and source is not None and reference is not None:
-            drawn = audit.draw(key, "ssim", measure["frame_count"], ssim_frames)
-            frames, full = fingerprints(candidate, keep=frozenset(drawn))
+            size = (measure["width"], measure["height"])
+            shown, at = _ssim_frames(reference, source, key, measure["frame_count"],
+                                     float(fps), ssim_frames, size)
+            frames, full = fingerprints(candidate, keep=frozenset(shown))
             distances = rules.frame_distances(reference.frames, frames,
                                               source_fps=reference.fps, fps=float(fps))
-            shown = {i: round(i * reference.fps / float(fps)) for i in drawn}  # same time
-            at = frames_at(source, list(shown.values()), (measure["width"], measure["height"]))
             ssim = compare_frames({i: at[s] for i, s in shown.items() if s in at}, full)
     except MEASURE_ERRORS as error:
         return Verdict("segment_video", {"sha256_matches": actual_sha256 == reported_sha256,
@@ -81,6 +109,23 @@ def judge_video(candidate: Path, *, reported_sha256: str, actual_sha256: str,
         actual_sha256=actual_sha256, measure=measure, size_bytes=candidate.stat().st_size,
         source_duration_s=source_duration_s, start_s=start_s, segment_s=segment_s,
         fps=float(fps), distances=distances, ssim=ssim)
+
+
+def _ssim_frames(reference: Reference, source: Path, key: bytes, frame_count: int,
+                 fps: float, ssim_frames: int, size: tuple[int, int]
+                 ) -> tuple[dict[int, int], dict[int, np.ndarray]]:
+    """The output frames this check compares at full resolution, each with the source frame
+    shown at the same time, and those source frames scaled to the output's size. Drawn among
+    the reference's candidates when it kept some (nothing decoded again); otherwise among
+    every frame, the source decoded as far as the last one drawn."""
+    if reference.candidates:
+        pool = sorted(reference.candidates)
+        picked = [pool[i] for i in audit.draw(key, "ssim", len(pool), ssim_frames)]
+        shown = {min(frame_count - 1, round(s * fps / reference.fps)): s for s in picked}
+        return shown, {s: scale_luma(reference.candidates[s], size) for s in shown.values()}
+    drawn = audit.draw(key, "ssim", frame_count, ssim_frames)
+    shown = {i: round(i * reference.fps / fps) for i in drawn}                 # same time
+    return shown, frames_at(source, list(shown.values()), size)
 
 
 def judge_audio(local: Mapping[str, Path], *, reported: Mapping[str, str],

@@ -4,14 +4,25 @@ and cutting video-only segments (segments), measuring them and comparing their c
 from __future__ import annotations
 
 import time
+from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from chalicelib.errors import ExecutionError, FfmpegFailed, FfmpegTimeout, MediaError
 from chalicelib.media.probe import sha256_file
+from chalicelib.media.profiles import PlannedRendition
+from chalicelib.verification import audit
 from chalicelib.verification.segments import frame_distances
+from media_worker import verify
 from media_worker.ffmpeg import decode_check, run_ffmpeg
-from media_worker.measure import compare_frames, fingerprints, frames_at, measure_segment
+from media_worker.measure import (
+    compare_frames,
+    fingerprints,
+    frames_at,
+    measure_segment,
+    scale_luma,
+)
 from media_worker.segments import Keyframe, SourceInfo, inspect_source, plan_split, split_source
 from proofline import clips
 
@@ -247,6 +258,49 @@ def test_content_measures_tell_a_reencode_from_other_pictures(aligned_segments, 
     assert all(ssim < 0.6 for ssim, _ in compare_frames(bars_full, kept).values())
     itself = frames_at(segment, [5], (240, 180))
     assert compare_frames(itself, itself)[5][0] == pytest.approx(1.0)
+
+
+def test_a_reference_keeps_secretly_drawn_frames_and_checks_compare_only_those(
+        aligned_segments, tmp_path):
+    """The source is decoded once per segment: the frames its audits may compare are kept
+    at full resolution, drawn with the verifier's secret (another secret, other frames);
+    each check draws its SSIM frames among them and decodes no source again."""
+    segment = aligned_segments[2][1].path
+    key = lambda secret: audit.audit_key(secret * 16, subject="job~source",  # noqa: E731
+                                         committed=["sha256:src"])
+    kept = verify.Reference.of(segment, 2.0, key=key("a"), ssim_frames=3)
+    other = verify.Reference.of(segment, 2.0, key=key("b"), ssim_frames=3)
+    assert len(kept.candidates) == 6 and sorted(kept.candidates) != sorted(other.candidates)
+    assert kept.candidates[min(kept.candidates)].shape == (240, 320)     # the source's size
+    back = verify.Reference.load(kept.dump())
+    assert sorted(back.candidates) == sorted(kept.candidates) and back.fps == kept.fps
+    assert all((back.candidates[i] == kept.candidates[i]).all() for i in kept.candidates)
+    plain = verify.Reference.of(segment, 2.0)
+    assert plain.candidates == {} and (plain.frames == kept.frames).all()
+    # Scaled from what was kept, a frame compares as one decoded again does.
+    i = min(kept.candidates)
+    again = frames_at(segment, [i], (240, 180))[i]
+    assert np.abs(scale_luma(kept.candidates[i], (240, 180)).astype(int) - again).max() <= 2
+
+    reencode = tmp_path / "reencode.ts"
+    run_ffmpeg(["-i", str(segment), "-c:v", "libx264", "-preset", "veryfast", "-g", "50",
+                "-an", str(reencode)], timeout_s=60)
+    sha = sha256_file(reencode)
+    planned = PlannedRendition(name="240p", width=320, height=240, video_bitrate_k=400,
+                               maxrate_k=50000, bufsize_k=100000, h264_profile="high",
+                               h264_level="4.0")
+    judged = {}
+    for name, reference in (("candidates", kept), ("decoded again", plain)):
+        verdict = verify.judge_video(
+            reencode, reported_sha256=sha, actual_sha256=sha, planned=planned,
+            fps=Fraction(25), segment_s=2.0, start_s=0.0, source_duration_s=2.0,
+            source=segment, reference=reference, ssim_frames=3,
+            key=audit.audit_key("c" * 16, subject="t", committed=[sha]))
+        judged[name] = verdict.measured
+    assert set(judged["candidates"]["ssim_frames"]) <= set(kept.candidates)
+    assert len(judged["candidates"]["ssim_frames"]) == 3
+    assert abs(judged["candidates"]["ssim_min"] - judged["decoded again"]["ssim_min"]) < 0.02
+    assert judged["candidates"]["ssim_min"] > 0.9
 
 
 def test_decode_check_passes_a_clean_segment_and_fails_a_truncated_one(aligned_segments, tmp_path):
