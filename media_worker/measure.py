@@ -99,12 +99,13 @@ def fingerprints(path: PathLike, size: tuple[int, int] = FINGERPRINT_SIZE,
     return np.stack(tiny), kept
 
 
-THREADED_PIXELS = 640 * 360           # frames this big repay a decoder thread per core
+THREADED_PIXELS = 1920 * 1080         # frames this big repay a decoder thread per core
 
 
 def _threaded(stream):
-    """Frame threads for a picture big enough to repay them (they cut a 1080p check's wall
-    time by a fifth; on a small one they only add CPU)."""
+    """Frame threads for a picture big enough to repay them: they cut a 1080p check's wall
+    time by a fifth; a 720p one's by 8 % for 10 % more CPU, and on smaller ones they only
+    add CPU, so below 1080p a check decodes on one thread."""
     ctx = stream.codec_context
     if (ctx.width or 0) * (ctx.height or 0) >= THREADED_PIXELS:
         stream.thread_type = "AUTO"
@@ -163,10 +164,13 @@ def _detail_ratio(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 
 def _energy(a: np.ndarray) -> float:
-    """Mean squared Laplacian: the fine detail a picture scaled down and up again lacks."""
-    a = a.astype(np.float64)
-    lap = 4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]
-    return float(np.mean(lap * lap))
+    """Mean squared Laplacian: the fine detail a picture scaled down and up again lacks. The
+    Laplacian is exact in int16 (|4·255| + 4·255 fits); its squares are summed by a float32
+    dot product (BLAS), a relative error near 1e-5 on a ratio judged against 0.5."""
+    a = a.astype(np.int16)
+    lap = (4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]
+           ).astype(np.float32).ravel()
+    return float(np.dot(lap, lap)) / max(1, lap.size)
 
 
 def _ssim(x: np.ndarray, y: np.ndarray) -> float:
@@ -176,9 +180,11 @@ def _ssim(x: np.ndarray, y: np.ndarray) -> float:
     height, width = (min(x.shape[0], y.shape[0]) // 4) * 4, (min(x.shape[1], y.shape[1]) // 4) * 4
     if height < 8 or width < 8:
         return 1.0 if np.array_equal(x, y) else 0.0
-    # int32 holds every sum here (16 · 255² per block), at half int64's memory traffic.
-    a, b = x[:height, :width].astype(np.int32), y[:height, :width].astype(np.int32)
-    blocks = np.stack([(m.reshape(height // 4, 4, width // 4, 4).sum(axis=(1, 3), dtype=np.int32))
+    # Every product fits uint16 (255² < 2¹⁶) and every block sum uint32 (16 · 255²): the same
+    # integers as wider types, at a fraction of the memory traffic.
+    a, b = x[:height, :width].astype(np.uint16), y[:height, :width].astype(np.uint16)
+    blocks = np.stack([(m.reshape(height // 4, 4, width // 4, 4).sum(axis=(1, 3),
+                                                                     dtype=np.uint32))
                        for m in (a, b, a * a, b * b, a * b)])
     windows = blocks[:, 1:, 1:] + blocks[:, :-1, 1:] + blocks[:, 1:, :-1] + blocks[:, :-1, :-1]
     mx, my, xx, yy, xy = windows.astype(np.float64) / 64
