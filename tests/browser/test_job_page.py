@@ -92,6 +92,7 @@ def test_the_owner_sees_the_timeline_the_charge_and_the_verdicts(browser, stack,
 
 
 def test_each_rendition_of_the_ladder_plays_in_the_page(browser, client_api, paid):
+    browser.get_log("browser")               # what earlier pages logged is theirs
     open_page(browser, client_api, paid["job_id"])
     assert browser.execute_script(
         "return window.MediaSource !== undefined && "

@@ -40,6 +40,7 @@ def day_plot(browser, kind: str) -> dict:
 
 def test_the_status_page_counts_the_jobs_that_ran(browser, stack, api, tmp_path):
     url = f"{stack.info.api_url}/status"
+    browser.get_log("browser")               # what earlier pages logged is theirs
     browser.get(url)
     before = {row: int(cell(browser, "media_probe", row, 1)) for row in ("settled", "failed")}
     clip = clips.make_clip(tmp_path / "browser.mp4", seconds=1.0, width=240, height=136)
