@@ -43,8 +43,7 @@ MAX_FORM_BYTES = 4096
 
 STATIC = Path(__file__).parent / "ui" / "static"
 # The pages' scripts: the job page's own, and hls.js (vendored by `make install` from npm).
-ASSETS = {"job.js": "text/javascript; charset=utf-8",
-          "hls.min.js": "text/javascript; charset=utf-8"}
+ASSETS = frozenset({"job.js", "hls.min.js"})
 
 
 def page_route(path: str, methods=("GET",), **options):
@@ -96,8 +95,7 @@ def job_page(job_id):
             **_PAGE, "Location": job_id,
             "Set-Cookie": pages.set_cookie(token, max_age=pages.PAGE_SECONDS, secure=_https())})
     who, session = _page_caller()
-    view = lifecycle.view(p, job_id)
-    access.readable(who, view.job)
+    view = _readable_view(who, job_id)
     page, origins = views.job_page(p, view, csrf=callers.csrf_token(p, session))
     return Response(page, headers={**_PAGE, "Content-Security-Policy": _job_csp(origins)})
 
@@ -108,8 +106,7 @@ def job_playlist(job_id):
     p = ports.default()
     path = (blueprint.current_request.query_params or {}).get("path") or ""
     who, _ = _page_caller()
-    view = lifecycle.view(p, job_id)
-    access.readable(who, view.job)
+    view = _readable_view(who, job_id)
     return Response(views.playlist(p, view, path), headers={
         "Content-Type": "application/vnd.apple.mpegurl", "Cache-Control": "no-store"})
 
@@ -120,8 +117,7 @@ def job_page_cancel(job_id):
     p = ports.default()
     who, session = _page_caller()
     callers.check_csrf(p, session, _form().get("csrf"))
-    view = lifecycle.view(p, job_id)
-    access.readable(who, view.job)
+    _readable_view(who, job_id)
     lifecycle.cancel(p, job_id, by=who.did)
     return Response("", status_code=303, headers={**_PAGE, "Location": f"../{job_id}"})
 
@@ -139,12 +135,26 @@ def page_sign_out():
 @page_route("/ui/assets/{name}")
 def page_asset(name):
     """The pages' scripts, from the package."""
-    kind = ASSETS.get(name)
-    if kind is None or not (STATIC / name).is_file():
+    body = _asset(name) if name in ASSETS else None
+    if body is None:
         raise NotFound(f"no asset {name!r}", reason="no_such_asset")
-    return Response((STATIC / name).read_text(encoding="utf-8"), headers={
-        "Content-Type": kind, "X-Content-Type-Options": "nosniff",
+    return Response(body, headers={
+        "Content-Type": "text/javascript; charset=utf-8", "X-Content-Type-Options": "nosniff",
         "Cache-Control": "public, max-age=300"})
+
+
+@functools.cache
+def _asset(name: str) -> str | None:
+    """An asset's text, read once per container (hls.js is 600 KB); None if not packaged."""
+    path = STATIC / name
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _readable_view(who: Caller, job_id: str):
+    """The job's records, if `who` may read them (else the same 404 as no such job)."""
+    view = lifecycle.view(ports.default(), job_id)
+    access.readable(who, view.job)
+    return view
 
 
 def _page_caller() -> tuple[Caller, Session]:
