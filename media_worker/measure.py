@@ -11,7 +11,16 @@ from pydantic import Field
 
 from chalicelib.errors import MediaError
 
-from .reading import Model, Packets, PathLike, demux, open_media, span_s, video_stream
+from .reading import (
+    Model,
+    Packets,
+    PathLike,
+    decode_recording,
+    demux,
+    open_media,
+    span_s,
+    video_stream,
+)
 
 _SSIM_C1 = (0.01 * 255) ** 2
 _SSIM_C2 = (0.03 * 255) ** 2
@@ -36,28 +45,45 @@ class SegmentMeasure(Model):
 
 def measure_segment(path: PathLike) -> SegmentMeasure:
     """Measure a segment from its packets (no decoding). Raises MediaError if it has no video."""
-    with open_media(path) as container:
+    with open_media(path, guess_rate=False) as container:
         stream = video_stream(container)
-        seen = demux(container, stream, first_frame=False)
-        if not seen.pts:
-            raise MediaError("segment holds no timed video frames", reason="media_undecodable")
-        ctx = stream.codec_context
-        duration = span_s(seen)
-        start = min(seen.pts)
-        return SegmentMeasure(
-            format_name=container.format.name,
-            codec=ctx.name or "unknown",
-            profile=stream.profile or None,
-            width=ctx.width,
-            height=ctx.height,
-            duration_s=duration,
-            frame_count=seen.count,
-            fps=seen.count / duration if duration > 0 else 0.0,
-            starts_with_keyframe=seen.starts_with_keyframe,
-            keyframe_interval_s=_keyframe_interval_s(seen, start, duration),
-            has_audio=bool(container.streams.audio),
-            start_pts_s=float(start * seen.time_base),
-        )
+        return _measured(container, stream, demux(container, stream, first_frame=False))
+
+
+def measure_with_fingerprints(path: PathLike, keep: frozenset[int] = frozenset()
+                              ) -> tuple[SegmentMeasure, np.ndarray, dict[int, np.ndarray]]:
+    """`measure_segment` and `fingerprints` from one open and one pass over the file (a
+    check's candidate is read once). Its kept frames are converted to gray as the source's
+    are (`Reference`, `frames_at`), so both sides of a comparison have the same range. A
+    frame in `keep` past the end stands for the last frame, kept under its own index."""
+    with open_media(path, guess_rate=False) as container:
+        stream = _threaded(video_stream(container))
+        seen = Packets.of(stream)
+        tiny, kept = _fingerprinted(decode_recording(container, stream, seen),
+                                    FINGERPRINT_SIZE, keep, as_gray=True)
+        return _measured(container, stream, seen), tiny, kept
+
+
+def _measured(container, stream, seen: Packets) -> SegmentMeasure:
+    if not seen.pts:
+        raise MediaError("segment holds no timed video frames", reason="media_undecodable")
+    ctx = stream.codec_context
+    duration = span_s(seen)
+    start = min(seen.pts)
+    return SegmentMeasure(
+        format_name=container.format.name,
+        codec=ctx.name or "unknown",
+        profile=stream.profile or None,
+        width=ctx.width,
+        height=ctx.height,
+        duration_s=duration,
+        frame_count=seen.count,
+        fps=seen.count / duration if duration > 0 else 0.0,
+        starts_with_keyframe=seen.starts_with_keyframe,
+        keyframe_interval_s=_keyframe_interval_s(seen, start, duration),
+        has_audio=bool(container.streams.audio),
+        start_pts_s=float(start * seen.time_base),
+    )
 
 
 def _keyframe_interval_s(seen: Packets, start: int, duration_s: float) -> float:
@@ -82,21 +108,32 @@ def fingerprints(path: PathLike, size: tuple[int, int] = FINGERPRINT_SIZE,
     several times cheaper than averaging in numpy, and the same at every resolution.
     `as_gray` keeps those frames converted to gray by swscale, as `frames_at` converts them
     (a source's pixel format or range may differ from the outputs')."""
-    width, height = size
-    tiny, kept = [], {}
-    scaler = VideoReformatter()
-    with open_media(path) as container:
+    with open_media(path, guess_rate=False) as container:
         stream = _threaded(video_stream(container))
-        for index, frame in enumerate(container.decode(stream)):
-            small = scaler.reformat(frame, width=width, height=height, format="yuv420p",
-                                    interpolation="AREA")
-            tiny.append(_plane(small, 0).copy())
-            if index in keep:
-                kept[index] = (frame.reformat(format="gray").to_ndarray() if as_gray
-                               else _luma(frame).copy())
+        return _fingerprinted(container.decode(stream), size, keep, as_gray)
+
+
+def _fingerprinted(decoded, size: tuple[int, int], keep: frozenset[int], as_gray: bool
+                   ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    width, height = size
+    tiny, kept, last = [], {}, None
+    scaler = VideoReformatter()
+    for index, frame in enumerate(decoded):
+        small = scaler.reformat(frame, width=width, height=height, format="yuv420p",
+                                interpolation="AREA")
+        tiny.append(_plane(small, 0).copy())
+        if index in keep:
+            kept[index] = _kept(frame, as_gray)
+        last = frame
     if not tiny:
         raise MediaError("no video frames to compare", reason="media_undecodable")
+    if keep and max(keep) >= len(tiny):
+        kept[len(tiny) - 1] = _kept(last, as_gray)
     return np.stack(tiny), kept
+
+
+def _kept(frame: av.VideoFrame, as_gray: bool) -> np.ndarray:
+    return frame.reformat(format="gray").to_ndarray() if as_gray else _luma(frame).copy()
 
 
 THREADED_PIXELS = 1920 * 1080         # frames this big repay a decoder thread per core
@@ -131,7 +168,7 @@ def frames_at(path: PathLike, indices: list[int], size: tuple[int, int]) -> dict
     if not wanted:
         return frames
     scaler = VideoReformatter()
-    with open_media(path) as container:
+    with open_media(path, guess_rate=False) as container:
         stream = _threaded(video_stream(container))
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
@@ -181,17 +218,23 @@ def _ssim(x: np.ndarray, y: np.ndarray) -> float:
     if height < 8 or width < 8:
         return 1.0 if np.array_equal(x, y) else 0.0
     # Every product fits uint16 (255² < 2¹⁶) and every block sum uint32 (16 · 255²): the same
-    # integers as wider types, at a fraction of the memory traffic.
+    # integers as wider types. A block sum is four strided additions each way: elementwise
+    # work, several times faster than a reduction over a 4-long axis.
     a, b = x[:height, :width].astype(np.uint16), y[:height, :width].astype(np.uint16)
-    blocks = np.stack([(m.reshape(height // 4, 4, width // 4, 4).sum(axis=(1, 3),
-                                                                     dtype=np.uint32))
-                       for m in (a, b, a * a, b * b, a * b)])
+    blocks = np.stack([_block_sums(m) for m in (a, b, a * a, b * b, a * b)])
     windows = blocks[:, 1:, 1:] + blocks[:, :-1, 1:] + blocks[:, 1:, :-1] + blocks[:, :-1, :-1]
     mx, my, xx, yy, xy = windows.astype(np.float64) / 64
     vx, vy, cov = xx - mx * mx, yy - my * my, xy - mx * my
     ssim = ((2 * mx * my + _SSIM_C1) * (2 * cov + _SSIM_C2)
             / ((mx * mx + my * my + _SSIM_C1) * (vx + vy + _SSIM_C2)))
     return float(ssim.mean())
+
+
+def _block_sums(m: np.ndarray) -> np.ndarray:
+    """Sums over the 4x4 blocks of `m`, in uint32."""
+    m = m.astype(np.uint32)
+    columns = m[:, 0::4] + m[:, 1::4] + m[:, 2::4] + m[:, 3::4]
+    return columns[0::4] + columns[1::4] + columns[2::4] + columns[3::4]
 
 
 # --- audio content --------------------------------------------------------------------------
@@ -208,7 +251,7 @@ def audio_bands(paths: list[PathLike]) -> np.ndarray:
     resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
     chunks = []
     for path in paths:
-        with open_media(path) as container:
+        with open_media(path, guess_rate=False) as container:
             if not container.streams.audio:
                 raise MediaError(f"{path} has no audio", reason="no_audio_stream")
             for frame in container.decode(container.streams.audio[0]):

@@ -28,6 +28,7 @@ from .measure import (
     fingerprints,
     frames_at,
     measure_segment,
+    measure_with_fingerprints,
     scale_luma,
 )
 
@@ -91,15 +92,19 @@ def judge_video(candidate: Path, *, reported_sha256: str, actual_sha256: str,
     `key`) when `key` is given, i.e. when this segment's content is audited."""
     distances = ssim = None
     try:
-        measure = measure_segment(candidate).model_dump()
         if key is not None and source is not None and reference is not None:
-            size = (measure["width"], measure["height"])
-            shown, at = _ssim_frames(reference, source, key, measure["frame_count"],
-                                     float(fps), ssim_frames, size)
-            frames, full = fingerprints(candidate, keep=frozenset(shown))
+            drawn = _ssim_draw(reference, key, float(fps), ssim_frames)
+            measured, frames, full = measure_with_fingerprints(candidate, frozenset(drawn))
+            last = len(frames) - 1
+            shown = {min(last, i): s for i, s in drawn.items()}      # the end stands for itself
+            at = _source_frames(reference, source, sorted(set(shown.values())),
+                                (measured.width, measured.height))
             distances = rules.frame_distances(reference.frames, frames,
                                               source_fps=reference.fps, fps=float(fps))
             ssim = compare_frames({i: at[s] for i, s in shown.items() if s in at}, full)
+        else:
+            measured = measure_segment(candidate)
+        measure = measured.model_dump()
     except MEASURE_ERRORS as error:
         return Verdict("segment_video", {"sha256_matches": actual_sha256 == reported_sha256,
                                          "output_readable": False},
@@ -111,21 +116,24 @@ def judge_video(candidate: Path, *, reported_sha256: str, actual_sha256: str,
         fps=float(fps), distances=distances, ssim=ssim)
 
 
-def _ssim_frames(reference: Reference, source: Path, key: bytes, frame_count: int,
-                 fps: float, ssim_frames: int, size: tuple[int, int]
-                 ) -> tuple[dict[int, int], dict[int, np.ndarray]]:
+def _ssim_draw(reference: Reference, key: bytes, fps: float, ssim_frames: int
+               ) -> dict[int, int]:
     """The output frames this check compares at full resolution, each with the source frame
-    shown at the same time, and those source frames scaled to the output's size. Drawn among
-    the reference's candidates when it kept some (nothing decoded again); otherwise among
-    every frame, the source decoded as far as the last one drawn."""
-    if reference.candidates:
-        pool = sorted(reference.candidates)
-        picked = [pool[i] for i in audit.draw(key, "ssim", len(pool), ssim_frames)]
-        shown = {min(frame_count - 1, round(s * fps / reference.fps)): s for s in picked}
-        return shown, {s: scale_luma(reference.candidates[s], size) for s in shown.values()}
-    drawn = audit.draw(key, "ssim", frame_count, ssim_frames)
-    shown = {i: round(i * reference.fps / fps) for i in drawn}                 # same time
-    return shown, frames_at(source, list(shown.values()), size)
+    shown at the same time: drawn among the reference's candidates when it kept some (so
+    nothing is decoded again), otherwise among every source frame. An output frame past the
+    candidate's end is clamped to its last once the candidate is read."""
+    pool = sorted(reference.candidates) or list(range(len(reference.frames)))
+    picked = [pool[i] for i in audit.draw(key, "ssim", len(pool), ssim_frames)]
+    return {round(s * fps / reference.fps): s for s in picked} if reference.fps > 0 else {}
+
+
+def _source_frames(reference: Reference, source: Path, indices: list[int],
+                   size: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Those source frames scaled to the output's size: from the kept candidates, or decoded
+    from the source as far as the last one drawn."""
+    if all(i in reference.candidates for i in indices):
+        return {i: scale_luma(reference.candidates[i], size) for i in indices}
+    return frames_at(source, indices, size)
 
 
 def judge_audio(local: Mapping[str, Path], *, reported: Mapping[str, str],

@@ -3,9 +3,12 @@ and cutting video-only segments (segments), measuring them and comparing their c
 (measure), and running ffmpeg (ffmpeg). No servers."""
 from __future__ import annotations
 
+import re
+import subprocess
 import time
 from fractions import Fraction
 
+import imageio_ffmpeg
 import numpy as np
 import pytest
 
@@ -21,6 +24,7 @@ from media_worker.measure import (
     fingerprints,
     frames_at,
     measure_segment,
+    measure_with_fingerprints,
     scale_luma,
 )
 from media_worker.segments import Keyframe, SourceInfo, inspect_source, plan_split, split_source
@@ -258,6 +262,37 @@ def test_content_measures_tell_a_reencode_from_other_pictures(aligned_segments, 
     assert all(ssim < 0.6 for ssim, _ in compare_frames(bars_full, kept).values())
     itself = frames_at(segment, [5], (240, 180))
     assert compare_frames(itself, itself)[5][0] == pytest.approx(1.0)
+
+
+def test_one_pass_measures_and_fingerprints_as_two_passes_do(aligned_segments, tmp_path):
+    """A check reads its candidate once: what that pass measures and fingerprints is what
+    the packet pass and the decode pass each find, and a frame drawn past the end stands
+    for the last one."""
+    segment = aligned_segments[2][1].path
+    tiny, kept = fingerprints(segment, keep=frozenset({3, 49}), as_gray=True)
+    measured, once_tiny, once_kept = measure_with_fingerprints(segment, frozenset({3, 60}))
+    assert measured == measure_segment(segment) and measured.frame_count == 50
+    assert (once_tiny == tiny).all()
+    assert sorted(once_kept) == [3, 49]
+    assert all((once_kept[i] == kept[i]).all() for i in (3, 49))
+
+
+def test_ssim_is_the_ffmpeg_filters_luma_ssim(aligned_segments, tmp_path):
+    """SSIM over 8x8 windows on a 4-pixel grid, the integer block sums checked against
+    FFmpeg's own `ssim` filter on the same two luma planes."""
+    segment = aligned_segments[2][1].path
+    worse = tmp_path / "worse.mp4"
+    run_ffmpeg(["-i", str(segment), "-c:v", "libx264", "-crf", "40", "-an", str(worse)],
+               timeout_s=60)
+    (_, source), (_, worn) = (fingerprints(path, keep=frozenset({7})) for path in (segment, worse))
+    ours = compare_frames(source, worn)[7][0]
+    report = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(worse), "-i", str(segment),
+         "-lavfi", "[0:v]select=eq(n\\,7)[a];[1:v]select=eq(n\\,7)[b];[a][b]ssim",
+         "-frames:v", "1", "-f", "null", "-"], capture_output=True, text=True, check=True)
+    theirs = float(re.search(r"Y:([0-9.]+)", report.stderr).group(1))
+    assert 0.3 < ours < 0.99
+    assert ours == pytest.approx(theirs, abs=0.002)
 
 
 def test_a_reference_keeps_secretly_drawn_frames_and_checks_compare_only_those(
