@@ -7,6 +7,8 @@ transaction touches, so the ratio stays near 1."""
 from __future__ import annotations
 
 import logging
+import os
+import random
 import statistics
 import time
 import uuid
@@ -20,6 +22,8 @@ from proofline.devstack import HOST, free_port
 FILLED = 1000
 SAMPLES = 30
 TABLE = "bench-local-jobs"
+RANGE_BYTES = 64 << 10
+OBJECT_SIZES = {"1mib": 1 << 20, "256mib": 256 << 20}
 
 
 def run() -> dict[str, float]:
@@ -36,11 +40,32 @@ def run() -> dict[str, float]:
         fill(db, TABLE, FILLED)
         filled = _median_ms(db)
         db.delete_table(TableName=TABLE)
+        ranged = _ranged_reads(boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+            region_name="us-east-1").client("s3", endpoint_url=f"http://{HOST}:{endpoint._port}"))
     finally:
         endpoint.stop()
     return {"local_transact_ms_empty": round(empty, 2),
             "local_transact_ms_1000_items": round(filled, 2),
-            "local_transact_1000_items_over_empty": round(filled / empty, 2)}
+            "local_transact_1000_items_over_empty": round(filled / empty, 2), **ranged}
+
+
+def _ranged_reads(s3) -> dict[str, float]:
+    s3.create_bucket(Bucket="bench-ranges")
+    figures, rng = {}, random.Random(0)
+    for name, size in OBJECT_SIZES.items():
+        s3.put_object(Bucket="bench-ranges", Key=name, Body=os.urandom(size))
+        for path, extra in (("", {}), ("_moto", {"ResponseCacheControl": "no-cache"})):
+            samples = []
+            for _ in range(SAMPLES if size < (64 << 20) or not path else 5):
+                first = rng.randrange(0, size - RANGE_BYTES)
+                started = time.perf_counter()
+                s3.get_object(Bucket="bench-ranges", Key=name, **extra,
+                              Range=f"bytes={first}-{first + RANGE_BYTES - 1}")["Body"].read()
+                samples.append((time.perf_counter() - started) * 1000)
+            figures[f"local_ranged_read_ms_{name}{path}"] = round(statistics.median(samples), 2)
+        s3.delete_object(Bucket="bench-ranges", Key=name)
+    return figures
 
 
 def create_jobs_table(db, name: str) -> None:

@@ -5,7 +5,8 @@ DynamoDB applies each request atomically: a conditional write or a transaction c
 writes with nothing in between. moto serves requests on threads and does not lock its
 tables, so two racing transactions could both pass their conditions, and its transaction
 rollback snapshot can fail while another thread writes. Serializing DynamoDB requests
-restores the semantics the control plane relies on; S3 and SQS stay concurrent.
+restores the semantics the control plane relies on; S3 and SQS stay concurrent. A ranged
+S3 read costs its range, as on S3 (`rangedreads`).
 
 moto's TransactWriteItems deep-copies a table for each item it writes before it starts (its
 rollback), so a transaction's cost grows with the data already stored (docs/benchmarks.md:
@@ -45,6 +46,8 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
+from .rangedreads import install_ranged_reads
+
 MOTO_VERSION = "5.2.5"      # the moto whose transact_write_items ItemRollbackBackend replaces
 
 
@@ -66,6 +69,7 @@ class HostDispatcher(DomainDispatcherApplication):
 class AwsEndpoint(ThreadedMotoServer):
     def _server_entry(self) -> None:
         install_item_rollback()
+        install_ranged_reads()
         app = HostDispatcher(create_backend_app)
         dynamodb = threading.Lock()
 
