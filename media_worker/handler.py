@@ -130,8 +130,10 @@ def _check(p: Ports, message: dict, workdir: Path, redelivered: bool) -> None:
     task = p.tasks.get(message["job_id"], message["task_id"])
     if task.attempt != message["attempt"] or task.state != TaskState.SUBMITTED:
         return
-    verdict, promoted = transcode.check_task(p, p.store.get(task.job_id), task, workdir)
-    tasks.judged(p, task, verdict, promoted)
+    job = p.store.get(task.job_id)
+    verdict, promoted = transcode.check_task(p, job, task, workdir)
+    tasks.judged(p, task, verdict, promoted,
+                 after_pass=lambda passed: transcode.place_in_package(p, job, passed))
 
 
 def _assemble(p: Ports, message: dict, workdir: Path, redelivered: bool) -> None:

@@ -198,6 +198,32 @@ def _promote(p: Ports, output: Output) -> Output | None:
     return output.model_copy(update={"uri": str(target)})
 
 
+def place_in_package(p: Ports, job: Job, task: Task) -> None:
+    """A passed task's segments go into its job's package as soon as it passes (after its
+    pass is committed, so only the check whose commit won places anything): the assembly
+    then copies nothing but what is missing. Each copy is hashed by S3 as it is written; one
+    that does not hash as its task recorded is removed, for the assembly to place again.
+    Only names the task's kind may write are placed; playlists are the assembly's."""
+    if job.plan is None or job.plan.container != "hls":
+        return
+    folder = package_folder(p, job)
+    misplaced = set(_misplaced(task))
+    for output in task.outputs:
+        if output.name in misplaced or output.name.endswith(".m3u8"):
+            continue
+        target = _in_package(folder, output.name)
+        if p.blobs.copy_hashed(S3Uri.parse(output.uri), target,
+                               content_type=_content_type(target.key)) != output.sha256:
+            p.blobs.delete(target)
+
+
+def package_folder(p: Ports, job: Job) -> S3Uri:
+    """Where a job's package is put together, one folder per job attempt (a job planned
+    again may cut other segments). Only the verifier and the assembler write there; the
+    package's identity is its listing's hash, recorded with the job."""
+    return S3Uri(p.settings.artifacts_bucket, f"packages/{job.job_id}/{job.attempt:03d}")
+
+
 def _rendition(plan: TranscodePlan, name: str) -> profiles.PlannedRendition:
     return profiles.PlannedRendition.model_validate(
         next(r for r in plan.renditions if r["name"] == name))
@@ -210,22 +236,24 @@ def assemble(p: Ports, job: Job, workdir: Path, sign) -> Job | None:
     started = time.monotonic()
     view = p.store.view(job.job_id)             # the tasks and their verdicts, one Query
     tasks = {t.task_id: t for t in view.tasks}
+    folder = package_folder(p, job)
     if job.plan.container == "hls":
-        verdict, output = _assemble_hls(p, job.plan, tasks, view.events)
+        verdict, output = _assemble_hls(p, job.plan, folder, tasks, view.events)
     else:
-        verdict, output = _assemble_mp4(p, job.plan, tasks, workdir)
+        verdict, output = _assemble_mp4(p, job.plan, folder, tasks, workdir)
     return transcode.complete(p, job, output, verdict, signature=sign(job, output),
                               execution={"assembly_s": round(time.monotonic() - started, 3),
                                          "tasks": len(tasks)})
 
 
-def _assemble_hls(p: Ports, plan: TranscodePlan, tasks: dict[str, Task],
+def _assemble_hls(p: Ports, plan: TranscodePlan, folder: S3Uri, tasks: dict[str, Task],
                   events: list[Event]) -> tuple[Verdict, Output]:
     """No segment is fetched or decoded again: each was measured and checked from its own
-    bytes and promoted under their hash. The package relies on those verdicts, checks its
-    playlists structurally, and holds server-side copies of the promoted outputs, each
-    hashed by S3 as it is written and compared with the hash its task recorded. Only the
-    playlists pass through here: written from the plan (the audio track's, read back)."""
+    bytes, promoted under their hash, and placed in the package when its task passed (a
+    server-side copy hashed by S3 as it was written). The package relies on those verdicts,
+    checks its playlists structurally, lists its folder once, and copies only what is
+    missing or not the size its task recorded, each copy hashed again. Only the playlists
+    pass through here: written from the plan (the audio track's, read back)."""
     video = {r["name"]: [f"{r['name']}-{s['index']:05d}" for s in plan.segments]
              for r in plan.renditions}
     audio = "audio" if plan.has_audio else None
@@ -250,22 +278,27 @@ def _assemble_hls(p: Ports, plan: TranscodePlan, tasks: dict[str, Task],
                               expected_segments=len(plan.segments))
     listed = {path: (media.sha256_bytes(data), len(data)) for path, data in playlists.items()}
     listed.update({path: (o.sha256, o.size_bytes) for path, o in delivered.items()})
-    manifest, digest, prefix = _manifest(plan, hls.MASTER, listed)
-    side_by_side(lambda item: p.blobs.put(_in_package(p, prefix, item[0]), item[1],
+    manifest, digest = _manifest(plan, hls.MASTER, listed)
+    side_by_side(lambda item: p.blobs.put(_in_package(folder, item[0]), item[1],
                                           content_type=_content_type(Path(item[0]))),
                  list(playlists.items()))
-    placed = dict(zip(delivered, side_by_side(      # each copy waits on S3 alone
-        lambda item: _place(p, item[1], _in_package(p, prefix, item[0])),
-        list(delivered.items()))))
-    wrong += [path for path, ok in placed.items() if not ok]
+    present = p.blobs.sizes(S3Uri(folder.bucket, f"{folder.key}/"),
+                            limit=len(delivered) + len(playlists) + 100)
+    missing = {path: o for path, o in delivered.items()
+               if present.get(_in_package(folder, path).key) != o.size_bytes}
+    copied = dict(zip(missing, side_by_side(         # each copy waits on S3 alone
+        lambda item: _place(p, item[1], _in_package(folder, item[0])),
+        list(missing.items()))))
+    wrong += [path for path, ok in copied.items() if not ok]
     # The first failed check names the job's reason: a file that is not what was verified
     # comes first, whatever else it breaks.
     checks = {"files_match_recorded_sha256": not wrong, "outputs_named_as_planned": not misplaced,
               **basis.checks, **structure.checks}
     measured = {**structure.measured, **basis.measured, "misplaced_outputs": misplaced[:20],
                 "files_not_matching_records": wrong[:20], "decoded": False,
-                "segments_copied": len(delivered)}
-    return _package(p, plan, checks, measured, manifest, digest, prefix, hls.MASTER, listed)
+                "segments_placed_when_passed": len(delivered) - len(missing),
+                "segments_copied": len(missing)}
+    return _package(p, plan, checks, measured, manifest, digest, folder, hls.MASTER, listed)
 
 
 def _passing_verdicts(passed: dict[str, Task], events: list[Event]) -> dict[str, dict]:
@@ -321,30 +354,29 @@ def _place(p: Ports, output: Output, target: S3Uri) -> bool:
 
 
 def _manifest(plan: TranscodePlan, entry: str,
-              listed: dict[str, tuple[str, int]]) -> tuple[bytes, str, str]:
-    """package.json (the listing, paths in order) and its content hash, which names the
-    package's folder."""
+              listed: dict[str, tuple[str, int]]) -> tuple[bytes, str]:
+    """package.json (the listing, paths in order) and its content hash: the package's
+    identity, recorded as the job's output."""
     listing = {"profile": plan.profile, "entry": entry,
                "files": [{"path": path, "sha256": sha256, "size_bytes": size}
                          for path, (sha256, size) in sorted(listed.items())]}
     manifest = json.dumps(listing, indent=1, sort_keys=True).encode()
-    digest = media.sha256_bytes(manifest)
-    return manifest, digest, f"packages/{digest.removeprefix('sha256:')}"
+    return manifest, media.sha256_bytes(manifest)
 
 
-def _in_package(p: Ports, prefix: str, path: str) -> S3Uri:
-    return S3Uri(p.settings.artifacts_bucket, f"{prefix}/{path}")
+def _in_package(folder: S3Uri, path: str) -> S3Uri:
+    return S3Uri(folder.bucket, f"{folder.key}/{path}")
 
 
 def _package(p: Ports, plan: TranscodePlan, checks: dict, measured: dict, manifest: bytes,
-             digest: str, prefix: str, entry: str,
+             digest: str, folder: S3Uri, entry: str,
              listed: dict[str, tuple[str, int]]) -> tuple[Verdict, Output]:
     """The verdict and package.json, written only for a package whose files are all as
     listed (a failed one is never handed out)."""
-    package = _in_package(p, prefix, "package.json")
+    package = _in_package(folder, "package.json")
     verdict = Verdict(f"{plan.container}_package", checks,
                       {**measured, "sha256": digest,
-                       "entry": f"s3://{package.bucket}/{prefix}/{entry}", "files": len(listed),
+                       "entry": str(_in_package(folder, entry)), "files": len(listed),
                        "bytes": sum(size for _, size in listed.values())})
     if verdict.passed:
         p.blobs.put(package, manifest, content_type="application/json")
@@ -352,7 +384,7 @@ def _package(p: Ports, plan: TranscodePlan, checks: dict, measured: dict, manife
                            size_bytes=len(manifest))
 
 
-def _assemble_mp4(p: Ports, plan: TranscodePlan, tasks: dict[str, Task],
+def _assemble_mp4(p: Ports, plan: TranscodePlan, folder: S3Uri, tasks: dict[str, Task],
                   workdir: Path) -> tuple[Verdict, Output]:
     """Joining the segments into one file needs their bytes: fetch every promoted output,
     mux, check the file by decoding it, upload it under the package's hash."""
@@ -371,12 +403,11 @@ def _assemble_mp4(p: Ports, plan: TranscodePlan, tasks: dict[str, Task],
     files = sorted(f for f in root.rglob("*") if f.is_file())
     listed = {f.relative_to(root).as_posix(): (media.sha256_file(f), f.stat().st_size)
               for f in files}
-    manifest, digest, prefix = _manifest(plan, entry, listed)
+    manifest, digest = _manifest(plan, entry, listed)
     for f in files:
-        uri = _in_package(p, prefix, f.relative_to(root).as_posix())
-        if p.blobs.head(uri) is None:
-            p.blobs.upload(uri, f, content_type=_content_type(f))
-    return _package(p, plan, checks, measured, manifest, digest, prefix, entry, listed)
+        p.blobs.upload(_in_package(folder, f.relative_to(root).as_posix()), f,
+                       content_type=_content_type(f))
+    return _package(p, plan, checks, measured, manifest, digest, folder, entry, listed)
 
 
 def _join_mp4(plan: TranscodePlan, tasks: dict, root: Path):

@@ -94,6 +94,12 @@ class Blobs:
             Bucket=prefix.bucket, Prefix=prefix.key, PaginationConfig={"MaxItems": limit})
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
+    def sizes(self, prefix: S3Uri, limit: int = 10_000) -> dict[str, int]:
+        """Each key under `prefix` (at most `limit`) with its size: a thousand to a request."""
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=prefix.bucket, Prefix=prefix.key, PaginationConfig={"MaxItems": limit})
+        return {item["Key"]: item["Size"] for page in pages for item in page.get("Contents", [])}
+
     def put(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
         self._s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type)
 

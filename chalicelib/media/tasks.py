@@ -7,6 +7,7 @@ then asks for the assembly. A task whose attempts run out fails the job with the
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from aws_lambda_powertools import Logger
@@ -233,9 +234,12 @@ def fail(ports: Ports, task: Task, reason: str, message: str) -> Task | None:
                          data={"message": message[:1000]})
 
 
-def judged(ports: Ports, task: Task, verdict: Verdict, promoted: list[Output]) -> Task | None:
+def judged(ports: Ports, task: Task, verdict: Verdict, promoted: list[Output],
+           after_pass: Callable[[Task], None] = lambda passed: None) -> Task | None:
     """Record the verifier's verdict on a submitted task; the last task to pass asks for
-    the assembly."""
+    the assembly. `after_pass` runs once the pass is committed (by the one check whose
+    commit won) and before that request: the verifier places the passed task's outputs
+    in its job's package there."""
     if not verdict.passed:
         observe(ports, task, "validation_failed")
         return retry_or_fail(ports, task, reason=verdict.reason or "validation_failed",
@@ -245,6 +249,7 @@ def judged(ports: Ports, task: Task, verdict: Verdict, promoted: list[Output]) -
                       outputs=promoted)
     if passed:
         observe(ports, task, "passed")
+        after_pass(passed)
     if passed and ports.tasks.count_passed(task.job_id) >= _total(ports, task.job_id):
         request_assembly(ports, ports.store.get(task.job_id))
     return passed

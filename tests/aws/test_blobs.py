@@ -42,3 +42,18 @@ def test_an_object_stored_without_a_checksum_is_hashed_by_reading_it(aws, bucket
     aws.s3.put_object(Bucket=bucket, Key="packages/old/seg.ts", Body=b"old bytes")
     assert Blobs(aws.s3).stored_sha256(S3Uri(bucket, "packages/old/seg.ts")) == \
         "sha256:" + hashlib.sha256(b"old bytes").hexdigest()
+
+
+def test_a_folders_sizes_come_from_one_listing_past_a_thousand_keys(aws, bucket):
+    """How the assembly sees which segments are already in its package: every key under
+    the prefix with its size, over pages of a thousand, and nothing outside it."""
+    blobs = Blobs(aws.s3)
+    for n in range(1003):
+        aws.s3.put_object(Bucket=bucket, Key=f"packages/job/001/720p/seg_{n:05d}.ts",
+                          Body=bytes(n % 5))
+    aws.s3.put_object(Bucket=bucket, Key="packages/job/0010/other.ts", Body=b"x")
+    sizes = blobs.sizes(S3Uri(bucket, "packages/job/001/"))
+    assert len(sizes) == 1003
+    assert sizes["packages/job/001/720p/seg_01002.ts"] == 1002 % 5
+    assert blobs.sizes(S3Uri(bucket, "packages/job/001/"), limit=10) == dict(
+        list(sizes.items())[:10])

@@ -88,6 +88,9 @@ RARE: dict[tuple[str, str, str], str] = {
     ("policy-dev.json", "sqs:SendMessage", "arn:aws:sqs:*:*:proofline-dev-segments"):
         "a marketplace offer or lease that lapses goes back to the router, which may pick the "
         "pool: the sweeper then sends the task to the segments queue",
+    ("SegmentWorkerFunction", "s3:DeleteObject", "arn:aws:s3:::proofline-dev-artifacts/packages/*"):
+        "a segment copied into its package that does not hash as its task recorded is removed: "
+        "tests/media/test_transcode.py, a promoted output altered before it is placed, in-process",
     ("InferenceWorkerFunction", "dynamodb:Query", "arn:aws:dynamodb:*:*:table/proofline-dev-jobs"):
         "the collection schedule reads a spawned Modal call's timeline: only with Modal "
         "credentials (tests/gpu_functions/test_inference.py, in-process)",

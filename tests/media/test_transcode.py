@@ -360,19 +360,20 @@ def test_the_package_is_assembled_without_fetching_or_decoding_a_segment(
     promoted = {o.name: o for t in ports.tasks.list(job.job_id) for o in t.outputs}
     media = [name for name in promoted if name.endswith(".ts")]
     assert len(media) >= 3                              # two video segments, the audio's
-    # The only object read is the audio track's playlist; every segment is a copy S3 makes.
+    # The only object read is the audio track's playlist, and no segment is copied: each
+    # was placed in the package when its task passed. The folder is listed once.
     reads = [key for op, key, _ in seen if op == "GetObject"]
     assert reads == [promoted["audio/audio.m3u8"].uri.split("/", 3)[3]]
-    copies = {source for op, _, source in seen if op == "CopyObject"}
-    assert copies == {promoted[name].uri.split("/", 3)[3] for name in media}
-    assert not [op for op, _, _ in seen if op not in ("GetObject", "HeadObject", "PutObject",
-                                                      "CopyObject")]
+    assert not [op for op, _, _ in seen if op == "CopyObject"]
+    assert [op for op, _, _ in seen if op == "ListObjectsV2"] == ["ListObjectsV2"]
+    assert not [op for op, _, _ in seen if op not in ("GetObject", "PutObject", "ListObjectsV2")]
     [passed] = [e["data"] for e in api.events(job.job_id)["events"]
                 if e["type"] == "validation.passed"]
     assert passed["measured"]["decoded"] is False and passed["passed"] is True
     assert passed["measured"]["task_verdicts"]["video"] == 2
     assert passed["measured"]["task_verdicts"]["audio"] == 1
-    assert passed["measured"]["segments_copied"] == len(promoted) - 1   # all but a playlist
+    assert passed["measured"]["segments_placed_when_passed"] == len(media)
+    assert passed["measured"]["segments_copied"] == 0
 
     # What the client gets: the listing names each segment by its recorded hash, and the
     # bytes behind every link are those.
@@ -390,29 +391,50 @@ def test_the_package_is_assembled_without_fetching_or_decoding_a_segment(
     assert decode.returncode == 0 and decode.stderr == ""
 
 
-@pytest.mark.parametrize("damage", ["altered", "deleted"])
-def test_a_promoted_output_changed_after_its_check_fails_the_assembly(
+@pytest.mark.parametrize("damage", ["none", "altered", "deleted"])
+def test_a_segment_missing_from_the_package_is_placed_again_hash_checked(
         damage, ports, api, own_clips, tmp_path, monkeypatch):
+    """A segment is placed in the package when its task passes; one missing there at the
+    assembly (a crash between the pass and the copy) is copied then from its promoted
+    output and hashed again: the job settles when those bytes are what was verified, and
+    fails, nothing handed out, when the promoted output changed or is gone. A placement
+    whose copy does not hash as recorded leaves nothing in the package."""
     from chalicelib.aws.blobs import S3Uri
-    job, tasks = planned_job(ports, api, own_clips(7.0 if damage == "altered" else 6.5),
-                             tmp_path)
+    from media_worker import transcode as worker
+    seconds = {"none": 5.5, "altered": 7.0, "deleted": 6.5}[damage]
+    job, tasks = planned_job(ports, api, own_clips(seconds), tmp_path)
     held = dataclasses.replace(ports, queues=RecordingQueues())
     held.queues.sent = [("segments", {"type": "task", "job_id": job.job_id,
                                       "task_id": t.task_id, "attempt": 1}) for t in tasks]
     assembly = drive_in_process(held)
     victim = next(t for t in ports.tasks.list(job.job_id) if t.kind == "video" and t.index == 1)
     [output] = victim.outputs
+    placed = S3Uri(ports.settings.artifacts_bucket,
+                   f"{worker.package_folder(ports, ports.store.get(job.job_id)).key}/{output.name}")
+    assert ports.blobs.sha256(placed)[0] == output.sha256      # placed when it passed
     uri = S3Uri.parse(output.uri)
     original = ports.blobs.read(uri, 1 << 30)
     if damage == "altered":          # the same length, one TS packet's payload changed
         ports.blobs.put(uri, original[:1000] + bytes(188) + original[1188:])
+        worker.place_in_package(ports, ports.store.get(job.job_id), victim)    # placed again
+        assert ports.blobs.head(placed) is None
     else:
+        ports.blobs.delete(placed)
+    if damage == "deleted":
         ports.blobs.delete(uri)
     try:
-        assemble_observed(held, assembly, tmp_path, monkeypatch)
+        seen = assemble_observed(held, assembly, tmp_path, monkeypatch)
     finally:
         ports.blobs.put(uri, original)      # content-addressed: put back what was verified
     final = api.job(job.job_id)
+    assert [source for op, _, source in seen if op == "CopyObject"] == [uri.key]
+    if damage == "none":
+        assert final["state"] == "settled", timeline(api, job.job_id)
+        assert ports.blobs.sha256(placed)[0] == output.sha256
+        [passed] = [e["data"] for e in api.events(job.job_id)["events"]
+                    if e["type"] == "validation.passed"]
+        assert passed["measured"]["segments_copied"] == 1
+        return
     assert (final["state"], final["reason"]) == (
         "failed", "check_failed:files_match_recorded_sha256"), timeline(api, job.job_id)
     assert final["outputs"] == []
