@@ -212,8 +212,7 @@ def place_in_package(p: Ports, job: Job, task: Task) -> None:
         if output.name in misplaced or output.name.endswith(".m3u8"):
             continue
         target = _in_package(folder, output.name)
-        if p.blobs.copy_hashed(S3Uri.parse(output.uri), target,
-                               content_type=_content_type(target.key)) != output.sha256:
+        if not _place(p, output, target):
             p.blobs.delete(target)
 
 
@@ -344,10 +343,8 @@ def _read_playlist(p: Ports, output: Output) -> bytes | None:
 
 
 def _place(p: Ports, output: Output, target: S3Uri) -> bool:
-    """Put the promoted output at `target` by a server-side copy, unless the bytes its task
-    recorded lie there already; whether they do now."""
-    if p.blobs.stored_sha256(target) == output.sha256:
-        return True                          # an earlier package with this file
+    """Put the promoted output at `target` by a server-side copy; whether what lies there
+    now is the bytes its task recorded."""
     copied = p.blobs.copy_hashed(S3Uri.parse(output.uri), target,
                                  content_type=_content_type(target.key))
     return copied == output.sha256

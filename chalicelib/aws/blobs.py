@@ -131,17 +131,6 @@ class Blobs:
             raise
         return _sha256_of(result) or self.sha256(target)[0]
 
-    def stored_sha256(self, uri: S3Uri) -> str | None:
-        """The object's SHA-256 ("sha256:<hex>"): the one S3 keeps with it (one HEAD), else
-        (an object stored without one) read through; None when it does not exist."""
-        try:
-            head = self._s3.head_object(Bucket=uri.bucket, Key=uri.key, ChecksumMode="ENABLED")
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        return _sha256_of(head) or self.sha256(uri)[0]
-
     def freeze(self, upload: S3Uri, evidence: S3Uri) -> dict | None:
         """Copy what a worker uploaded to where it cannot write, at the moment it commits
         to its result: what is measured and promoted from then on is this copy, whatever
