@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.aws.blobs import S3Uri, output_key
 from chalicelib.context import Ports
@@ -21,7 +22,7 @@ from chalicelib.media import ffmpeg_args, hls, profiles
 from chalicelib.media import probe as media
 from chalicelib.media import tasks as transcode
 from chalicelib.models import Event, Job, Output, Task, TaskState, TranscodePlan, is_pool
-from chalicelib.telemetry import cpu_seconds
+from chalicelib.telemetry import cpu_seconds, logger
 from chalicelib.verification import audit
 from chalicelib.verification.package import check_package, task_verdicts
 from chalicelib.verification.policies import Verdict
@@ -203,17 +204,22 @@ def place_in_package(p: Ports, job: Job, task: Task) -> None:
     pass is committed, so only the check whose commit won places anything): the assembly
     then copies nothing but what is missing. Each copy is hashed by S3 as it is written; one
     that does not hash as its task recorded is removed, for the assembly to place again.
-    Only names the task's kind may write are placed; playlists are the assembly's."""
+    Only names the task's kind may write are placed; playlists are the assembly's. Best
+    effort: the pass is committed already, and what S3 refuses here the assembly copies."""
     if job.plan is None or job.plan.container != "hls":
         return
     folder = package_folder(p, job)
     misplaced = set(_misplaced(task))
-    for output in task.outputs:
-        if output.name in misplaced or output.name.endswith(".m3u8"):
-            continue
-        target = _in_package(folder, output.name)
-        if not _place(p, output, target):
-            p.blobs.delete(target)
+    try:
+        for output in task.outputs:
+            if output.name in misplaced or output.name.endswith(".m3u8"):
+                continue
+            target = _in_package(folder, output.name)
+            if not _place(p, output, target):
+                p.blobs.delete(target)
+    except (ClientError, BotoCoreError) as error:
+        logger.warning("segment not placed in its package",
+                       extra={"job_id": job.job_id, "task": task.task_id, "error": repr(error)})
 
 
 def package_folder(p: Ports, job: Job) -> S3Uri:

@@ -391,6 +391,37 @@ def test_the_package_is_assembled_without_fetching_or_decoding_a_segment(
     assert decode.returncode == 0 and decode.stderr == ""
 
 
+def test_a_segment_s3_would_not_place_when_it_passed_is_copied_at_the_assembly(
+        ports, api, own_clips, tmp_path, monkeypatch):
+    """Placing a passed segment is best effort: its pass is committed already. S3 refusing
+    every placement neither fails a check nor holds the job back; the assembly copies each
+    segment itself, hash-checked, and the job settles."""
+    from botocore.exceptions import ClientError
+    job, tasks = planned_job(ports, api, own_clips(5.0), tmp_path)
+    held = dataclasses.replace(ports, queues=RecordingQueues())
+    held.queues.sent = [("segments", {"type": "task", "job_id": job.job_id,
+                                      "task_id": t.task_id, "attempt": 1}) for t in tasks]
+    copy = held.blobs.copy_hashed
+
+    def refused_in_packages(source, target, content_type=None):
+        if target.key.startswith("packages/"):
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "busy"}}, "CopyObject")
+        return copy(source, target, content_type)
+    monkeypatch.setattr(held.blobs, "copy_hashed", refused_in_packages)
+    assembly = drive_in_process(held)               # every check passed; assembly requested
+    monkeypatch.undo()
+    seen = assemble_observed(held, assembly, tmp_path, monkeypatch)
+    final = api.job(job.job_id)
+    assert final["state"] == "settled", timeline(api, job.job_id)
+    media = [o.name for t in ports.tasks.list(job.job_id) for o in t.outputs
+             if o.name.endswith(".ts")]
+    assert len([op for op, _, _ in seen if op == "CopyObject"]) == len(media)
+    [passed] = [e["data"] for e in api.events(job.job_id)["events"]
+                if e["type"] == "validation.passed"]
+    assert passed["measured"]["segments_placed_when_passed"] == 0
+    assert passed["measured"]["segments_copied"] == len(media)
+
+
 @pytest.mark.parametrize("damage", ["none", "altered", "deleted"])
 def test_a_segment_missing_from_the_package_is_placed_again_hash_checked(
         damage, ports, api, own_clips, tmp_path, monkeypatch):
