@@ -152,7 +152,16 @@ def page_caller(ports: Ports, headers) -> tuple[Caller, sessions.Session]:
     current = sessions.read(_ring(ports), token, now=time.time(),
                             audience=pages.page_audience(ports.settings.session_domain),
                             revocations=ports.revocations)
+    if ports.nonces.used(current.did, pages.link_nonce(current)):
+        raise Unauthorized("this page session was signed out; open the page again with "
+                           "`proofline ui JOB`", reason="session_revoked")
     return Caller.of(current.did, ports.settings.operators), current
+
+
+def sign_out_page(ports: Ports, session: sessions.Session) -> None:
+    """Void this page session alone, wherever its cookie was copied to (the CLI's
+    sessions and the DID's other page sessions are untouched)."""
+    ports.nonces.use(session.did, pages.link_nonce(session), session.expires_at + 60)
 
 
 def csrf_token(ports: Ports, session: sessions.Session) -> str:

@@ -124,10 +124,12 @@ def job_page_cancel(job_id):
 
 @page_route("/ui/sign-out", methods=["POST"], content_types=[FORM])
 def page_sign_out():
-    """Ends the browser's page session (the CLI's sessions are untouched)."""
+    """Ends the browser's page session: its cookie is cleared and its token void (the CLI's
+    sessions are untouched)."""
     p = ports.default()
     _, session = _page_caller()
     callers.check_csrf(p, session, _form().get("csrf"))
+    callers.sign_out_page(p, session)
     return Response(job_html.signed_out_page(), headers={
         **STATUS_HEADERS, "Set-Cookie": pages.clear_cookie(secure=_https())})
 

@@ -150,3 +150,8 @@ class DynamoNonceStore:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 return False
             raise
+
+    def used(self, did: str, nonce: int) -> bool:
+        return "Item" in self._db.get_item(TableName=self._table, ConsistentRead=True,
+                                           Key={"id": {"S": f"nonce#{did}#{nonce}"}},
+                                           ProjectionExpression="id")

@@ -34,7 +34,8 @@ def page_audience(domain: str) -> str:
 
 
 def link_nonce(session: Session) -> int:
-    """The number a link is spent under in the stage's nonce store (its session id)."""
+    """The number a link is spent under in the stage's nonce store (its session id); a
+    page session signed out is spent under its own the same way."""
     return int(session.session_id, 16)
 
 

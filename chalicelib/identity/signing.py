@@ -196,6 +196,10 @@ class NonceStore(Protocol):
         False if it was already used. Must be atomic: two concurrent uses, one True."""
         ...
 
+    def used(self, did: str, nonce: int) -> bool:
+        """Whether (did, nonce) was used (and not yet expired from the store)."""
+        ...
+
 
 class MemoryNonceStore:
     """For tests and a single process."""
@@ -210,6 +214,10 @@ class MemoryNonceStore:
                 return False
             self._seen[(did, nonce)] = expires_at
             return True
+
+    def used(self, did: str, nonce: int) -> bool:
+        with self._lock:
+            return (did, nonce) in self._seen
 
     def prune(self, now: float) -> None:
         with self._lock:

@@ -196,8 +196,14 @@ def test_what_a_page_writes_needs_its_csrf_token(stack, client_api):
     done = http.post(cancel, data={"csrf": token}, allow_redirects=False, timeout=30)
     assert done.status_code == 303 and done.headers["Location"] == f"../{job['job_id']}"
     assert client_api.job(job["job_id"])["state"] == "cancelled"
+    cookie = "; ".join(f"{c.name}={c.value}" for c in http.cookies)
     out = http.post(f"{stack.info.api_url}/ui/sign-out", data={"csrf": token}, timeout=30)
     assert out.status_code == 200 and "Max-Age=0" in out.headers["Set-Cookie"]
+    # The cookie's token is void too, wherever it was copied to; the client's own
+    # bearer session is not.
+    stolen = requests.get(page_url, headers={"Cookie": cookie}, timeout=30)
+    assert stolen.status_code == 401 and "session_revoked" in stolen.text
+    assert client_api.job(job["job_id"])["state"] == "cancelled"
 
 
 def test_a_prompt_with_a_script_is_shown_as_text(browser, stack, client_api):

@@ -219,5 +219,7 @@ def test_the_memory_store_forgets_only_what_has_expired():
     store = MemoryNonceStore()
     assert store.use("a", 1, NOW) and store.use("a", 2, NOW + 100)
     assert not store.use("a", 1, NOW)
+    assert store.used("a", 1) and not store.used("a", 3) and not store.used("b", 1)
     store.prune(NOW + 1)
+    assert not store.used("a", 1) and store.used("a", 2)
     assert store.use("a", 1, NOW) and not store.use("a", 2, NOW + 100)
