@@ -90,9 +90,7 @@ class Blobs:
 
     def list_keys(self, prefix: S3Uri, limit: int = 1000) -> list[str]:
         """Keys under `prefix` (at most `limit`)."""
-        pages = self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=prefix.bucket, Prefix=prefix.key, PaginationConfig={"MaxItems": limit})
-        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+        return list(self.sizes(prefix, limit))
 
     def sizes(self, prefix: S3Uri, limit: int = 10_000) -> dict[str, int]:
         """Each key under `prefix` (at most `limit`) with its size: a thousand to a request."""
