@@ -53,14 +53,13 @@ def measure_segment(path: PathLike) -> SegmentMeasure:
 def measure_with_fingerprints(path: PathLike, keep: frozenset[int] = frozenset()
                               ) -> tuple[SegmentMeasure, np.ndarray, dict[int, np.ndarray]]:
     """`measure_segment` and `fingerprints` from one open and one pass over the file (a
-    check's candidate is read once). Its kept frames are converted to gray as the source's
-    are (`Reference`, `frames_at`), so both sides of a comparison have the same range. A
-    frame in `keep` past the end stands for the last frame, kept under its own index."""
+    check's candidate is read once). A frame in `keep` past the end stands for the last
+    frame, kept under its own index."""
     with open_media(path, guess_rate=False) as container:
         stream = _threaded(video_stream(container))
         seen = Packets.of(stream)
         tiny, kept = _fingerprinted(decode_recording(container, stream, seen),
-                                    FINGERPRINT_SIZE, keep, as_gray=True)
+                                    FINGERPRINT_SIZE, keep)
         return _measured(container, stream, seen), tiny, kept
 
 
@@ -99,21 +98,21 @@ FINGERPRINT_SIZE = (64, 36)        # every frame, this small: cheap, and enough 
 
 
 def fingerprints(path: PathLike, size: tuple[int, int] = FINGERPRINT_SIZE,
-                 keep: frozenset[int] = frozenset(), as_gray: bool = False
+                 keep: frozenset[int] = frozenset()
                  ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Every decoded frame of the video as tiny luma, shape (frames, height, width) uint8,
     and the full-resolution luma of the frames in `keep`. One decode covers every frame, so
     no frame can be faked unseen, and serves the full-resolution comparison too. The tiny
     picture is an area average made by swscale (one scaler kept for the whole decode):
-    several times cheaper than averaging in numpy, and the same at every resolution.
-    `as_gray` keeps those frames converted to gray by swscale, as `frames_at` converts them
-    (a source's pixel format or range may differ from the outputs')."""
+    several times cheaper than averaging in numpy, and the same at every resolution. Kept
+    frames are converted to gray by swscale, as `frames_at` converts them, so a source and
+    an output compare in one luma range whatever their pixel formats."""
     with open_media(path, guess_rate=False) as container:
         stream = _threaded(video_stream(container))
-        return _fingerprinted(container.decode(stream), size, keep, as_gray)
+        return _fingerprinted(container.decode(stream), size, keep)
 
 
-def _fingerprinted(decoded, size: tuple[int, int], keep: frozenset[int], as_gray: bool
+def _fingerprinted(decoded, size: tuple[int, int], keep: frozenset[int]
                    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     width, height = size
     tiny, kept, last = [], {}, None
@@ -123,17 +122,17 @@ def _fingerprinted(decoded, size: tuple[int, int], keep: frozenset[int], as_gray
                                 interpolation="AREA")
         tiny.append(_plane(small, 0).copy())
         if index in keep:
-            kept[index] = _kept(frame, as_gray)
+            kept[index] = _gray(frame)
         last = frame
     if not tiny:
         raise MediaError("no video frames to compare", reason="media_undecodable")
     if keep and max(keep) >= len(tiny):
-        kept[len(tiny) - 1] = _kept(last, as_gray)
+        kept[len(tiny) - 1] = _gray(last)
     return np.stack(tiny), kept
 
 
-def _kept(frame: av.VideoFrame, as_gray: bool) -> np.ndarray:
-    return frame.reformat(format="gray").to_ndarray() if as_gray else _luma(frame).copy()
+def _gray(frame: av.VideoFrame) -> np.ndarray:
+    return frame.reformat(format="gray").to_ndarray()
 
 
 THREADED_PIXELS = 1920 * 1080         # frames this big repay a decoder thread per core
@@ -153,13 +152,6 @@ def _plane(frame: av.VideoFrame, index: int) -> np.ndarray:
     plane = frame.planes[index]
     return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[
         :, :plane.width]
-
-
-def _luma(frame: av.VideoFrame) -> np.ndarray:
-    """The frame's luma plane without a pixel-format conversion where it is planar YUV."""
-    if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p"):
-        return _plane(frame, 0)
-    return frame.reformat(format="gray").to_ndarray()
 
 
 def frames_at(path: PathLike, indices: list[int], size: tuple[int, int]) -> dict[int, np.ndarray]:

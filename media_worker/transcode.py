@@ -390,7 +390,7 @@ def _package(p: Ports, plan: TranscodePlan, checks: dict, measured: dict, manife
 def _assemble_mp4(p: Ports, plan: TranscodePlan, folder: S3Uri, tasks: dict[str, Task],
                   workdir: Path) -> tuple[Verdict, Output]:
     """Joining the segments into one file needs their bytes: fetch every promoted output,
-    mux, check the file by decoding it, upload it under the package's hash."""
+    mux, check the file by decoding it, upload it to the job's package folder."""
     root = workdir / "package"
     for task in tasks.values():
         for output in task.outputs:

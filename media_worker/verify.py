@@ -62,7 +62,7 @@ class Reference:
             affordable = CANDIDATE_BYTES // max(1, shape.width * shape.height)
             keep = frozenset(audit.draw(key, "ssim-candidates", shape.frame_count,
                                         max(ssim_frames, min(wanted, affordable))))
-        frames, kept = fingerprints(source, keep=keep, as_gray=True)
+        frames, kept = fingerprints(source, keep=keep)
         return cls(frames, len(frames) / duration_s if duration_s > 0 else 0.0, kept)
 
     def dump(self) -> bytes:

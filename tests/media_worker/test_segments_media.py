@@ -269,7 +269,7 @@ def test_one_pass_measures_and_fingerprints_as_two_passes_do(aligned_segments, t
     the packet pass and the decode pass each find, and a frame drawn past the end stands
     for the last one."""
     segment = aligned_segments[2][1].path
-    tiny, kept = fingerprints(segment, keep=frozenset({3, 49}), as_gray=True)
+    tiny, kept = fingerprints(segment, keep=frozenset({3, 49}))
     measured, once_tiny, once_kept = measure_with_fingerprints(segment, frozenset({3, 60}))
     assert measured == measure_segment(segment) and measured.frame_count == 50
     assert (once_tiny == tiny).all()
@@ -279,7 +279,8 @@ def test_one_pass_measures_and_fingerprints_as_two_passes_do(aligned_segments, t
 
 def test_ssim_is_the_ffmpeg_filters_luma_ssim(aligned_segments, tmp_path):
     """SSIM over 8x8 windows on a 4-pixel grid, the integer block sums checked against
-    FFmpeg's own `ssim` filter on the same two luma planes."""
+    FFmpeg's own `ssim` filter on the same two pictures, each converted to gray as the
+    checks convert what they compare."""
     segment = aligned_segments[2][1].path
     worse = tmp_path / "worse.mp4"
     run_ffmpeg(["-i", str(segment), "-c:v", "libx264", "-crf", "40", "-an", str(worse)],
@@ -288,7 +289,8 @@ def test_ssim_is_the_ffmpeg_filters_luma_ssim(aligned_segments, tmp_path):
     ours = compare_frames(source, worn)[7][0]
     report = subprocess.run(
         [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(worse), "-i", str(segment),
-         "-lavfi", "[0:v]select=eq(n\\,7)[a];[1:v]select=eq(n\\,7)[b];[a][b]ssim",
+         "-lavfi", "[0:v]select=eq(n\\,7),format=gray[a];[1:v]select=eq(n\\,7),format=gray[b];"
+         "[a][b]ssim",
          "-frames:v", "1", "-f", "null", "-"], capture_output=True, text=True, check=True)
     theirs = float(re.search(r"Y:([0-9.]+)", report.stderr).group(1))
     assert 0.3 < ours < 0.99
