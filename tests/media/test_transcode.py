@@ -353,7 +353,19 @@ def test_the_package_is_assembled_without_fetching_or_decoding_a_segment(
     held = dataclasses.replace(ports, queues=RecordingQueues())
     held.queues.sent = [("segments", {"type": "task", "job_id": job.job_id,
                                       "task_id": t.task_id, "attempt": 1}) for t in tasks]
-    seen = assemble_observed(held, drive_in_process(held), tmp_path, monkeypatch)
+    assembly = drive_in_process(held)
+    # A second check of a passed task, holding the task as it read it before the pass (a
+    # duplicate delivery, a stale attempt's), loses its commit and places nothing.
+    from chalicelib.media import tasks as task_service
+    from chalicelib.models import TaskState
+    from chalicelib.verification.policies import Verdict
+    won = next(t for t in ports.tasks.list(job.job_id) if t.kind == "video")
+    stale = won.model_copy(update={"state": TaskState.SUBMITTED, "version": won.version - 1})
+    placed_by_loser: list = []
+    assert task_service.judged(held, stale, Verdict("segment_video", {"ok": True}, {}),
+                               won.outputs, after_pass=placed_by_loser.append) is None
+    assert placed_by_loser == []
+    seen = assemble_observed(held, assembly, tmp_path, monkeypatch)
 
     final = api.job(job.job_id)
     assert final["state"] == "settled", timeline(api, job.job_id)
