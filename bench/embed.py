@@ -111,8 +111,23 @@ def measure() -> dict[str, float]:
     # calls (their sizes, padding, the checks' rows), not about the machine's split.
     in_path = measured["embed_model_sentences_per_s_in_path"]
     share_rate = SENTENCES / share
+    # As for the transcode: the stack's processes share the cores with the model here, so a
+    # run can go no faster than its CPU over the cores allows; the ceilings say how far that
+    # is, with the control plane's CPU and with the model's alone.
+    cores = os.cpu_count() or 1
+    run_cpu = measured.pop("embed_run_cpu_s")
+    model_cpu = measured["embed_model_cpu_s_per_job"] * JOBS
+    ceilings = {"embed_throughput_ceiling_over_raw":
+                round(SENTENCES / (run_cpu / cores) / raw_rate, 3),
+                "embed_throughput_ceiling_model_only_over_raw":
+                round(SENTENCES / (model_cpu / cores) / raw_rate, 3)}
+    print(f"the most throughput this run's CPU ({run_cpu:.2f} CPU-s, {model_cpu:.2f} of them "
+          f"the model's) allows on {cores} cores: "
+          f"{ceilings['embed_throughput_ceiling_over_raw']:.2f} x raw; with the model's "
+          f"alone: {ceilings['embed_throughput_ceiling_model_only_over_raw']:.2f} x raw")
     return {
         "embed_throughput_over_raw": round(jobs_rate / raw_rate, 3),
+        **ceilings,
         "embed_jobs_sentences_per_s": round(jobs_rate, 1),
         "embed_raw_sentences_per_s": round(raw_rate, 1),
         "embed_raw_sentences_per_s_worker_threads": round(share_rate, 1),
@@ -353,6 +368,7 @@ def _split(timelines: dict[str, list[dict]], calls: Counter,
         "embed_model_sentences_per_s_in_path": round(texts / encode_s, 1),
         "embed_model_sentences_per_cpu_s_in_path": round(texts / encode_cpu_s, 1),
         "embed_model_cpu_s_per_job": round(encode_cpu_s / JOBS, 3),
+        "embed_run_cpu_s": stack + workers,
         "embed_control_plane_cpu_s_per_job": round((stack + workers - encode_cpu_s) / JOBS, 3),
         "embed_stack_process_cpu_s_per_job": round(stack / JOBS, 3),
         "embed_worker_cpu_s_outside_model_per_job": round((workers - encode_cpu_s) / JOBS, 3),
