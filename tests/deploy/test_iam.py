@@ -77,6 +77,10 @@ TEST_MADE = {"batch-*": "tests/jobs/test_s3_intake.py delivers notifications of 
 # Grants no workload here uses, each with the path that needs it: (function or policy file,
 # action, resource pattern) → why.
 RARE: dict[tuple[str, str, str], str] = {
+    **{("SegmentWorkerFunction", action, "arn:aws:sqs:*:*:proofline-dev-segments"):
+       "a segment task that fails its check is redone: its retry goes back to the pool's "
+       "segments queue: tests/media/test_transcode.py, a lying worker's segment redone"
+       for action in ("sqs:GetQueueUrl", "sqs:SendMessage")},
     ("SegmentWorkerFunction", "dynamodb:Query",
      "arn:aws:dynamodb:*:*:table/proofline-dev-jobs/index/*"):
         "a failed segment task's retry is routed again, over the marketplace's workers (read "
