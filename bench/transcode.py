@@ -18,6 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +29,7 @@ import imageio_ffmpeg
 from bench import event_at, operator_api, settled_at
 from chalicelib.aws.blobs import S3Uri
 from chalicelib.media import ffmpeg_args, profiles
+from chalicelib.media.probe import sha256_file
 from chalicelib.models import Task, TranscodePlan
 from chalicelib.telemetry import cpu_seconds
 from chalicelib.verification import audit
@@ -80,6 +82,7 @@ def measure() -> dict[str, float]:
     wall = measured.pop("transcode_pipeline_wall_s")
     critical = measured.pop("critical_path_s")
     encode_cpu = measured.pop("encode_cpu_s")
+    encode_alone_cpu = measured.pop("encode_alone_cpu_s")
     run_cpu = measured["stack_process_cpu_s"] + measured["worker_processes_cpu_s"]
     # The raw command keeps every core busy, and so does the pipeline's stack here (moto,
     # the API and the pump share the cores with the encodes, as they would not on AWS):
@@ -102,6 +105,9 @@ def measure() -> dict[str, float]:
         "critical_path_over_raw": round(critical / raw, 3),
         "encode_cpu_s": round(encode_cpu, 1),
         "encode_cpu_over_raw_cpu": round(encode_cpu / raw_cpu, 3),
+        "encode_alone_cpu_over_raw_cpu": round(encode_alone_cpu / raw_cpu, 3),
+        "ffmpeg_run_starts_cpu_over_raw_cpu": round(
+            measured.pop("ffmpeg_run_starts_cpu_s") / raw_cpu, 3),
         **floors,
         **measured,
     }
@@ -216,22 +222,45 @@ def _source_segments(s3, job: dict, work: Path) -> dict[int, Path]:
     return sources
 
 
-def _encode_alone(job: dict, sources: dict[int, Path], work: Path) -> dict[int, float]:
-    """Seconds each segment's task takes alone on the idle machine (every rendition from one
-    decode, as the pool's worker runs it): what one Lambda per segment would spend."""
+@dataclass
+class Alone:
+    """Each segment's task run alone on the idle machine (every rendition from one decode,
+    as the pool's worker runs it): what one Lambda per segment would spend."""
+    seconds: dict[int, float]       # wall, by segment
+    cpu_s: float                    # all of them, FFmpeg's CPU as the task measures it
+    run_cpu_s: float                # one run over the first two frames of segment 0: what
+                                    # starting FFmpeg and its encoders costs, per run
+
+
+def _encode_alone(job: dict, sources: dict[int, Path], work: Path) -> Alone:
     plan = TranscodePlan.model_validate(job["plan"])
     now = datetime.now(timezone.utc)
-    timings = {}
+
+    def tasks_of(piece: dict) -> list[Task]:
+        return [Task(job_id=job["job_id"], task_id=f"{r['name']}-{piece['index']:05d}",
+                     kind="video", rendition=r["name"], index=piece["index"],
+                     start_s=piece["start_s"], duration_s=piece["duration_s"],
+                     input_uri=piece["uri"], input_hash=piece["sha256"], max_attempts=1,
+                     updated_at=now) for r in plan.renditions]
+
+    def cpu_of(runs: dict) -> float:     # each task holds its share of the run's CPU
+        return sum(execution["cpu_s"] for _, execution in runs.values())
+
+    timings, cpu = {}, 0.0
     for piece in plan.segments:
-        tasks = [Task(job_id=job["job_id"], task_id=f"{r['name']}-{piece['index']:05d}",
-                      kind="video", rendition=r["name"], index=piece["index"],
-                      start_s=piece["start_s"], duration_s=piece["duration_s"],
-                      input_uri=piece["uri"], input_hash=piece["sha256"], max_attempts=1,
-                      updated_at=now) for r in plan.renditions]
         began = time.perf_counter()
-        encode_renditions(plan, tasks, sources[piece["index"]], work / str(piece["index"]))
+        runs = encode_renditions(plan, tasks_of(piece), sources[piece["index"]],
+                                 work / str(piece["index"]))
         timings[piece["index"]] = time.perf_counter() - began
-    return timings
+        cpu += cpu_of(runs)
+    first = plan.segments[0]
+    two_frames = work / "two-frames.mkv"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i",
+                    str(sources[first["index"]]), "-frames:v", "2", "-an", "-c", "copy",
+                    str(two_frames)], check=True)
+    short = {**first, "sha256": sha256_file(two_frames)}
+    runs = encode_renditions(plan, tasks_of(short), two_frames, work / "two-frames")
+    return Alone(timings, cpu, cpu_of(runs))
 
 
 def _verify_directly(api: Api, job: dict, sources: dict[int, Path],
@@ -286,7 +315,7 @@ def _verify_directly(api: Api, job: dict, sources: dict[int, Path],
 
 def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s: float,
                  checked: dict[tuple[str, int], dict[str, float]],
-                 alone: dict[int, float]) -> dict[str, float]:
+                 alone: Alone) -> dict[str, float]:
     plan = job["plan"]
     direct = {key: c["full"] for key, c in checked.items()}
     direct_cpu = sum(c["full_cpu"] for c in checked.values())
@@ -344,9 +373,9 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
     # renditions' encode alone on an idle machine, then its slowest rendition's check, the
     # checks running side by side), then the assembly.
     plan_s = (planned_at - first["execution.started"]).total_seconds()
-    slowest = max(alone, key=lambda i: alone[i] + check_wall[i])
+    slowest = max(alone.seconds, key=lambda i: alone.seconds[i] + check_wall[i])
     critical = {f"plan ({plan['split']['method']}: {plan['split'].get('seconds')})": plan_s,
-                f"slowest segment's encode alone (segment {slowest})": alone[slowest],
+                f"slowest segment's encode alone (segment {slowest})": alone.seconds[slowest],
                 "its slowest rendition's check (at its drawn depth, alone)": check_wall[slowest],
                 "assembly": assembly["assembly_s"]}
     print("critical path with one Lambda per segment:")
@@ -376,7 +405,9 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
         # An HLS package is not decoded again: it relies on its segments' verdicts.
         "package_decode_wall_s": package.get("measured", {}).get("decode_wall_s", 0.0),
         "retries": dict(retries),
-        "segments_encoded_alone_s (sum, one run each)": sum(alone.values()),
+        "segments_encoded_alone_s (sum, one run each)": sum(alone.seconds.values()),
+        "segments_encoded_alone_cpu_s": alone.cpu_s,
+        "cpu_s of an FFmpeg run over two frames (its start)": alone.run_cpu_s,
         "encode_cpu_s (all attempts, as the workers measured)": encode_cpu,
         "check_cpu_s (the pool's depth)": check_cpu,
         "verify_cpu_s_direct (full depth, video)": direct_cpu,
@@ -402,7 +433,13 @@ def _from_events(job: dict, events: list[dict], started_at: datetime, uploaded_s
         "package_assembly_s": round(assembly["assembly_s"], 2),
         "critical_path_s": sum(critical.values()),
         "encode_cpu_s": encode_cpu,
-        "segment_task_alone_max_s": round(max(alone.values()), 2),
+        "segment_task_alone_max_s": round(max(alone.seconds.values()), 2),
+        # The same encodes alone on the idle machine, the audio as the pipeline ran it: what
+        # the split costs without two worker processes sharing the cores.
+        "encode_alone_cpu_s": alone.cpu_s + encode_cpu - video_encode_cpu,
+        "ffmpeg_run_start_cpu_s": round(alone.run_cpu_s, 3),
+        # one run per segment: what starting them costs, all together
+        "ffmpeg_run_starts_cpu_s": alone.run_cpu_s * len(alone.seconds),
         "verify_cpu_over_encode_cpu": round(check_cpu / encode_cpu, 3),
         # What a new worker's output costs to check in full, against the encodes it replaced.
         "verify_full_depth_cpu_over_encode_cpu": round(direct_cpu / video_encode_cpu, 3),
