@@ -14,7 +14,10 @@ import m3u8
 import pytest
 from conftest import INTAKE, drop, event_types, fund_job, wait_for
 
+from chalicelib.media import tasks as task_service
+from chalicelib.models import TaskState
 from chalicelib.verification.audit import caught_probability
+from chalicelib.verification.policies import Verdict
 from chalicelib.verification.segments import SSIM_MIN
 from proofline import clips
 
@@ -356,9 +359,6 @@ def test_the_package_is_assembled_without_fetching_or_decoding_a_segment(
     assembly = drive_in_process(held)
     # A second check of a passed task, holding the task as it read it before the pass (a
     # duplicate delivery, a stale attempt's), loses its commit and places nothing.
-    from chalicelib.media import tasks as task_service
-    from chalicelib.models import TaskState
-    from chalicelib.verification.policies import Verdict
     won = next(t for t in ports.tasks.list(job.job_id) if t.kind == "video")
     stale = won.model_copy(update={"state": TaskState.SUBMITTED, "version": won.version - 1})
     placed_by_loser: list = []
